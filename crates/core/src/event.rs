@@ -161,6 +161,13 @@ impl Event {
         }
     }
 
+    /// Serialises the event's own fields (`{"kind":...}`), the part of an entry a caller can
+    /// prepare before the ledger assigns index and timestamp.
+    pub fn to_body(&self) -> Vec<u8> {
+        // Serialising plain data into a Vec cannot fail.
+        serde_json::to_vec(self).expect("event serialisation is infallible")
+    }
+
     /// Writes this event as one canonical entry line (without the trailing newline).
     ///
     /// Field order is fixed: `v`, `i`, `ts`, `kind`, `actor`, `resource`, `session`,
@@ -180,6 +187,37 @@ impl Event {
         // Serialising plain data into a Vec cannot fail.
         serde_json::to_writer(out, &entry).expect("entry serialisation is infallible");
     }
+}
+
+/// Writes one canonical entry line (without the trailing newline) from a body made by
+/// [`Event::to_body`]: `{"v":1,"i":<index>,"ts":<ts>,` followed by the body's fields.
+///
+/// Produces exactly the bytes of [`Event::write_entry`], which the tests check, so the
+/// sequencer can splice pre-serialised bodies without re-encoding them.
+pub fn write_entry_line(index: u64, ts_us: u64, body: &[u8], out: &mut Vec<u8>) {
+    debug_assert!(body.first() == Some(&b'{'));
+    out.extend_from_slice(b"{\"v\":");
+    push_u64(out, u64::from(SCHEMA_VERSION));
+    out.extend_from_slice(b",\"i\":");
+    push_u64(out, index);
+    out.extend_from_slice(b",\"ts\":");
+    push_u64(out, ts_us);
+    out.push(b',');
+    out.extend_from_slice(&body[1..]);
+}
+
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 #[derive(Serialize)]
@@ -253,6 +291,19 @@ mod tests {
         assert_eq!(header.chunks.len(), 1);
         let back: Event = serde_json::from_str(&text).unwrap();
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn spliced_line_equals_serialised_line() {
+        let mut event = Event::system(EventKind::Bench, json!({"x": [1, 2, {"y": "z"}]}));
+        event.session = Some("abc".into());
+        for (index, ts) in [(0, 0), (9, 10), (u64::MAX, 1_700_000_000_123_456)] {
+            let mut a = Vec::new();
+            let mut b = Vec::new();
+            event.write_entry(index, ts, &mut a);
+            write_entry_line(index, ts, &event.to_body(), &mut b);
+            assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+        }
     }
 
     #[test]

@@ -8,5 +8,5 @@ pub mod event;
 
 pub use event::{
     Actor, ActorKind, ChunkRef, Durability, EntryHeader, Event, EventKind, ResourceRef,
-    SCHEMA_VERSION,
+    SCHEMA_VERSION, write_entry_line,
 };

@@ -1,0 +1,262 @@
+//! The configuration types as they appear in `gatehouse.toml`, their defaults, and loading.
+//!
+//! Every struct denies unknown keys: a misspelt key that is silently ignored leaves a default in
+//! force that the operator believes they changed.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gatehouse_core::Durability;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ConfigError, parse_error};
+use crate::size::ByteSize;
+
+/// The whole `gatehouse.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Ledger, keys and state. After loading, a relative path has been made relative to the
+    /// config file's folder, so the gateway does not depend on the directory it was started in.
+    pub data_dir: PathBuf,
+    pub log: LogConfig,
+    pub admin: AdminConfig,
+    pub ledger: LedgerConfig,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<ResourceConfig>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing_subscriber::EnvFilter` directive. It is checked for being non-empty here and
+    /// parsed by the binary, which is the crate that depends on `tracing-subscriber`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Admin HTTP API: healthz, checkpoint, metrics.
+    pub listen: SocketAddr,
+}
+
+/// `[ledger]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Checkpoint origin line and signing key name.
+    pub origin: String,
+    #[serde(with = "crate::duration")]
+    pub checkpoint_interval: Duration,
+    #[serde(with = "crate::duration")]
+    pub heartbeat_interval: Duration,
+    /// How long batched-durability appends may wait for their fsync.
+    #[serde(with = "crate::duration")]
+    pub batched_window: Duration,
+    /// Size each segment file is preallocated to.
+    pub segment_size: ByteSize,
+    /// Most entries written by one group commit.
+    pub max_batch: usize,
+    /// Larger payloads must be stored as chunks.
+    pub max_entry_size: ByteSize,
+}
+
+/// One `[[resources]]` entry: a target reachable through the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceConfig {
+    pub name: String,
+    pub kind: ResourceKind,
+    #[serde(default)]
+    pub durability: Durability,
+    /// Where the gateway listens for this resource's clients. Optional here; a protocol driver
+    /// that needs it says so when it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `host:port` of the real target; the host may be a DNS name, resolved when connecting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceKind {
+    Postgres,
+    Mysql,
+    Ssh,
+    Http,
+    Kubernetes,
+}
+
+/// `[resources.credentials]`: how the gateway logs in to the target.
+///
+/// Only *where* the password is kept is configured, never the password itself, so the config
+/// (and its `Debug` output) never holds a secret. See [`CredentialsConfig::password`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsConfig {
+    pub user: String,
+    /// Name of an environment variable holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// A file holding the password (trailing newlines are ignored). Relative to the config file's
+    /// folder once loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("gatehouse-data"),
+            log: LogConfig::default(),
+            admin: AdminConfig::default(),
+            ledger: LedgerConfig::default(),
+            resources: Vec::new(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080)),
+        }
+    }
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            origin: "gatehouse.local/ledger".to_owned(),
+            checkpoint_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(60),
+            batched_window: Duration::from_millis(5),
+            segment_size: ByteSize::mib(64),
+            max_batch: 4096,
+            max_entry_size: ByteSize::MIB,
+        }
+    }
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl ResourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Postgres => "postgres",
+            ResourceKind::Mysql => "mysql",
+            ResourceKind::Ssh => "ssh",
+            ResourceKind::Http => "http",
+            ResourceKind::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+impl std::fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file; relative paths in it are resolved against the
+    /// file's folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml_str(&text, path)
+    }
+
+    /// Parses and validates config text as if it had been read from `origin`: `origin` names the
+    /// file in error messages, and its parent folder anchors relative paths.
+    ///
+    /// Validation looks at the real environment and file system (password sources must exist);
+    /// use [`Config::parse_toml_str`] and [`Config::validate_with_env`] to control that.
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let config = Config::parse_toml_str(text, origin)?;
+        config.validate().map_err(|problems| ConfigError::Invalid {
+            file: origin.to_path_buf(),
+            problems,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses config text and resolves relative paths against `origin`'s folder, without the
+    /// semantic checks of [`Config::validate`].
+    pub fn parse_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config =
+            toml::from_str(text).map_err(|err| parse_error(origin, text, &err))?;
+        config.resolve_paths(origin.parent().unwrap_or(Path::new("")));
+        Ok(config)
+    }
+
+    /// The configuration `gatehouse demo` runs with: all defaults, no resources, and the given
+    /// data folder (the demo picks a scratch folder so it never touches a real ledger).
+    pub fn demo(data_dir: PathBuf) -> Config {
+        Config {
+            data_dir,
+            ..Config::default()
+        }
+    }
+
+    /// The resource called `name`, if any.
+    pub fn resource(&self, name: &str) -> Option<&ResourceConfig> {
+        self.resources.iter().find(|r| r.name == name)
+    }
+
+    /// Makes relative paths relative to `base` (the config file's folder). Absolute paths, and
+    /// everything when `base` is empty, stay as they are.
+    fn resolve_paths(&mut self, base: &Path) {
+        let anchor = |path: &mut PathBuf| {
+            if path.is_relative() && !path.as_os_str().is_empty() {
+                *path = base.join(&*path);
+            }
+        };
+        anchor(&mut self.data_dir);
+        for resource in &mut self.resources {
+            if let Some(file) = resource
+                .credentials
+                .as_mut()
+                .and_then(|c| c.password_file.as_mut())
+            {
+                anchor(file);
+            }
+        }
+    }
+}

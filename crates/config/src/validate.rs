@@ -1,0 +1,383 @@
+//! `Config::validate`: every semantic check in one place. It collects all problems instead of
+//! stopping at the first, so an operator fixes a config in one round trip.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::error::Problem;
+use crate::model::{Config, CredentialsConfig, LedgerConfig, ResourceConfig};
+use crate::secret::{EnvLookup, process_env};
+use crate::size::ByteSize;
+
+const CHECKPOINT_INTERVAL: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(3600));
+const HEARTBEAT_MIN: Duration = Duration::from_secs(1);
+const BATCHED_WINDOW: (Duration, Duration) = (Duration::from_micros(100), Duration::from_secs(1));
+const SEGMENT_SIZE: (ByteSize, ByteSize) = (ByteSize::MIB, ByteSize::gib(4));
+const MAX_BATCH: (usize, usize) = (1, 65536);
+const MAX_ENTRY_SIZE: (ByteSize, ByteSize) = (ByteSize::KIB, ByteSize::mib(16));
+const NAME_MAX: usize = 63;
+
+impl Config {
+    /// Checks everything the types cannot: ranges, names, uniqueness, that password sources
+    /// exist and are non-empty (read from the process environment and file system now), and that
+    /// no two listeners share an address. Returns every problem found.
+    pub fn validate(&self) -> Result<(), Vec<Problem>> {
+        self.validate_with_env(&process_env)
+    }
+
+    /// [`Config::validate`] with the environment supplied by the caller (tests, dry runs).
+    pub fn validate_with_env(&self, env: EnvLookup<'_>) -> Result<(), Vec<Problem>> {
+        let mut problems = Vec::new();
+        if self.data_dir.as_os_str().is_empty() {
+            problems.push(Problem::new("data_dir", "must not be empty"));
+        }
+        if self.log.level.trim().is_empty() {
+            problems.push(Problem::new(
+                "log.level",
+                "must not be empty; write e.g. \"info\" or \"info,gatehouse_ledger=debug\"",
+            ));
+        }
+        check_ledger(&self.ledger, &mut problems);
+        check_resources(&self.resources, env, &mut problems);
+        check_listeners(self, &mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+fn check_ledger(ledger: &LedgerConfig, problems: &mut Vec<Problem>) {
+    if let Err(why) = check_origin(&ledger.origin) {
+        problems.push(Problem::new(
+            "ledger.origin",
+            format!("{:?} {why}", ledger.origin),
+        ));
+    }
+    duration_in(
+        problems,
+        "ledger.checkpoint_interval",
+        ledger.checkpoint_interval,
+        CHECKPOINT_INTERVAL.0,
+        Some(CHECKPOINT_INTERVAL.1),
+    );
+    duration_in(
+        problems,
+        "ledger.heartbeat_interval",
+        ledger.heartbeat_interval,
+        HEARTBEAT_MIN,
+        None,
+    );
+    duration_in(
+        problems,
+        "ledger.batched_window",
+        ledger.batched_window,
+        BATCHED_WINDOW.0,
+        Some(BATCHED_WINDOW.1),
+    );
+    size_in(
+        problems,
+        "ledger.segment_size",
+        ledger.segment_size,
+        SEGMENT_SIZE,
+    );
+    if !(MAX_BATCH.0..=MAX_BATCH.1).contains(&ledger.max_batch) {
+        problems.push(Problem::new(
+            "ledger.max_batch",
+            format!(
+                "{} is out of range; use {} to {}",
+                ledger.max_batch, MAX_BATCH.0, MAX_BATCH.1
+            ),
+        ));
+    }
+    size_in(
+        problems,
+        "ledger.max_entry_size",
+        ledger.max_entry_size,
+        MAX_ENTRY_SIZE,
+    );
+    // An entry must fit in a fresh segment, or the writer could never place it.
+    if ledger.max_entry_size >= ledger.segment_size {
+        problems.push(Problem::new(
+            "ledger.max_entry_size",
+            format!(
+                "{} must be smaller than ledger.segment_size ({})",
+                ledger.max_entry_size, ledger.segment_size
+            ),
+        ));
+    }
+}
+
+/// The origin is the first line of a signed checkpoint (C2SP tlog-checkpoint) and the signing
+/// key's name in a signed note, where whitespace and `+` are separators.
+fn check_origin(origin: &str) -> Result<(), &'static str> {
+    if origin.is_empty() {
+        Err("is empty; write e.g. \"gatehouse.example.com/ledger\"")
+    } else if origin.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        Err("must not contain whitespace or control characters")
+    } else if origin.contains('+') {
+        Err("must not contain '+'")
+    } else {
+        Ok(())
+    }
+}
+
+fn duration_in(
+    problems: &mut Vec<Problem>,
+    key: &str,
+    value: Duration,
+    min: Duration,
+    max: Option<Duration>,
+) {
+    let show = humantime::format_duration;
+    if value < min {
+        problems.push(Problem::new(
+            key,
+            format!("{} is too short; use at least {}", show(value), show(min)),
+        ));
+    } else if let Some(max) = max.filter(|max| value > *max) {
+        problems.push(Problem::new(
+            key,
+            format!("{} is too long; use at most {}", show(value), show(max)),
+        ));
+    }
+}
+
+fn size_in(
+    problems: &mut Vec<Problem>,
+    key: &str,
+    value: ByteSize,
+    (min, max): (ByteSize, ByteSize),
+) {
+    if value < min {
+        problems.push(Problem::new(
+            key,
+            format!("{value} is too small; use at least {min}"),
+        ));
+    } else if value > max {
+        problems.push(Problem::new(
+            key,
+            format!("{value} is too large; use at most {max}"),
+        ));
+    }
+}
+
+fn check_resources(resources: &[ResourceConfig], env: EnvLookup<'_>, problems: &mut Vec<Problem>) {
+    // name -> indices using it, in file order; BTreeMap keeps the report order stable.
+    let mut by_name: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, resource) in resources.iter().enumerate() {
+        let at = format!("resources[{i}]");
+        by_name.entry(resource.name.as_str()).or_default().push(i);
+        if !is_valid_name(&resource.name) {
+            problems.push(Problem::new(
+                format!("{at}.name"),
+                format!(
+                    "{:?} is not a valid name; use 1 to {NAME_MAX} characters from a-z, 0-9, '_', '.', '-', starting with a letter or digit",
+                    resource.name
+                ),
+            ));
+        }
+        if let Some(target) = &resource.target
+            && let Err(why) = check_target(target)
+        {
+            problems.push(Problem::new(
+                format!("{at}.target"),
+                format!("{target:?} is not host:port: {why}"),
+            ));
+        }
+        if resource.database.as_deref().is_some_and(str::is_empty) {
+            problems.push(Problem::new(
+                format!("{at}.database"),
+                "must not be empty; leave it out instead",
+            ));
+        }
+        if let Some(credentials) = &resource.credentials {
+            check_credentials(credentials, &format!("{at}.credentials"), env, problems);
+        }
+    }
+    let mut duplicates: Vec<(usize, &str, &[usize])> = by_name
+        .iter()
+        .filter(|(_, indices)| indices.len() > 1)
+        .map(|(name, indices)| (indices[0], *name, &indices[1..]))
+        .collect();
+    duplicates.sort_by_key(|(first, _, _)| *first);
+    for (first, name, others) in duplicates {
+        let others: Vec<String> = others.iter().map(|j| format!("resources[{j}]")).collect();
+        problems.push(Problem::new(
+            format!("resources[{first}].name"),
+            format!("{name:?} is used by {} too", others.join(" and ")),
+        ));
+    }
+}
+
+fn is_valid_name(name: &str) -> bool {
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let mut chars = name.chars();
+    name.len() <= NAME_MAX
+        && chars.next().is_some_and(allowed)
+        && chars.all(|c| allowed(c) || matches!(c, '_' | '.' | '-'))
+}
+
+/// `host:port` or `[v6]:port`. The host is not resolved here: DNS may differ between the
+/// machine checking the config and the moment of connecting.
+fn check_target(target: &str) -> Result<(), &'static str> {
+    let (host, port) = if let Some(rest) = target.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or("missing ']' after an IPv6 address")?;
+        let port = after.strip_prefix(':').ok_or("the port is missing")?;
+        host.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| "the address in brackets is not IPv6")?;
+        (host, port)
+    } else {
+        let (host, port) = target.rsplit_once(':').ok_or("the port is missing")?;
+        if host.contains(':') {
+            return Err("put an IPv6 address in brackets, e.g. [::1]:5432");
+        }
+        (host, port)
+    };
+    if host.is_empty() {
+        return Err("the host is missing");
+    }
+    if host.contains(|c: char| c.is_whitespace() || c.is_control() || c == '/') {
+        return Err("the host contains whitespace or '/'");
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err("the port must be a number from 1 to 65535"),
+        Ok(_) => Ok(()),
+    }
+}
+
+fn check_credentials(
+    credentials: &CredentialsConfig,
+    at: &str,
+    env: EnvLookup<'_>,
+    problems: &mut Vec<Problem>,
+) {
+    if credentials.user.is_empty() {
+        problems.push(Problem::new(format!("{at}.user"), "must not be empty"));
+    }
+    // Resolving is the check: the value is dropped at once and only the problem is kept.
+    if let Err(problem) = credentials.password_with_env(env) {
+        problems.push(problem.within(at));
+    }
+}
+
+/// Two listeners on one port clash if their addresses are equal or either is a wildcard
+/// (`0.0.0.0`, `[::]`), which binds every interface. Port 0 asks the OS for a free port, so it
+/// never clashes (tests rely on it).
+fn check_listeners(config: &Config, problems: &mut Vec<Problem>) {
+    let mut listeners: Vec<(String, SocketAddr)> =
+        vec![("admin.listen".to_owned(), config.admin.listen)];
+    for (i, resource) in config.resources.iter().enumerate() {
+        if let Some(listen) = resource.listen {
+            listeners.push((format!("resources[{i}].listen"), listen));
+        }
+    }
+    for (j, (key, addr)) in listeners.iter().enumerate() {
+        let clash = listeners[..j].iter().find(|(_, earlier)| {
+            addr.port() != 0
+                && addr.port() == earlier.port()
+                && (addr.ip() == earlier.ip()
+                    || addr.ip().is_unspecified()
+                    || earlier.ip().is_unspecified())
+        });
+        if let Some((earlier_key, earlier)) = clash {
+            let message = if earlier == addr {
+                format!("{addr} is also used by {earlier_key}")
+            } else {
+                format!(
+                    "{addr} overlaps {earlier_key} ({earlier}) on port {}",
+                    addr.port()
+                )
+            };
+            problems.push(Problem::new(key.clone(), message));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["pg-demo", "a", "0", "db_1.prod", &"a".repeat(63)] {
+            assert!(is_valid_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", "_a", "Pg", "a b", "ä", &"a".repeat(64)] {
+            assert!(!is_valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn targets() {
+        for ok in [
+            "127.0.0.1:5432",
+            "db.internal:5432",
+            "[::1]:5432",
+            "localhost:1",
+        ] {
+            assert_eq!(check_target(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "db.internal",
+            ":5432",
+            "db:0",
+            "db:99999",
+            "::1:5432",
+            "[::1]",
+            "[nope]:1",
+            "a b:1",
+        ] {
+            assert!(check_target(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn origins() {
+        assert!(check_origin("gatehouse.local/ledger").is_ok());
+        assert!(check_origin("").is_err());
+        assert!(check_origin("a b").is_err());
+        assert!(check_origin("a+b").is_err());
+        assert!(check_origin("a\u{7}").is_err());
+    }
+
+    #[test]
+    fn defaults_and_demo_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        assert_eq!(Config::demo("/tmp/x".into()).validate(), Ok(()));
+    }
+
+    #[test]
+    fn port_zero_and_distinct_ports_do_not_clash() {
+        let mut config = Config::default();
+        config.admin.listen = "127.0.0.1:0".parse().unwrap();
+        let resource = |name: &str, listen: &str| ResourceConfig {
+            name: name.to_owned(),
+            kind: crate::ResourceKind::Http,
+            durability: Default::default(),
+            listen: Some(listen.parse().unwrap()),
+            target: None,
+            database: None,
+            credentials: None,
+        };
+        config.resources = vec![
+            resource("a", "127.0.0.1:0"),
+            resource("b", "127.0.0.1:9000"),
+            resource("c", "127.0.0.2:9000"),
+        ];
+        assert_eq!(config.validate(), Ok(()));
+        config.resources.push(resource("d", "0.0.0.0:9000"));
+        let problems = config.validate().unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "resources[3].listen");
+        assert_eq!(
+            problems[0].message,
+            "0.0.0.0:9000 overlaps resources[1].listen (127.0.0.1:9000) on port 9000"
+        );
+    }
+}

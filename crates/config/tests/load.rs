@@ -1,0 +1,455 @@
+//! Loading real files from a temporary folder: the example, defaults, and one test per kind of
+//! mistake, each checking that the message names the file and the key.
+//!
+//! Environment: tests run in parallel and `std::env::set_var` is `unsafe` (forbidden here), so
+//! nothing sets variables. The "is set" case uses `PATH`, which every environment has; the
+//! "missing" case uses a name nobody sets; exact values go through `validate_with_env`.
+
+use std::env::VarError;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gatehouse_config::{
+    ByteSize, Config, ConfigError, Durability, LedgerConfig, LogFormat, ResourceKind,
+};
+
+const UNSET: &str = "GATEHOUSE_TEST_SURELY_UNSET_4711";
+
+const EXAMPLE: &str = include_str!("../../../examples/gatehouse.toml");
+
+/// A folder holding `gatehouse.toml` with `text`; the folder lives as long as the guard.
+fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// The error message for loading `text` from a real file, with the file's path shortened to
+/// `gatehouse.toml` so expectations read like what an operator sees.
+fn load_error(text: &str) -> String {
+    let (_dir, path) = write_config(text);
+    let err = Config::load(&path).expect_err("config should be rejected");
+    assert_eq!(err.file(), path);
+    let message = err.to_string();
+    for line in message.lines() {
+        assert!(
+            line.starts_with(&path.display().to_string()),
+            "line does not name the file: {line}"
+        );
+    }
+    message.replace(&path.display().to_string(), "gatehouse.toml")
+}
+
+fn fake_env(name: &str) -> Result<String, VarError> {
+    match name {
+        "PG_DEMO_PASSWORD" => Ok("demo-password-from-env".to_owned()),
+        _ => Err(VarError::NotPresent),
+    }
+}
+
+const PG: &str = "[[resources]]\nname = \"pg\"\nkind = \"postgres\"\n";
+
+#[test]
+fn example_file_loads() {
+    let (dir, path) = write_config(EXAMPLE);
+    let config = Config::parse_toml_str(EXAMPLE, &path).unwrap();
+    assert_eq!(config.validate_with_env(&fake_env), Ok(()));
+
+    // The example documents the defaults, so it must agree with them.
+    let defaults = Config::default();
+    assert_eq!(config.log, defaults.log);
+    assert_eq!(config.admin, defaults.admin);
+    assert_eq!(config.ledger, defaults.ledger);
+    assert_eq!(config.data_dir, dir.path().join("gatehouse-data"));
+
+    let pg = config.resource("pg-demo").unwrap();
+    assert_eq!(pg.kind, ResourceKind::Postgres);
+    assert_eq!(pg.durability, Durability::Sync);
+    assert_eq!(pg.listen, Some("127.0.0.1:6432".parse().unwrap()));
+    assert_eq!(pg.target.as_deref(), Some("127.0.0.1:5432"));
+    assert_eq!(pg.database.as_deref(), Some("app"));
+    let creds = pg.credentials.as_ref().unwrap();
+    assert_eq!(creds.user, "gatehouse");
+    assert_eq!(
+        creds.password_with_env(&fake_env).unwrap().expose(),
+        "demo-password-from-env"
+    );
+    assert!(config.resource("nope").is_none());
+
+    // Through `load`, the real environment decides; PG_DEMO_PASSWORD is normally unset here.
+    if std::env::var_os("PG_DEMO_PASSWORD").is_none() {
+        assert_eq!(
+            load_error(EXAMPLE),
+            "gatehouse.toml: resources[0].credentials.password_env: environment variable PG_DEMO_PASSWORD is not set"
+        );
+    }
+}
+
+#[test]
+fn empty_file_gives_defaults() {
+    let (dir, path) = write_config("");
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.data_dir, dir.path().join("gatehouse-data"));
+    assert_eq!(config.log.format, LogFormat::Text);
+    assert_eq!(config.log.level, "info");
+    assert_eq!(config.admin.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(
+        config.ledger,
+        LedgerConfig {
+            origin: "gatehouse.local/ledger".to_owned(),
+            checkpoint_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(60),
+            batched_window: Duration::from_millis(5),
+            segment_size: ByteSize::mib(64),
+            max_batch: 4096,
+            max_entry_size: ByteSize::mib(1),
+        }
+    );
+    assert!(config.resources.is_empty());
+    assert_eq!(
+        config,
+        Config {
+            data_dir: config.data_dir.clone(),
+            ..Config::default()
+        }
+    );
+}
+
+#[test]
+fn values_are_typed() {
+    let text = r#"
+data_dir = "/var/lib/gatehouse"
+[log]
+format = "json"
+level = "info,gatehouse_ledger=debug"
+[ledger]
+checkpoint_interval = "250ms"
+batched_window = "100us"
+segment_size = 2097152
+max_entry_size = "64 KiB"
+[[resources]]
+name = "api"
+kind = "http"
+durability = "batched"
+listen = "[::1]:0"
+"#;
+    let (_dir, path) = write_config(text);
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.data_dir, Path::new("/var/lib/gatehouse"));
+    assert_eq!(config.log.format, LogFormat::Json);
+    assert_eq!(
+        config.ledger.checkpoint_interval,
+        Duration::from_millis(250)
+    );
+    assert_eq!(config.ledger.batched_window, Duration::from_micros(100));
+    assert_eq!(config.ledger.segment_size.bytes(), 2 << 20);
+    assert_eq!(config.ledger.max_entry_size, ByteSize::kib(64));
+    assert_eq!(config.resources[0].durability, Durability::Batched);
+}
+
+#[test]
+fn missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    let err = Config::load(&path).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }));
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "{}: cannot read the config file: ",
+            path.display()
+        )),
+        "{message}"
+    );
+}
+
+#[test]
+fn unknown_key_at_top_level() {
+    assert_eq!(
+        load_error("data_dir = \"x\"\nbogus = 1\n"),
+        "gatehouse.toml:2:1: bogus: unknown key; expected one of data_dir, log, admin, ledger, resources"
+    );
+}
+
+#[test]
+fn unknown_key_nested() {
+    let text = "# comment\n\n[log]\nlevel = \"info\"\n\n[ledger]\nsegment_sise = \"64MiB\"\n";
+    assert_eq!(
+        load_error(text),
+        "gatehouse.toml:7:1: ledger.segment_sise: unknown key; expected one of origin, checkpoint_interval, \
+         heartbeat_interval, batched_window, segment_size, max_batch, max_entry_size"
+    );
+    let text = format!("{PG}[resources.credentials]\nuser = \"u\"\npasword_env = \"X\"\n");
+    assert_eq!(
+        load_error(&text),
+        "gatehouse.toml:6:1: resources[0].credentials.pasword_env: unknown key; expected one of user, password_env, password_file"
+    );
+    let text = format!("{PG}{PG}port = 5432\n");
+    assert_eq!(
+        load_error(&text),
+        "gatehouse.toml:7:1: resources[1].port: unknown key; expected one of name, kind, durability, listen, \
+         target, database, credentials"
+    );
+}
+
+#[test]
+fn wrong_type() {
+    assert_eq!(
+        load_error("[ledger]\nmax_batch = \"lots\"\n"),
+        "gatehouse.toml:2:13: ledger.max_batch: wrong type: expected a non-negative integer, found string \"lots\""
+    );
+    assert_eq!(
+        load_error("log = \"debug\"\n"),
+        "gatehouse.toml:1:7: log: wrong type: expected a table, found string \"debug\""
+    );
+    assert_eq!(
+        load_error("[[resources]]\nname = \"x\"\nkind = \"postgress\"\n"),
+        "gatehouse.toml:3:8: resources[0].kind: unknown value \"postgress\"; expected one of postgres, mysql, ssh, http, kubernetes"
+    );
+    assert_eq!(
+        load_error("[admin]\nlisten = \"localhost:8080\"\n"),
+        "gatehouse.toml:2:10: admin.listen: invalid socket address syntax; write ip:port, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\""
+    );
+}
+
+#[test]
+fn missing_required_key() {
+    assert_eq!(
+        load_error("[[resources]]\nkind = \"ssh\"\n"),
+        "gatehouse.toml:1:1: resources[0].name: required key is missing"
+    );
+    assert_eq!(
+        load_error(&format!(
+            "{PG}credentials = {{ password_env = \"PATH\" }}\n"
+        )),
+        "gatehouse.toml:4:15: resources[0].credentials.user: required key is missing"
+    );
+}
+
+#[test]
+fn bad_duration() {
+    let message =
+        load_error("[ledger]\ncheckpoint_interval = \"1 sec\"\nheartbeat_interval = \"10\"\n");
+    assert!(
+        message.starts_with(
+            "gatehouse.toml:3:22: ledger.heartbeat_interval: \"10\" is not a duration ("
+        ),
+        "{message}"
+    );
+    assert_eq!(
+        load_error("[ledger]\nbatched_window = 5\n"),
+        "gatehouse.toml:2:18: ledger.batched_window: wrong type: expected a duration string with a unit, like \"1s\" or \"250ms\", found integer `5`"
+    );
+}
+
+#[test]
+fn bad_size() {
+    let message = load_error("[ledger]\nsegment_size = \"64MB\"\n");
+    assert!(
+        message.starts_with(
+            "gatehouse.toml:2:16: ledger.segment_size: \"64MB\" is not a size: \"MB\" is ambiguous"
+        ),
+        "{message}"
+    );
+}
+
+#[test]
+fn out_of_range_values() {
+    let text = "[ledger]\nsegment_size = \"512KiB\"\nmax_entry_size = \"32MiB\"\nmax_batch = 0\n\
+                checkpoint_interval = \"2h\"\nheartbeat_interval = \"500ms\"\nbatched_window = \"50us\"\n";
+    assert_eq!(
+        load_error(text),
+        "gatehouse.toml: ledger.checkpoint_interval: 2h is too long; use at most 1h\n\
+         gatehouse.toml: ledger.heartbeat_interval: 500ms is too short; use at least 1s\n\
+         gatehouse.toml: ledger.batched_window: 50us is too short; use at least 100us\n\
+         gatehouse.toml: ledger.segment_size: 512KiB is too small; use at least 1MiB\n\
+         gatehouse.toml: ledger.max_batch: 0 is out of range; use 1 to 65536\n\
+         gatehouse.toml: ledger.max_entry_size: 32MiB is too large; use at most 16MiB\n\
+         gatehouse.toml: ledger.max_entry_size: 32MiB must be smaller than ledger.segment_size (512KiB)"
+    );
+    assert_eq!(
+        load_error("[ledger]\nsegment_size = \"8GiB\"\n"),
+        "gatehouse.toml: ledger.segment_size: 8GiB is too large; use at most 4GiB"
+    );
+}
+
+#[test]
+fn duplicate_resource_name() {
+    let text = "[[resources]]\nname = \"pg-demo\"\nkind = \"postgres\"\n\
+                [[resources]]\nname = \"other\"\nkind = \"ssh\"\n\
+                [[resources]]\nname = \"pg-demo\"\nkind = \"mysql\"\n";
+    assert_eq!(
+        load_error(text),
+        "gatehouse.toml: resources[0].name: \"pg-demo\" is used by resources[2] too"
+    );
+}
+
+#[test]
+fn invalid_resource_name_and_target() {
+    let text = "[[resources]]\nname = \"Prod DB\"\nkind = \"postgres\"\ntarget = \"db.internal\"\n";
+    assert_eq!(
+        load_error(text),
+        "gatehouse.toml: resources[0].name: \"Prod DB\" is not a valid name; use 1 to 63 characters from a-z, 0-9, \
+         '_', '.', '-', starting with a letter or digit\n\
+         gatehouse.toml: resources[0].target: \"db.internal\" is not host:port: the port is missing"
+    );
+}
+
+#[test]
+fn missing_env_var() {
+    let text = format!("{PG}[resources.credentials]\nuser = \"u\"\npassword_env = \"{UNSET}\"\n");
+    assert_eq!(
+        load_error(&text),
+        format!(
+            "gatehouse.toml: resources[0].credentials.password_env: environment variable {UNSET} is not set"
+        )
+    );
+}
+
+#[test]
+fn both_or_neither_password_source() {
+    let both = format!(
+        "{PG}[resources.credentials]\nuser = \"u\"\npassword_env = \"PATH\"\npassword_file = \"pw\"\n"
+    );
+    assert_eq!(
+        load_error(&both),
+        "gatehouse.toml: resources[0].credentials: has both password_env and password_file; keep exactly one"
+    );
+    let neither = format!("{PG}[resources.credentials]\nuser = \"u\"\n");
+    assert_eq!(
+        load_error(&neither),
+        "gatehouse.toml: resources[0].credentials: has neither password_env nor password_file; set exactly one"
+    );
+}
+
+#[test]
+fn invalid_origin() {
+    assert_eq!(
+        load_error("[ledger]\norigin = \"gatehouse+ledger\"\n"),
+        "gatehouse.toml: ledger.origin: \"gatehouse+ledger\" must not contain '+'"
+    );
+    assert_eq!(
+        load_error("[ledger]\norigin = \"my ledger\"\n"),
+        "gatehouse.toml: ledger.origin: \"my ledger\" must not contain whitespace or control characters"
+    );
+    assert_eq!(
+        load_error("[ledger]\norigin = \"\"\n"),
+        "gatehouse.toml: ledger.origin: \"\" is empty; write e.g. \"gatehouse.example.com/ledger\""
+    );
+}
+
+#[test]
+fn duplicate_listen_address() {
+    let text = "[admin]\nlisten = \"127.0.0.1:7000\"\n[[resources]]\nname = \"a\"\nkind = \"http\"\nlisten = \"127.0.0.1:7000\"\n";
+    assert_eq!(
+        load_error(text),
+        "gatehouse.toml: resources[0].listen: 127.0.0.1:7000 is also used by admin.listen"
+    );
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let text = format!(
+        "[ledger]\norigin = \"a b\"\nmax_batch = 100000\n\
+         [[resources]]\nname = \"dup\"\nkind = \"postgres\"\n[resources.credentials]\nuser = \"u\"\npassword_env = \"{UNSET}\"\n\
+         [[resources]]\nname = \"dup\"\nkind = \"mysql\"\n[resources.credentials]\nuser = \"\"\npassword_file = \"missing-secret\"\n"
+    );
+    let (dir, path) = write_config(&text);
+    let ConfigError::Invalid { problems, .. } = Config::load(&path).unwrap_err() else {
+        panic!("expected validation problems");
+    };
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "ledger.origin",
+            "ledger.max_batch",
+            "resources[0].credentials.password_env",
+            "resources[1].credentials.user",
+            "resources[1].credentials.password_file",
+            "resources[0].name",
+        ]
+    );
+    // The relative password file was looked for next to the config file.
+    let missing = dir.path().join("missing-secret");
+    assert!(
+        problems[4]
+            .message
+            .starts_with(&format!("cannot read {}: ", missing.display())),
+        "{}",
+        problems[4]
+    );
+}
+
+#[test]
+fn password_from_env() {
+    // PATH is set (and non-empty) wherever tests run.
+    let text = format!("{PG}[resources.credentials]\nuser = \"u\"\npassword_env = \"PATH\"\n");
+    let (_dir, path) = write_config(&text);
+    let config = Config::load(&path).unwrap();
+    let secret = config.resources[0]
+        .credentials
+        .as_ref()
+        .unwrap()
+        .password()
+        .unwrap();
+    assert_eq!(secret.expose(), std::env::var("PATH").unwrap());
+}
+
+#[test]
+fn password_from_relative_file_and_no_secret_in_debug() {
+    const SECRET: &str = "correct-horse-battery-staple";
+    let text =
+        format!("{PG}[resources.credentials]\nuser = \"u\"\npassword_file = \"secrets/pg\"\n");
+    let (dir, path) = write_config(&text);
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    std::fs::write(dir.path().join("secrets/pg"), format!("{SECRET}\n")).unwrap();
+
+    let config = Config::load(&path).unwrap();
+    let creds = config.resources[0].credentials.as_ref().unwrap();
+    assert_eq!(
+        creds.password_file.as_deref(),
+        Some(dir.path().join("secrets/pg").as_path())
+    );
+    let secret = creds.password().unwrap();
+    assert_eq!(secret.expose(), SECRET);
+
+    let shown = format!("{config:?} {config:#?} {creds:?} {secret:?} {secret}");
+    assert!(!shown.contains(SECRET), "secret leaked: {shown}");
+    assert!(shown.contains("[redacted]"));
+}
+
+#[test]
+fn error_never_contains_the_secret() {
+    // An env var that is set but whose value must not be echoed when something else is wrong.
+    let path_value = std::env::var("PATH").unwrap();
+    let text = format!("{PG}[resources.credentials]\nuser = \"\"\npassword_env = \"PATH\"\n");
+    let message = load_error(&text);
+    assert_eq!(
+        message,
+        "gatehouse.toml: resources[0].credentials.user: must not be empty"
+    );
+    assert!(!message.contains(&path_value));
+}
+
+#[test]
+fn serializes_back_to_equal_config() {
+    let (_dir, path) = write_config(EXAMPLE);
+    let config = Config::parse_toml_str(EXAMPLE, &path).unwrap();
+    let text = toml::to_string(&config).unwrap();
+    let again = Config::parse_toml_str(&text, Path::new("/elsewhere/gatehouse.toml")).unwrap();
+    assert_eq!(again, config, "{text}");
+}
+
+#[test]
+fn from_toml_str_uses_origin_for_relative_paths() {
+    let config = Config::from_toml_str(
+        "data_dir = \"state\"",
+        Path::new("/etc/gatehouse/gatehouse.toml"),
+    )
+    .unwrap();
+    assert_eq!(config.data_dir, Path::new("/etc/gatehouse/state"));
+    let config = Config::from_toml_str("", Path::new(gatehouse_config::DEFAULT_FILE)).unwrap();
+    assert_eq!(config.data_dir, Path::new("gatehouse-data"));
+}
