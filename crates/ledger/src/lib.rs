@@ -1,1 +1,24 @@
-//! placeholder
+//! Gatehouse's tamper-evident audit ledger.
+//!
+//! Events become canonical JSON lines in append-only segment files, hashed into an
+//! RFC 6962 Merkle tree, made durable by one sequencer thread that group-commits
+//! concurrent appends, and vouched for by Ed25519-signed checkpoints in the C2SP
+//! tlog-checkpoint format. [`verify`] checks all of it offline.
+
+pub mod checkpoint;
+pub mod chunks;
+mod error;
+mod fsutil;
+pub mod layout;
+mod ledger;
+pub mod merkle;
+pub mod proof;
+pub mod segment;
+pub mod verify;
+
+pub use checkpoint::{Checkpoint, DEFAULT_ORIGIN, SignedCheckpoint, verify_note};
+pub use error::LedgerError;
+pub use layout::Layout;
+pub use ledger::{Ledger, LedgerOptions, LedgerStatus, OpenReport, Receipt};
+pub use proof::{InclusionProof, check_inclusion, prove_inclusion};
+pub use verify::{TrustedKey, VerifySummary, verify};

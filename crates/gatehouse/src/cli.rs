@@ -1,0 +1,168 @@
+//! Command-line syntax: every subcommand, its flags and its help text.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Gatehouse: an identity-aware access gateway that records every session in a
+/// tamper-evident, offline-verifiable ledger.
+#[derive(Debug, Parser)]
+#[command(name = "gatehouse", version, propagate_version = true)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway from a configuration file until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Run the gateway on a built-in configuration with a local data directory.
+    Demo(DemoArgs),
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Inspect, verify, prove and benchmark the audit ledger.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The configuration file.
+    #[arg(long, short, default_value = "gatehouse.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Data directory for the demo's ledger and keys (created if missing).
+    #[arg(long, default_value = "gatehouse-demo")]
+    pub data_dir: PathBuf,
+    /// Address of the admin API; if taken, a free port is used instead.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub admin: SocketAddr,
+    /// Stop by itself after this long (e.g. `10s`) instead of waiting for Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file; exits non-zero and lists every problem if invalid.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Print the public verifier key of a ledger (give it to auditors).
+    Pubkey(DataDirArg),
+    /// Check a ledger offline: every entry, the Merkle tree, every checkpoint signature,
+    /// checkpoint consistency and chunk hashes. Prints a JSON summary; exit 0 if intact.
+    Verify(VerifyArgs),
+    /// Append synthetic events through the real durable path and report throughput and
+    /// acknowledgement latency as a JSON line.
+    Bench(BenchArgs),
+    /// Print an inclusion proof for one entry against the newest checkpoint (JSON).
+    Proof(ProofArgs),
+    /// Check an inclusion proof made by `ledger proof`, offline, with a trusted key.
+    VerifyProof(VerifyProofArgs),
+    /// Open and close a ledger: repairs a crash tail and records the recovery, like a
+    /// gateway start would.
+    Recover(DataDirArg),
+}
+
+#[derive(Debug, Args)]
+pub struct DataDirArg {
+    /// The gateway's data directory (the one holding `ledger/`).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The gateway's data directory (the one holding `ledger/`).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Trusted verifier key (`name+id+key`, as printed by `ledger pubkey`), or `@FILE`.
+    /// Without it the key stored in the data directory is used, which cannot detect a
+    /// forger who also replaced that key.
+    #[arg(long)]
+    pub pubkey: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Data directory to write into (created if missing).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Number of events to append.
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    /// Number of concurrent writers.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Approximate size of each entry line in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Durability of every append.
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
+    pub durability: DurabilityArg,
+    /// Offered load in events per second (open loop); unlimited when absent.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Write `index leaf_hash` of every acknowledged append to this file as it happens
+    /// (used by the crash tests).
+    #[arg(long)]
+    pub ack_log: Option<PathBuf>,
+    /// Segment size in bytes for a new ledger.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub segment_size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityArg {
+    Sync,
+    Batched,
+}
+
+#[derive(Debug, Args)]
+pub struct ProofArgs {
+    /// The gateway's data directory (the one holding `ledger/`).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Index of the entry to prove.
+    #[arg(long)]
+    pub index: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyProofArgs {
+    /// The proof file made by `ledger proof`; `-` reads standard input.
+    #[arg(default_value = "-")]
+    pub proof: PathBuf,
+    /// Trusted verifier key (`name+id+key`), or `@FILE`.
+    #[arg(long)]
+    pub pubkey: String,
+}

@@ -1,0 +1,255 @@
+//! The binary as a user meets it: help, config check, serve with its admin API (driven
+//! with curl) and graceful shutdown, the demo, proofs.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn help_lists_the_commands() {
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    for cmd in ["serve", "demo", "config", "ledger"] {
+        assert!(text.contains(cmd), "{text}");
+    }
+    let text = stdout(&run(&["ledger", "--help"]));
+    for cmd in [
+        "pubkey",
+        "verify",
+        "bench",
+        "proof",
+        "verify-proof",
+        "recover",
+    ] {
+        assert!(text.contains(cmd), "{text}");
+    }
+}
+
+#[test]
+fn config_check_accepts_the_example_and_names_bad_keys() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/gatehouse.toml");
+    let out = gatehouse()
+        .args(["config", "check", example.to_str().unwrap()])
+        .env("PG_DEMO_PASSWORD", "not-a-real-secret")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("ok"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[ledger]\nbatched_window = \"soon\"\n").unwrap();
+    let out = run(&["config", "check", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("bad.toml") && err.contains("batched_window"),
+        "{err}"
+    );
+
+    let out = run(&[
+        "config",
+        "check",
+        dir.path().join("missing.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn curl(url: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl is installed by scripts/test");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn serve_answers_on_the_admin_api_and_signs_a_final_checkpoint_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!("data_dir = \"data\"\n[admin]\nlisten = \"127.0.0.1:{port}\"\n[ledger]\norigin = \"test.example/ledger\"\n"),
+    )
+    .unwrap();
+    let mut child = gatehouse()
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if curl(&format!("{base}/healthz")).0 == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "serve did not come up");
+        sleep(Duration::from_millis(100));
+    }
+    let (_, health) = curl(&format!("{base}/healthz"));
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["status"], "ok");
+
+    // A checkpoint appears within a second or two of the first entries.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let note = loop {
+        let (code, body) = curl(&format!("{base}/api/ledger/checkpoint"));
+        if code == 200 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint: {code} {body}");
+        sleep(Duration::from_millis(200));
+    };
+    let (_, key) = curl(&format!("{base}/api/ledger/pubkey"));
+    let cp = gatehouse_ledger::verify_note(&note, key.trim()).unwrap();
+    assert_eq!(cp.origin, "test.example/ledger");
+    let (code, metrics) = curl(&format!("{base}/metrics"));
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("gatehouse_ledger_appends_total"),
+        "{metrics}"
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut logs = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        logs.push(line.unwrap());
+    }
+    assert!(child.wait().unwrap().success());
+    for line in &logs {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string(), "{line}");
+    }
+    assert!(
+        logs.iter().any(|l| l.contains("final checkpoint signed")),
+        "{logs:#?}"
+    );
+
+    let data = dir.path().join("data");
+    let out = verify(&data, key.trim());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = last_json(&out);
+    assert_eq!(
+        summary["unsigned_entries"], 0,
+        "the final checkpoint covers every entry"
+    );
+    // ledger.open and config.change
+    assert_eq!(summary["entries"], 2);
+}
+
+#[test]
+fn serve_refuses_a_bad_config_without_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(&config, "data_dir = \"data\"\nadmin_port = 1\n").unwrap();
+    let out = run(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("admin_port"), "{}", stderr(&out));
+    assert!(!dir.path().join("data").exists(), "nothing was created");
+}
+
+#[test]
+fn demo_runs_writes_a_session_and_verifies_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gatehouse()
+        .current_dir(dir.path())
+        .args(["demo", "--admin", "127.0.0.1:0", "--duration", "2s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("Gatehouse demo is running"), "{text}");
+    assert!(text.contains("Verified the demo ledger offline"), "{text}");
+    // The default data directory is created under the current folder.
+    let data = dir.path().join("gatehouse-demo");
+    let out = verify(&data, &pubkey(&data));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(last_json(&out)["chunks"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn proofs_verify_offline_and_detect_a_changed_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 50);
+    let key = pubkey(dir.path());
+    let out = run(&[
+        "ledger",
+        "proof",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--index",
+        "17",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let proof_path = dir.path().join("proof.json");
+    std::fs::write(&proof_path, &out.stdout).unwrap();
+    let out = run(&[
+        "ledger",
+        "verify-proof",
+        proof_path.to_str().unwrap(),
+        "--pubkey",
+        &key,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(last_json(&out)["index"], 17);
+
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&proof_path).unwrap()).unwrap();
+    let entry = doc["entry"]
+        .as_str()
+        .unwrap()
+        .replacen("\"n\":", "\"n\":1", 1);
+    doc["entry"] = entry.into();
+    std::fs::write(&proof_path, doc.to_string()).unwrap();
+    let out = run(&[
+        "ledger",
+        "verify-proof",
+        proof_path.to_str().unwrap(),
+        "--pubkey",
+        &key,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("does not hash"), "{}", stderr(&out));
+
+    let out = run(&[
+        "ledger",
+        "proof",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--index",
+        "999",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not covered"), "{}", stderr(&out));
+}

@@ -1,0 +1,69 @@
+//! Helpers shared by the integration tests: run the real `gatehouse` binary.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+pub fn gatehouse() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
+pub fn run(args: &[&str]) -> Output {
+    gatehouse().args(args).output().expect("running gatehouse")
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The last line of stdout parsed as JSON.
+pub fn last_json(out: &Output) -> serde_json::Value {
+    let text = stdout(out);
+    let line = text
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no output; stderr: {}", stderr(out)));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+/// Writes `events` synthetic entries into the ledger at `dir` with the bench command.
+pub fn fill(dir: &Path, events: u64) {
+    let out = run(&[
+        "ledger",
+        "bench",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--events",
+        &events.to_string(),
+        "--concurrency",
+        "4",
+        "--size",
+        "300",
+        "--segment-size",
+        "65536",
+    ]);
+    assert!(out.status.success(), "bench failed: {}", stderr(&out));
+}
+
+pub fn pubkey(dir: &Path) -> String {
+    let out = run(&["ledger", "pubkey", "--data-dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).trim().to_string()
+}
+
+pub fn verify(dir: &Path, key: &str) -> Output {
+    run(&[
+        "ledger",
+        "verify",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--pubkey",
+        key,
+    ])
+}

@@ -1,0 +1,494 @@
+//! Segment files: reading entry lines back (scan) and appending them (writer).
+//!
+//! A segment is named after the index of its first entry and holds entry lines, each
+//! `<canonical JSON>\n`. New segments are filled with zeros up front, so an fdatasync after
+//! an append only flushes data blocks, never a size change; the first zero byte at a line
+//! start marks the end of the data. A segment that fills up is trimmed to its data and
+//! the next one begins. Only the last segment may end in zeros or a torn line.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+
+use gatehouse_core::EntryHeader;
+
+use crate::error::{IoContext, LedgerError};
+use crate::fsutil::sync_dir;
+use crate::layout::{Layout, segment_first_index};
+
+/// One segment file on disk.
+#[derive(Debug, Clone)]
+pub struct SegmentFile {
+    pub path: PathBuf,
+    pub first_index: u64,
+}
+
+/// Lists segment files in index order; other files in the folder are ignored.
+pub fn list_segments(layout: &Layout) -> Result<Vec<SegmentFile>, LedgerError> {
+    let dir = layout.segments();
+    let mut out = Vec::new();
+    let read = match fs::read_dir(&dir) {
+        Ok(read) => read,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(LedgerError::io(dir, e)),
+    };
+    for item in read {
+        let path = item.at(&dir)?.path();
+        if let Some(first_index) = segment_first_index(&path) {
+            out.push(SegmentFile { path, first_index });
+        }
+    }
+    out.sort_by_key(|s| s.first_index);
+    Ok(out)
+}
+
+/// An entry line as found on disk.
+#[derive(Debug)]
+pub struct RawEntry<'a> {
+    pub index: u64,
+    /// The entry's bytes without the newline: exactly what is hashed.
+    pub line: &'a [u8],
+    pub header: EntryHeader,
+    pub segment: &'a Path,
+    pub offset: u64,
+}
+
+/// Why the data of a segment stops being a valid continuation of the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefectKind {
+    /// Bytes that do not end in a newline before zeros or the end of the file.
+    PartialLine,
+    /// A complete line that is not a readable entry.
+    Unreadable(String),
+    /// A readable entry whose index is not the next one.
+    WrongIndex { found: u64 },
+    /// An entry whose schema version this reader does not know.
+    UnknownVersion(u32),
+    /// A timestamp earlier than its predecessor's.
+    TimeWentBack { previous: u64, found: u64 },
+    /// Non-zero bytes after the zero padding that ends the data.
+    DataAfterEnd,
+}
+
+/// The first place where a segment's bytes stop being valid log data.
+#[derive(Debug, Clone)]
+pub struct Defect {
+    pub segment: PathBuf,
+    /// Byte offset of the first invalid byte (the end of the valid data).
+    pub offset: u64,
+    /// The index the log expected at that point.
+    pub index: u64,
+    pub kind: DefectKind,
+    /// Whether more newline-terminated data follows the defect. A crash leaves at most
+    /// one partial line behind; anything more is damage, never a crash tail.
+    pub more_lines_follow: bool,
+    pub is_last_segment: bool,
+    /// Bytes from `offset` to the last non-zero byte of the segment: what a repair cuts.
+    pub tail_bytes: u64,
+}
+
+impl Defect {
+    /// True when this looks like what a crash leaves: one partial or unreadable line at
+    /// the very end of the last segment, followed only by zeros.
+    pub fn is_crash_tail(&self) -> bool {
+        self.is_last_segment
+            && !self.more_lines_follow
+            && matches!(
+                self.kind,
+                DefectKind::PartialLine | DefectKind::Unreadable(_) | DefectKind::DataAfterEnd
+            )
+    }
+}
+
+impl std::fmt::Display for Defect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = format!(
+            "{} offset {} (index {})",
+            self.segment.display(),
+            self.offset,
+            self.index
+        );
+        match &self.kind {
+            DefectKind::PartialLine => write!(
+                f,
+                "{at}: partial entry at the end of the data (truncated segment or crash tail)"
+            ),
+            DefectKind::Unreadable(why) => write!(f, "{at}: not a valid entry line: {why}"),
+            DefectKind::WrongIndex { found } => write!(
+                f,
+                "{at}: found entry index {found} where index {} belongs (entries deleted, inserted or reordered)",
+                self.index
+            ),
+            DefectKind::UnknownVersion(v) => write!(f, "{at}: unknown entry schema version {v}"),
+            DefectKind::TimeWentBack { previous, found } => write!(
+                f,
+                "{at}: timestamp {found} is earlier than the previous entry's {previous}"
+            ),
+            DefectKind::DataAfterEnd => {
+                write!(
+                    f,
+                    "{at}: unexpected non-zero bytes after the end of the data"
+                )
+            }
+        }
+    }
+}
+
+/// Where the valid data of the log ends.
+#[derive(Debug, Clone)]
+pub struct ScanEnd {
+    /// Number of valid entries (the next index).
+    pub entries: u64,
+    /// Timestamp of the last valid entry.
+    pub last_ts: Option<u64>,
+    /// The last segment, its first index, the end of its valid data, and its file length.
+    pub last_segment: Option<(SegmentFile, u64, u64)>,
+    /// Set when the data stops being valid before the end of the last segment.
+    pub defect: Option<Defect>,
+}
+
+/// Reads every segment in order, calling `visit` for each valid entry.
+///
+/// Stops at the first defect. A defect in a segment that is not the last one, or a gap
+/// between segments, is returned as [`LedgerError::Corrupt`]; a defect in the last segment
+/// is reported in [`ScanEnd::defect`] so the caller decides whether it is a crash tail.
+pub fn scan(
+    layout: &Layout,
+    mut visit: impl FnMut(&RawEntry<'_>) -> Result<(), LedgerError>,
+) -> Result<ScanEnd, LedgerError> {
+    let segments = list_segments(layout)?;
+    let mut next_index = 0u64;
+    let mut last_ts: Option<u64> = None;
+    let mut buf = Vec::new();
+    let count = segments.len();
+    for (n, seg) in segments.iter().enumerate() {
+        let is_last = n + 1 == count;
+        if seg.first_index != next_index {
+            return Err(LedgerError::Corrupt(format!(
+                "{}: segment starts at index {} but the segments before it end at index {} \
+                 (a segment was deleted, renamed or truncated)",
+                seg.path.display(),
+                seg.first_index,
+                next_index
+            )));
+        }
+        buf.clear();
+        File::open(&seg.path)
+            .and_then(|mut f| f.read_to_end(&mut buf))
+            .at(&seg.path)?;
+        let (end, defect) = scan_segment(
+            &buf,
+            seg,
+            is_last,
+            &mut next_index,
+            &mut last_ts,
+            &mut visit,
+        )?;
+        if let Some(defect) = defect {
+            if !is_last {
+                return Err(LedgerError::Corrupt(defect.to_string()));
+            }
+            return Ok(ScanEnd {
+                entries: next_index,
+                last_ts,
+                last_segment: Some((seg.clone(), end, buf.len() as u64)),
+                defect: Some(defect),
+            });
+        }
+        if is_last {
+            return Ok(ScanEnd {
+                entries: next_index,
+                last_ts,
+                last_segment: Some((seg.clone(), end, buf.len() as u64)),
+                defect: None,
+            });
+        }
+    }
+    Ok(ScanEnd {
+        entries: next_index,
+        last_ts,
+        last_segment: None,
+        defect: None,
+    })
+}
+
+/// Scans one segment's bytes; returns the end of valid data and the defect, if any.
+fn scan_segment(
+    buf: &[u8],
+    seg: &SegmentFile,
+    is_last: bool,
+    next_index: &mut u64,
+    last_ts: &mut Option<u64>,
+    visit: &mut impl FnMut(&RawEntry<'_>) -> Result<(), LedgerError>,
+) -> Result<(u64, Option<Defect>), LedgerError> {
+    let mut pos = 0usize;
+    let defect_at = |pos: usize, index: u64, kind: DefectKind| {
+        let rest = &buf[pos..];
+        // Skip the offending line itself; any non-zero byte after it is more data.
+        let after_line = match memchr::memchr(b'\n', rest) {
+            Some(i) => &rest[i + 1..],
+            None => &[][..],
+        };
+        let more_lines_follow = after_line.iter().any(|&b| b != 0);
+        let tail_bytes = rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1) as u64;
+        Defect {
+            segment: seg.path.clone(),
+            offset: pos as u64,
+            index,
+            kind,
+            more_lines_follow,
+            is_last_segment: is_last,
+            tail_bytes,
+        }
+    };
+    while pos < buf.len() {
+        if buf[pos] == 0 {
+            // Zero padding: the data ends here, and nothing but zeros may follow.
+            if let Some(i) = buf[pos..].iter().position(|&b| b != 0) {
+                return Ok((
+                    pos as u64,
+                    Some(defect_at(pos + i, *next_index, DefectKind::DataAfterEnd)),
+                ));
+            }
+            return Ok((pos as u64, None));
+        }
+        let Some(len) = memchr::memchr(b'\n', &buf[pos..]) else {
+            return Ok((
+                pos as u64,
+                Some(defect_at(pos, *next_index, DefectKind::PartialLine)),
+            ));
+        };
+        let line = &buf[pos..pos + len];
+        if memchr::memchr(0, line).is_some() {
+            return Ok((
+                pos as u64,
+                Some(defect_at(pos, *next_index, DefectKind::PartialLine)),
+            ));
+        }
+        let header: EntryHeader = match serde_json::from_slice(line) {
+            Ok(h) => h,
+            Err(e) => {
+                let kind = DefectKind::Unreadable(e.to_string());
+                return Ok((pos as u64, Some(defect_at(pos, *next_index, kind))));
+            }
+        };
+        if header.v != gatehouse_core::SCHEMA_VERSION {
+            let kind = DefectKind::UnknownVersion(header.v);
+            return Ok((pos as u64, Some(defect_at(pos, *next_index, kind))));
+        }
+        if header.i != *next_index {
+            let kind = DefectKind::WrongIndex { found: header.i };
+            return Ok((pos as u64, Some(defect_at(pos, *next_index, kind))));
+        }
+        if let Some(prev) = *last_ts
+            && header.ts < prev
+        {
+            let kind = DefectKind::TimeWentBack {
+                previous: prev,
+                found: header.ts,
+            };
+            return Ok((pos as u64, Some(defect_at(pos, *next_index, kind))));
+        }
+        let entry = RawEntry {
+            index: header.i,
+            line,
+            header,
+            segment: &seg.path,
+            offset: pos as u64,
+        };
+        visit(&entry)?;
+        *last_ts = Some(entry.header.ts);
+        *next_index += 1;
+        pos += len + 1;
+    }
+    Ok((pos as u64, None))
+}
+
+/// Creates zero-filled segment files ahead of need on a background thread, so that a
+/// rollover does not stall the sequencer while 64 MiB of zeros are written.
+struct Preparer {
+    ready: mpsc::Receiver<Result<PathBuf, LedgerError>>,
+    request: mpsc::Sender<()>,
+}
+
+impl Preparer {
+    fn start(dir: PathBuf, size: u64) -> Self {
+        let (ready_tx, ready) = mpsc::channel();
+        let (request, request_rx) = mpsc::channel::<()>();
+        thread::Builder::new()
+            .name("ledger-prealloc".into())
+            .spawn(move || {
+                let mut n = 0u64;
+                while request_rx.recv().is_ok() {
+                    n += 1;
+                    let path = dir.join(format!(".prep-{n}.tmp"));
+                    let result = zero_fill(&path, size).map(|()| path);
+                    if ready_tx.send(result).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawning the segment preallocation thread");
+        // Prepare the first spare right away.
+        let _ = request.send(());
+        Preparer { ready, request }
+    }
+
+    /// Takes the prepared file (waiting if it is not ready) and orders the next one.
+    fn take(&self) -> Result<PathBuf, LedgerError> {
+        let result = self
+            .ready
+            .recv()
+            .map_err(|_| LedgerError::Unavailable("segment preallocation thread stopped".into()))?;
+        let _ = self.request.send(());
+        result
+    }
+}
+
+fn zero_fill(path: &Path, size: u64) -> Result<(), LedgerError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .at(path)?;
+    let block = vec![0u8; 1 << 20];
+    let mut written = 0u64;
+    while written < size {
+        let n = block.len().min((size - written) as usize);
+        file.write_all_at(&block[..n], written).at(path)?;
+        written += n as u64;
+    }
+    file.sync_all().at(path)
+}
+
+/// Removes leftover preallocation files of an earlier run.
+pub fn remove_spares(layout: &Layout) -> Result<(), LedgerError> {
+    let dir = layout.segments();
+    for item in fs::read_dir(&dir).at(&dir)? {
+        let path = item.at(&dir)?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with(".prep-") && name.ends_with(".tmp") {
+            fs::remove_file(&path).at(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Appends entry lines to the current segment, rolling over to a new one when full.
+pub struct SegmentWriter {
+    layout: Layout,
+    file: File,
+    path: PathBuf,
+    /// Where the next byte goes.
+    offset: u64,
+    /// Length of the current file; writes never go past it.
+    capacity: u64,
+    /// Index of the next entry to be written.
+    next_index: u64,
+    preparer: Preparer,
+}
+
+impl SegmentWriter {
+    /// Continues the last segment at `offset`, or starts the first segment when there is none.
+    pub fn open(
+        layout: &Layout,
+        last: Option<(SegmentFile, u64, u64)>,
+        next_index: u64,
+        segment_size: u64,
+    ) -> Result<Self, LedgerError> {
+        let preparer = Preparer::start(layout.segments(), segment_size);
+        let (path, offset, capacity) = match last {
+            Some((seg, end, len)) => (seg.path, end, len),
+            None => {
+                let path = layout.segment(next_index);
+                let spare = preparer.take()?;
+                fs::rename(&spare, &path).at(&path)?;
+                sync_dir(&layout.segments())?;
+                (path, 0, segment_size)
+            }
+        };
+        let file = OpenOptions::new().write(true).open(&path).at(&path)?;
+        Ok(SegmentWriter {
+            layout: layout.clone(),
+            file,
+            path,
+            offset,
+            capacity,
+            next_index,
+            preparer,
+        })
+    }
+
+    /// Writes whole lines from `buf`; `line_ends[k]` is the end offset in `buf` of the k-th
+    /// line (its newline included). Rolls over to new segments at line boundaries.
+    pub fn write(&mut self, buf: &[u8], line_ends: &[usize]) -> Result<(), LedgerError> {
+        let mut start = 0usize;
+        let mut k = 0usize;
+        while k < line_ends.len() {
+            // Take as many whole lines as fit in the current segment.
+            let room = self.capacity - self.offset;
+            let mut end = start;
+            let mut taken = 0usize;
+            while k + taken < line_ends.len() && (line_ends[k + taken] - start) as u64 <= room {
+                end = line_ends[k + taken];
+                taken += 1;
+            }
+            if taken == 0 {
+                if self.offset == 0 {
+                    return Err(LedgerError::EntryTooLarge {
+                        size: line_ends[k] - start,
+                        limit: self.capacity as usize,
+                    });
+                }
+                self.roll_over()?;
+                continue;
+            }
+            self.file
+                .write_all_at(&buf[start..end], self.offset)
+                .at(&self.path)?;
+            self.offset += (end - start) as u64;
+            self.next_index += taken as u64;
+            start = end;
+            k += taken;
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable.
+    pub fn sync(&mut self) -> Result<(), LedgerError> {
+        self.file.sync_data().at(&self.path)
+    }
+
+    /// Trims the full segment to its data, makes it durable, and starts the next one.
+    fn roll_over(&mut self) -> Result<(), LedgerError> {
+        self.file.set_len(self.offset).at(&self.path)?;
+        self.file.sync_all().at(&self.path)?;
+        let path = self.layout.segment(self.next_index);
+        let spare = self.preparer.take()?;
+        fs::rename(&spare, &path).at(&path)?;
+        sync_dir(&self.layout.segments())?;
+        let file = OpenOptions::new().write(true).open(&path).at(&path)?;
+        self.capacity = file.metadata().at(&path)?.len();
+        self.file = file;
+        self.path = path;
+        self.offset = 0;
+        Ok(())
+    }
+}
+
+/// Zeroes `[offset, end)` of a segment so that a torn crash tail disappears, and syncs.
+pub fn zero_tail(path: &Path, offset: u64, end: u64) -> Result<(), LedgerError> {
+    let file = OpenOptions::new().write(true).open(path).at(path)?;
+    let block = vec![0u8; 1 << 16];
+    let mut at = offset;
+    while at < end {
+        let n = block.len().min((end - at) as usize);
+        file.write_all_at(&block[..n], at).at(path)?;
+        at += n as u64;
+    }
+    file.sync_data().at(path)
+}

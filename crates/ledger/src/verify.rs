@@ -1,0 +1,214 @@
+//! The offline verifier: recomputes the tree from the entries and checks every
+//! checkpoint signature, checkpoint consistency, entry order and chunk hash.
+//!
+//! It reads only files, needs no running gateway, and names the first thing that is wrong.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::checkpoint::{Checkpoint, decode_hash, read_checkpoint_log, verify_note};
+use crate::chunks::read_chunk;
+use crate::error::LedgerError;
+use crate::layout::Layout;
+use crate::merkle::{CompactRange, leaf_hash};
+use crate::segment;
+
+/// Where the verifier gets the public key from.
+#[derive(Debug, Clone)]
+pub enum TrustedKey {
+    /// Given by the auditor (`--pubkey`): an independent check.
+    Given(String),
+    /// Read from `signing.pub` in the data directory: only detects changes made without
+    /// the private key.
+    FromDataDir,
+}
+
+/// What an intact ledger looks like, printed as the final JSON line.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifySummary {
+    pub ok: bool,
+    pub entries: u64,
+    pub checkpoints: u64,
+    /// Entries covered by the newest checkpoint.
+    pub signed_entries: u64,
+    /// Entries after the newest checkpoint (written after the last signature).
+    pub unsigned_entries: u64,
+    pub chunks: u64,
+    pub root: String,
+    pub verifier_key: String,
+    pub key_source: &'static str,
+    pub seconds: f64,
+    pub entries_per_s: f64,
+}
+
+/// Verifies the ledger in `data_dir`. `progress` is called with the number of entries
+/// checked so far, every 65,536 entries.
+pub fn verify(
+    data_dir: &Path,
+    key: &TrustedKey,
+    mut progress: impl FnMut(u64),
+) -> Result<VerifySummary, LedgerError> {
+    let started = Instant::now();
+    let layout = Layout::new(data_dir);
+    if !layout.root().is_dir() {
+        return Err(LedgerError::Corrupt(format!(
+            "{}: no ledger here (expected the gateway's data directory)",
+            layout.root().display()
+        )));
+    }
+    let (vkey, key_source) = match key {
+        TrustedKey::Given(k) => (k.trim().to_string(), "given"),
+        TrustedKey::FromDataDir => {
+            let path = layout.verifier_key();
+            let text = std::fs::read_to_string(&path).map_err(|e| LedgerError::io(&path, e))?;
+            (text.trim().to_string(), "data directory")
+        }
+    };
+    signed_note::StandardVerifier::new(&vkey)
+        .map_err(|e| LedgerError::Corrupt(format!("verifier key {vkey:?}: {e}")))?;
+
+    let checkpoints = load_checkpoints(&layout, &vkey)?;
+    check_signer_state(&layout, &checkpoints)?;
+
+    // Stream the entries, comparing the root at every checkpointed size.
+    let mut tree = CompactRange::new();
+    let mut next_cp = 0usize;
+    let mut chunks = 0u64;
+    let mut prev_size = 0u64;
+    let check_at = |tree: &CompactRange, next_cp: &mut usize, prev_size: &mut u64| {
+        while let Some((line, cp)) = checkpoints.get(*next_cp) {
+            if cp.size != tree.size() {
+                break;
+            }
+            if cp.root != tree.root() {
+                return Err(LedgerError::Corrupt(format!(
+                    "checkpoints.log line {line}: the entries do not match the signed root of size {}; \
+                     an entry with index in [{}, {}) was modified, inserted or removed",
+                    cp.size, *prev_size, cp.size
+                )));
+            }
+            *prev_size = cp.size;
+            *next_cp += 1;
+        }
+        Ok(())
+    };
+    check_at(&tree, &mut next_cp, &mut prev_size)?;
+    let end = segment::scan(&layout, |entry| {
+        for chunk in &entry.header.chunks {
+            read_chunk(&layout, chunk)
+                .map_err(|why| LedgerError::Corrupt(format!("entry {}: {why}", entry.index)))?;
+            chunks += 1;
+        }
+        tree.push(leaf_hash(entry.line));
+        check_at(&tree, &mut next_cp, &mut prev_size)?;
+        if tree.size().is_multiple_of(65_536) {
+            progress(tree.size());
+        }
+        Ok(())
+    })?;
+    if let Some(defect) = end.defect {
+        let hint = if defect.is_crash_tail() {
+            " (if the gateway crashed, starting it or `gatehouse ledger recover` cuts this tail and records the cut)"
+        } else {
+            ""
+        };
+        return Err(LedgerError::Corrupt(format!("{defect}{hint}")));
+    }
+    if let Some((line, cp)) = checkpoints.get(next_cp) {
+        return Err(LedgerError::Corrupt(format!(
+            "checkpoints.log line {line}: signed a log of {} entries but only {} entries are on disk \
+             (entries deleted or a segment truncated)",
+            cp.size,
+            tree.size()
+        )));
+    }
+    let signed = checkpoints.last().map_or(0, |(_, cp)| cp.size);
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(VerifySummary {
+        ok: true,
+        entries: tree.size(),
+        checkpoints: checkpoints.len() as u64,
+        signed_entries: signed,
+        unsigned_entries: tree.size() - signed,
+        chunks,
+        root: hex::encode(tree.root()),
+        verifier_key: vkey,
+        key_source,
+        seconds,
+        entries_per_s: if seconds > 0.0 {
+            tree.size() as f64 / seconds
+        } else {
+            0.0
+        },
+    })
+}
+
+/// Reads and checks every checkpoint: signature by the trusted key, origin, and that each
+/// one extends its predecessor (no size going back, no two roots for one size).
+fn load_checkpoints(layout: &Layout, vkey: &str) -> Result<Vec<(usize, Checkpoint)>, LedgerError> {
+    let (notes, torn) = read_checkpoint_log(&layout.checkpoints())?;
+    if torn.is_some() {
+        return Err(LedgerError::Corrupt(
+            "checkpoints.log: the last line is incomplete (truncated file or crash tail)".into(),
+        ));
+    }
+    let key_name = vkey.split('+').next().unwrap_or_default();
+    let mut out: Vec<(usize, Checkpoint)> = Vec::with_capacity(notes.len());
+    for (line, note) in notes {
+        let cp = verify_note(&note, vkey)
+            .map_err(|e| LedgerError::Corrupt(format!("checkpoints.log line {line}: {e}")))?;
+        if cp.origin != key_name {
+            return Err(LedgerError::Corrupt(format!(
+                "checkpoints.log line {line}: origin {:?} is not this log's {key_name:?}",
+                cp.origin
+            )));
+        }
+        if let Some((prev_line, prev)) = out.last() {
+            if cp.size < prev.size {
+                return Err(LedgerError::Corrupt(format!(
+                    "checkpoints.log line {line}: size {} is smaller than {} at line {prev_line} (rollback)",
+                    cp.size, prev.size
+                )));
+            }
+            if cp.size == prev.size && cp.root != prev.root {
+                return Err(LedgerError::Corrupt(format!(
+                    "checkpoints.log line {line}: a second, different root for size {} (fork)",
+                    cp.size
+                )));
+            }
+        }
+        out.push((line, cp));
+    }
+    Ok(out)
+}
+
+/// The signer's own record of how far it signed must not be ahead of the checkpoint log:
+/// that would mean checkpoints (and likely entries) were removed together.
+fn check_signer_state(
+    layout: &Layout,
+    checkpoints: &[(usize, Checkpoint)],
+) -> Result<(), LedgerError> {
+    let path = layout.signer_state();
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(());
+    };
+    let state: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| LedgerError::Corrupt(format!("{}: unreadable: {e}", path.display())))?;
+    let size = state["size"].as_u64().unwrap_or(0);
+    let root = state["root"].as_str().and_then(decode_hash);
+    let last = checkpoints.last().map(|(_, cp)| cp);
+    match last {
+        Some(cp) if cp.size == size && Some(cp.root) != root => Err(LedgerError::Corrupt(format!(
+            "{}: the signer signed a different root for size {size} than the newest checkpoint",
+            path.display()
+        ))),
+        Some(cp) if cp.size >= size => Ok(()),
+        _ if size == 0 => Ok(()),
+        _ => Err(LedgerError::Corrupt(format!(
+            "checkpoints.log ends at size {} but the signer has signed size {size} (checkpoints removed: rollback)",
+            last.map_or(0, |cp| cp.size)
+        ))),
+    }
+}
