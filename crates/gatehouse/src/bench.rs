@@ -94,7 +94,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 // Timer wake-ups are late by up to a millisecond; count from the due time
                 // only when the writer itself was late by more than that (backlog).
                 let sent = Instant::now();
-                let from = if sent.duration_since(due) > Duration::from_millis(2) { due } else { sent };
+                let from = if sent.duration_since(due) > Duration::from_millis(2) {
+                    due
+                } else {
+                    sent
+                };
                 let receipt = ledger.append(&event, durability).await?;
                 latencies.push(from.elapsed().as_micros() as u32);
                 if let Some(log) = &ack_log {
