@@ -672,10 +672,11 @@ impl Sequencer {
                 .record(started.elapsed().as_secs_f64());
             self.durable_tree = self.tree.clone();
             self.unsynced_since = None;
+            // Publish before answering, so a caller never sees a status older than its receipt.
+            self.publish();
             for (at, reply) in batch.after_sync.drain(..) {
                 reply.send(Ok(batch.receipts[at]));
             }
-            self.publish();
         }
         if checkpoint_due && self.failed.is_none() {
             let result = self.sign();
