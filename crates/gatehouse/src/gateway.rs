@@ -41,7 +41,7 @@ pub fn config_check(file: &Path) -> ExitCode {
 }
 
 /// `gatehouse serve --config FILE`.
-pub async fn serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<ExitCode> {
+pub async fn serve(args: ServeArgs, log_format: Option<LogFormat>) -> anyhow::Result<ExitCode> {
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -49,7 +49,11 @@ pub async fn serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<Exi
             return Ok(ExitCode::from(2));
         }
     };
-    logging::init(log_format, &config.log.level, true)?;
+    let format = log_format.unwrap_or(match config.log.format {
+        gatehouse_config::LogFormat::Text => LogFormat::Text,
+        gatehouse_config::LogFormat::Json => LogFormat::Json,
+    });
+    logging::init(format, &config.log.level, true)?;
     let config_bytes = std::fs::read(&args.config).unwrap_or_default();
     run_gateway(
         &config,
@@ -63,8 +67,8 @@ pub async fn serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<Exi
 }
 
 /// `gatehouse demo`: the built-in configuration, a few sample events, and a walkthrough.
-pub async fn demo(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<ExitCode> {
-    logging::init(log_format, "info", false)?;
+pub async fn demo(args: DemoArgs, log_format: Option<LogFormat>) -> anyhow::Result<ExitCode> {
+    logging::init(log_format.unwrap_or(LogFormat::Text), "info", false)?;
     let config = Config::demo(args.data_dir.clone());
     run_gateway(
         &config,
@@ -245,6 +249,13 @@ async fn write_demo_session(ledger: &Ledger) -> anyhow::Result<()> {
 
 fn print_demo_banner(config: &Config, ledger: &Ledger, admin: SocketAddr) {
     let dir = config.data_dir.display();
+    // Under `cargo run` the binary is not on PATH; show the command that works.
+    let exe = std::env::current_exe().unwrap_or_default();
+    let gatehouse = if exe.components().any(|c| c.as_os_str() == "target") {
+        "cargo run --release --"
+    } else {
+        "gatehouse"
+    };
     println!(
         "\nGatehouse demo is running.\n\
          \n  data directory   {dir}\
@@ -254,8 +265,8 @@ fn print_demo_banner(config: &Config, ledger: &Ledger, admin: SocketAddr) {
          \n  curl http://{admin}/healthz\
          \n  curl http://{admin}/api/ledger/checkpoint\
          \n  curl http://{admin}/metrics\
-         \n  gatehouse ledger verify --data-dir {dir} --pubkey '{key}'\
-         \n  gatehouse ledger proof --data-dir {dir} --index 3\
+         \n  {gatehouse} ledger verify --data-dir {dir} --pubkey '{key}'\
+         \n  {gatehouse} ledger proof --data-dir {dir} --index 3\
          \n\nPress Ctrl-C to stop (the ledger then signs a final checkpoint).\n",
         key = ledger.verifier_key()
     );

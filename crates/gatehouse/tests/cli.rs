@@ -89,7 +89,10 @@ fn serve_answers_on_the_admin_api_and_signs_a_final_checkpoint_on_sigterm() {
     let config = dir.path().join("gatehouse.toml");
     std::fs::write(
         &config,
-        format!("data_dir = \"data\"\n[admin]\nlisten = \"127.0.0.1:{port}\"\n[ledger]\norigin = \"test.example/ledger\"\n"),
+        format!(
+            "data_dir = \"data\"\n[log]\nformat = \"json\"\n[admin]\nlisten = \"127.0.0.1:{port}\"\n\
+             [ledger]\norigin = \"test.example/ledger\"\n"
+        ),
     )
     .unwrap();
     let mut child = gatehouse()
@@ -184,10 +187,23 @@ fn demo_runs_writes_a_session_and_verifies_itself() {
     let dir = tempfile::tempdir().unwrap();
     let out = gatehouse()
         .current_dir(dir.path())
-        .args(["demo", "--admin", "127.0.0.1:0", "--duration", "2s"])
+        .args([
+            "--log-format",
+            "json",
+            "demo",
+            "--admin",
+            "127.0.0.1:0",
+            "--duration",
+            "2s",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+    for line in stderr(&out).lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string(), "{line}");
+    }
     let text = stdout(&out);
     assert!(text.contains("Gatehouse demo is running"), "{text}");
     assert!(text.contains("Verified the demo ledger offline"), "{text}");
