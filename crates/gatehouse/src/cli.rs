@@ -110,6 +110,10 @@ pub struct VerifyArgs {
     /// forger who also replaced that key.
     #[arg(long)]
     pub pubkey: Option<String>,
+    /// A checkpoint note kept from earlier (e.g. saved from `/api/ledger/checkpoint`) that
+    /// the entries must still match; catches a history rewritten with the key. Repeatable.
+    #[arg(long = "checkpoint", value_name = "FILE")]
+    pub checkpoints: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

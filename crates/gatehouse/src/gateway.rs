@@ -178,9 +178,10 @@ async fn run_gateway(
     if demo {
         let data_dir = config.data_dir.clone();
         let key = TrustedKey::Given(ledger.verifier_key().to_string());
-        let summary =
-            tokio::task::spawn_blocking(move || gatehouse_ledger::verify(&data_dir, &key, |_| {}))
-                .await??;
+        let summary = tokio::task::spawn_blocking(move || {
+            gatehouse_ledger::verify(&data_dir, &key, &[], |_| {})
+        })
+        .await??;
         println!(
             "\nVerified the demo ledger offline: {} entries, {} checkpoints, root {} — intact.",
             summary.entries, summary.checkpoints, summary.root

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use gatehouse_ledger::{
-    InclusionProof, Layout, Ledger, LedgerOptions, TrustedKey, check_inclusion, prove_inclusion,
-    verify,
+    EarlierCheckpoint, InclusionProof, Layout, Ledger, LedgerOptions, TrustedKey, check_inclusion,
+    prove_inclusion, verify,
 };
 use serde_json::json;
 
@@ -84,9 +84,22 @@ async fn verify_cmd(args: VerifyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut earlier = Vec::new();
+    for path in &args.checkpoints {
+        match std::fs::read_to_string(path) {
+            Ok(note) => earlier.push(EarlierCheckpoint {
+                label: format!("checkpoint file {}", path.display()),
+                note,
+            }),
+            Err(e) => {
+                eprintln!("ledger verify: --checkpoint {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
     let data_dir = args.data_dir.clone();
     let result = tokio::task::spawn_blocking(move || {
-        verify(&data_dir, &key, |n| {
+        verify(&data_dir, &key, &earlier, |n| {
             eprintln!("ledger verify: {n} entries checked")
         })
     })

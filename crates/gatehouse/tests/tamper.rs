@@ -274,3 +274,69 @@ fn verify_without_a_ledger_says_so() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no ledger here"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_history_rewritten_with_the_key_is_caught_by_an_earlier_checkpoint() {
+    let (dir, key) = ledger();
+    let record: serde_json::Value = serde_json::from_str(&checkpoint_lines(dir.path())[0]).unwrap();
+    let kept = dir.path().join("kept-checkpoint.txt");
+    fs::write(&kept, record["note"].as_str().unwrap()).unwrap();
+
+    // An insider with the signing key throws the history away and writes a new one.
+    for item in fs::read_dir(dir.path().join("ledger")).unwrap() {
+        let path = item.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name == "signing.key" || name == "signing.pub" {
+            continue;
+        }
+        if path.is_dir() {
+            fs::remove_dir_all(&path).unwrap();
+        } else {
+            fs::remove_file(&path).unwrap();
+        }
+    }
+    fill(dir.path(), 700);
+    assert!(
+        verify(dir.path(), &key).status.success(),
+        "the rewritten ledger is self-consistent and genuinely signed"
+    );
+
+    let out = run(&[
+        "ledger",
+        "verify",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--pubkey",
+        &key,
+        "--checkpoint",
+        kept.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let message = last_json(&out)["error"].as_str().unwrap().to_string();
+    assert!(message.contains("checkpoint file"), "{message}");
+    assert!(
+        message.contains("do not match the signed root"),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_earlier_checkpoint_that_still_matches_is_counted() {
+    let (dir, key) = ledger();
+    let record: serde_json::Value = serde_json::from_str(&checkpoint_lines(dir.path())[0]).unwrap();
+    let kept = dir.path().join("kept-checkpoint.txt");
+    fs::write(&kept, record["note"].as_str().unwrap()).unwrap();
+    fill(dir.path(), 50);
+    let out = run(&[
+        "ledger",
+        "verify",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--pubkey",
+        &key,
+        "--checkpoint",
+        kept.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(last_json(&out)["earlier_checkpoints"], 1);
+}

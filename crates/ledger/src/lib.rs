@@ -21,4 +21,4 @@ pub use error::LedgerError;
 pub use layout::Layout;
 pub use ledger::{Ledger, LedgerOptions, LedgerStatus, OpenReport, Receipt};
 pub use proof::{InclusionProof, check_inclusion, prove_inclusion};
-pub use verify::{TrustedKey, VerifySummary, verify};
+pub use verify::{EarlierCheckpoint, TrustedKey, VerifySummary, verify};

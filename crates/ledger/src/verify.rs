@@ -31,6 +31,8 @@ pub struct VerifySummary {
     pub ok: bool,
     pub entries: u64,
     pub checkpoints: u64,
+    /// Checkpoints kept by the auditor from earlier that also matched.
+    pub earlier_checkpoints: u64,
     /// Entries covered by the newest checkpoint.
     pub signed_entries: u64,
     /// Entries after the newest checkpoint (written after the last signature).
@@ -43,11 +45,21 @@ pub struct VerifySummary {
     pub entries_per_s: f64,
 }
 
-/// Verifies the ledger in `data_dir`. `progress` is called with the number of entries
-/// checked so far, every 65,536 entries.
+/// A checkpoint note the auditor kept from earlier (for example fetched from
+/// `/api/ledger/checkpoint` last quarter), with a label for messages.
+#[derive(Debug, Clone)]
+pub struct EarlierCheckpoint {
+    pub label: String,
+    pub note: String,
+}
+
+/// Verifies the ledger in `data_dir`. `earlier` checkpoints, signed by the same key, must
+/// match the entries too: that catches a history rewritten and re-signed by someone holding
+/// the key. `progress` is called with the number of entries checked, every 65,536 entries.
 pub fn verify(
     data_dir: &Path,
     key: &TrustedKey,
+    earlier: &[EarlierCheckpoint],
     mut progress: impl FnMut(u64),
 ) -> Result<VerifySummary, LedgerError> {
     let started = Instant::now();
@@ -69,8 +81,21 @@ pub fn verify(
     signed_note::StandardVerifier::new(&vkey)
         .map_err(|e| LedgerError::Corrupt(format!("verifier key {vkey:?}: {e}")))?;
 
-    let checkpoints = load_checkpoints(&layout, &vkey)?;
-    check_signer_state(&layout, &checkpoints)?;
+    let logged = load_checkpoints(&layout, &vkey)?;
+    check_signer_state(&layout, &logged)?;
+    let signed = logged.last().map_or(0, |(_, cp)| cp.size);
+    let logged_count = logged.len() as u64;
+    // Every checkpoint to compare against the entries, by size, with where it came from.
+    let mut checkpoints: Vec<(String, Checkpoint)> = logged
+        .into_iter()
+        .map(|(line, cp)| (format!("checkpoints.log line {line}"), cp))
+        .collect();
+    for e in earlier {
+        let cp = verify_note(&e.note, &vkey)
+            .map_err(|why| LedgerError::Corrupt(format!("{}: {why}", e.label)))?;
+        checkpoints.push((e.label.clone(), cp));
+    }
+    checkpoints.sort_by_key(|(_, cp)| cp.size);
 
     // Stream the entries, comparing the root at every checkpointed size.
     let mut tree = CompactRange::new();
@@ -84,7 +109,7 @@ pub fn verify(
             }
             if cp.root != tree.root() {
                 return Err(LedgerError::Corrupt(format!(
-                    "checkpoints.log line {line}: the entries do not match the signed root of size {}; \
+                    "{line}: the entries do not match the signed root of size {}; \
                      an entry with index in [{}, {}) was modified, inserted or removed",
                     cp.size, *prev_size, cp.size
                 )));
@@ -118,18 +143,18 @@ pub fn verify(
     }
     if let Some((line, cp)) = checkpoints.get(next_cp) {
         return Err(LedgerError::Corrupt(format!(
-            "checkpoints.log line {line}: signed a log of {} entries but only {} entries are on disk \
+            "{line}: signed a log of {} entries but only {} entries are on disk \
              (entries deleted or a segment truncated)",
             cp.size,
             tree.size()
         )));
     }
-    let signed = checkpoints.last().map_or(0, |(_, cp)| cp.size);
     let seconds = started.elapsed().as_secs_f64();
     Ok(VerifySummary {
         ok: true,
         entries: tree.size(),
-        checkpoints: checkpoints.len() as u64,
+        checkpoints: logged_count,
+        earlier_checkpoints: earlier.len() as u64,
         signed_entries: signed,
         unsigned_entries: tree.size() - signed,
         chunks,

@@ -49,7 +49,7 @@ fn kinds(dir: &Path) -> Vec<String> {
 }
 
 fn verify_ok(dir: &Path) -> gatehouse_ledger::VerifySummary {
-    verify(dir, &TrustedKey::FromDataDir, |_| {}).unwrap()
+    verify(dir, &TrustedKey::FromDataDir, &[], |_| {}).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,10 +214,10 @@ fn chunks_are_verified_with_their_entries() {
 
     let path = Layout::new(dir.path()).chunk(&chunk.sha256);
     fs::write(&path, b"masked rowz").unwrap();
-    let err = verify(dir.path(), &TrustedKey::FromDataDir, |_| {}).unwrap_err();
+    let err = verify(dir.path(), &TrustedKey::FromDataDir, &[], |_| {}).unwrap_err();
     assert!(err.to_string().contains("entry 1: chunk"), "{err}");
     fs::remove_file(&path).unwrap();
-    let err = verify(dir.path(), &TrustedKey::FromDataDir, |_| {}).unwrap_err();
+    let err = verify(dir.path(), &TrustedKey::FromDataDir, &[], |_| {}).unwrap_err();
     assert!(err.to_string().contains("entry 1: chunk"), "{err}");
 }
 
@@ -248,7 +248,7 @@ fn a_torn_tail_is_cut_and_the_cut_is_recorded() {
     ledger.close().unwrap();
     tear_tail(dir.path(), br#"{"v":1,"i":11,"ts":17000000000000"#);
     mark_unclean(dir.path());
-    let err = verify(dir.path(), &TrustedKey::FromDataDir, |_| {}).unwrap_err();
+    let err = verify(dir.path(), &TrustedKey::FromDataDir, &[], |_| {}).unwrap_err();
     assert!(err.to_string().contains("partial entry"), "{err}");
 
     let (ledger, report) = Ledger::open(dir.path(), opts()).unwrap();
