@@ -3,15 +3,15 @@
 //! A chunk is stored once under its SHA-256 and made durable before the entry that
 //! references it is appended, so a durable entry never points at a missing chunk.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::fs::{self, File};
+use std::io::Read;
 use std::path::Path;
 
 use gatehouse_core::ChunkRef;
 use sha2::{Digest, Sha256};
 
 use crate::error::{IoContext, LedgerError};
-use crate::fsutil::sync_dir;
+use crate::fsutil::write_atomic;
 use crate::layout::Layout;
 
 /// Stores `bytes` as a chunk (once per content) and returns its reference.
@@ -29,19 +29,7 @@ pub fn put_chunk(layout: &Layout, bytes: &[u8]) -> Result<ChunkRef, LedgerError>
     }
     let dir = path.parent().unwrap_or(layout.root());
     fs::create_dir_all(dir).at(dir)?;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .at(&tmp)?;
-        file.write_all(bytes).at(&tmp)?;
-        file.sync_all().at(&tmp)?;
-    }
-    fs::rename(&tmp, &path).at(&path)?;
-    sync_dir(dir)?;
+    write_atomic(&path, bytes, 0o644)?;
     Ok(chunk)
 }
 
