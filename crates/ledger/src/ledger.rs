@@ -535,7 +535,10 @@ impl Sequencer {
             let stop = self.gather(&mut batch);
             let now = Instant::now();
             if self.failed.is_none() && self.next_heartbeat.is_some_and(|at| now >= at) {
-                let beat = Event::system(EventKind::Heartbeat, json!({}));
+                // The interval lets an auditor tell a quiet gateway from a stopped one: a
+                // longer gap between two heartbeats means the ledger was not running.
+                let interval_ms = self.opts.heartbeat_interval.map(|i| i.as_millis() as u64);
+                let beat = Event::system(EventKind::Heartbeat, json!({"interval_ms": interval_ms}));
                 self.sequence(&mut batch, &beat.to_body());
                 self.next_heartbeat = self.opts.heartbeat_interval.map(|i| now + i);
             }
