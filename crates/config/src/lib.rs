@@ -12,8 +12,8 @@ mod validate;
 pub use error::{ConfigError, Problem};
 pub use gatehouse_core::Durability;
 pub use model::{
-    AdminConfig, Config, CredentialsConfig, LedgerConfig, LogConfig, LogFormat, ResourceConfig,
-    ResourceKind,
+    AdminConfig, Config, CredentialsConfig, IdentityConfig, IdentityKind, LedgerConfig, LogConfig,
+    LogFormat, ResourceConfig, ResourceKind,
 };
 pub use secret::{EnvLookup, Secret, process_env};
 pub use size::{ByteSize, ParseByteSizeError};

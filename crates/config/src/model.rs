@@ -25,6 +25,33 @@ pub struct Config {
     pub ledger: LedgerConfig,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub resources: Vec<ResourceConfig>,
+    /// People and machines that may sign in with an API key.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<IdentityConfig>,
+}
+
+/// One `[[identities]]` entry: a principal and the hash of its API key.
+///
+/// Only the hash is configured (`sha256:<hex>`, made by `gatehouse keys hash`); API keys
+/// are long random strings, so a fast hash is enough and the key itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The user name clients sign in with (e.g. `alice@example.com`, `agent:reporting`).
+    pub name: String,
+    pub kind: IdentityKind,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    pub key_hash: String,
+}
+
+/// What sort of principal an identity is; recorded on every ledger entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityKind {
+    Human,
+    Agent,
+    Service,
 }
 
 /// `[log]`
@@ -130,6 +157,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             ledger: LedgerConfig::default(),
             resources: Vec::new(),
+            identities: Vec::new(),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::error::Problem;
-use crate::model::{Config, CredentialsConfig, LedgerConfig, ResourceConfig};
+use crate::model::{Config, CredentialsConfig, LedgerConfig, ResourceConfig, ResourceKind};
 use crate::secret::{EnvLookup, process_env};
 use crate::size::ByteSize;
 
@@ -41,6 +41,7 @@ impl Config {
         }
         check_ledger(&self.ledger, &mut problems);
         check_resources(&self.resources, env, &mut problems);
+        check_identities(&self.identities, &mut problems);
         check_listeners(self, &mut problems);
         if problems.is_empty() {
             Ok(())
@@ -197,6 +198,23 @@ fn check_resources(resources: &[ResourceConfig], env: EnvLookup<'_>, problems: &
         if let Some(credentials) = &resource.credentials {
             check_credentials(credentials, &format!("{at}.credentials"), env, problems);
         }
+        if resource.kind == ResourceKind::Postgres {
+            // A PostgreSQL resource is served by a listener that needs all four.
+            let missing = [
+                ("listen", resource.listen.is_none()),
+                ("target", resource.target.is_none()),
+                ("database", resource.database.is_none()),
+                ("credentials", resource.credentials.is_none()),
+            ];
+            for (key, absent) in missing {
+                if absent {
+                    problems.push(Problem::new(
+                        format!("{at}.{key}"),
+                        "is required for a postgres resource",
+                    ));
+                }
+            }
+        }
     }
     let mut duplicates: Vec<(usize, &str, &[usize])> = by_name
         .iter()
@@ -210,6 +228,44 @@ fn check_resources(resources: &[ResourceConfig], env: EnvLookup<'_>, problems: &
             format!("resources[{first}].name"),
             format!("{name:?} is used by {} too", others.join(" and ")),
         ));
+    }
+}
+
+fn check_identities(identities: &[crate::IdentityConfig], problems: &mut Vec<Problem>) {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, identity) in identities.iter().enumerate() {
+        let at = format!("identities[{i}]");
+        let name_ok = !identity.name.is_empty()
+            && identity.name.len() <= 128
+            && !identity
+                .name
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control());
+        if !name_ok {
+            problems.push(Problem::new(
+                format!("{at}.name"),
+                format!(
+                    "{:?} is not a valid identity name (1 to 128 characters, no spaces)",
+                    identity.name
+                ),
+            ));
+        }
+        if let Some(first) = seen.insert(identity.name.as_str(), i) {
+            problems.push(Problem::new(
+                format!("{at}.name"),
+                format!("{:?} is already used by identities[{first}]", identity.name),
+            ));
+        }
+        let hash_ok = identity
+            .key_hash
+            .strip_prefix("sha256:")
+            .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !hash_ok {
+            problems.push(Problem::new(
+                format!("{at}.key_hash"),
+                "must be \"sha256:\" followed by 64 hex digits; make one with `gatehouse keys hash`",
+            ));
+        }
     }
 }
 

@@ -48,7 +48,7 @@ fn fake_env(name: &str) -> Result<String, VarError> {
     }
 }
 
-const PG: &str = "[[resources]]\nname = \"pg\"\nkind = \"postgres\"\n";
+const PG: &str = "[[resources]]\nname = \"pg\"\nkind = \"http\"\n";
 
 #[test]
 fn example_file_loads() {
@@ -168,7 +168,7 @@ fn missing_file() {
 fn unknown_key_at_top_level() {
     assert_eq!(
         load_error("data_dir = \"x\"\nbogus = 1\n"),
-        "gatehouse.toml:2:1: bogus: unknown key; expected one of data_dir, log, admin, ledger, resources"
+        "gatehouse.toml:2:1: bogus: unknown key; expected one of data_dir, log, admin, ledger, resources, identities"
     );
 }
 
@@ -276,7 +276,7 @@ fn out_of_range_values() {
 
 #[test]
 fn duplicate_resource_name() {
-    let text = "[[resources]]\nname = \"pg-demo\"\nkind = \"postgres\"\n\
+    let text = "[[resources]]\nname = \"pg-demo\"\nkind = \"http\"\n\
                 [[resources]]\nname = \"other\"\nkind = \"ssh\"\n\
                 [[resources]]\nname = \"pg-demo\"\nkind = \"mysql\"\n";
     assert_eq!(
@@ -287,7 +287,7 @@ fn duplicate_resource_name() {
 
 #[test]
 fn invalid_resource_name_and_target() {
-    let text = "[[resources]]\nname = \"Prod DB\"\nkind = \"postgres\"\ntarget = \"db.internal\"\n";
+    let text = "[[resources]]\nname = \"Prod DB\"\nkind = \"http\"\ntarget = \"db.internal\"\n";
     assert_eq!(
         load_error(text),
         "gatehouse.toml: resources[0].name: \"Prod DB\" is not a valid name; use 1 to 63 characters from a-z, 0-9, \
@@ -352,7 +352,7 @@ fn duplicate_listen_address() {
 fn all_problems_are_reported_at_once() {
     let text = format!(
         "[ledger]\norigin = \"a b\"\nmax_batch = 100000\n\
-         [[resources]]\nname = \"dup\"\nkind = \"postgres\"\n[resources.credentials]\nuser = \"u\"\npassword_env = \"{UNSET}\"\n\
+         [[resources]]\nname = \"dup\"\nkind = \"http\"\n[resources.credentials]\nuser = \"u\"\npassword_env = \"{UNSET}\"\n\
          [[resources]]\nname = \"dup\"\nkind = \"mysql\"\n[resources.credentials]\nuser = \"\"\npassword_file = \"missing-secret\"\n"
     );
     let (dir, path) = write_config(&text);
@@ -452,4 +452,47 @@ fn from_toml_str_uses_origin_for_relative_paths() {
     assert_eq!(config.data_dir, Path::new("/etc/gatehouse/state"));
     let config = Config::from_toml_str("", Path::new(gatehouse_config::DEFAULT_FILE)).unwrap();
     assert_eq!(config.data_dir, Path::new("gatehouse-data"));
+}
+
+#[test]
+fn postgres_resources_need_listen_target_database_and_credentials() {
+    let text = "[[resources]]\nname = \"pg\"\nkind = \"postgres\"\n";
+    let err = Config::from_toml_str(text, Path::new("gatehouse.toml")).unwrap_err();
+    let message = err.to_string();
+    for key in ["listen", "target", "database", "credentials"] {
+        assert!(
+            message.contains(&format!(
+                "resources[0].{key}: is required for a postgres resource"
+            )),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn identities_are_checked() {
+    let good = format!("sha256:{}", "ab".repeat(32));
+    let text = format!(
+        "[[identities]]\nname = \"alice\"\nkind = \"human\"\ngroups = [\"dba\"]\nkey_hash = \"{good}\"\n\
+         [[identities]]\nname = \"alice\"\nkind = \"agent\"\nkey_hash = \"md5:abc\"\n"
+    );
+    let err = Config::from_toml_str(&text, Path::new("gatehouse.toml")).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("identities[1].name: \"alice\" is already used by identities[0]"),
+        "{message}"
+    );
+    assert!(
+        message.contains("identities[1].key_hash: must be \"sha256:\""),
+        "{message}"
+    );
+
+    let ok = format!(
+        "[[identities]]\nname = \"agent:reporting\"\nkind = \"agent\"\nkey_hash = \"{good}\"\n"
+    );
+    let config = Config::from_toml_str(&ok, Path::new("gatehouse.toml")).unwrap();
+    assert_eq!(
+        config.identities[0].kind,
+        gatehouse_config::IdentityKind::Agent
+    );
 }
