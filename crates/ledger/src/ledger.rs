@@ -84,6 +84,8 @@ pub struct LedgerStatus {
 enum Reply<T> {
     Async(oneshot::Sender<T>),
     Blocking(mpsc::SyncSender<T>),
+    /// Nobody waits (records written after the fact, like a result summary).
+    Detached,
 }
 
 impl<T> Reply<T> {
@@ -96,6 +98,7 @@ impl<T> Reply<T> {
             Reply::Blocking(tx) => {
                 let _ = tx.send(value);
             }
+            Reply::Detached => {}
         }
     }
 }
@@ -317,6 +320,17 @@ impl Ledger {
         let (tx, rx) = oneshot::channel();
         self.submit(event, durability, Reply::Async(tx))?;
         rx.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Queues an event without waiting for its receipt. For records written after the fact
+    /// (a result summary, a session end) whose caller has nothing to gate on them; a later
+    /// failure shows in the ledger status, the metrics and the log.
+    pub fn append_detached(
+        &self,
+        event: &Event,
+        durability: Durability,
+    ) -> Result<(), LedgerError> {
+        self.submit(event, durability, Reply::Detached)
     }
 
     /// [`Ledger::append`] for plain threads (blocks the calling thread).

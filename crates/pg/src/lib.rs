@@ -1,0 +1,108 @@
+//! The PostgreSQL gateway: listens for a resource's clients, authenticates them, connects
+//! to the target with the credentials the gateway holds, and relays the protocol while
+//! recording every statement in the ledger *before* it reaches the target.
+//!
+//! Hook order per statement (see docs/ARCHITECTURE.md): read → decide → ledger append
+//! (durable in `sync` mode) → forward; and on the way back: relay → summarise → `result`.
+
+mod cancel;
+mod error;
+mod session;
+mod tracker;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use gatehouse_config::{ResourceConfig, Secret};
+use gatehouse_core::{Durability, ResourceRef};
+use gatehouse_identity::ApiKeys;
+use gatehouse_ledger::Ledger;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use cancel::CancelMap;
+pub use error::PgError;
+
+/// Everything a session of one PostgreSQL resource needs; shared by its sessions.
+#[derive(Debug)]
+pub struct PgResource {
+    pub name: String,
+    /// `host:port` of the real server.
+    pub target: String,
+    pub database: String,
+    pub user: String,
+    pub password: Secret,
+    pub durability: Durability,
+    pub keys: ApiKeys,
+    pub ledger: Ledger,
+    pub cancels: CancelMap,
+}
+
+impl PgResource {
+    /// Builds the runtime view of a `[[resources]]` entry of kind postgres.
+    pub fn from_config(
+        config: &ResourceConfig,
+        keys: ApiKeys,
+        ledger: Ledger,
+        cancels: CancelMap,
+    ) -> Result<Self, PgError> {
+        let missing =
+            |key: &str| PgError::Config(format!("resources.{}.{key} is required", config.name));
+        let credentials = config
+            .credentials
+            .as_ref()
+            .ok_or_else(|| missing("credentials"))?;
+        let password = credentials
+            .password()
+            .map_err(|p| PgError::Config(format!("resources.{}.credentials.{p}", config.name)))?;
+        Ok(PgResource {
+            name: config.name.clone(),
+            target: config.target.clone().ok_or_else(|| missing("target"))?,
+            database: config.database.clone().ok_or_else(|| missing("database"))?,
+            user: credentials.user.clone(),
+            password,
+            durability: config.durability,
+            keys,
+            ledger,
+            cancels,
+        })
+    }
+
+    pub(crate) fn resource_ref(&self) -> ResourceRef {
+        ResourceRef {
+            name: self.name.clone(),
+            kind: "postgres".into(),
+        }
+    }
+}
+
+/// Accepts clients on `listener` until `shutdown` turns true; each connection runs as its
+/// own task, so one slow or held session never blocks another.
+pub async fn serve(
+    listener: TcpListener,
+    resource: Arc<PgResource>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(resource = %resource.name, address = ?local, target = %resource.target, "postgres listener up");
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let resource = resource.clone();
+                    tokio::spawn(async move {
+                        session::run(stream, peer, resource).await;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            // The guard `wait_for` returns is not Send; drop it inside the future.
+            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
+        }
+    }
+    tracing::info!(resource = %resource.name, "postgres listener stopped");
+}

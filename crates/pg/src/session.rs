@@ -1,0 +1,606 @@
+//! One client connection: startup and authentication, the target connection, then the
+//! relay loop that records each statement before forwarding it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use gatehouse_core::{Actor, Event, EventKind};
+use gatehouse_ledger::LedgerError;
+use gatehouse_wire_pg::backend;
+use gatehouse_wire_pg::frontend::{self, Frontend};
+use gatehouse_wire_pg::{StartupPacket, split_frame, split_startup};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::PgResource;
+use crate::cancel::CancelTarget;
+use crate::error::PgError;
+use crate::tracker::{Expect, Tracker, Work};
+use crate::upstream;
+
+/// How long a client may take from connecting to finishing authentication.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// SQL longer than this goes into a chunk; the entry keeps a prefix and the chunk's hash.
+const INLINE_SQL: usize = 16 * 1024;
+
+/// Runs one client connection to its end; every failure is answered and logged here.
+pub async fn run(mut client: TcpStream, peer: SocketAddr, resource: Arc<PgResource>) {
+    let _ = client.set_nodelay(true);
+    let started =
+        tokio::time::timeout(STARTUP_TIMEOUT, startup(&mut client, peer, &resource)).await;
+    let session = match started {
+        Ok(Ok(Some(session))) => session,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::info!(resource = %resource.name, %peer, error = %e, "connection ended during startup");
+            return;
+        }
+        Err(_) => {
+            let _ = fatal(&mut client, "08006", "gatehouse: startup took too long").await;
+            return;
+        }
+    };
+    session.relay(client).await;
+}
+
+/// Answers the client with a FATAL error (the connection then closes).
+async fn fatal(client: &mut TcpStream, code: &str, message: &str) -> Result<(), PgError> {
+    let mut out = Vec::new();
+    backend::error_response("FATAL", code, message, &mut out);
+    client.write_all(&out).await?;
+    Ok(())
+}
+
+/// Reads bytes until `buf` holds one complete startup packet.
+async fn read_startup(
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<StartupPacket, PgError> {
+    loop {
+        if let Some((packet, len)) = split_startup(buf).map_err(PgError::client_protocol)? {
+            buf.advance(len);
+            return Ok(packet);
+        }
+        if client.read_buf(buf).await? == 0 {
+            return Err(PgError::Client(
+                "closed the connection during startup".into(),
+            ));
+        }
+    }
+}
+
+async fn read_frame(client: &mut TcpStream, buf: &mut BytesMut) -> Result<Vec<u8>, PgError> {
+    loop {
+        if let Some(len) = split_frame(buf).map_err(PgError::client_protocol)? {
+            let frame = buf[..len].to_vec();
+            buf.advance(len);
+            return Ok(frame);
+        }
+        if client.read_buf(buf).await? == 0 {
+            return Err(PgError::Client(
+                "closed the connection during authentication".into(),
+            ));
+        }
+    }
+}
+
+/// Startup phase. `Ok(None)` when the connection was fully handled here (cancel, refusal).
+async fn startup(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    resource: &Arc<PgResource>,
+) -> Result<Option<Session>, PgError> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let params = loop {
+        match read_startup(client, &mut buf).await? {
+            // No TLS on this listener yet: say so, and the client may continue in plaintext.
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                client.write_all(b"N").await?
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                if let Some(target) = resource.cancels.lookup(pid, secret)
+                    && let Err(e) =
+                        upstream::cancel(&target.target, target.pid, target.secret).await
+                {
+                    tracing::warn!(error = %e, "forwarding a cancel request failed");
+                }
+                return Ok(None);
+            }
+            StartupPacket::Startup { params, .. } => break params,
+        }
+    };
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let Some(user) = param("user").filter(|u| !u.is_empty()) else {
+        fatal(
+            client,
+            "28000",
+            "gatehouse: no user name given; sign in with your identity as the user name",
+        )
+        .await?;
+        return Ok(None);
+    };
+    if param("replication").is_some_and(|v| v != "false" && v != "0") {
+        fatal(
+            client,
+            "0A000",
+            "gatehouse: replication connections are not supported",
+        )
+        .await?;
+        return Ok(None);
+    }
+    if !peer.ip().is_loopback() {
+        // The API key travels as a cleartext password: never across a network without TLS.
+        record_auth_failure(resource, &user, peer, "plaintext_from_network").await;
+        fatal(
+            client,
+            "28000",
+            "gatehouse: this listener has no TLS; sign-in is accepted from loopback only",
+        )
+        .await?;
+        return Ok(None);
+    }
+
+    let mut out = Vec::new();
+    backend::auth_cleartext(&mut out);
+    client.write_all(&out).await?;
+    let frame = read_frame(client, &mut buf).await?;
+    let key = match frontend::parse(&frame) {
+        Ok(Frontend::Password(body)) => frontend::password_text(body).unwrap_or("").to_string(),
+        _ => {
+            fatal(client, "08P01", "gatehouse: expected a password message").await?;
+            return Ok(None);
+        }
+    };
+    let actor = match resource.keys.authenticate(&user, &key) {
+        Ok(actor) => actor,
+        Err(why) => {
+            record_auth_failure(resource, &user, peer, why.reason()).await;
+            // The same message for every cause: no hint which part was wrong.
+            fatal(
+                client,
+                "28P01",
+                &format!("password authentication failed for user \"{user}\""),
+            )
+            .await?;
+            return Ok(None);
+        }
+    };
+
+    // Pass the client's session settings on, but never who it claims to be.
+    let forwarded: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "replication"))
+        .cloned()
+        .collect();
+    let target = match upstream::connect(resource, &forwarded).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(resource = %resource.name, error = %e, "cannot open the target connection");
+            fatal(
+                client,
+                "08001",
+                &format!("gatehouse: resource {} is unavailable", resource.name),
+            )
+            .await?;
+            return Ok(None);
+        }
+    };
+
+    let session_id = new_session_id();
+    let start = Event {
+        kind: EventKind::SessionStart,
+        actor: Some(actor.clone()),
+        resource: Some(resource.resource_ref()),
+        session: Some(session_id.clone()),
+        data: json!({
+            "client": peer.to_string(),
+            "application": param("application_name"),
+            "database": resource.database,
+            "requested_database": param("database"),
+            "tls": false,
+        }),
+        chunks: Vec::new(),
+    };
+    if let Err(e) = resource.ledger.append(&start, resource.durability).await {
+        fatal(client, "58000", &ledger_refusal(&e)).await?;
+        return Ok(None);
+    }
+
+    let key = resource.cancels.register(CancelTarget {
+        target: resource.target.clone(),
+        pid: target.pid,
+        secret: target.secret,
+    });
+    let mut out = Vec::new();
+    backend::auth_ok(&mut out);
+    out.extend_from_slice(&target.greeting);
+    backend::backend_key_data(key.0, key.1, &mut out);
+    backend::ready_for_query(target.status, &mut out);
+    client.write_all(&out).await?;
+    tracing::info!(resource = %resource.name, session = %session_id, identity = %actor.id, %peer, "session started");
+
+    Ok(Some(Session {
+        resource: resource.clone(),
+        actor,
+        id: session_id,
+        peer,
+        cancel_key: key,
+        target: target.stream,
+        tracker: Tracker::new(target.status),
+        leftover: buf,
+        statements: HashMap::new(),
+        portals: HashMap::new(),
+        skip_until_sync: false,
+        totals: Totals::default(),
+        started: Instant::now(),
+    }))
+}
+
+fn new_session_id() -> String {
+    let mut raw = [0u8; 8];
+    let _ = getrandom::fill(&mut raw);
+    format!(
+        "s-{}",
+        raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+fn ledger_refusal(e: &LedgerError) -> String {
+    format!("gatehouse: the audit ledger cannot record this, so it was not executed ({e})")
+}
+
+async fn record_auth_failure(resource: &PgResource, user: &str, peer: SocketAddr, reason: &str) {
+    let event = Event {
+        kind: EventKind::AuthFailure,
+        actor: None,
+        resource: Some(resource.resource_ref()),
+        session: None,
+        data: json!({"user": user, "client": peer.to_string(), "reason": reason, "method": "apikey"}),
+        chunks: Vec::new(),
+    };
+    if let Err(e) = resource.ledger.append(&event, resource.durability).await {
+        tracing::error!(error = %e, "could not record an authentication failure");
+    }
+    tracing::info!(resource = %resource.name, user, %peer, reason, "authentication failed");
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    commands: u64,
+    refused: u64,
+    errors: u64,
+    bytes_from_client: u64,
+    bytes_to_client: u64,
+}
+
+struct Session {
+    resource: Arc<PgResource>,
+    actor: Actor,
+    id: String,
+    peer: SocketAddr,
+    cancel_key: (i32, i32),
+    target: TcpStream,
+    tracker: Tracker,
+    /// Client bytes read during startup that belong to the relay phase.
+    leftover: BytesMut,
+    /// Prepared statement name → SQL text.
+    statements: HashMap<String, String>,
+    /// Portal name → statement name.
+    portals: HashMap<String, String>,
+    /// After a refused Execute the rest of the pipeline is dropped until Sync, as the
+    /// server itself does after an error.
+    skip_until_sync: bool,
+    totals: Totals,
+    started: Instant,
+}
+
+impl Session {
+    async fn relay(mut self, mut client: TcpStream) {
+        let reason = match self.pump(&mut client).await {
+            Ok(reason) => reason,
+            Err(e) => {
+                tracing::info!(session = %self.id, error = %e, "session ended with an error");
+                e.to_string()
+            }
+        };
+        self.resource.cancels.remove(self.cancel_key);
+        let end = self.event(
+            EventKind::SessionEnd,
+            json!({
+                "reason": reason,
+                "duration_ms": self.started.elapsed().as_millis() as u64,
+                "commands": self.totals.commands,
+                "refused": self.totals.refused,
+                "errors": self.totals.errors,
+                "bytes_from_client": self.totals.bytes_from_client,
+                "bytes_to_client": self.totals.bytes_to_client,
+            }),
+        );
+        if let Err(e) = self
+            .resource
+            .ledger
+            .append(&end, self.resource.durability)
+            .await
+        {
+            tracing::error!(session = %self.id, error = %e, "could not record the end of a session");
+        }
+        tracing::info!(session = %self.id, peer = %self.peer, reason, "session ended");
+    }
+
+    /// Moves bytes both ways until one side closes; returns why it ended.
+    async fn pump(&mut self, client: &mut TcpStream) -> Result<String, PgError> {
+        let mut cbuf = std::mem::take(&mut self.leftover);
+        cbuf.reserve(16 * 1024);
+        let mut sbuf = BytesMut::with_capacity(16 * 1024);
+        let mut to_server = Vec::with_capacity(16 * 1024);
+        let mut to_client = Vec::with_capacity(16 * 1024);
+        let mut done = Vec::new();
+        // Bytes read before the relay started are processed first.
+        let mut pending_client = !cbuf.is_empty();
+        loop {
+            let client_read = if pending_client {
+                pending_client = false;
+                true
+            } else {
+                tokio::select! {
+                    n = client.read_buf(&mut cbuf) => {
+                        if n? == 0 {
+                            return Ok("client closed the connection".into());
+                        }
+                        true
+                    }
+                    n = self.target.read_buf(&mut sbuf) => {
+                        if n? == 0 {
+                            return Ok("target closed the connection".into());
+                        }
+                        false
+                    }
+                }
+            };
+            if client_read {
+                let terminate = self
+                    .handle_client_frames(&mut cbuf, &mut to_server, &mut to_client)
+                    .await?;
+                if !to_server.is_empty() {
+                    self.target.write_all(&to_server).await?;
+                    to_server.clear();
+                }
+                if !to_client.is_empty() {
+                    self.totals.bytes_to_client += to_client.len() as u64;
+                    client.write_all(&to_client).await?;
+                    to_client.clear();
+                }
+                if terminate {
+                    return Ok("client terminated the session".into());
+                }
+            } else {
+                while let Some(len) =
+                    split_frame(&sbuf).map_err(|e| PgError::Target(format!("protocol: {e}")))?
+                {
+                    let frame = &sbuf[..len];
+                    to_client.extend_from_slice(frame);
+                    self.tracker.on_server(frame, &mut done, &mut to_client);
+                    sbuf.advance(len);
+                }
+                for work in done.drain(..) {
+                    self.record_result(work);
+                }
+                if !to_client.is_empty() {
+                    self.totals.bytes_to_client += to_client.len() as u64;
+                    client.write_all(&to_client).await?;
+                    to_client.clear();
+                }
+            }
+        }
+    }
+
+    /// Handles every complete client frame in `buf`. Returns true on Terminate.
+    async fn handle_client_frames(
+        &mut self,
+        buf: &mut BytesMut,
+        to_server: &mut Vec<u8>,
+        to_client: &mut Vec<u8>,
+    ) -> Result<bool, PgError> {
+        while let Some(len) = split_frame(buf).map_err(PgError::client_protocol)? {
+            let frame = buf.split_to(len);
+            self.totals.bytes_from_client += len as u64;
+            let message = match frontend::parse(&frame) {
+                Ok(m) => m,
+                Err(e) => {
+                    backend::error_response(
+                        "FATAL",
+                        "08P01",
+                        &format!("gatehouse: {e}"),
+                        to_client,
+                    );
+                    return Ok(true);
+                }
+            };
+            if self.skip_until_sync && message != Frontend::Sync {
+                continue;
+            }
+            match message {
+                Frontend::Query(sql) => {
+                    let sql = sql.to_string();
+                    match self.audit(&sql, json!({"protocol": "simple"})).await {
+                        Ok(index) => {
+                            to_server.extend_from_slice(&frame);
+                            self.tracker.push(Expect::Query(Work::new(index)));
+                        }
+                        Err(message) => {
+                            let mut refusal = Vec::new();
+                            backend::error_response("ERROR", "58000", &message, &mut refusal);
+                            backend::ready_for_query(self.tracker.status, &mut refusal);
+                            self.tracker.push(Expect::Synthetic(refusal));
+                            self.tracker.drain_ready(to_client);
+                        }
+                    }
+                }
+                Frontend::Parse { name, query } => {
+                    self.statements.insert(name.to_string(), query.to_string());
+                    to_server.extend_from_slice(&frame);
+                    self.tracker.push(Expect::Parse);
+                }
+                Frontend::Bind { portal, statement } => {
+                    self.portals
+                        .insert(portal.to_string(), statement.to_string());
+                    to_server.extend_from_slice(&frame);
+                    self.tracker.push(Expect::Bind);
+                }
+                Frontend::Execute { portal, .. } => {
+                    let statement = self.portals.get(portal).cloned().unwrap_or_default();
+                    let sql = self.statements.get(&statement).cloned().unwrap_or_default();
+                    let detail =
+                        json!({"protocol": "extended", "statement": statement, "portal": portal});
+                    match self.audit(&sql, detail).await {
+                        Ok(index) => {
+                            to_server.extend_from_slice(&frame);
+                            self.tracker.push(Expect::Execute(Work::new(index)));
+                        }
+                        Err(message) => {
+                            let mut refusal = Vec::new();
+                            backend::error_response("ERROR", "58000", &message, &mut refusal);
+                            self.tracker.push(Expect::Synthetic(refusal));
+                            self.tracker.drain_ready(to_client);
+                            self.skip_until_sync = true;
+                        }
+                    }
+                }
+                Frontend::Describe { .. } => {
+                    to_server.extend_from_slice(&frame);
+                    self.tracker.push(Expect::Describe);
+                }
+                Frontend::Close { kind, name } => {
+                    if kind == b'S' {
+                        self.statements.remove(name);
+                    } else {
+                        self.portals.remove(name);
+                    }
+                    to_server.extend_from_slice(&frame);
+                    self.tracker.push(Expect::Close);
+                }
+                Frontend::Sync => {
+                    self.skip_until_sync = false;
+                    to_server.extend_from_slice(&frame);
+                    self.tracker.push(Expect::Sync);
+                }
+                Frontend::FunctionCall => {
+                    // A function call runs code on the server: it is recorded like a statement.
+                    match self.audit("", json!({"protocol": "function_call"})).await {
+                        Ok(index) => {
+                            to_server.extend_from_slice(&frame);
+                            self.tracker.push(Expect::Query(Work::new(index)));
+                        }
+                        Err(message) => {
+                            let mut refusal = Vec::new();
+                            backend::error_response("ERROR", "58000", &message, &mut refusal);
+                            backend::ready_for_query(self.tracker.status, &mut refusal);
+                            self.tracker.push(Expect::Synthetic(refusal));
+                            self.tracker.drain_ready(to_client);
+                        }
+                    }
+                }
+                Frontend::Terminate => {
+                    to_server.extend_from_slice(&frame);
+                    return Ok(true);
+                }
+                // Flush, COPY data and anything this gateway does not inspect pass through.
+                _ => to_server.extend_from_slice(&frame),
+            }
+        }
+        Ok(false)
+    }
+
+    fn event(&self, kind: EventKind, data: Value) -> Event {
+        Event {
+            kind,
+            actor: Some(self.actor.clone()),
+            resource: Some(self.resource.resource_ref()),
+            session: Some(self.id.clone()),
+            data,
+            chunks: Vec::new(),
+        }
+    }
+
+    /// Write-ahead audit: the `command` entry is appended (durable in `sync` mode) before the
+    /// statement may be forwarded. Returns its ledger index, or the refusal message.
+    async fn audit(&mut self, sql: &str, mut detail: Value) -> Result<u64, String> {
+        let mut event = self.event(EventKind::Command, Value::Null);
+        if sql.len() > INLINE_SQL {
+            match self
+                .resource
+                .ledger
+                .put_chunk(sql.as_bytes().to_vec())
+                .await
+            {
+                Ok(chunk) => {
+                    let mut cut = INLINE_SQL.min(sql.len());
+                    while !sql.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    detail["sql_prefix"] = sql[..cut].into();
+                    detail["sql_in_chunk"] = true.into();
+                    event.chunks.push(chunk);
+                }
+                Err(e) => {
+                    self.totals.refused += 1;
+                    return Err(ledger_refusal(&e));
+                }
+            }
+        } else {
+            detail["sql"] = sql.into();
+        }
+        event.data = detail;
+        match self
+            .resource
+            .ledger
+            .append(&event, self.resource.durability)
+            .await
+        {
+            Ok(receipt) => {
+                self.totals.commands += 1;
+                Ok(receipt.index)
+            }
+            Err(e) => {
+                self.totals.refused += 1;
+                tracing::warn!(session = %self.id, error = %e, "statement refused: ledger unavailable");
+                Err(ledger_refusal(&e))
+            }
+        }
+    }
+
+    /// The after-the-fact summary of a statement; nobody waits for it.
+    fn record_result(&mut self, work: Work) {
+        if work.error.is_some() {
+            self.totals.errors += 1;
+        }
+        let event = self.event(
+            EventKind::Result,
+            json!({
+                "command": work.command,
+                "tags": work.tags,
+                "rows": work.rows,
+                "bytes": work.bytes,
+                "duration_us": work.started.elapsed().as_micros() as u64,
+                "error": work.error,
+                "skipped": work.skipped,
+            }),
+        );
+        if let Err(e) = self
+            .resource
+            .ledger
+            .append_detached(&event, self.resource.durability)
+        {
+            tracing::error!(session = %self.id, error = %e, "could not record a result");
+        }
+    }
+}

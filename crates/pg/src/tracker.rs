@@ -1,0 +1,259 @@
+//! Pairs server responses with the client messages that caused them, so each statement's
+//! result can be summarised and gateway-made responses (refusals) reach the client in
+//! exactly the place the server's own response would have.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use gatehouse_wire_pg::backend::{self, Backend};
+
+/// One statement execution in flight.
+#[derive(Debug, Clone)]
+pub struct Work {
+    /// Ledger index of the `command` entry.
+    pub command: u64,
+    pub started: Instant,
+    pub rows: u64,
+    pub bytes: u64,
+    pub tags: Vec<String>,
+    pub error: Option<String>,
+    /// Never ran: the server discarded it after an earlier error in the same pipeline.
+    pub skipped: bool,
+}
+
+impl Work {
+    pub fn new(command: u64) -> Self {
+        Work {
+            command,
+            started: Instant::now(),
+            rows: 0,
+            bytes: 0,
+            tags: Vec::new(),
+            error: None,
+            skipped: false,
+        }
+    }
+}
+
+/// What the server owes the client for a message sent to it.
+#[derive(Debug)]
+pub enum Expect {
+    Parse,
+    Bind,
+    Describe,
+    Close,
+    Sync,
+    /// Simple query or function call: done at ReadyForQuery.
+    Query(Work),
+    /// Extended-protocol execute: done at CommandComplete, EmptyQuery, PortalSuspended or error.
+    Execute(Work),
+    /// Bytes the gateway itself answers with, due once everything before them is answered.
+    Synthetic(Vec<u8>),
+}
+
+/// The queue of owed responses for one session.
+#[derive(Debug)]
+pub struct Tracker {
+    queue: VecDeque<Expect>,
+    /// Transaction status from the last ReadyForQuery (`I`, `T` or `E`).
+    pub status: u8,
+}
+
+impl Tracker {
+    pub fn new(status: u8) -> Self {
+        Tracker {
+            queue: VecDeque::new(),
+            status,
+        }
+    }
+
+    pub fn push(&mut self, expect: Expect) {
+        self.queue.push_back(expect);
+    }
+
+    /// Moves gateway-made responses that are now due into `emit`.
+    pub fn drain_ready(&mut self, emit: &mut Vec<u8>) {
+        while let Some(Expect::Synthetic(_)) = self.queue.front() {
+            if let Some(Expect::Synthetic(bytes)) = self.queue.pop_front() {
+                emit.extend_from_slice(&bytes);
+            }
+        }
+    }
+
+    /// Accounts for one server frame. Finished statements go to `done`; gateway responses
+    /// that became due go to `emit` (to be sent right after this frame).
+    pub fn on_server(&mut self, frame: &[u8], done: &mut Vec<Work>, emit: &mut Vec<u8>) {
+        let message = match backend::parse(frame) {
+            Ok(m) => m,
+            Err(_) => return,
+        };
+        match message {
+            Backend::DataRow { .. } | Backend::CopyData(_) => {
+                if let Some(work) = self.front_work() {
+                    work.bytes += frame.len() as u64;
+                }
+            }
+            Backend::CommandComplete(tag) => match self.queue.front_mut() {
+                Some(Expect::Execute(work)) | Some(Expect::Query(work)) => {
+                    work.rows += backend::rows_from_tag(tag).unwrap_or(0);
+                    work.tags.push(tag.to_string());
+                    if matches!(self.queue.front(), Some(Expect::Execute(_))) {
+                        self.finish_front(done);
+                    }
+                }
+                _ => {}
+            },
+            Backend::EmptyQuery | Backend::PortalSuspended => {
+                if matches!(self.queue.front(), Some(Expect::Execute(_))) {
+                    self.finish_front(done);
+                }
+            }
+            Backend::Error { code, .. } => self.on_error(code, done),
+            Backend::ReadyForQuery(status) => {
+                self.status = status;
+                match self.queue.front() {
+                    Some(Expect::Query(_)) => self.finish_front(done),
+                    Some(Expect::Sync) => {
+                        self.queue.pop_front();
+                    }
+                    _ => {}
+                }
+            }
+            Backend::Other(tag) => {
+                let expected = match tag {
+                    b'1' => matches!(self.queue.front(), Some(Expect::Parse)),
+                    b'2' => matches!(self.queue.front(), Some(Expect::Bind)),
+                    b'3' => matches!(self.queue.front(), Some(Expect::Close)),
+                    // RowDescription or NoData end a Describe; inside a simple query a
+                    // RowDescription is just part of the results.
+                    b'T' | b'n' => matches!(self.queue.front(), Some(Expect::Describe)),
+                    _ => false,
+                };
+                if expected {
+                    self.queue.pop_front();
+                }
+            }
+            Backend::BackendKeyData { .. } => {}
+        }
+        self.drain_ready(emit);
+    }
+
+    /// An error ends the current message; in the extended protocol the server then skips
+    /// everything up to the next Sync, so those statements never run.
+    fn on_error(&mut self, code: &str, done: &mut Vec<Work>) {
+        match self.queue.front_mut() {
+            Some(Expect::Query(work)) => {
+                work.error = Some(code.to_string());
+                return;
+            }
+            Some(Expect::Execute(work)) => {
+                work.error = Some(code.to_string());
+                self.finish_front(done);
+            }
+            Some(Expect::Sync) | None => return,
+            Some(_) => {
+                self.queue.pop_front();
+            }
+        }
+        while let Some(front) = self.queue.front_mut() {
+            match front {
+                Expect::Sync | Expect::Query(_) => break,
+                Expect::Execute(work) => {
+                    work.skipped = true;
+                    self.finish_front(done);
+                }
+                _ => {
+                    self.queue.pop_front();
+                }
+            }
+        }
+    }
+
+    fn front_work(&mut self) -> Option<&mut Work> {
+        match self.queue.front_mut() {
+            Some(Expect::Query(work)) | Some(Expect::Execute(work)) => Some(work),
+            _ => None,
+        }
+    }
+
+    fn finish_front(&mut self, done: &mut Vec<Work>) {
+        if let Some(Expect::Query(work)) | Some(Expect::Execute(work)) = self.queue.pop_front() {
+            done.push(work);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_wire_pg::frontend::frame;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        frame(tag, body, &mut out);
+        out
+    }
+
+    fn error(code: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        backend::error_response("ERROR", code, "boom", &mut out);
+        out
+    }
+
+    #[test]
+    fn extended_pipeline_results_and_refusal_in_order() {
+        let mut t = Tracker::new(b'I');
+        let (mut done, mut emit) = (Vec::new(), Vec::new());
+        t.push(Expect::Parse);
+        t.push(Expect::Bind);
+        t.push(Expect::Execute(Work::new(1)));
+        t.push(Expect::Bind);
+        t.push(Expect::Synthetic(b"REFUSED".to_vec()));
+        t.push(Expect::Sync);
+        t.on_server(&msg(b'1', b""), &mut done, &mut emit);
+        t.on_server(&msg(b'2', b""), &mut done, &mut emit);
+        t.on_server(&msg(b'D', b"\0\x01\0\0\0\x011"), &mut done, &mut emit);
+        t.on_server(&msg(b'C', b"SELECT 1\0"), &mut done, &mut emit);
+        assert_eq!(done.len(), 1);
+        assert_eq!(
+            (done[0].command, done[0].rows, done[0].tags[0].as_str()),
+            (1, 1, "SELECT 1")
+        );
+        assert!(emit.is_empty(), "the refusal waits for the Bind before it");
+        t.on_server(&msg(b'2', b""), &mut done, &mut emit);
+        assert_eq!(emit, b"REFUSED");
+        t.on_server(&msg(b'Z', b"I"), &mut done, &mut emit);
+        assert!(t.queue.is_empty());
+    }
+
+    #[test]
+    fn an_error_skips_the_rest_of_the_pipeline_until_sync() {
+        let mut t = Tracker::new(b'I');
+        let (mut done, mut emit) = (Vec::new(), Vec::new());
+        t.push(Expect::Parse);
+        t.push(Expect::Bind);
+        t.push(Expect::Execute(Work::new(7)));
+        t.push(Expect::Sync);
+        t.on_server(&error("42601"), &mut done, &mut emit);
+        assert_eq!(done.len(), 1);
+        assert!(done[0].skipped);
+        t.on_server(&msg(b'Z', b"E"), &mut done, &mut emit);
+        assert_eq!(t.status, b'E');
+        assert!(t.queue.is_empty());
+    }
+
+    #[test]
+    fn simple_query_collects_every_statement_until_ready() {
+        let mut t = Tracker::new(b'I');
+        let (mut done, mut emit) = (Vec::new(), Vec::new());
+        t.push(Expect::Query(Work::new(3)));
+        t.on_server(&msg(b'C', b"BEGIN\0"), &mut done, &mut emit);
+        t.on_server(&msg(b'C', b"INSERT 0 2\0"), &mut done, &mut emit);
+        t.on_server(&error("23505"), &mut done, &mut emit);
+        assert!(done.is_empty());
+        t.on_server(&msg(b'Z', b"E"), &mut done, &mut emit);
+        assert_eq!(done[0].tags, vec!["BEGIN", "INSERT 0 2"]);
+        assert_eq!(done[0].rows, 2);
+        assert_eq!(done[0].error.as_deref(), Some("23505"));
+    }
+}

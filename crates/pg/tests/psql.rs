@@ -1,0 +1,380 @@
+//! The PostgreSQL gateway end to end: a real cluster (SCRAM), real `psql` and `pgbench`
+//! through the gateway, and the ledger read back afterwards.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use gatehouse_config::{IdentityConfig, IdentityKind, Secret};
+use gatehouse_core::Durability;
+use gatehouse_identity::{ApiKeys, hash_key};
+use gatehouse_ledger::segment::scan;
+use gatehouse_ledger::{Layout, Ledger, LedgerOptions};
+use gatehouse_pg::{CancelMap, PgResource};
+use gatehouse_testkit::PgCluster;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+const KEY: &str = "gh_test_key_for_alice";
+
+struct Gateway {
+    pg: PgCluster,
+    port: u16,
+    ledger: Ledger,
+    data: tempfile::TempDir,
+    stop: watch::Sender<bool>,
+}
+
+async fn gateway(durability: Durability) -> Gateway {
+    let pg = tokio::task::spawn_blocking(|| {
+        let pg = PgCluster::start().unwrap();
+        pg.create_app("app", "app-secret", "appdb").unwrap();
+        pg.psql(
+            "appdb",
+            "SET ROLE app; CREATE TABLE customers (id int primary key, name text, email text); \
+             INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Grace', 'grace@example.com')",
+        )
+        .unwrap();
+        pg
+    })
+    .await
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_path_buf();
+    let (ledger, _) =
+        tokio::task::spawn_blocking(move || Ledger::open(&dir, LedgerOptions::default()))
+            .await
+            .unwrap()
+            .unwrap();
+    let keys = ApiKeys::new(&[IdentityConfig {
+        name: "alice".into(),
+        kind: IdentityKind::Human,
+        groups: vec!["analysts".into()],
+        key_hash: hash_key(KEY),
+    }]);
+    let resource = Arc::new(PgResource {
+        name: "pg-test".into(),
+        target: format!("127.0.0.1:{}", pg.port),
+        database: "appdb".into(),
+        user: "app".into(),
+        password: Secret::new("app-secret"),
+        durability,
+        keys,
+        ledger: ledger.clone(),
+        cancels: CancelMap::default(),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(gatehouse_pg::serve(listener, resource, stop_rx));
+    Gateway {
+        pg,
+        port,
+        ledger,
+        data,
+        stop,
+    }
+}
+
+impl Gateway {
+    fn psql(&self, user: &str, key: &str, args: &[&str]) -> Output {
+        Command::new(self.pg.bindir().join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                user,
+                "-d",
+                "appdb",
+            ])
+            .args(["-X", "-A", "-t"])
+            .args(args)
+            .env("PGPASSWORD", key)
+            .env("PGSSLMODE", "prefer")
+            .output()
+            .unwrap()
+    }
+
+    /// Waits for sessions to record their end, closes the ledger and returns every entry.
+    async fn entries(&self) -> Vec<Value> {
+        // A client may exit before its session task has appended `session.end`: wait until
+        // the ledger has been quiet for a moment.
+        let mut last = self.ledger.status().size;
+        let mut quiet = 0;
+        while quiet < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let now = self.ledger.status().size;
+            quiet = if now == last { quiet + 1 } else { 0 };
+            last = now;
+        }
+        let ledger = self.ledger.clone();
+        tokio::task::spawn_blocking(move || ledger.close())
+            .await
+            .unwrap()
+            .unwrap();
+        read_entries(self.data.path())
+    }
+}
+
+fn read_entries(dir: &Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    scan(&Layout::new(dir), |e| {
+        out.push(serde_json::from_slice(e.line).unwrap());
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+fn of_kind<'a>(entries: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    entries.iter().filter(|e| e["kind"] == kind).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_through_the_gateway_is_recorded_before_it_runs() {
+    let gw = gateway(Durability::Sync).await;
+    let direct = gw
+        .pg
+        .psql("appdb", "SELECT name FROM customers ORDER BY id")
+        .unwrap();
+
+    let out = gw.psql(
+        "alice",
+        KEY,
+        &["-c", "SELECT name FROM customers ORDER BY id"],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout, direct);
+
+    // Several statements in one message, and an error inside a transaction.
+    let script =
+        "BEGIN; INSERT INTO customers VALUES (3, 'Linus', 'l@example.com'); SELECT 1/0; ROLLBACK;";
+    let out = gw.psql("alice", KEY, &["-c", script]);
+    let (_, stderr) = text(&out);
+    assert!(stderr.contains("division by zero"), "{stderr}");
+    let out = gw.psql("alice", KEY, &["-c", "SELECT count(*) FROM customers"]);
+    assert_eq!(
+        text(&out).0,
+        "2",
+        "the failed transaction left nothing behind"
+    );
+
+    let entries = gw.entries().await;
+    let starts = of_kind(&entries, "session.start");
+    assert_eq!(starts.len(), 3);
+    assert_eq!(starts[0]["actor"]["id"], "alice");
+    assert_eq!(starts[0]["actor"]["kind"], "human");
+    assert_eq!(starts[0]["resource"]["name"], "pg-test");
+    assert_eq!(starts[0]["data"]["application"], "psql");
+    let commands = of_kind(&entries, "command");
+    let sqls: Vec<&str> = commands
+        .iter()
+        .map(|c| c["data"]["sql"].as_str().unwrap())
+        .collect();
+    assert!(
+        sqls.contains(&"SELECT name FROM customers ORDER BY id"),
+        "{sqls:?}"
+    );
+    assert!(sqls.contains(&script), "{sqls:?}");
+    // Every result names the command it belongs to, and comes after it.
+    let results = of_kind(&entries, "result");
+    assert_eq!(results.len(), commands.len());
+    for r in &results {
+        let command = r["data"]["command"].as_u64().unwrap();
+        assert!(r["i"].as_u64().unwrap() > command);
+        assert_eq!(entries[command as usize]["kind"], "command");
+        assert_eq!(entries[command as usize]["session"], r["session"]);
+    }
+    let failed = results
+        .iter()
+        .find(|r| r["data"]["error"] == "22012")
+        .expect("the division by zero is recorded");
+    assert_eq!(failed["data"]["tags"][0], "BEGIN");
+    let select = results
+        .iter()
+        .find(|r| r["data"]["tags"][0] == "SELECT 2")
+        .unwrap();
+    assert_eq!(select["data"]["rows"], 2);
+    assert_eq!(of_kind(&entries, "session.end").len(), 3);
+    let _ = gw.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_keys_are_refused_alike_and_recorded_with_the_reason() {
+    let gw = gateway(Durability::Sync).await;
+    for (user, key, reason) in [
+        ("alice", "gh_wrong", "wrong_key"),
+        ("mallory", KEY, "unknown_identity"),
+    ] {
+        let out = gw.psql(user, key, &["-c", "SELECT 1"]);
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains(&format!(
+                "password authentication failed for user \"{user}\""
+            )),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains(reason),
+            "the client gets no hint: {stderr}"
+        );
+    }
+    let entries = gw.entries().await;
+    let failures = of_kind(&entries, "auth.failure");
+    assert_eq!(failures.len(), 2);
+    assert_eq!(failures[0]["data"]["reason"], "wrong_key");
+    assert_eq!(failures[1]["data"]["reason"], "unknown_identity");
+    assert_eq!(failures[1]["data"]["user"], "mallory");
+    assert!(
+        !serde_json::to_string(&entries)
+            .unwrap()
+            .contains("gh_wrong"),
+        "keys never reach the ledger"
+    );
+    assert!(of_kind(&entries, "session.start").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_in_every_protocol_mode_is_recorded_per_statement() {
+    let gw = gateway(Durability::Batched).await;
+    let bench = |args: &[&str]| {
+        Command::new(gw.pg.bindir().join("pgbench"))
+            .args(["-h", "127.0.0.1", "-U"])
+            .args(args)
+            .env("PGPASSWORD", KEY)
+            .output()
+            .unwrap()
+    };
+    // Initialise directly as the app role, then run through the gateway.
+    let init = Command::new(gw.pg.bindir().join("pgbench"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &gw.pg.port.to_string(),
+            "-U",
+            "app",
+            "-i",
+            "-s",
+            "1",
+            "-q",
+            "appdb",
+        ])
+        .env("PGPASSWORD", "app-secret")
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let port = gw.port.to_string();
+    for mode in ["simple", "extended", "prepared"] {
+        let out = bench(&[
+            "alice", "-p", &port, "-S", "-M", mode, "-c", "4", "-t", "25", "appdb",
+        ]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{mode}: {stderr}");
+        assert!(
+            stdout.contains("number of transactions actually processed: 100/100"),
+            "{mode}: {stdout}"
+        );
+    }
+    let entries = gw.entries().await;
+    let selects: Vec<&Value> = of_kind(&entries, "command")
+        .into_iter()
+        .filter(|c| {
+            c["data"]["sql"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("SELECT abalance FROM pgbench_accounts"))
+        })
+        .collect();
+    let count = |protocol: &str| {
+        selects
+            .iter()
+            .filter(|c| c["data"]["protocol"] == protocol)
+            .count()
+    };
+    assert_eq!(count("simple"), 100);
+    // extended + prepared
+    assert_eq!(count("extended"), 200);
+    let failed: Vec<&Value> = of_kind(&entries, "result")
+        .into_iter()
+        .filter(|r| !r["data"]["error"].is_null())
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    let _ = gw.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_are_refused_when_the_ledger_cannot_record_them() {
+    let gw = gateway(Durability::Sync).await;
+    let out = gw.psql("alice", KEY, &["-c", "SELECT 1"]);
+    assert!(out.status.success());
+    // Open a session, then take the ledger away under it.
+    let mut child = Command::new(gw.pg.bindir().join("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &gw.port.to_string(),
+            "-U",
+            "alice",
+            "-d",
+            "appdb",
+            "-X",
+            "-A",
+            "-t",
+        ])
+        .env("PGPASSWORD", KEY)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"SELECT 'before';\n").unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let ledger = gw.ledger.clone();
+    tokio::task::spawn_blocking(move || ledger.close())
+        .await
+        .unwrap()
+        .unwrap();
+    stdin
+        .write_all(b"DELETE FROM customers;\nSELECT 'after';\n")
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(stdout.contains("before"), "{stdout}");
+    assert!(
+        stderr.contains("audit ledger cannot record this, so it was not executed"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("after"), "{stdout}");
+    assert_eq!(
+        gw.pg
+            .psql("appdb", "SELECT count(*) FROM customers")
+            .unwrap(),
+        "2",
+        "the DELETE never ran"
+    );
+    // New sessions are refused too.
+    let out = gw.psql("alice", KEY, &["-c", "SELECT 1"]);
+    assert!(!out.status.success());
+    let _ = gw.stop.send(true);
+}
