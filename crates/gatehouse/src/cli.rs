@@ -43,6 +43,23 @@ pub enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Make API keys and the hashes that `[[identities]]` store.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a new random API key and print it with its hash and a config snippet.
+    Generate {
+        /// The identity the key is for (used in the printed config snippet).
+        #[arg(long, default_value = "someone@example.com")]
+        name: String,
+    },
+    /// Hash an API key read from standard input (so it stays out of shell history).
+    Hash,
 }
 
 #[derive(Debug, Args)]
@@ -60,6 +77,9 @@ pub struct DemoArgs {
     /// Address of the admin API; if taken, a free port is used instead.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub admin: SocketAddr,
+    /// Where the demo PostgreSQL resource listens; if taken, a free port is used instead.
+    #[arg(long, default_value = "127.0.0.1:6432")]
+    pub postgres: SocketAddr,
     /// Stop by itself after this long (e.g. `10s`) instead of waiting for Ctrl-C.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,

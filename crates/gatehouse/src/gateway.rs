@@ -1,5 +1,5 @@
-//! Running the gateway: `serve` from a config file, `demo` on the built-in default, and
-//! `config check`. Owns startup order, signals and graceful shutdown.
+//! Running the gateway: `serve` from a config file and `config check`. Owns startup order,
+//! signals and graceful shutdown; `demo` reuses it with a built-in configuration.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -7,9 +7,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use gatehouse_config::Config;
-use gatehouse_core::{Actor, ActorKind, Durability, Event, EventKind, ResourceRef};
-use gatehouse_ledger::{Ledger, LedgerOptions, TrustedKey};
+use std::sync::Arc;
+
+use gatehouse_config::{Config, ResourceKind};
+use gatehouse_core::{Durability, Event, EventKind};
+use gatehouse_identity::ApiKeys;
+use gatehouse_ledger::{Ledger, LedgerOptions};
+use gatehouse_pg::{CancelMap, PgResource};
 use gatehouse_server::AdminState;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde_json::json;
@@ -17,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::cli::{DemoArgs, LogFormat, ServeArgs};
+use crate::cli::{LogFormat, ServeArgs};
 use crate::logging;
 
 /// `gatehouse config check FILE`: prints every problem, exit 0 only when valid.
@@ -61,27 +65,18 @@ pub async fn serve(args: ServeArgs, log_format: Option<LogFormat>) -> anyhow::Re
         false,
         Some((&args.config, &config_bytes)),
         shutdown_signal(None),
+        async |running: &Running| {
+            for (name, addr) in &running.postgres {
+                tracing::info!(resource = %name, address = %addr, "accepting PostgreSQL clients");
+            }
+            Ok(())
+        },
     )
     .await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// `gatehouse demo`: the built-in configuration, a few sample events, and a walkthrough.
-pub async fn demo(args: DemoArgs, log_format: Option<LogFormat>) -> anyhow::Result<ExitCode> {
-    logging::init(log_format.unwrap_or(LogFormat::Text), "info", false)?;
-    let config = Config::demo(args.data_dir.clone());
-    run_gateway(
-        &config,
-        args.admin,
-        true,
-        None,
-        shutdown_signal(args.duration),
-    )
-    .await?;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn ledger_options(config: &Config) -> LedgerOptions {
+pub(crate) fn ledger_options(config: &Config) -> LedgerOptions {
     let l = &config.ledger;
     LedgerOptions {
         origin: Some(l.origin.clone()),
@@ -94,14 +89,24 @@ fn ledger_options(config: &Config) -> LedgerOptions {
     }
 }
 
-/// Starts the ledger and the admin API, runs until `shutdown` resolves, then stops the
-/// API, flushes the ledger and signs its final checkpoint.
-async fn run_gateway(
+/// What a running gateway tells the code that started it.
+pub(crate) struct Running {
+    pub ledger: Ledger,
+    pub admin: SocketAddr,
+    /// Each PostgreSQL resource and the address it listens on.
+    pub postgres: Vec<(String, SocketAddr)>,
+}
+
+/// Starts the ledger, the admin API and a listener per resource, calls `started`, runs
+/// until `shutdown` resolves, then stops listening, flushes the ledger and signs its final
+/// checkpoint.
+pub(crate) async fn run_gateway(
     config: &Config,
     admin: SocketAddr,
     demo: bool,
     config_file: Option<(&Path, &[u8])>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    started: impl AsyncFnOnce(&Running) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let metrics = PrometheusBuilder::new()
         .install_recorder()
@@ -151,11 +156,14 @@ async fn run_gateway(
     let api = tokio::spawn(gatehouse_server::serve(listener, state, async move {
         let _ = api_stop.wait_for(|s| *s).await;
     }));
+    let postgres = start_postgres(config, &ledger, &stop_rx).await?;
 
-    if demo {
-        write_demo_session(&ledger).await?;
-        print_demo_banner(config, &ledger, admin_addr);
-    }
+    started(&Running {
+        ledger: ledger.clone(),
+        admin: admin_addr,
+        postgres,
+    })
+    .await?;
 
     shutdown.await;
     tracing::info!("shutting down: stopping the admin API, flushing the ledger");
@@ -175,106 +183,43 @@ async fn run_gateway(
         None => tracing::info!("ledger closed (empty)"),
     }
 
-    if demo {
-        let data_dir = config.data_dir.clone();
-        let key = TrustedKey::Given(ledger.verifier_key().to_string());
-        let summary = tokio::task::spawn_blocking(move || {
-            gatehouse_ledger::verify(&data_dir, &key, &[], |_| {})
-        })
-        .await??;
-        println!(
-            "\nVerified the demo ledger offline: {} entries, {} checkpoints, root {} — intact.",
-            summary.entries, summary.checkpoints, summary.root
-        );
-    }
     Ok(())
 }
 
-/// A short made-up session so the demo ledger shows the event shapes of a real one.
-async fn write_demo_session(ledger: &Ledger) -> anyhow::Result<()> {
-    let actor = Actor {
-        id: "alice@example.com".into(),
-        kind: ActorKind::Human,
-        idp: Some("demo".into()),
-        groups: vec!["analysts".into()],
-    };
-    let resource = ResourceRef {
-        name: "pg-demo".into(),
-        kind: "postgres".into(),
-    };
-    let session = format!("demo-{}", std::process::id());
-    let event = |kind, data| Event {
-        kind,
-        actor: Some(actor.clone()),
-        resource: Some(resource.clone()),
-        session: Some(session.clone()),
-        data,
-        chunks: Vec::new(),
-    };
-    let result_rows = b"id|email\n1|[email redacted]\n2|[email redacted]\n".to_vec();
-    let chunk = ledger.put_chunk(result_rows).await?;
-    let mut result = event(
-        EventKind::Result,
-        json!({"tag": "SELECT 2", "rows": 2, "masked": {"email": 2}}),
-    );
-    result.chunks.push(chunk);
-    for e in [
-        event(
-            EventKind::SessionStart,
-            json!({"client": "127.0.0.1", "application": "psql"}),
-        ),
-        event(
-            EventKind::Command,
-            json!({"sql": "SELECT id, email FROM customers LIMIT 2", "class": "read"}),
-        ),
-        event(
-            EventKind::PolicyDecision,
-            json!({"decision": "allow", "policies": ["analysts-read"]}),
-        ),
-        result,
-        event(
-            EventKind::Command,
-            json!({"sql": "DROP TABLE customers", "class": "ddl"}),
-        ),
-        event(
-            EventKind::PolicyDecision,
-            json!({"decision": "deny", "policies": ["no-drop"]}),
-        ),
-        event(EventKind::SessionEnd, json!({"commands": 2, "denied": 1})),
-    ] {
-        ledger.append(&e, Durability::Sync).await?;
+/// Binds a listener for each PostgreSQL resource and serves it until `stop` turns true.
+async fn start_postgres(
+    config: &Config,
+    ledger: &Ledger,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<(String, SocketAddr)>> {
+    let keys = ApiKeys::new(&config.identities);
+    let cancels = CancelMap::default();
+    let mut bound = Vec::new();
+    for r in config
+        .resources
+        .iter()
+        .filter(|r| r.kind == ResourceKind::Postgres)
+    {
+        let resource = PgResource::from_config(r, keys.clone(), ledger.clone(), cancels.clone())?;
+        let addr = r
+            .listen
+            .with_context(|| format!("resources.{}.listen is required", r.name))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("resources.{}.listen: cannot listen on {addr}", r.name))?;
+        let local = listener.local_addr()?;
+        bound.push((r.name.clone(), local));
+        tokio::spawn(gatehouse_pg::serve(
+            listener,
+            Arc::new(resource),
+            stop.clone(),
+        ));
     }
-    ledger.checkpoint().await?;
-    Ok(())
-}
-
-fn print_demo_banner(config: &Config, ledger: &Ledger, admin: SocketAddr) {
-    let dir = config.data_dir.display();
-    // Under `cargo run` the binary is not on PATH; show the command that works.
-    let exe = std::env::current_exe().unwrap_or_default();
-    let gatehouse = if exe.components().any(|c| c.as_os_str() == "target") {
-        "cargo run --release --"
-    } else {
-        "gatehouse"
-    };
-    println!(
-        "\nGatehouse demo is running.\n\
-         \n  data directory   {dir}\
-         \n  admin API        http://{admin}\
-         \n  verifier key     {key}\
-         \n\nTry, in another terminal:\
-         \n  curl http://{admin}/healthz\
-         \n  curl http://{admin}/api/ledger/checkpoint\
-         \n  curl http://{admin}/metrics\
-         \n  {gatehouse} ledger verify --data-dir {dir} --pubkey '{key}'\
-         \n  {gatehouse} ledger proof --data-dir {dir} --index 3\
-         \n\nPress Ctrl-C to stop (the ledger then signs a final checkpoint).\n",
-        key = ledger.verifier_key()
-    );
+    Ok(bound)
 }
 
 /// Resolves on SIGINT or SIGTERM, or after `limit` when given.
-async fn shutdown_signal(limit: Option<Duration>) {
+pub(crate) async fn shutdown_signal(limit: Option<Duration>) {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

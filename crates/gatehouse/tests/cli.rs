@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -31,6 +31,47 @@ fn help_lists_the_commands() {
     ] {
         assert!(text.contains(cmd), "{text}");
     }
+}
+
+#[test]
+fn keys_hash_matches_generate_and_reads_stdin() {
+    let out = run(&["keys", "generate", "--name", "agent:ci"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    let key = text
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(key.starts_with("gh_"), "{text}");
+    assert!(text.contains("name = \"agent:ci\""), "{text}");
+    let mut child = gatehouse()
+        .args(["keys", "hash"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{key}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let hash = stdout(&out).trim().to_string();
+    assert!(
+        text.contains(&format!("key_hash = \"{hash}\"")),
+        "{text} vs {hash}"
+    );
+    assert_eq!(
+        run(&["keys", "hash"]).status.code(),
+        Some(1),
+        "empty stdin is an error"
+    );
 }
 
 #[test]
@@ -183,9 +224,9 @@ fn serve_refuses_a_bad_config_without_starting() {
 }
 
 #[test]
-fn demo_runs_writes_a_session_and_verifies_itself() {
+fn demo_serves_postgres_through_the_gateway_and_verifies_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let out = gatehouse()
+    let mut child = gatehouse()
         .current_dir(dir.path())
         .args([
             "--log-format",
@@ -193,25 +234,87 @@ fn demo_runs_writes_a_session_and_verifies_itself() {
             "demo",
             "--admin",
             "127.0.0.1:0",
-            "--duration",
-            "2s",
+            "--postgres",
+            "127.0.0.1:0",
         ])
+        .args(["--duration", "120s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut banner = String::new();
+    let command = loop {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "demo ended early: {banner}"
+        );
+        banner.push_str(&line);
+        if line.trim_start().starts_with("PGPASSWORD=") {
+            break line.trim().to_string();
+        }
+    };
+    assert!(banner.contains("Gatehouse demo is running"), "{banner}");
+    // PGPASSWORD='<key>' psql "host=127.0.0.1 port=<port> user=... dbname=demo" -c '...'
+    let key = command.split('\'').nth(1).unwrap().to_string();
+    let conninfo = command.split('"').nth(1).unwrap().to_string();
+    let psql = gatehouse_testkit::pg_bindir().unwrap().join("psql");
+    let out = Command::new(psql)
+        .args([
+            conninfo.as_str(),
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "SELECT count(*) FROM customers",
+        ])
+        .env("PGPASSWORD", &key)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    for line in stderr(&out).lines() {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
+
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{logs}");
+    assert!(rest.contains("Verified the demo ledger offline"), "{rest}");
+    for line in logs.lines() {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert!(v["level"].is_string(), "{line}");
     }
-    let text = stdout(&out);
-    assert!(text.contains("Gatehouse demo is running"), "{text}");
-    assert!(text.contains("Verified the demo ledger offline"), "{text}");
-    // The default data directory is created under the current folder.
+    // The statement was recorded, attributed to the demo identity.
     let data = dir.path().join("gatehouse-demo");
     let out = verify(&data, &pubkey(&data));
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(last_json(&out)["chunks"].as_u64().unwrap() >= 1);
+    let mut found = false;
+    gatehouse_ledger::segment::scan(&gatehouse_ledger::Layout::new(&data), |e| {
+        let v: serde_json::Value = serde_json::from_slice(e.line).unwrap();
+        if v["kind"] == "command" && v["data"]["sql"] == "SELECT count(*) FROM customers" {
+            assert_eq!(v["actor"]["id"], "demo@example.com");
+            found = true;
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert!(found, "the demo's statement is in the ledger");
 }
 
 #[test]
