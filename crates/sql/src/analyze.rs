@@ -1,0 +1,432 @@
+//! Statement analysis: class, command name, tables touched, hidden writes, missing WHERE.
+
+use pg_query::protobuf::ObjectType;
+use pg_query::{NodeEnum, NodeRef};
+use serde::{Deserialize, Serialize};
+
+/// The broad kind of a statement, which policy speaks in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatementClass {
+    Read,
+    Write,
+    Ddl,
+    Dcl,
+    Transaction,
+    Utility,
+}
+
+impl StatementClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatementClass::Read => "read",
+            StatementClass::Write => "write",
+            StatementClass::Ddl => "ddl",
+            StatementClass::Dcl => "dcl",
+            StatementClass::Transaction => "transaction",
+            StatementClass::Utility => "utility",
+        }
+    }
+}
+
+impl std::fmt::Display for StatementClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One statement of a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Statement {
+    pub class: StatementClass,
+    /// Upper-case command name: `SELECT`, `DELETE`, `DROP TABLE`, `DROP DATABASE`, ...
+    pub command: String,
+    /// Relations touched, `schema.table` when written qualified; CTE names excluded.
+    pub tables: Vec<String>,
+    /// An UPDATE or DELETE without WHERE, anywhere in the statement.
+    pub missing_where: bool,
+    /// The statement can change data (a write, a data-modifying CTE, DO, CALL).
+    pub writes: bool,
+    /// Data-changing commands found at any depth (`DELETE` inside a `WITH`, ...), so a rule
+    /// about DELETE also catches the one hidden in a SELECT.
+    pub inner_commands: Vec<String>,
+}
+
+/// Every statement of a message, or why it could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Analysis {
+    pub statements: Vec<Statement>,
+    /// The parser's message when the text is not valid SQL.
+    pub unparsed: Option<String>,
+}
+
+impl Analysis {
+    pub fn is_multi(&self) -> bool {
+        self.statements.len() > 1
+    }
+
+    pub fn classes(&self) -> impl Iterator<Item = StatementClass> + '_ {
+        self.statements.iter().map(|s| s.class)
+    }
+}
+
+/// Reads `sql` (one or more statements). Never panics: a parser failure, or a panic inside
+/// the parser bindings, is reported as unparsed text.
+pub fn analyze(sql: &str) -> Analysis {
+    match std::panic::catch_unwind(|| analyze_inner(sql)) {
+        Ok(analysis) => analysis,
+        Err(_) => Analysis {
+            statements: Vec::new(),
+            unparsed: Some("the SQL parser failed on this text".into()),
+        },
+    }
+}
+
+fn analyze_inner(sql: &str) -> Analysis {
+    let parsed = match pg_query::parse(sql, 0) {
+        Ok(p) => p,
+        Err(e) => {
+            return Analysis {
+                statements: Vec::new(),
+                unparsed: Some(e.to_string()),
+            };
+        }
+    };
+    let statements = parsed
+        .protobuf
+        .stmts
+        .iter()
+        .filter_map(|raw| raw.stmt.as_ref().and_then(|s| s.node.as_ref()))
+        .map(statement)
+        .collect();
+    Analysis {
+        statements,
+        unparsed: None,
+    }
+}
+
+fn statement(node: &NodeEnum) -> Statement {
+    let (class, command) = classify(node);
+    let mut tables: Vec<String> = Vec::new();
+    let mut ctes: Vec<String> = Vec::new();
+    let mut missing_where = false;
+    let mut nested_write = false;
+    let mut inner: Vec<String> = Vec::new();
+    let note = |inner: &mut Vec<String>, c: &str| {
+        if !inner.iter().any(|x| x == c) {
+            inner.push(c.to_string());
+        }
+    };
+    let add = |tables: &mut Vec<String>, name: String| {
+        if !tables.contains(&name) {
+            tables.push(name);
+        }
+    };
+    for (child, _, _, _) in node.nodes() {
+        match child {
+            NodeRef::CommonTableExpr(c) => ctes.push(c.ctename.clone()),
+            NodeRef::RangeVar(v) => {
+                let name = if v.schemaname.is_empty() {
+                    v.relname.clone()
+                } else {
+                    format!("{}.{}", v.schemaname, v.relname)
+                };
+                add(&mut tables, name);
+            }
+            NodeRef::UpdateStmt(u) => {
+                nested_write = true;
+                missing_where |= u.where_clause.is_none();
+                note(&mut inner, "UPDATE");
+            }
+            NodeRef::DeleteStmt(d) => {
+                nested_write = true;
+                missing_where |= d.where_clause.is_none();
+                note(&mut inner, "DELETE");
+            }
+            NodeRef::InsertStmt(_) => {
+                nested_write = true;
+                note(&mut inner, "INSERT");
+            }
+            NodeRef::MergeStmt(_) => {
+                nested_write = true;
+                note(&mut inner, "MERGE");
+            }
+            _ => {}
+        }
+    }
+    if let NodeEnum::DropStmt(d) = node
+        && d.remove_type == ObjectType::ObjectTable as i32
+    {
+        for object in &d.objects {
+            if let Some(NodeEnum::List(list)) = &object.node {
+                let parts: Vec<&str> = list
+                    .items
+                    .iter()
+                    .filter_map(|i| match &i.node {
+                        Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                add(&mut tables, parts.join("."));
+            }
+        }
+    }
+    // A CTE name is not a relation (unless a real table of that name is also used
+    // qualified, which then carries its schema).
+    tables.retain(|t| !ctes.contains(t));
+    let risky_code = matches!(node, NodeEnum::DoStmt(_) | NodeEnum::CallStmt(_));
+    let class = if nested_write && matches!(class, StatementClass::Read) {
+        StatementClass::Write
+    } else {
+        class
+    };
+    Statement {
+        writes: nested_write || risky_code || class == StatementClass::Write,
+        class,
+        command,
+        tables,
+        missing_where,
+        inner_commands: inner,
+    }
+}
+
+/// The class and command name of a top-level statement.
+fn classify(node: &NodeEnum) -> (StatementClass, String) {
+    use StatementClass::*;
+    let (class, command): (StatementClass, &str) = match node {
+        NodeEnum::SelectStmt(s) if s.into_clause.is_some() => (Write, "SELECT INTO"),
+        NodeEnum::SelectStmt(_) => (Read, "SELECT"),
+        NodeEnum::VariableShowStmt(_) => (Read, "SHOW"),
+        NodeEnum::InsertStmt(_) => (Write, "INSERT"),
+        NodeEnum::UpdateStmt(_) => (Write, "UPDATE"),
+        NodeEnum::DeleteStmt(_) => (Write, "DELETE"),
+        NodeEnum::MergeStmt(_) => (Write, "MERGE"),
+        NodeEnum::TruncateStmt(_) => (Write, "TRUNCATE"),
+        NodeEnum::CopyStmt(c) if c.is_from => (Write, "COPY FROM"),
+        NodeEnum::CopyStmt(_) => (Read, "COPY TO"),
+        NodeEnum::CreateTableAsStmt(_) => (Ddl, "CREATE TABLE AS"),
+        NodeEnum::ExplainStmt(e) => {
+            let analyze = e.options.iter().any(|o| {
+                matches!(&o.node, Some(NodeEnum::DefElem(d)) if d.defname.eq_ignore_ascii_case("analyze"))
+            });
+            match e.query.as_ref().and_then(|q| q.node.as_ref()) {
+                // EXPLAIN ANALYZE runs the statement.
+                Some(inner) if analyze => {
+                    let (class, _) = classify(inner);
+                    (class, "EXPLAIN ANALYZE")
+                }
+                _ => (Read, "EXPLAIN"),
+            }
+        }
+        NodeEnum::PrepareStmt(p) => match p.query.as_ref().and_then(|q| q.node.as_ref()) {
+            Some(inner) => (classify(inner).0, "PREPARE"),
+            None => (Utility, "PREPARE"),
+        },
+        NodeEnum::TransactionStmt(_) => (Transaction, "TRANSACTION"),
+        NodeEnum::GrantStmt(g) => (Dcl, if g.is_grant { "GRANT" } else { "REVOKE" }),
+        NodeEnum::GrantRoleStmt(g) => (
+            Dcl,
+            if g.is_grant {
+                "GRANT ROLE"
+            } else {
+                "REVOKE ROLE"
+            },
+        ),
+        NodeEnum::CreateRoleStmt(_) => (Dcl, "CREATE ROLE"),
+        NodeEnum::AlterRoleStmt(_) | NodeEnum::AlterRoleSetStmt(_) => (Dcl, "ALTER ROLE"),
+        NodeEnum::DropRoleStmt(_) => (Dcl, "DROP ROLE"),
+        NodeEnum::AlterOwnerStmt(_) => (Dcl, "ALTER OWNER"),
+        NodeEnum::AlterDefaultPrivilegesStmt(_) => (Dcl, "ALTER DEFAULT PRIVILEGES"),
+        NodeEnum::AlterTableStmt(a) => {
+            // AT_ChangeOwner hands a table to someone else: a privilege change.
+            let owner = a.cmds.iter().any(
+                |c| matches!(&c.node, Some(NodeEnum::AlterTableCmd(cmd)) if cmd.newowner.is_some()),
+            );
+            if owner {
+                (Dcl, "ALTER TABLE OWNER")
+            } else {
+                (Ddl, "ALTER TABLE")
+            }
+        }
+        NodeEnum::DropdbStmt(_) => (Ddl, "DROP DATABASE"),
+        NodeEnum::CreatedbStmt(_) => (Ddl, "CREATE DATABASE"),
+        NodeEnum::DropStmt(d) => (Ddl, drop_command(d.remove_type)),
+        NodeEnum::CreateStmt(_) => (Ddl, "CREATE TABLE"),
+        NodeEnum::IndexStmt(_) => (Ddl, "CREATE INDEX"),
+        NodeEnum::ViewStmt(_) => (Ddl, "CREATE VIEW"),
+        NodeEnum::CreateSchemaStmt(_) => (Ddl, "CREATE SCHEMA"),
+        NodeEnum::CreateFunctionStmt(_) => (Ddl, "CREATE FUNCTION"),
+        NodeEnum::RenameStmt(_) => (Ddl, "RENAME"),
+        NodeEnum::CommentStmt(_) => (Ddl, "COMMENT"),
+        NodeEnum::VariableSetStmt(_) => (Utility, "SET"),
+        NodeEnum::ListenStmt(_) => (Utility, "LISTEN"),
+        NodeEnum::UnlistenStmt(_) => (Utility, "UNLISTEN"),
+        NodeEnum::NotifyStmt(_) => (Utility, "NOTIFY"),
+        NodeEnum::DiscardStmt(_) => (Utility, "DISCARD"),
+        NodeEnum::DeallocateStmt(_) => (Utility, "DEALLOCATE"),
+        NodeEnum::ExecuteStmt(_) => (Utility, "EXECUTE"),
+        NodeEnum::VacuumStmt(_) => (Utility, "VACUUM"),
+        NodeEnum::CheckPointStmt(_) => (Utility, "CHECKPOINT"),
+        NodeEnum::LockStmt(_) => (Utility, "LOCK"),
+        NodeEnum::DoStmt(_) => (Utility, "DO"),
+        NodeEnum::CallStmt(_) => (Utility, "CALL"),
+        NodeEnum::DeclareCursorStmt(_) => (Read, "DECLARE CURSOR"),
+        NodeEnum::FetchStmt(_) => (Read, "FETCH"),
+        NodeEnum::ClosePortalStmt(_) => (Utility, "CLOSE"),
+        // Everything else that creates, alters or defines objects.
+        _ => (Ddl, "OTHER DDL"),
+    };
+    (class, command.to_string())
+}
+
+fn drop_command(remove_type: i32) -> &'static str {
+    match ObjectType::try_from(remove_type) {
+        Ok(ObjectType::ObjectTable) => "DROP TABLE",
+        Ok(ObjectType::ObjectIndex) => "DROP INDEX",
+        Ok(ObjectType::ObjectView) => "DROP VIEW",
+        Ok(ObjectType::ObjectSchema) => "DROP SCHEMA",
+        Ok(ObjectType::ObjectFunction) => "DROP FUNCTION",
+        Ok(ObjectType::ObjectSequence) => "DROP SEQUENCE",
+        Ok(ObjectType::ObjectMatview) => "DROP MATERIALIZED VIEW",
+        Ok(ObjectType::ObjectExtension) => "DROP EXTENSION",
+        Ok(ObjectType::ObjectType) => "DROP TYPE",
+        _ => "DROP",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use StatementClass::*;
+
+    fn one(sql: &str) -> Statement {
+        let a = analyze(sql);
+        assert!(a.unparsed.is_none(), "{sql}: {:?}", a.unparsed);
+        assert_eq!(a.statements.len(), 1, "{sql}");
+        a.statements[0].clone()
+    }
+
+    #[test]
+    fn classes_and_commands() {
+        let cases: &[(&str, StatementClass, &str)] = &[
+            ("SELECT 1", Read, "SELECT"),
+            ("select * from t where a = $1", Read, "SELECT"),
+            ("VALUES (1), (2)", Read, "SELECT"),
+            ("TABLE customers", Read, "SELECT"),
+            ("SHOW search_path", Read, "SHOW"),
+            ("SELECT * FROM t FOR UPDATE", Read, "SELECT"),
+            ("SELECT * INTO newtable FROM t", Write, "SELECT INTO"),
+            ("INSERT INTO t VALUES (1)", Write, "INSERT"),
+            ("UPDATE t SET a = 1 WHERE id = 2", Write, "UPDATE"),
+            ("DELETE FROM t WHERE id = 2", Write, "DELETE"),
+            (
+                "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+                Write,
+                "MERGE",
+            ),
+            ("TRUNCATE t", Write, "TRUNCATE"),
+            ("COPY t FROM STDIN", Write, "COPY FROM"),
+            ("COPY t TO STDOUT", Read, "COPY TO"),
+            ("COPY (SELECT 1) TO STDOUT", Read, "COPY TO"),
+            (
+                "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+                Write,
+                "SELECT",
+            ),
+            ("EXPLAIN SELECT 1", Read, "EXPLAIN"),
+            ("EXPLAIN ANALYZE DELETE FROM t", Write, "EXPLAIN ANALYZE"),
+            ("CREATE TABLE t (id int)", Ddl, "CREATE TABLE"),
+            ("CREATE TABLE t2 AS SELECT 1", Ddl, "CREATE TABLE AS"),
+            ("ALTER TABLE t ADD COLUMN b int", Ddl, "ALTER TABLE"),
+            ("ALTER TABLE t OWNER TO mallory", Dcl, "ALTER TABLE OWNER"),
+            ("DROP TABLE t", Ddl, "DROP TABLE"),
+            ("DROP DATABASE prod", Ddl, "DROP DATABASE"),
+            ("drop   database   \"prod\"", Ddl, "DROP DATABASE"),
+            ("DROP INDEX i", Ddl, "DROP INDEX"),
+            ("CREATE INDEX i ON t (a)", Ddl, "CREATE INDEX"),
+            ("CREATE VIEW v AS SELECT 1", Ddl, "CREATE VIEW"),
+            ("COMMENT ON TABLE t IS 'x'", Ddl, "COMMENT"),
+            ("GRANT SELECT ON t TO bob", Dcl, "GRANT"),
+            ("REVOKE SELECT ON t FROM bob", Dcl, "REVOKE"),
+            ("CREATE ROLE bob LOGIN", Dcl, "CREATE ROLE"),
+            ("ALTER ROLE bob SUPERUSER", Dcl, "ALTER ROLE"),
+            ("DROP ROLE bob", Dcl, "DROP ROLE"),
+            (
+                "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO bob",
+                Dcl,
+                "ALTER DEFAULT PRIVILEGES",
+            ),
+            ("BEGIN", Transaction, "TRANSACTION"),
+            ("COMMIT", Transaction, "TRANSACTION"),
+            ("ROLLBACK TO SAVEPOINT s", Transaction, "TRANSACTION"),
+            ("SET search_path = public", Utility, "SET"),
+            ("LISTEN ch", Utility, "LISTEN"),
+            ("NOTIFY ch, 'x'", Utility, "NOTIFY"),
+            ("VACUUM t", Utility, "VACUUM"),
+            ("DO $$ BEGIN DELETE FROM t; END $$", Utility, "DO"),
+            ("CALL p()", Utility, "CALL"),
+            ("PREPARE q AS DELETE FROM t", Write, "PREPARE"),
+            ("EXECUTE q", Utility, "EXECUTE"),
+            ("DEALLOCATE q", Utility, "DEALLOCATE"),
+        ];
+        for (sql, class, command) in cases {
+            let s = one(sql);
+            assert_eq!((s.class, s.command.as_str()), (*class, *command), "{sql}");
+        }
+    }
+
+    #[test]
+    fn writes_and_missing_where_are_found_anywhere() {
+        assert!(one("DELETE FROM t").missing_where);
+        assert!(!one("DELETE FROM t WHERE id = 1").missing_where);
+        assert!(one("UPDATE t SET a = 1").missing_where);
+        assert!(one("WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM x").missing_where);
+        assert!(one("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x").writes);
+        assert_eq!(
+            one("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x").inner_commands,
+            vec!["DELETE"]
+        );
+        assert!(one("DO $$ BEGIN PERFORM 1; END $$").writes);
+        assert!(!one("SELECT * FROM t FOR UPDATE").writes);
+        assert!(
+            !one("SELECT nextval('s')").writes,
+            "functions are not analysed"
+        );
+    }
+
+    #[test]
+    fn tables_exclude_cte_names_and_keep_schemas() {
+        let s = one(
+            "WITH recent AS (SELECT * FROM sales.orders) SELECT * FROM recent r JOIN public.customers c ON c.id = r.customer_id WHERE c.id IN (SELECT id FROM vip)",
+        );
+        assert_eq!(s.tables.len(), 3, "{:?}", s.tables);
+        assert!(!s.tables.contains(&"recent".to_string()), "{:?}", s.tables);
+        for t in ["sales.orders", "public.customers", "vip"] {
+            assert!(s.tables.contains(&t.to_string()), "{t} in {:?}", s.tables);
+        }
+        assert_eq!(
+            one("DROP TABLE app.secrets, logs").tables,
+            vec!["app.secrets", "logs"]
+        );
+        assert_eq!(
+            one("INSERT INTO \"Quoted\" SELECT * FROM src").tables.len(),
+            2
+        );
+        assert_eq!(one("TRUNCATE t").tables, vec!["t"]);
+    }
+
+    #[test]
+    fn several_statements_empty_text_and_garbage() {
+        let a = analyze("BEGIN; UPDATE t SET a = 1; COMMIT");
+        assert!(a.is_multi());
+        assert_eq!(
+            a.classes().collect::<Vec<_>>(),
+            vec![Transaction, Write, Transaction]
+        );
+        assert!(analyze("").statements.is_empty());
+        assert!(analyze("-- just a comment").statements.is_empty());
+        let bad = analyze("SELEC 1");
+        assert!(bad.unparsed.is_some());
+        assert!(analyze("SELECT 1\0").unparsed.is_some());
+    }
+}
