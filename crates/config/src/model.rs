@@ -120,6 +120,12 @@ pub struct ResourceConfig {
     pub database: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsConfig>,
+    /// Guardrails: statements to deny or hold for review, decided on parsed SQL.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<gatehouse_sql::Rule>,
+    /// What to do with a statement the SQL parser cannot read (default: deny).
+    #[serde(default)]
+    pub on_unparsed: gatehouse_sql::OnUnparsed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -198,6 +198,11 @@ fn check_resources(resources: &[ResourceConfig], env: EnvLookup<'_>, problems: &
         if let Some(credentials) = &resource.credentials {
             check_credentials(credentials, &format!("{at}.credentials"), env, problems);
         }
+        if let Err(found) = gatehouse_sql::validate_rules(&resource.rules) {
+            for (j, key, problem) in found {
+                problems.push(Problem::new(format!("{at}.rules[{j}].{key}"), problem));
+            }
+        }
         if resource.kind == ResourceKind::Postgres {
             // A PostgreSQL resource is served by a listener that needs all four.
             let missing = [
@@ -420,6 +425,8 @@ mod tests {
             target: None,
             database: None,
             credentials: None,
+            rules: Vec::new(),
+            on_unparsed: Default::default(),
         };
         config.resources = vec![
             resource("a", "127.0.0.1:0"),

@@ -13,6 +13,7 @@ use gatehouse_config::{
 use gatehouse_core::{Actor, ActorKind, Event, EventKind, ResourceRef};
 use gatehouse_identity::{generate_key, hash_key};
 use gatehouse_ledger::{Ledger, TrustedKey};
+use gatehouse_sql::{OnUnparsed, Rule, RuleAction};
 use gatehouse_testkit::PgCluster;
 use serde_json::json;
 
@@ -66,6 +67,8 @@ pub async fn demo(args: DemoArgs, log_format: Option<LogFormat>) -> anyhow::Resu
                 password_env: None,
                 password_file: Some(password_file),
             }),
+            rules: demo_rules(),
+            on_unparsed: OnUnparsed::Deny,
         });
     }
     config
@@ -100,6 +103,38 @@ pub async fn demo(args: DemoArgs, log_format: Option<LogFormat>) -> anyhow::Resu
         summary.entries, summary.checkpoints, summary.root
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Guardrails worth showing: try `DROP DATABASE demo` or `DELETE FROM customers`.
+fn demo_rules() -> Vec<Rule> {
+    let rule = |id: &str, message: &str| Rule {
+        id: id.into(),
+        action: RuleAction::Deny,
+        message: Some(message.into()),
+        commands: Vec::new(),
+        classes: Vec::new(),
+        tables: Vec::new(),
+        missing_where: false,
+        groups: Vec::new(),
+        except_groups: Vec::new(),
+    };
+    vec![
+        Rule {
+            commands: vec!["DROP DATABASE".into(), "TRUNCATE".into()],
+            ..rule(
+                "no-destroy",
+                "dropping or truncating is not allowed through the demo gateway",
+            )
+        },
+        Rule {
+            commands: vec!["DELETE".into(), "UPDATE".into()],
+            missing_where: true,
+            ..rule(
+                "no-unbounded-writes",
+                "DELETE and UPDATE need a WHERE clause",
+            )
+        },
+    ]
 }
 
 fn start_demo_database() -> Result<PgCluster, String> {

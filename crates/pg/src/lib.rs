@@ -18,6 +18,7 @@ use gatehouse_config::{ResourceConfig, Secret};
 use gatehouse_core::{Durability, ResourceRef};
 use gatehouse_identity::ApiKeys;
 use gatehouse_ledger::Ledger;
+use gatehouse_sql::{OnUnparsed, Rule};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -37,6 +38,9 @@ pub struct PgResource {
     pub keys: ApiKeys,
     pub ledger: Ledger,
     pub cancels: CancelMap,
+    /// Guardrails, decided per statement on the parsed SQL.
+    pub rules: Vec<Rule>,
+    pub on_unparsed: OnUnparsed,
 }
 
 impl PgResource {
@@ -66,6 +70,8 @@ impl PgResource {
             keys,
             ledger,
             cancels,
+            rules: config.rules.clone(),
+            on_unparsed: config.on_unparsed,
         })
     }
 

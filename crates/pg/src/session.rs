@@ -21,6 +21,7 @@ use crate::cancel::CancelTarget;
 use crate::error::PgError;
 use crate::tracker::{Expect, Tracker, Work};
 use crate::upstream;
+use gatehouse_sql::{Analysis, Outcome, analyze, evaluate};
 
 /// How long a client may take from connecting to finishing authentication.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -273,10 +274,17 @@ async fn record_auth_failure(resource: &PgResource, user: &str, peer: SocketAddr
     tracing::info!(resource = %resource.name, user, %peer, reason, "authentication failed");
 }
 
+/// A prepared statement as the gateway remembers it.
+struct Prepared {
+    sql: String,
+    analysis: Analysis,
+}
+
 #[derive(Debug, Default)]
 struct Totals {
     commands: u64,
     refused: u64,
+    denied: u64,
     errors: u64,
     bytes_from_client: u64,
     bytes_to_client: u64,
@@ -292,8 +300,9 @@ struct Session {
     tracker: Tracker,
     /// Client bytes read during startup that belong to the relay phase.
     leftover: BytesMut,
-    /// Prepared statement name → SQL text.
-    statements: HashMap<String, String>,
+    /// Prepared statement name → SQL text and its analysis, parsed once at Parse time so
+    /// the hot path (Bind/Execute) does no parsing.
+    statements: HashMap<String, Arc<Prepared>>,
     /// Portal name → statement name.
     portals: HashMap<String, String>,
     /// After a refused Execute the rest of the pipeline is dropped until Sync, as the
@@ -320,6 +329,7 @@ impl Session {
                 "duration_ms": self.started.elapsed().as_millis() as u64,
                 "commands": self.totals.commands,
                 "refused": self.totals.refused,
+                "denied": self.totals.denied,
                 "errors": self.totals.errors,
                 "bytes_from_client": self.totals.bytes_from_client,
                 "bytes_to_client": self.totals.bytes_to_client,
@@ -430,15 +440,18 @@ impl Session {
             }
             match message {
                 Frontend::Query(sql) => {
-                    let sql = sql.to_string();
-                    match self.audit(&sql, json!({"protocol": "simple"})).await {
+                    let prepared = Prepared {
+                        sql: sql.to_string(),
+                        analysis: analyze(sql),
+                    };
+                    match self.admit(&prepared, json!({"protocol": "simple"})).await {
                         Ok(index) => {
                             to_server.extend_from_slice(&frame);
                             self.tracker.push(Expect::Query(Work::new(index)));
                         }
-                        Err(message) => {
+                        Err((code, message)) => {
                             let mut refusal = Vec::new();
-                            backend::error_response("ERROR", "58000", &message, &mut refusal);
+                            backend::error_response("ERROR", code, &message, &mut refusal);
                             backend::ready_for_query(self.tracker.status, &mut refusal);
                             self.tracker.push(Expect::Synthetic(refusal));
                             self.tracker.drain_ready(to_client);
@@ -446,7 +459,11 @@ impl Session {
                     }
                 }
                 Frontend::Parse { name, query } => {
-                    self.statements.insert(name.to_string(), query.to_string());
+                    let prepared = Prepared {
+                        sql: query.to_string(),
+                        analysis: analyze(query),
+                    };
+                    self.statements.insert(name.to_string(), Arc::new(prepared));
                     to_server.extend_from_slice(&frame);
                     self.tracker.push(Expect::Parse);
                 }
@@ -458,17 +475,23 @@ impl Session {
                 }
                 Frontend::Execute { portal, .. } => {
                     let statement = self.portals.get(portal).cloned().unwrap_or_default();
-                    let sql = self.statements.get(&statement).cloned().unwrap_or_default();
+                    let prepared = self.statements.get(&statement).cloned().unwrap_or_else(|| {
+                        // Unknown statement: the server will say so; record what we know.
+                        Arc::new(Prepared {
+                            sql: String::new(),
+                            analysis: analyze(""),
+                        })
+                    });
                     let detail =
                         json!({"protocol": "extended", "statement": statement, "portal": portal});
-                    match self.audit(&sql, detail).await {
+                    match self.admit(&prepared, detail).await {
                         Ok(index) => {
                             to_server.extend_from_slice(&frame);
                             self.tracker.push(Expect::Execute(Work::new(index)));
                         }
-                        Err(message) => {
+                        Err((code, message)) => {
                             let mut refusal = Vec::new();
-                            backend::error_response("ERROR", "58000", &message, &mut refusal);
+                            backend::error_response("ERROR", code, &message, &mut refusal);
                             self.tracker.push(Expect::Synthetic(refusal));
                             self.tracker.drain_ready(to_client);
                             self.skip_until_sync = true;
@@ -494,15 +517,26 @@ impl Session {
                     self.tracker.push(Expect::Sync);
                 }
                 Frontend::FunctionCall => {
-                    // A function call runs code on the server: it is recorded like a statement.
-                    match self.audit("", json!({"protocol": "function_call"})).await {
+                    // A function call runs code on the server: recorded like a statement, and
+                    // decided as text the parser cannot read (it has no SQL).
+                    let prepared = Prepared {
+                        sql: String::new(),
+                        analysis: Analysis {
+                            statements: Vec::new(),
+                            unparsed: Some("a fast-path function call carries no SQL".into()),
+                        },
+                    };
+                    match self
+                        .admit(&prepared, json!({"protocol": "function_call"}))
+                        .await
+                    {
                         Ok(index) => {
                             to_server.extend_from_slice(&frame);
                             self.tracker.push(Expect::Query(Work::new(index)));
                         }
-                        Err(message) => {
+                        Err((code, message)) => {
                             let mut refusal = Vec::new();
-                            backend::error_response("ERROR", "58000", &message, &mut refusal);
+                            backend::error_response("ERROR", code, &message, &mut refusal);
                             backend::ready_for_query(self.tracker.status, &mut refusal);
                             self.tracker.push(Expect::Synthetic(refusal));
                             self.tracker.drain_ready(to_client);
@@ -528,6 +562,68 @@ impl Session {
             session: Some(self.id.clone()),
             data,
             chunks: Vec::new(),
+        }
+    }
+
+    /// Decides a statement and records the decision, write-ahead: the `command` entry is
+    /// appended (durable in `sync` mode) before an allowed statement may be forwarded.
+    /// Returns the entry's ledger index, or the SQLSTATE and message of the refusal.
+    async fn admit(
+        &mut self,
+        prepared: &Prepared,
+        mut detail: Value,
+    ) -> Result<u64, (&'static str, String)> {
+        let decision = evaluate(
+            &self.resource.rules,
+            &prepared.analysis,
+            &self.actor.groups,
+            self.resource.on_unparsed,
+        );
+        let analysis = &prepared.analysis;
+        detail["classes"] = analysis
+            .classes()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .into();
+        detail["commands"] = analysis
+            .statements
+            .iter()
+            .map(|s| s.command.clone())
+            .collect::<Vec<_>>()
+            .into();
+        let mut tables: Vec<&str> = Vec::new();
+        for t in analysis.statements.iter().flat_map(|s| s.tables.iter()) {
+            if !tables.contains(&t.as_str()) {
+                tables.push(t);
+            }
+        }
+        detail["tables"] = tables.into();
+        if let Some(why) = &analysis.unparsed {
+            detail["unparsed"] = why.as_str().into();
+        }
+        detail["decision"] = json!({"outcome": decision.outcome.as_str(), "rule": decision.rule});
+        let index = self
+            .audit(&prepared.sql, detail)
+            .await
+            .map_err(|m| ("58000", m))?;
+        match decision.outcome {
+            Outcome::Allow => Ok(index),
+            Outcome::Deny => {
+                self.totals.denied += 1;
+                let reason = decision.message.unwrap_or_default();
+                Err(("42501", format!("gatehouse: denied: {reason}")))
+            }
+            Outcome::Review => {
+                // Approvals come with their own issue; until then a review fails closed.
+                self.totals.denied += 1;
+                let reason = decision.message.unwrap_or_default();
+                Err((
+                    "42501",
+                    format!(
+                        "gatehouse: this statement needs an approval ({reason}); approvals are not available yet, so it was not executed"
+                    ),
+                ))
+            }
         }
     }
 

@@ -11,12 +11,44 @@ use gatehouse_identity::{ApiKeys, hash_key};
 use gatehouse_ledger::segment::scan;
 use gatehouse_ledger::{Layout, Ledger, LedgerOptions};
 use gatehouse_pg::{CancelMap, PgResource};
+use gatehouse_sql::{OnUnparsed, Rule, RuleAction};
 use gatehouse_testkit::PgCluster;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 const KEY: &str = "gh_test_key_for_alice";
+
+fn guardrails() -> Vec<Rule> {
+    let rule = |id: &str| Rule {
+        id: id.into(),
+        action: RuleAction::Deny,
+        message: None,
+        commands: Vec::new(),
+        classes: Vec::new(),
+        tables: Vec::new(),
+        missing_where: false,
+        groups: Vec::new(),
+        except_groups: Vec::new(),
+    };
+    vec![
+        Rule {
+            commands: vec!["DROP DATABASE".into()],
+            message: Some("databases are not dropped through the gateway".into()),
+            ..rule("no-drop-db")
+        },
+        Rule {
+            commands: vec!["DELETE".into(), "UPDATE".into()],
+            missing_where: true,
+            ..rule("no-unbounded-writes")
+        },
+        Rule {
+            tables: vec!["public.payroll*".into()],
+            action: RuleAction::Review,
+            ..rule("payroll-needs-review")
+        },
+    ]
+}
 
 struct Gateway {
     pg: PgCluster,
@@ -63,6 +95,8 @@ async fn gateway(durability: Durability) -> Gateway {
         keys,
         ledger: ledger.clone(),
         cancels: CancelMap::default(),
+        rules: guardrails(),
+        on_unparsed: OnUnparsed::Deny,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -376,5 +410,139 @@ async fn statements_are_refused_when_the_ledger_cannot_record_them() {
     // New sessions are refused too.
     let out = gw.psql("alice", KEY, &["-c", "SELECT 1"]);
     assert!(!out.status.success());
+    let _ = gw.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guardrails_deny_on_parsed_statements_and_the_session_goes_on() {
+    let gw = gateway(Durability::Sync).await;
+    let script = "DROP DATABASE appdb;\n\
+                  DELETE /* all of it */ FROM customers;\n\
+                  WITH gone AS (DELETE FROM customers RETURNING id) SELECT count(*) FROM gone;\n\
+                  SELEC 1;\n\
+                  SELECT * FROM payroll_2026;\n\
+                  DELETE FROM customers WHERE id = 99;\n\
+                  SELECT count(*) FROM customers;\n";
+    let mut child = Command::new(gw.pg.bindir().join("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &gw.port.to_string(),
+            "-U",
+            "alice",
+            "-d",
+            "appdb",
+            "-X",
+            "-A",
+            "-t",
+        ])
+        .env("PGPASSWORD", KEY)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(
+        stderr.contains("gatehouse: denied: databases are not dropped through the gateway"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("gatehouse: denied: denied by rule no-unbounded-writes"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("could not be parsed"), "{stderr}");
+    assert!(stderr.contains("needs an approval"), "{stderr}");
+    // The bounded DELETE ran (and matched nothing); the data is all still there.
+    assert_eq!(stdout.lines().last(), Some("2"), "{stdout}");
+    assert_eq!(
+        gw.pg
+            .psql("appdb", "SELECT count(*) FROM customers")
+            .unwrap(),
+        "2"
+    );
+
+    // The extended protocol is decided the same way (pgbench sends Parse/Bind/Execute).
+    let script_path = gw.data.path().join("wipe.sql");
+    std::fs::write(&script_path, "DELETE FROM customers;\n").unwrap();
+    let bench = Command::new(gw.pg.bindir().join("pgbench"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &gw.port.to_string(),
+            "-U",
+            "alice",
+            "-n",
+            "-M",
+            "prepared",
+            "-t",
+            "1",
+        ])
+        .arg("-f")
+        .arg(&script_path)
+        .arg("appdb")
+        .env("PGPASSWORD", KEY)
+        .output()
+        .unwrap();
+    let (_, bench_err) = text(&bench);
+    assert!(
+        bench_err.contains("denied by rule no-unbounded-writes"),
+        "{bench_err}"
+    );
+    assert_eq!(
+        gw.pg
+            .psql("appdb", "SELECT count(*) FROM customers")
+            .unwrap(),
+        "2"
+    );
+
+    let entries = gw.entries().await;
+    let decided: Vec<(String, Value)> = of_kind(&entries, "command")
+        .iter()
+        .map(|c| {
+            (
+                c["data"]["sql"].as_str().unwrap_or("").to_string(),
+                c["data"]["decision"].clone(),
+            )
+        })
+        .collect();
+    let find = |needle: &str| {
+        decided
+            .iter()
+            .find(|(sql, _)| sql.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} not recorded: {decided:#?}"))
+            .1
+            .clone()
+    };
+    assert_eq!(find("DROP DATABASE")["outcome"], "deny");
+    assert_eq!(find("DROP DATABASE")["rule"], "no-drop-db");
+    assert_eq!(find("WITH gone")["rule"], "no-unbounded-writes");
+    assert_eq!(find("SELEC 1")["outcome"], "deny");
+    assert_eq!(find("payroll_2026")["outcome"], "review");
+    assert_eq!(find("WHERE id = 99")["outcome"], "allow");
+    let drop = of_kind(&entries, "command")
+        .into_iter()
+        .find(|c| c["data"]["sql"] == "DROP DATABASE appdb;")
+        .unwrap()
+        .clone();
+    assert_eq!(drop["data"]["classes"][0], "ddl");
+    assert_eq!(drop["data"]["commands"][0], "DROP DATABASE");
+    // A denied statement gets no result entry: it never ran.
+    let index = drop["i"].as_u64().unwrap();
+    assert!(
+        of_kind(&entries, "result")
+            .iter()
+            .all(|r| r["data"]["command"] != index)
+    );
     let _ = gw.stop.send(true);
 }
