@@ -546,3 +546,88 @@ async fn guardrails_deny_on_parsed_statements_and_the_session_goes_on() {
     );
     let _ = gw.stop.send(true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_both_ways_and_cancel_reach_the_target() {
+    let gw = gateway(Durability::Sync).await;
+    // COPY FROM STDIN and COPY TO STDOUT through psql's \copy.
+    let csv = gw.data.path().join("in.csv");
+    std::fs::write(&csv, "10,Edsger,e@example.com\n11,Barbara,b@example.com\n").unwrap();
+    let copy_in = format!(
+        "\\copy customers FROM '{}' WITH (FORMAT csv)",
+        csv.display()
+    );
+    let out = gw.psql("alice", KEY, &["-c", &copy_in]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(text(&out).0, "COPY 2");
+    let out = gw.psql(
+        "alice",
+        KEY,
+        &[
+            "-c",
+            "\\copy (SELECT name FROM customers ORDER BY id) TO STDOUT",
+        ],
+    );
+    assert_eq!(text(&out).0, "Ada\nGrace\nEdsger\nBarbara");
+
+    // psql sends a CancelRequest to the gateway on SIGINT; it must reach the right backend.
+    let child = Command::new(gw.pg.bindir().join("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &gw.port.to_string(),
+            "-U",
+            "alice",
+            "-d",
+            "appdb",
+            "-X",
+        ])
+        .args(["-c", "SELECT pg_sleep(30)"])
+        .env("PGPASSWORD", KEY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    // Wait until the sleep is running on the target.
+    loop {
+        let running = gw
+            .pg
+            .psql("appdb", "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'")
+            .unwrap();
+        if running == "1" {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 20, "the sleep never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        started.elapsed().as_secs() < 20,
+        "the statement was not cancelled"
+    );
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "{stderr}"
+    );
+
+    let entries = gw.entries().await;
+    let copy = of_kind(&entries, "result")
+        .into_iter()
+        .find(|r| r["data"]["tags"][0] == "COPY 2")
+        .expect("the COPY result is recorded");
+    assert_eq!(copy["data"]["rows"], 2);
+    let cancelled = of_kind(&entries, "result")
+        .into_iter()
+        .find(|r| r["data"]["error"] == "57014")
+        .expect("the cancelled statement's result carries SQLSTATE 57014");
+    assert!(cancelled["data"]["duration_us"].as_u64().unwrap() > 0);
+    let _ = gw.stop.send(true);
+}
