@@ -126,6 +126,26 @@ pub struct ResourceConfig {
     /// What to do with a statement the SQL parser cannot read (default: deny).
     #[serde(default)]
     pub on_unparsed: gatehouse_sql::OnUnparsed,
+    /// TLS towards clients. Without it, clients may sign in from loopback only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[resources.tls]`: the certificate the gateway presents to this resource's clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain. Relative to the config file's folder once loaded.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// Refuse clients that do not switch to TLS (default true once TLS is configured).
+    #[serde(default = "yes")]
+    pub require: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -290,6 +310,10 @@ impl Config {
                 .and_then(|c| c.password_file.as_mut())
             {
                 anchor(file);
+            }
+            if let Some(tls) = resource.tls.as_mut() {
+                anchor(&mut tls.cert);
+                anchor(&mut tls.key);
             }
         }
     }

@@ -198,6 +198,16 @@ fn check_resources(resources: &[ResourceConfig], env: EnvLookup<'_>, problems: &
         if let Some(credentials) = &resource.credentials {
             check_credentials(credentials, &format!("{at}.credentials"), env, problems);
         }
+        if let Some(tls) = &resource.tls {
+            for (key, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+                if let Err(e) = std::fs::metadata(path) {
+                    problems.push(Problem::new(
+                        format!("{at}.tls.{key}"),
+                        format!("cannot read {}: {e}", path.display()),
+                    ));
+                }
+            }
+        }
         if let Err(found) = gatehouse_sql::validate_rules(&resource.rules) {
             for (j, key, problem) in found {
                 problems.push(Problem::new(format!("{at}.rules[{j}].{key}"), problem));
@@ -427,6 +437,7 @@ mod tests {
             credentials: None,
             rules: Vec::new(),
             on_unparsed: Default::default(),
+            tls: None,
         };
         config.resources = vec![
             resource("a", "127.0.0.1:0"),

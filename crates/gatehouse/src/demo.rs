@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use gatehouse_config::{
     Config, CredentialsConfig, Durability, IdentityConfig, IdentityKind, ResourceConfig,
-    ResourceKind,
+    ResourceKind, TlsConfig,
 };
 use gatehouse_core::{Actor, ActorKind, Event, EventKind, ResourceRef};
 use gatehouse_identity::{generate_key, hash_key};
@@ -69,6 +69,7 @@ pub async fn demo(args: DemoArgs, log_format: Option<LogFormat>) -> anyhow::Resu
             }),
             rules: demo_rules(),
             on_unparsed: OnUnparsed::Deny,
+            tls: Some(demo_tls(&config.data_dir)?),
         });
     }
     config
@@ -103,6 +104,16 @@ pub async fn demo(args: DemoArgs, log_format: Option<LogFormat>) -> anyhow::Resu
         summary.entries, summary.checkpoints, summary.root
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A self-signed certificate in the data directory (made on first start), required.
+fn demo_tls(data_dir: &std::path::Path) -> anyhow::Result<TlsConfig> {
+    let (cert, key) = gatehouse_pg::tls::ensure_self_signed(data_dir)?;
+    Ok(TlsConfig {
+        cert,
+        key,
+        require: true,
+    })
 }
 
 /// Guardrails worth showing: try `DROP DATABASE demo` or `DELETE FROM customers`.
@@ -214,7 +225,7 @@ fn print_banner(dir: &str, running: &Running, key: &str) {
         println!("  {name:<16} postgres on {addr} (identity {DEMO_USER})");
         println!("\nConnect with psql (the API key is the password; it is shown only now):");
         println!(
-            "  PGPASSWORD='{key}' psql \"host={} port={} user={DEMO_USER} dbname=demo\" -c 'SELECT name, email FROM customers'",
+            "  PGPASSWORD='{key}' psql \"host={} port={} user={DEMO_USER} dbname=demo sslmode=require\" -c 'SELECT name, email FROM customers'",
             addr.ip(),
             addr.port()
         );

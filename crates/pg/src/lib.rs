@@ -8,6 +8,7 @@
 mod cancel;
 mod error;
 mod session;
+pub mod tls;
 mod tracker;
 mod upstream;
 
@@ -41,6 +42,10 @@ pub struct PgResource {
     /// Guardrails, decided per statement on the parsed SQL.
     pub rules: Vec<Rule>,
     pub on_unparsed: OnUnparsed,
+    /// TLS towards clients; without it, sign-in is accepted from loopback only.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Refuse clients that stay in plaintext.
+    pub require_tls: bool,
 }
 
 impl PgResource {
@@ -72,6 +77,11 @@ impl PgResource {
             cancels,
             rules: config.rules.clone(),
             on_unparsed: config.on_unparsed,
+            tls: match &config.tls {
+                Some(t) => Some(tls::load_server_config(&t.cert, &t.key)?),
+                None => None,
+            },
+            require_tls: config.tls.as_ref().is_some_and(|t| t.require),
         })
     }
 

@@ -29,10 +29,56 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const INLINE_SQL: usize = 16 * 1024;
 
 /// Runs one client connection to its end; every failure is answered and logged here.
-pub async fn run(mut client: TcpStream, peer: SocketAddr, resource: Arc<PgResource>) {
-    let _ = client.set_nodelay(true);
-    let started =
-        tokio::time::timeout(STARTUP_TIMEOUT, startup(&mut client, peer, &resource)).await;
+pub async fn run(mut tcp: TcpStream, peer: SocketAddr, resource: Arc<PgResource>) {
+    let _ = tcp.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(1024);
+    // The first packet decides whether the connection switches to TLS.
+    let first = match tokio::time::timeout(STARTUP_TIMEOUT, read_startup(&mut tcp, &mut buf)).await
+    {
+        Ok(Ok(packet)) => packet,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection ended before startup");
+            return;
+        }
+        Err(_) => return,
+    };
+    match (&first, &resource.tls) {
+        (StartupPacket::SslRequest, Some(config)) => {
+            if !buf.is_empty() {
+                // Bytes after SSLRequest but before the handshake could be injected by a
+                // man in the middle (CVE-2021-23214); refuse.
+                tracing::warn!(%peer, "data after SSLRequest before the TLS handshake; closing");
+                return;
+            }
+            if tcp.write_all(b"S").await.is_err() {
+                return;
+            }
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+            match tokio::time::timeout(STARTUP_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => serve(tls, peer, resource, true, buf, None).await,
+                Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+            }
+        }
+        _ => serve(tcp, peer, resource, false, buf, Some(first)).await,
+    }
+}
+
+/// Startup (with a first packet possibly already read), then the relay.
+async fn serve<S: ClientStream>(
+    mut client: S,
+    peer: SocketAddr,
+    resource: Arc<PgResource>,
+    tls: bool,
+    buf: BytesMut,
+    first: Option<StartupPacket>,
+) {
+    let link = Link { peer, tls };
+    let started = tokio::time::timeout(
+        STARTUP_TIMEOUT,
+        startup(&mut client, link, &resource, buf, first),
+    )
+    .await;
     let session = match started {
         Ok(Ok(Some(session))) => session,
         Ok(Ok(None)) => return,
@@ -48,8 +94,19 @@ pub async fn run(mut client: TcpStream, peer: SocketAddr, resource: Arc<PgResour
     session.relay(client).await;
 }
 
+/// What the gateway's side of a client connection is: plain TCP or TLS over it.
+pub trait ClientStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ClientStream for T {}
+
+/// Where a client connection comes from and whether it is encrypted.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    peer: SocketAddr,
+    tls: bool,
+}
+
 /// Answers the client with a FATAL error (the connection then closes).
-async fn fatal(client: &mut TcpStream, code: &str, message: &str) -> Result<(), PgError> {
+async fn fatal<S: ClientStream>(client: &mut S, code: &str, message: &str) -> Result<(), PgError> {
     let mut out = Vec::new();
     backend::error_response("FATAL", code, message, &mut out);
     client.write_all(&out).await?;
@@ -57,8 +114,8 @@ async fn fatal(client: &mut TcpStream, code: &str, message: &str) -> Result<(), 
 }
 
 /// Reads bytes until `buf` holds one complete startup packet.
-async fn read_startup(
-    client: &mut TcpStream,
+async fn read_startup<S: ClientStream>(
+    client: &mut S,
     buf: &mut BytesMut,
 ) -> Result<StartupPacket, PgError> {
     loop {
@@ -74,7 +131,10 @@ async fn read_startup(
     }
 }
 
-async fn read_frame(client: &mut TcpStream, buf: &mut BytesMut) -> Result<Vec<u8>, PgError> {
+async fn read_frame<S: ClientStream>(
+    client: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Vec<u8>, PgError> {
     loop {
         if let Some(len) = split_frame(buf).map_err(PgError::client_protocol)? {
             let frame = buf[..len].to_vec();
@@ -90,15 +150,21 @@ async fn read_frame(client: &mut TcpStream, buf: &mut BytesMut) -> Result<Vec<u8
 }
 
 /// Startup phase. `Ok(None)` when the connection was fully handled here (cancel, refusal).
-async fn startup(
-    client: &mut TcpStream,
-    peer: SocketAddr,
+async fn startup<S: ClientStream>(
+    client: &mut S,
+    link: Link,
     resource: &Arc<PgResource>,
+    mut buf: BytesMut,
+    mut first: Option<StartupPacket>,
 ) -> Result<Option<Session>, PgError> {
-    let mut buf = BytesMut::with_capacity(1024);
+    let peer = link.peer;
     let params = loop {
-        match read_startup(client, &mut buf).await? {
-            // No TLS on this listener yet: say so, and the client may continue in plaintext.
+        let packet = match first.take() {
+            Some(p) => p,
+            None => read_startup(client, &mut buf).await?,
+        };
+        match packet {
+            // Already encrypted, or no TLS here: say no, and the client may go on.
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
                 client.write_all(b"N").await?
             }
@@ -138,13 +204,23 @@ async fn startup(
         .await?;
         return Ok(None);
     }
-    if !peer.ip().is_loopback() {
+    if !link.tls && resource.require_tls {
+        record_auth_failure(resource, &user, peer, "tls_required").await;
+        fatal(
+            client,
+            "28000",
+            "gatehouse: this resource requires TLS (use sslmode=require)",
+        )
+        .await?;
+        return Ok(None);
+    }
+    if !link.tls && !peer.ip().is_loopback() {
         // The API key travels as a cleartext password: never across a network without TLS.
         record_auth_failure(resource, &user, peer, "plaintext_from_network").await;
         fatal(
             client,
             "28000",
-            "gatehouse: this listener has no TLS; sign-in is accepted from loopback only",
+            "gatehouse: without TLS, sign-in is accepted from loopback only",
         )
         .await?;
         return Ok(None);
@@ -207,7 +283,7 @@ async fn startup(
             "application": param("application_name"),
             "database": resource.database,
             "requested_database": param("database"),
-            "tls": false,
+            "tls": link.tls,
         }),
         chunks: Vec::new(),
     };
@@ -313,7 +389,7 @@ struct Session {
 }
 
 impl Session {
-    async fn relay(mut self, mut client: TcpStream) {
+    async fn relay<S: ClientStream>(mut self, mut client: S) {
         let reason = match self.pump(&mut client).await {
             Ok(reason) => reason,
             Err(e) => {
@@ -347,7 +423,7 @@ impl Session {
     }
 
     /// Moves bytes both ways until one side closes; returns why it ended.
-    async fn pump(&mut self, client: &mut TcpStream) -> Result<String, PgError> {
+    async fn pump<S: ClientStream>(&mut self, client: &mut S) -> Result<String, PgError> {
         let mut cbuf = std::mem::take(&mut self.leftover);
         cbuf.reserve(16 * 1024);
         let mut sbuf = BytesMut::with_capacity(16 * 1024);

@@ -59,6 +59,10 @@ struct Gateway {
 }
 
 async fn gateway(durability: Durability) -> Gateway {
+    gateway_with(durability, false).await
+}
+
+async fn gateway_with(durability: Durability, with_tls: bool) -> Gateway {
     let pg = tokio::task::spawn_blocking(|| {
         let pg = PgCluster::start().unwrap();
         pg.create_app("app", "app-secret", "appdb").unwrap();
@@ -97,6 +101,11 @@ async fn gateway(durability: Durability) -> Gateway {
         cancels: CancelMap::default(),
         rules: guardrails(),
         on_unparsed: OnUnparsed::Deny,
+        tls: with_tls.then(|| {
+            let (cert, key) = gatehouse_pg::tls::ensure_self_signed(data.path()).unwrap();
+            gatehouse_pg::tls::load_server_config(&cert, &key).unwrap()
+        }),
+        require_tls: with_tls,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -128,6 +137,7 @@ impl Gateway {
             .args(args)
             .env("PGPASSWORD", key)
             .env("PGSSLMODE", "prefer")
+            .env("PGSSLROOTCERT", self.data.path().join("demo-tls.crt"))
             .output()
             .unwrap()
     }
@@ -629,5 +639,38 @@ async fn copy_both_ways_and_cancel_reach_the_target() {
         .find(|r| r["data"]["error"] == "57014")
         .expect("the cancelled statement's result carries SQLSTATE 57014");
     assert!(cancelled["data"]["duration_us"].as_u64().unwrap() > 0);
+    let _ = gw.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_offered_verified_and_required() {
+    let gw = gateway_with(Durability::Sync, true).await;
+    let conn = |mode: &str| {
+        format!(
+            "host=127.0.0.1 port={} user=alice dbname=appdb sslmode={mode} sslrootcert={}",
+            gw.port,
+            gw.data.path().join("demo-tls.crt").display()
+        )
+    };
+    let psql = |conninfo: String, sql: &str| {
+        Command::new(gw.pg.bindir().join("psql"))
+            .args([conninfo.as_str(), "-X", "-A", "-t", "-c", sql])
+            .env("PGPASSWORD", KEY)
+            .output()
+            .unwrap()
+    };
+    // verify-full checks the certificate against the CA file and the host name.
+    let out = psql(conn("verify-full"), "SELECT count(*) FROM customers");
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(text(&out).0, "2");
+    let out = psql(conn("disable"), "SELECT 1");
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("requires TLS"), "{}", text(&out).1);
+
+    let entries = gw.entries().await;
+    let start = of_kind(&entries, "session.start")[0].clone();
+    assert_eq!(start["data"]["tls"], true);
+    let failure = of_kind(&entries, "auth.failure")[0].clone();
+    assert_eq!(failure["data"]["reason"], "tls_required");
     let _ = gw.stop.send(true);
 }
