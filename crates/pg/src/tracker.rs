@@ -141,6 +141,8 @@ impl Tracker {
     /// An error ends the current message; in the extended protocol the server then skips
     /// everything up to the next Sync, so those statements never run.
     fn on_error(&mut self, code: &str, done: &mut Vec<Work>) {
+        // An error during Parse, Bind or Describe belongs to the Execute that follows them.
+        let mut carry = None;
         match self.queue.front_mut() {
             Some(Expect::Query(work)) => {
                 work.error = Some(code.to_string());
@@ -153,13 +155,17 @@ impl Tracker {
             Some(Expect::Sync) | None => return,
             Some(_) => {
                 self.queue.pop_front();
+                carry = Some(code.to_string());
             }
         }
         while let Some(front) = self.queue.front_mut() {
             match front {
                 Expect::Sync | Expect::Query(_) => break,
                 Expect::Execute(work) => {
-                    work.skipped = true;
+                    match carry.take() {
+                        Some(code) => work.error = Some(code),
+                        None => work.skipped = true,
+                    }
                     self.finish_front(done);
                 }
                 _ => {
@@ -236,7 +242,12 @@ mod tests {
         t.push(Expect::Sync);
         t.on_server(&error("42601"), &mut done, &mut emit);
         assert_eq!(done.len(), 1);
-        assert!(done[0].skipped);
+        assert_eq!(
+            done[0].error.as_deref(),
+            Some("42601"),
+            "the Parse error is the Execute's"
+        );
+        assert!(!done[0].skipped);
         t.on_server(&msg(b'Z', b"E"), &mut done, &mut emit);
         assert_eq!(t.status, b'E');
         assert!(t.queue.is_empty());

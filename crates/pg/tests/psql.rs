@@ -674,3 +674,50 @@ async fn tls_is_offered_verified_and_required() {
     assert_eq!(failure["data"]["reason"], "tls_required");
     let _ = gw.stop.send(true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_binary_cursors_copy_and_pipelines_work_through_the_gateway() {
+    let gw = gateway(Durability::Batched).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/drivers/psycopg_check.py");
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=alice dbname=appdb password={KEY}",
+        gw.port
+    );
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&conninfo)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "psycopg checks failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("psycopg checks passed"));
+
+    let entries = gw.entries().await;
+    let commands = of_kind(&entries, "command");
+    let prepared: Vec<&&Value> = commands
+        .iter()
+        .filter(|c| {
+            c["data"]["sql"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("SELECT count(*) FROM customers WHERE id >"))
+        })
+        .collect();
+    assert_eq!(
+        prepared.len(),
+        6,
+        "each execution of the prepared statement is recorded"
+    );
+    assert!(prepared.iter().all(|c| c["data"]["protocol"] == "extended"));
+    let skipped = of_kind(&entries, "result")
+        .into_iter()
+        .filter(|r| r["data"]["skipped"] == true)
+        .count();
+    assert_eq!(
+        skipped, 1,
+        "the statement after the failed one in the pipeline never ran"
+    );
+    let _ = gw.stop.send(true);
+}
