@@ -456,6 +456,10 @@ impl Session {
                 let terminate = self
                     .handle_client_frames(&mut cbuf, &mut to_server, &mut to_client)
                     .await?;
+                self.tracker.take_orphans(&mut done);
+                for work in done.drain(..) {
+                    self.record_result(work);
+                }
                 if !to_server.is_empty() {
                     self.target.write_all(&to_server).await?;
                     to_server.clear();

@@ -57,6 +57,11 @@ pub struct Tracker {
     queue: VecDeque<Expect>,
     /// Transaction status from the last ReadyForQuery (`I`, `T` or `E`).
     pub status: u8,
+    /// The server hit an error in the extended protocol and discards every message until
+    /// the next Sync, including ones the client sends after the error arrived.
+    discarding: bool,
+    /// Statements the server discarded before they were queued here.
+    orphans: Vec<Work>,
 }
 
 impl Tracker {
@@ -64,11 +69,36 @@ impl Tracker {
         Tracker {
             queue: VecDeque::new(),
             status,
+            discarding: false,
+            orphans: Vec::new(),
         }
     }
 
+    /// Records what the server owes for a message just sent to it. While the server is
+    /// discarding after an error, messages before the next Sync get no answer at all.
     pub fn push(&mut self, expect: Expect) {
+        if self.discarding {
+            match expect {
+                Expect::Sync => {
+                    self.discarding = false;
+                    self.queue.push_back(Expect::Sync);
+                }
+                Expect::Execute(mut work) | Expect::Query(mut work) => {
+                    work.skipped = true;
+                    self.orphans.push(work);
+                }
+                // Parse, Bind, Describe, Close: discarded. A gateway refusal of a message
+                // the server would have discarded anyway must not be answered either.
+                _ => {}
+            }
+            return;
+        }
         self.queue.push_back(expect);
+    }
+
+    /// Moves statements the server discarded on arrival into `done`.
+    pub fn take_orphans(&mut self, done: &mut Vec<Work>) {
+        done.append(&mut self.orphans);
     }
 
     /// Moves gateway-made responses that are now due into `emit`.
@@ -158,17 +188,22 @@ impl Tracker {
                 carry = Some(code.to_string());
             }
         }
-        while let Some(front) = self.queue.front_mut() {
-            match front {
-                Expect::Sync | Expect::Query(_) => break,
-                Expect::Execute(work) => {
+        loop {
+            match self.queue.front_mut() {
+                Some(Expect::Sync) => return,
+                None => {
+                    // The Sync has not been sent yet: what comes before it is discarded too.
+                    self.discarding = true;
+                    return;
+                }
+                Some(Expect::Execute(work)) | Some(Expect::Query(work)) => {
                     match carry.take() {
                         Some(code) => work.error = Some(code),
                         None => work.skipped = true,
                     }
                     self.finish_front(done);
                 }
-                _ => {
+                Some(_) => {
                     self.queue.pop_front();
                 }
             }
@@ -251,6 +286,37 @@ mod tests {
         t.on_server(&msg(b'Z', b"E"), &mut done, &mut emit);
         assert_eq!(t.status, b'E');
         assert!(t.queue.is_empty());
+    }
+
+    #[test]
+    fn messages_sent_after_an_error_arrived_are_discarded_until_sync() {
+        let mut t = Tracker::new(b'I');
+        let (mut done, mut emit) = (Vec::new(), Vec::new());
+        // First half of a pipeline; the error comes back before the rest is sent.
+        t.push(Expect::Parse);
+        t.push(Expect::Bind);
+        t.push(Expect::Execute(Work::new(1)));
+        t.on_server(&msg(b'1', b""), &mut done, &mut emit);
+        t.on_server(&error("22012"), &mut done, &mut emit);
+        assert_eq!(done.len(), 1);
+        // The rest of the pipeline: the server discards it and answers only the Sync.
+        t.push(Expect::Parse);
+        t.push(Expect::Bind);
+        t.push(Expect::Execute(Work::new(2)));
+        t.push(Expect::Synthetic(b"NEVER".to_vec()));
+        t.push(Expect::Sync);
+        let mut orphans = Vec::new();
+        t.take_orphans(&mut orphans);
+        assert_eq!(orphans.len(), 1);
+        assert!(orphans[0].skipped);
+        t.on_server(&msg(b'Z', b"I"), &mut done, &mut emit);
+        assert!(t.queue.is_empty(), "{:?}", t.queue);
+        // And the next statement lines up again.
+        t.push(Expect::Query(Work::new(3)));
+        t.push(Expect::Synthetic(b"AFTER".to_vec()));
+        t.on_server(&msg(b'C', b"SELECT 1\0"), &mut done, &mut emit);
+        t.on_server(&msg(b'Z', b"I"), &mut done, &mut emit);
+        assert_eq!(emit, b"AFTER");
     }
 
     #[test]
