@@ -141,12 +141,28 @@ impl Tracker {
             Backend::Error { code, .. } => self.on_error(code, done),
             Backend::ReadyForQuery(status) => {
                 self.status = status;
-                match self.queue.front() {
-                    Some(Expect::Query(_)) => self.finish_front(done),
-                    Some(Expect::Sync) => {
-                        self.queue.pop_front();
+                // A ReadyForQuery always answers a Sync or a simple query. Anything still
+                // ahead of that was never answered: drop it rather than let the queue (and
+                // any refusal waiting in it) fall out of step with the server.
+                loop {
+                    match self.queue.front_mut() {
+                        Some(Expect::Query(_)) => {
+                            self.finish_front(done);
+                            break;
+                        }
+                        Some(Expect::Sync) => {
+                            self.queue.pop_front();
+                            break;
+                        }
+                        Some(Expect::Execute(work)) => {
+                            work.skipped = true;
+                            self.finish_front(done);
+                        }
+                        Some(Expect::Synthetic(_)) | None => break,
+                        Some(_) => {
+                            self.queue.pop_front();
+                        }
                     }
-                    _ => {}
                 }
             }
             Backend::Other(tag) => {
