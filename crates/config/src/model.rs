@@ -95,8 +95,9 @@ pub struct LedgerConfig {
     pub batched_window: Duration,
     /// Size each segment file is preallocated to.
     pub segment_size: ByteSize,
-    /// Most entries written by one group commit.
-    pub max_batch: usize,
+    /// After the ledger failed to write, how often it tries to recover.
+    #[serde(with = "crate::duration")]
+    pub retry_interval: Duration,
     /// Larger payloads must be stored as chunks.
     pub max_entry_size: ByteSize,
 }
@@ -213,7 +214,7 @@ impl Default for LedgerConfig {
             heartbeat_interval: Duration::from_secs(60),
             batched_window: Duration::from_millis(5),
             segment_size: ByteSize::mib(64),
-            max_batch: 4096,
+            retry_interval: Duration::from_secs(1),
             max_entry_size: ByteSize::MIB,
         }
     }

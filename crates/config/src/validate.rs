@@ -15,7 +15,7 @@ const CHECKPOINT_INTERVAL: (Duration, Duration) =
 const HEARTBEAT_MIN: Duration = Duration::from_secs(1);
 const BATCHED_WINDOW: (Duration, Duration) = (Duration::from_micros(100), Duration::from_secs(1));
 const SEGMENT_SIZE: (ByteSize, ByteSize) = (ByteSize::MIB, ByteSize::gib(4));
-const MAX_BATCH: (usize, usize) = (1, 65536);
+const RETRY_INTERVAL: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(60));
 const MAX_ENTRY_SIZE: (ByteSize, ByteSize) = (ByteSize::KIB, ByteSize::mib(16));
 const NAME_MAX: usize = 63;
 
@@ -85,15 +85,13 @@ fn check_ledger(ledger: &LedgerConfig, problems: &mut Vec<Problem>) {
         ledger.segment_size,
         SEGMENT_SIZE,
     );
-    if !(MAX_BATCH.0..=MAX_BATCH.1).contains(&ledger.max_batch) {
-        problems.push(Problem::new(
-            "ledger.max_batch",
-            format!(
-                "{} is out of range; use {} to {}",
-                ledger.max_batch, MAX_BATCH.0, MAX_BATCH.1
-            ),
-        ));
-    }
+    duration_in(
+        problems,
+        "ledger.retry_interval",
+        ledger.retry_interval,
+        RETRY_INTERVAL.0,
+        Some(RETRY_INTERVAL.1),
+    );
     size_in(
         problems,
         "ledger.max_entry_size",

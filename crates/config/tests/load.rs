@@ -102,7 +102,7 @@ fn empty_file_gives_defaults() {
             heartbeat_interval: Duration::from_secs(60),
             batched_window: Duration::from_millis(5),
             segment_size: ByteSize::mib(64),
-            max_batch: 4096,
+            retry_interval: Duration::from_secs(1),
             max_entry_size: ByteSize::mib(1),
         }
     );
@@ -178,7 +178,7 @@ fn unknown_key_nested() {
     assert_eq!(
         load_error(text),
         "gatehouse.toml:7:1: ledger.segment_sise: unknown key; expected one of origin, checkpoint_interval, \
-         heartbeat_interval, batched_window, segment_size, max_batch, max_entry_size"
+         heartbeat_interval, batched_window, segment_size, retry_interval, max_entry_size"
     );
     let text = format!("{PG}[resources.credentials]\nuser = \"u\"\npasword_env = \"X\"\n");
     assert_eq!(
@@ -196,8 +196,8 @@ fn unknown_key_nested() {
 #[test]
 fn wrong_type() {
     assert_eq!(
-        load_error("[ledger]\nmax_batch = \"lots\"\n"),
-        "gatehouse.toml:2:13: ledger.max_batch: wrong type: expected a non-negative integer, found string \"lots\""
+        load_error("[[identities]]\nname = \"a\"\ngroups = \"ops\"\n"),
+        "gatehouse.toml:3:10: identities[0].groups: wrong type: expected an array, found string \"ops\""
     );
     assert_eq!(
         load_error("log = \"debug\"\n"),
@@ -256,7 +256,7 @@ fn bad_size() {
 
 #[test]
 fn out_of_range_values() {
-    let text = "[ledger]\nsegment_size = \"512KiB\"\nmax_entry_size = \"32MiB\"\nmax_batch = 0\n\
+    let text = "[ledger]\nsegment_size = \"512KiB\"\nmax_entry_size = \"32MiB\"\nretry_interval = \"10ms\"\n\
                 checkpoint_interval = \"2h\"\nheartbeat_interval = \"500ms\"\nbatched_window = \"50us\"\n";
     assert_eq!(
         load_error(text),
@@ -264,7 +264,7 @@ fn out_of_range_values() {
          gatehouse.toml: ledger.heartbeat_interval: 500ms is too short; use at least 1s\n\
          gatehouse.toml: ledger.batched_window: 50us is too short; use at least 100us\n\
          gatehouse.toml: ledger.segment_size: 512KiB is too small; use at least 1MiB\n\
-         gatehouse.toml: ledger.max_batch: 0 is out of range; use 1 to 65536\n\
+         gatehouse.toml: ledger.retry_interval: 10ms is too short; use at least 100ms\n\
          gatehouse.toml: ledger.max_entry_size: 32MiB is too large; use at most 16MiB\n\
          gatehouse.toml: ledger.max_entry_size: 32MiB must be smaller than ledger.segment_size (512KiB)"
     );
@@ -351,7 +351,7 @@ fn duplicate_listen_address() {
 #[test]
 fn all_problems_are_reported_at_once() {
     let text = format!(
-        "[ledger]\norigin = \"a b\"\nmax_batch = 100000\n\
+        "[ledger]\norigin = \"a b\"\nretry_interval = \"2m\"\n\
          [[resources]]\nname = \"dup\"\nkind = \"http\"\n[resources.credentials]\nuser = \"u\"\npassword_env = \"{UNSET}\"\n\
          [[resources]]\nname = \"dup\"\nkind = \"mysql\"\n[resources.credentials]\nuser = \"\"\npassword_file = \"missing-secret\"\n"
     );
@@ -364,7 +364,7 @@ fn all_problems_are_reported_at_once() {
         keys,
         [
             "ledger.origin",
-            "ledger.max_batch",
+            "ledger.retry_interval",
             "resources[0].credentials.password_env",
             "resources[1].credentials.user",
             "resources[1].credentials.password_file",

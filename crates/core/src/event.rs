@@ -193,7 +193,7 @@ impl Event {
 /// [`Event::to_body`]: `{"v":1,"i":<index>,"ts":<ts>,` followed by the body's fields.
 ///
 /// Produces exactly the bytes of [`Event::write_entry`], which the tests check, so the
-/// sequencer can splice pre-serialised bodies without re-encoding them.
+/// ledger can splice pre-serialised bodies without re-encoding them.
 pub fn write_entry_line(index: u64, ts_us: u64, body: &[u8], out: &mut Vec<u8>) {
     debug_assert!(body.first() == Some(&b'{'));
     out.extend_from_slice(b"{\"v\":");

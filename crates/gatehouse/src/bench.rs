@@ -102,7 +102,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 let receipt = ledger.append(&event, durability).await?;
                 latencies.push(from.elapsed().as_micros() as u32);
                 if let Some(log) = &ack_log {
-                    let line = format!("{} {}\n", receipt.index, hex::encode(receipt.leaf_hash));
+                    // When it was acknowledged, so a crash test can tell a loss inside the
+                    // batched window from a real one.
+                    let at_us = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_micros())
+                        .unwrap_or(0);
+                    let line = format!(
+                        "{} {} {at_us}\n",
+                        receipt.index,
+                        hex::encode(receipt.leaf_hash)
+                    );
                     log.lock()
                         .expect("ack log lock")
                         .write_all(line.as_bytes())?;

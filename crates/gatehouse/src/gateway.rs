@@ -81,7 +81,7 @@ pub(crate) fn ledger_options(config: &Config) -> LedgerOptions {
     LedgerOptions {
         origin: Some(l.origin.clone()),
         segment_size: l.segment_size.bytes(),
-        max_batch: l.max_batch,
+        retry_interval: l.retry_interval,
         max_entry_size: l.max_entry_size.bytes() as usize,
         checkpoint_interval: l.checkpoint_interval,
         heartbeat_interval: Some(l.heartbeat_interval),

@@ -1,9 +1,10 @@
 //! Crash safety: kill -9 the writer at random moments; after each, a restart recovers,
-//! `verify` passes, and every acknowledged entry is on disk with the acknowledged hash.
+//! `verify` passes, and every acknowledged entry is on disk with the acknowledged hash,
+//! except, in `batched` durability, entries acknowledged within the loss window just
+//! before the kill.
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Stdio;
@@ -15,6 +16,10 @@ use common::*;
 use gatehouse_ledger::Layout;
 use gatehouse_ledger::merkle::leaf_hash;
 use gatehouse_ledger::segment::scan;
+
+/// How long before a kill a `batched` acknowledgement may be lost: the 5 ms window plus
+/// generous scheduling delay for the timer thread on a loaded 2-core machine.
+const LOSS_WINDOW_MS: u128 = 250;
 
 /// A small deterministic generator, seeded from the clock and printed, so a failing
 /// schedule can be replayed with `GATEHOUSE_CRASH_SEED`.
@@ -40,8 +45,9 @@ fn leaves(dir: &Path) -> Vec<[u8; 32]> {
     out
 }
 
-/// `index leaf` pairs from the ack log; a torn last line (killed mid-write) is skipped.
-fn acknowledged(path: &Path) -> HashMap<u64, String> {
+/// `index leaf ack_time_us` lines from the ack log; a torn last line (killed mid-write) is
+/// skipped.
+fn acknowledged(path: &Path) -> Vec<(u64, String, u128)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let complete = match text.rfind('\n') {
         Some(end) => &text[..end],
@@ -50,8 +56,11 @@ fn acknowledged(path: &Path) -> HashMap<u64, String> {
     complete
         .lines()
         .map(|l| {
-            let (i, h) = l.split_once(' ').unwrap();
-            (i.parse().unwrap(), h.to_string())
+            let mut parts = l.split(' ');
+            let i = parts.next().unwrap().parse().unwrap();
+            let h = parts.next().unwrap().to_string();
+            let at = parts.next().unwrap().parse().unwrap();
+            (i, h, at)
         })
         .collect()
 }
@@ -61,6 +70,7 @@ fn crash_rounds(durability: &str, rounds: u64, rng: &mut Lcg) {
     let acks = dir.path().join("acks.log");
     let data = dir.path().join("data");
     let mut started_rounds = 0;
+    let mut total_acked = 0;
     for round in 0..rounds {
         let mut child = gatehouse()
             .args([
@@ -104,6 +114,10 @@ fn crash_rounds(durability: &str, rounds: u64, rng: &mut Lcg) {
             started_rounds += 1;
             sleep(Duration::from_millis(5 + rng.next(400)));
         }
+        let killed_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros();
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
 
@@ -123,16 +137,28 @@ fn crash_rounds(durability: &str, rounds: u64, rng: &mut Lcg) {
 
         let on_disk = leaves(&data);
         let acked = acknowledged(&acks);
-        for (index, hash) in &acked {
+        let mut lost = 0;
+        for (index, hash, at) in &acked {
             let found = on_disk.get(*index as usize).map(hex::encode);
-            assert_eq!(
-                found.as_ref(),
-                Some(hash),
-                "round {round}: acknowledged entry {index} lost"
+            if found.as_ref() == Some(hash) {
+                continue;
+            }
+            // A batched acknowledgement may be lost only if it came within the window
+            // (5 ms, plus the time to be scheduled on a busy machine) before the kill.
+            let age_ms = killed_at.saturating_sub(*at) / 1000;
+            assert!(
+                durability == "batched" && age_ms < LOSS_WINDOW_MS,
+                "round {round}: entry {index}, acknowledged {age_ms} ms before the kill, is lost \
+                 (on disk: {found:?})"
             );
+            lost += 1;
         }
+        total_acked += acked.len();
+        // The next round reuses the indexes of lost entries; its acks are checked anew.
+        let _ = std::fs::remove_file(&acks);
         eprintln!(
-            "{durability} round {round}: {} entries, {} acknowledged so far, recovery {report}",
+            "{durability} round {round}: {} entries, {} acknowledged this round, {lost} of them \
+             lost inside the batched window, recovery {report}",
             on_disk.len(),
             acked.len()
         );
@@ -155,7 +181,7 @@ fn crash_rounds(durability: &str, rounds: u64, rng: &mut Lcg) {
         "only {recoveries} recoveries for {started_rounds} crashes after open"
     );
     assert!(
-        !acknowledged(&acks).is_empty(),
+        total_acked > 0,
         "the writer never got to acknowledge anything"
     );
 }

@@ -1,16 +1,26 @@
-//! The ledger handle: opening and recovering a data directory, appending events through
-//! the single sequencer thread (group commit), checkpoints, heartbeats and shutdown.
+//! The ledger handle: opening and recovering a data directory, appending events with
+//! group commit, checkpoints, heartbeats, recovery from a failed write, and shutdown.
+//!
+//! An append is sequenced on the caller's own thread under one short lock: it gets its
+//! index, timestamp and leaf hash, and its line joins a buffer in memory. Handing work to
+//! another thread and waking the caller again costs tens of microseconds on a small
+//! machine, more than the work itself. Durability is group commit by leader: a `sync`
+//! caller whose entry is not durable yet either waits for the write+fdatasync in progress
+//! or runs the next one itself, writing the whole buffer at once. A `batched` caller
+//! returns at once; the timer thread writes and syncs the buffer when its window ends
+//! (the bounded loss window of that mode), signs checkpoints, appends heartbeats, and
+//! recovers after a failed write.
 
 use std::fs::{self, File};
 use std::path::Path;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gatehouse_core::{ChunkRef, Durability, Event, EventKind, write_entry_line};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::oneshot;
+use tokio::sync::Notify;
 
 use crate::checkpoint::{LedgerKey, SignedCheckpoint, Signer, read_checkpoint_log, verify_note};
 use crate::chunks;
@@ -26,7 +36,6 @@ pub struct LedgerOptions {
     /// Checkpoint origin and key name for a new ledger; `None` keeps the existing key's.
     pub origin: Option<String>,
     pub segment_size: u64,
-    pub max_batch: usize,
     pub max_entry_size: usize,
     /// A checkpoint is signed at least this often while the log grows.
     pub checkpoint_interval: Duration,
@@ -34,6 +43,8 @@ pub struct LedgerOptions {
     pub heartbeat_interval: Option<Duration>,
     /// Longest time a `batched` append stays unsynced.
     pub batched_window: Duration,
+    /// After a failed write, how often the ledger tries to recover.
+    pub retry_interval: Duration,
 }
 
 impl Default for LedgerOptions {
@@ -41,11 +52,11 @@ impl Default for LedgerOptions {
         LedgerOptions {
             origin: None,
             segment_size: 64 << 20,
-            max_batch: 4096,
             max_entry_size: 1 << 20,
             checkpoint_interval: Duration::from_secs(1),
             heartbeat_interval: Some(Duration::from_secs(60)),
             batched_window: Duration::from_millis(5),
+            retry_interval: Duration::from_secs(1),
         }
     }
 }
@@ -68,76 +79,112 @@ pub struct OpenReport {
     pub signed_size: u64,
 }
 
-/// Live numbers shared by the sequencer with readers (admin API, metrics).
+/// Live numbers for readers (admin API, metrics, tests).
 #[derive(Debug, Clone, Default)]
 pub struct LedgerStatus {
+    /// Entries written.
     pub size: u64,
+    /// Entries known to be on disk.
     pub durable_size: u64,
     pub checkpoint: Option<SignedCheckpoint>,
+    /// Why appends are refused right now, if they are.
     pub failed: Option<String>,
 }
 
-/// Where the sequencer sends an answer: to an async task, or to a blocked thread.
-///
-/// Two kinds because tokio's `blocking_recv` panics inside a runtime, and `open`/`close`
-/// must work from anywhere.
-enum Reply<T> {
-    Async(oneshot::Sender<T>),
-    Blocking(mpsc::SyncSender<T>),
-    /// Nobody waits (records written after the fact, like a result summary).
-    Detached,
-}
-
-impl<T> Reply<T> {
-    fn send(self, value: T) {
-        // A caller that went away no longer needs the answer.
-        match self {
-            Reply::Async(tx) => {
-                let _ = tx.send(value);
-            }
-            Reply::Blocking(tx) => {
-                let _ = tx.send(value);
-            }
-            Reply::Detached => {}
-        }
-    }
-}
+/// Pending lines beyond this size are written without waiting for the batched window.
+const FLUSH_AT: usize = 1 << 20;
 
 type CheckpointResult = Result<Option<SignedCheckpoint>, LedgerError>;
 
-enum Request {
-    Append {
-        body: Vec<u8>,
-        durability: Durability,
-        reply: Reply<Result<Receipt, LedgerError>>,
-    },
-    /// Sync everything sequenced so far and sign a checkpoint over it.
-    Checkpoint(Reply<CheckpointResult>),
-    /// Like `Checkpoint`, then mark the run clean and stop.
-    Shutdown(Reply<CheckpointResult>),
-}
-
-/// A handle to an open ledger; clones share the one sequencer.
+/// A handle to an open ledger; clones share it. When the last clone goes without
+/// [`Ledger::close`], the timer thread stops and the next open finds an unclean run.
 #[derive(Clone)]
 pub struct Ledger {
-    inner: Arc<Inner>,
+    handle: Arc<Handle>,
+}
+
+struct Handle {
+    shared: Arc<Shared>,
+    timer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.stop_timer();
+    }
 }
 
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger")
-            .field("root", &self.inner.layout.root())
+            .field("root", &self.handle.shared.layout.root())
             .finish_non_exhaustive()
     }
 }
 
-struct Inner {
-    tx: Mutex<Option<mpsc::Sender<Request>>>,
+/// Everything the appenders, the sync leaders and the timer thread share.
+///
+/// Lock order: `signer` before `io` before `core` before `progress`.
+struct Shared {
+    core: Mutex<Core>,
+    /// Wakes the timer thread early; paired with `core`.
+    timer_cv: Condvar,
+    /// The files, held by whoever writes and syncs the buffer: one at a time; the others
+    /// wait for its result.
+    io: Mutex<Io>,
+    progress: Mutex<Progress>,
+    /// Signalled after every sync, failure and recovery.
+    synced: Notify,
+    signer: Mutex<Signer>,
+    checkpoint: Mutex<Option<SignedCheckpoint>>,
     layout: Layout,
-    max_entry_size: usize,
+    opts: LedgerOptions,
     vkey: String,
-    status: Arc<Mutex<LedgerStatus>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Held until the ledger is closed or dropped: one writer per data directory.
+    dir_lock: Mutex<Option<File>>,
+}
+
+/// The segment writer and a spare buffer to swap with the pending lines.
+struct Io {
+    writer: SegmentWriter,
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+/// The append state: what is sequenced, what is durable, what is signed.
+struct Core {
+    /// Tree over every sequenced entry.
+    tree: CompactRange,
+    /// Tree over the entries known to be durable.
+    durable_tree: CompactRange,
+    /// Leaves after `signed_size`, in order.
+    unsigned_leaves: Vec<Hash>,
+    signed_size: u64,
+    last_ts: u64,
+    /// Lines sequenced but not yet written, and where each ends.
+    pending: Vec<u8>,
+    pending_ends: Vec<usize>,
+    /// When the oldest unsynced entry was sequenced.
+    unsynced_since: Option<Instant>,
+    /// Why appends are refused (a write or sync failed); cleared by recovery.
+    failed: Option<String>,
+    /// Bumped by every failure: entries of an earlier epoch that were not durable by then
+    /// were discarded, and their indexes are given out again.
+    epoch: u64,
+    closed: bool,
+    stop_timer: bool,
+    /// When the sleeping timer thread wakes next; `None` while it is awake.
+    timer_deadline: Option<Instant>,
+}
+
+/// How far durability got, for callers waiting on their entries.
+struct Progress {
+    epoch: u64,
+    /// Entries before this index are durable.
+    durable: u64,
+    /// `durable` when the current epoch began (the previous one failed there).
+    epoch_start: u64,
+    failure: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -147,9 +194,25 @@ struct RunState {
     at_us: u64,
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not take auditing down with it: the data under these locks
+    // is only changed in steps that leave it consistent.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn try_lock<T>(mutex: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match mutex.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
 impl Ledger {
     /// Opens (creating on first use) the ledger inside the gateway data directory,
-    /// recovering from a crash if needed, and starts the sequencer.
+    /// recovering from a crash if needed, and starts the timer thread.
     ///
     /// Refuses to open a ledger whose entries contradict what its signer already signed,
     /// or that is damaged anywhere but in a crash tail: such a ledger needs an auditor,
@@ -252,44 +315,56 @@ impl Ledger {
         segment::remove_spares(&layout)?;
         let writer = SegmentWriter::open(&layout, last_segment, end.entries, opts.segment_size)?;
 
-        let status = Arc::new(Mutex::new(LedgerStatus {
-            size: end.entries,
-            durable_size: end.entries,
-            checkpoint: signer.last().cloned(),
-            failed: None,
-        }));
-        let (tx, rx) = mpsc::channel();
         let now = Instant::now();
-        let sequencer = Sequencer {
-            rx,
-            writer,
-            signer,
-            durable_tree: tree.clone(),
-            tree,
-            unsigned_leaves,
-            next_index: end.entries,
-            last_ts: end.last_ts.unwrap_or(0),
-            unsynced_since: None,
-            next_checkpoint: now + opts.checkpoint_interval,
-            next_heartbeat: opts.heartbeat_interval.map(|i| now + i),
-            status: status.clone(),
+        let checkpoint = signer.last().cloned();
+        let signed_size = signer.signed_size();
+        let shared = Arc::new(Shared {
+            core: Mutex::new(Core {
+                durable_tree: tree.clone(),
+                tree,
+                unsigned_leaves,
+                signed_size,
+                last_ts: end.last_ts.unwrap_or(0),
+                pending: Vec::with_capacity(64 << 10),
+                pending_ends: Vec::new(),
+                unsynced_since: None,
+                failed: None,
+                epoch: 0,
+                closed: false,
+                stop_timer: false,
+                timer_deadline: None,
+            }),
+            timer_cv: Condvar::new(),
+            io: Mutex::new(Io {
+                writer,
+                buf: Vec::with_capacity(64 << 10),
+                ends: Vec::new(),
+            }),
+            progress: Mutex::new(Progress {
+                epoch: 0,
+                durable: end.entries,
+                epoch_start: end.entries,
+                failure: None,
+            }),
+            synced: Notify::new(),
+            signer: Mutex::new(signer),
+            checkpoint: Mutex::new(checkpoint),
             layout: layout.clone(),
             opts: opts.clone(),
-            failed: None,
-            _lock: lock,
-        };
-        let thread = thread::Builder::new()
-            .name("ledger-sequencer".into())
-            .spawn(move || sequencer.run())
+            vkey: vkey.clone(),
+            dir_lock: Mutex::new(Some(lock)),
+        });
+        let timer = thread::Builder::new()
+            .name("ledger-timer".into())
+            .spawn({
+                let shared = shared.clone();
+                move || shared.run_timer(now)
+            })
             .at(layout.root())?;
         let ledger = Ledger {
-            inner: Arc::new(Inner {
-                tx: Mutex::new(Some(tx)),
-                layout: layout.clone(),
-                max_entry_size: opts.max_entry_size,
-                vkey: vkey.clone(),
-                status,
-                thread: Mutex::new(Some(thread)),
+            handle: Arc::new(Handle {
+                shared,
+                timer: Mutex::new(Some(timer)),
             }),
         };
 
@@ -311,26 +386,27 @@ impl Ledger {
         Ok((ledger, report))
     }
 
-    /// Appends an event; returns once it is durable (`Sync`) or sequenced (`Batched`).
+    /// Appends an event; returns once it is durable (`Sync`) or sequenced (`Batched`: it
+    /// is written and synced within the batched window, and a crash inside the window
+    /// loses it; the next open records that gap).
     pub async fn append(
         &self,
         event: &Event,
         durability: Durability,
     ) -> Result<Receipt, LedgerError> {
-        let (tx, rx) = oneshot::channel();
-        self.submit(event, durability, Reply::Async(tx))?;
-        rx.await.map_err(|_| LedgerError::Closed)?
+        let shared = &self.handle.shared;
+        let (receipt, epoch) = shared.write(&self.body(event)?)?;
+        if durability == Durability::Sync {
+            shared.wait_durable(receipt.index, epoch).await?;
+        }
+        Ok(receipt)
     }
 
-    /// Queues an event without waiting for its receipt. For records written after the fact
-    /// (a result summary, a session end) whose caller has nothing to gate on them; a later
-    /// failure shows in the ledger status, the metrics and the log.
-    pub fn append_detached(
-        &self,
-        event: &Event,
-        durability: Durability,
-    ) -> Result<(), LedgerError> {
-        self.submit(event, durability, Reply::Detached)
+    /// Sequences an event without waiting for durability. For records written after the
+    /// fact (a result summary) whose caller has nothing to gate on them: the next sync, or
+    /// the batched window, makes them durable.
+    pub fn append_detached(&self, event: &Event) -> Result<Receipt, LedgerError> {
+        Ok(self.handle.shared.write(&self.body(event)?)?.0)
     }
 
     /// [`Ledger::append`] for plain threads (blocks the calling thread).
@@ -339,88 +415,471 @@ impl Ledger {
         event: &Event,
         durability: Durability,
     ) -> Result<Receipt, LedgerError> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.submit(event, durability, Reply::Blocking(tx))?;
-        rx.recv().map_err(|_| LedgerError::Closed)?
+        let shared = &self.handle.shared;
+        let (receipt, epoch) = shared.write(&self.body(event)?)?;
+        if durability == Durability::Sync {
+            shared.wait_durable_blocking(receipt.index, epoch)?;
+        }
+        Ok(receipt)
     }
 
-    fn submit(
-        &self,
-        event: &Event,
-        durability: Durability,
-        reply: Reply<Result<Receipt, LedgerError>>,
-    ) -> Result<(), LedgerError> {
-        // Serialise on the caller's thread; the sequencer only splices index and time in.
+    fn body(&self, event: &Event) -> Result<Vec<u8>, LedgerError> {
         let body = event.to_body();
-        if body.len() + 64 > self.inner.max_entry_size {
+        let limit = self.handle.shared.opts.max_entry_size;
+        if body.len() + 64 > limit {
             return Err(LedgerError::EntryTooLarge {
                 size: body.len() + 64,
-                limit: self.inner.max_entry_size,
+                limit,
             });
         }
-        self.send(Request::Append {
-            body,
-            durability,
-            reply,
-        })
-    }
-
-    fn send(&self, request: Request) -> Result<(), LedgerError> {
-        let tx = self.inner.tx.lock().expect("ledger sender lock");
-        tx.as_ref()
-            .ok_or(LedgerError::Closed)?
-            .send(request)
-            .map_err(|_| LedgerError::Closed)
+        Ok(body)
     }
 
     /// Stores a large payload as a durable chunk; put its reference in the event's `chunks`.
     pub async fn put_chunk(&self, bytes: Vec<u8>) -> Result<ChunkRef, LedgerError> {
-        let layout = self.inner.layout.clone();
+        let layout = self.handle.shared.layout.clone();
         tokio::task::spawn_blocking(move || chunks::put_chunk(&layout, &bytes))
             .await
             .map_err(|e| LedgerError::Unavailable(format!("chunk writer: {e}")))?
     }
 
     /// Syncs everything appended so far and signs a checkpoint over it.
-    pub async fn checkpoint(&self) -> Result<Option<SignedCheckpoint>, LedgerError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Request::Checkpoint(Reply::Async(tx)))?;
-        rx.await.map_err(|_| LedgerError::Closed)?
+    pub async fn checkpoint(&self) -> CheckpointResult {
+        let shared = self.handle.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            shared.sync_all()?;
+            shared.sign()
+        })
+        .await
+        .map_err(|e| LedgerError::Unavailable(format!("checkpoint: {e}")))?
     }
 
-    /// Flushes, signs a final checkpoint, marks the run clean and stops the sequencer.
-    /// Blocking; later appends fail with [`LedgerError::Closed`].
-    pub fn close(&self) -> Result<Option<SignedCheckpoint>, LedgerError> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let sent = self.send(Request::Shutdown(Reply::Blocking(tx)));
-        // Dropping the sender makes the sequencer stop even if the request was not sent.
-        self.inner.tx.lock().expect("ledger sender lock").take();
-        let result = match sent {
-            Ok(()) => rx.recv().map_err(|_| LedgerError::Closed)?,
-            Err(_) => Ok(None),
+    /// Syncs, signs a final checkpoint, marks the run clean and stops the timer thread.
+    /// Blocking; later appends fail with [`LedgerError::Closed`]. A second call does
+    /// nothing and returns `Ok(None)`.
+    pub fn close(&self) -> CheckpointResult {
+        let shared = &self.handle.shared;
+        let failed = {
+            let mut core = lock(&shared.core);
+            if core.closed {
+                return Ok(None);
+            }
+            core.closed = true;
+            core.stop_timer = true;
+            shared.timer_cv.notify_one();
+            core.failed.clone()
         };
-        if let Some(thread) = self.inner.thread.lock().expect("ledger thread lock").take() {
-            let _ = thread.join();
+        if let Some(timer) = lock(&self.handle.timer).take() {
+            let _ = timer.join();
         }
-        result
+        if let Some(why) = failed {
+            return Err(LedgerError::Unavailable(why));
+        }
+        shared.sync_all()?;
+        let checkpoint = shared.sign()?;
+        shared.mark_clean()?;
+        // Another process may open the directory now.
+        lock(&shared.dir_lock).take();
+        Ok(checkpoint)
     }
 
     /// Current size, durable size, latest checkpoint and failure state.
     pub fn status(&self) -> LedgerStatus {
-        self.inner
-            .status
-            .lock()
-            .expect("ledger status lock")
-            .clone()
+        let shared = &self.handle.shared;
+        let (size, failed) = {
+            let core = lock(&shared.core);
+            (core.tree.size(), core.failed.clone())
+        };
+        LedgerStatus {
+            size,
+            durable_size: lock(&shared.progress).durable,
+            checkpoint: lock(&shared.checkpoint).clone(),
+            failed,
+        }
     }
 
     /// The public key that verifies this ledger's checkpoints.
     pub fn verifier_key(&self) -> &str {
-        &self.inner.vkey
+        &self.handle.shared.vkey
     }
 
     pub fn layout(&self) -> &Layout {
-        &self.inner.layout
+        &self.handle.shared.layout
+    }
+}
+
+impl Shared {
+    /// Sequences one entry into the pending buffer. Returns its receipt and the epoch it
+    /// was sequenced in.
+    fn write(&self, body: &[u8]) -> Result<(Receipt, u64), LedgerError> {
+        let mut core = lock(&self.core);
+        let receipt = self.write_locked(&mut core, body)?;
+        Ok((receipt, core.epoch))
+    }
+
+    fn write_locked(&self, core: &mut Core, body: &[u8]) -> Result<Receipt, LedgerError> {
+        if core.closed {
+            return Err(LedgerError::Closed);
+        }
+        if let Some(why) = &core.failed {
+            return Err(LedgerError::Unavailable(why.clone()));
+        }
+        let index = core.tree.size();
+        let ts = now_us().max(core.last_ts);
+        let start = core.pending.len();
+        write_entry_line(index, ts, body, &mut core.pending);
+        let leaf = leaf_hash(&core.pending[start..]);
+        core.pending.push(b'\n');
+        let end = core.pending.len();
+        core.pending_ends.push(end);
+        core.tree.push(leaf);
+        core.unsigned_leaves.push(leaf);
+        core.last_ts = ts;
+        let now = Instant::now();
+        let due = match core.unsynced_since {
+            None => {
+                core.unsynced_since = Some(now);
+                Some(now + self.opts.batched_window)
+            }
+            Some(_) if end >= FLUSH_AT => Some(now),
+            Some(_) => None,
+        };
+        // Wake the timer only when it would otherwise sleep past the new deadline.
+        if let Some(due) = due
+            && core.timer_deadline.is_some_and(|at| at > due)
+        {
+            self.timer_cv.notify_one();
+        }
+        metrics::counter!("gatehouse_ledger_appends_total").increment(1);
+        Ok(Receipt {
+            index,
+            leaf_hash: leaf,
+            ts,
+        })
+    }
+
+    /// Marks the ledger failed: appends are refused until recovery, and entries after the
+    /// last durable point are given up. Returns the reason.
+    fn fail(&self, core: &mut Core, error: &LedgerError) -> String {
+        let why = format!("the ledger could not write: {error}");
+        tracing::error!(error = %error, "ledger write failed; refusing appends until it recovers");
+        metrics::counter!("gatehouse_ledger_failures_total").increment(1);
+        core.failed = Some(why.clone());
+        core.epoch += 1;
+        core.pending.clear();
+        core.pending_ends.clear();
+        let mut progress = lock(&self.progress);
+        progress.epoch = core.epoch;
+        progress.epoch_start = progress.durable;
+        progress.failure = Some(why.clone());
+        self.timer_cv.notify_one();
+        why
+    }
+
+    /// Records that entries before `durable` are on disk (within `epoch`).
+    fn advance(&self, epoch: u64, durable: u64) {
+        let mut progress = lock(&self.progress);
+        if progress.epoch == epoch && durable > progress.durable {
+            progress.durable = durable;
+            metrics::gauge!("gatehouse_ledger_entries").set(durable as f64);
+        }
+    }
+
+    /// Whether the entry at `index`, sequenced in `epoch`, is settled: durable, or lost to
+    /// a failure. `None` while it still waits.
+    fn outcome(&self, index: u64, epoch: u64) -> Option<Result<(), LedgerError>> {
+        let progress = lock(&self.progress);
+        if progress.epoch == epoch {
+            (progress.durable > index).then_some(Ok(()))
+        } else if progress.epoch == epoch + 1 && index < progress.epoch_start {
+            // Durable before the failure that ended its epoch.
+            Some(Ok(()))
+        } else {
+            let why = progress.failure.clone().unwrap_or_default();
+            Some(Err(LedgerError::Unavailable(why)))
+        }
+    }
+
+    async fn wait_durable(&self, index: u64, epoch: u64) -> Result<(), LedgerError> {
+        loop {
+            // Registered before the checks, so a sync finishing in between still wakes us.
+            let notified = self.synced.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(outcome) = self.outcome(index, epoch) {
+                return outcome;
+            }
+            if self.try_lead() {
+                continue;
+            }
+            notified.await;
+        }
+    }
+
+    fn wait_durable_blocking(&self, index: u64, epoch: u64) -> Result<(), LedgerError> {
+        loop {
+            if let Some(outcome) = self.outcome(index, epoch) {
+                return outcome;
+            }
+            self.lead_blocking();
+        }
+    }
+
+    /// Writes and syncs the pending buffer unless another thread is doing so. The I/O
+    /// blocks this thread (a tokio worker, for async callers) for its duration; one leader
+    /// at a time means at most one worker is held, and it is one whose caller waits anyway.
+    fn try_lead(&self) -> bool {
+        let Some(mut io) = try_lock(&self.io) else {
+            return false;
+        };
+        let _ = self.flush(&mut io);
+        // Release before waking the others, so that any of them may lead the next round.
+        drop(io);
+        self.synced.notify_waiters();
+        true
+    }
+
+    fn lead_blocking(&self) {
+        let mut io = lock(&self.io);
+        let _ = self.flush(&mut io);
+        drop(io);
+        self.synced.notify_waiters();
+    }
+
+    /// Writes every pending line and syncs. The caller holds `io`.
+    fn flush(&self, io: &mut Io) -> Result<(), LedgerError> {
+        let (tree, epoch) = {
+            let mut core = lock(&self.core);
+            if let Some(why) = &core.failed {
+                return Err(LedgerError::Unavailable(why.clone()));
+            }
+            if core.pending_ends.is_empty() {
+                return Ok(());
+            }
+            std::mem::swap(&mut core.pending, &mut io.buf);
+            std::mem::swap(&mut core.pending_ends, &mut io.ends);
+            (core.tree.clone(), core.epoch)
+        };
+        let started = Instant::now();
+        let entries = io.ends.len();
+        let result = io
+            .writer
+            .write(&io.buf, &io.ends)
+            .and_then(|()| io.writer.sync());
+        io.buf.clear();
+        io.ends.clear();
+        metrics::histogram!("gatehouse_ledger_fsync_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let mut core = lock(&self.core);
+        match result {
+            Ok(()) => {
+                core.durable_tree = tree;
+                core.unsynced_since = (!core.pending_ends.is_empty()).then(Instant::now);
+                drop(core);
+                metrics::histogram!("gatehouse_ledger_batch_entries").record(entries as f64);
+                self.advance(epoch, io.writer.synced_index());
+                Ok(())
+            }
+            Err(e) => Err(LedgerError::Unavailable(self.fail(&mut core, &e))),
+        }
+    }
+
+    /// Makes every entry sequenced so far durable.
+    fn sync_all(&self) -> Result<(), LedgerError> {
+        let (size, epoch, failed) = {
+            let core = lock(&self.core);
+            (core.tree.size(), core.epoch, core.failed.clone())
+        };
+        if let Some(why) = failed {
+            return Err(LedgerError::Unavailable(why));
+        }
+        if size == 0 {
+            return Ok(());
+        }
+        self.wait_durable_blocking(size - 1, epoch)
+    }
+
+    /// Signs the durable tree if it grew since the last checkpoint.
+    fn sign(&self) -> CheckpointResult {
+        let mut signer = lock(&self.signer);
+        let signed = signer.signed_size();
+        let (size, root, leaves) = {
+            let core = lock(&self.core);
+            let durable = &core.durable_tree;
+            if durable.size() <= signed {
+                return Ok(signer.last().cloned());
+            }
+            let count = (durable.size() - signed) as usize;
+            (
+                durable.size(),
+                durable.root(),
+                core.unsigned_leaves[..count].to_vec(),
+            )
+        };
+        let checkpoint = signer.sign(&leaves, size, root)?;
+        {
+            let mut core = lock(&self.core);
+            core.signed_size = size;
+            core.unsigned_leaves.drain(..leaves.len());
+        }
+        *lock(&self.checkpoint) = Some(checkpoint.clone());
+        metrics::counter!("gatehouse_ledger_checkpoints_total").increment(1);
+        metrics::gauge!("gatehouse_ledger_checkpoint_size").set(size as f64);
+        Ok(Some(checkpoint))
+    }
+
+    /// After a failure: drops what was written after the last durable point, records what
+    /// happened in a `ledger.recovery` entry, and lets appends in again once that entry is
+    /// durable. On error the ledger stays failed and the timer tries again later.
+    fn recover(&self) -> Result<(), LedgerError> {
+        let mut io = lock(&self.io);
+        let discarded = {
+            let mut core = lock(&self.core);
+            let Some(why) = core.failed.clone() else {
+                return Ok(());
+            };
+            let next = io.writer.rollback()?;
+            if next != core.durable_tree.size() || next < core.signed_size {
+                return Err(LedgerError::Inconsistent(format!(
+                    "the segment's durable point ({next}) disagrees with the durable tree ({})",
+                    core.durable_tree.size()
+                )));
+            }
+            let discarded = core.tree.size() - next;
+            core.tree = core.durable_tree.clone();
+            let keep = (next - core.signed_size) as usize;
+            core.unsigned_leaves.truncate(keep);
+            core.unsynced_since = None;
+            core.failed = None;
+            let event = Event::system(
+                EventKind::LedgerRecovery,
+                json!({
+                    "unclean_shutdown": false,
+                    "failure": why,
+                    "discarded": {"from_index": next, "count": discarded},
+                    "note": "appends were refused while the ledger could not write; entries after the last durable point were discarded (sync callers were refused, batched acknowledgements in that range are lost)",
+                }),
+            );
+            self.write_locked(&mut core, &event.to_body())?;
+            discarded
+        };
+        let result = self.flush(&mut io);
+        drop(io);
+        self.synced.notify_waiters();
+        result?;
+        {
+            lock(&self.progress).failure = None;
+        }
+        tracing::warn!(discarded, "ledger recovered; appends are accepted again");
+        Ok(())
+    }
+
+    fn stop_timer(&self) {
+        lock(&self.core).stop_timer = true;
+        self.timer_cv.notify_one();
+    }
+
+    /// The timer thread: batched-window syncs, checkpoints, heartbeats, recovery.
+    fn run_timer(&self, started: Instant) {
+        let opts = &self.opts;
+        let mut next_checkpoint = started + opts.checkpoint_interval;
+        let mut next_heartbeat = opts.heartbeat_interval.map(|i| started + i);
+        let mut next_retry: Option<Instant> = None;
+        let mut last_retry_error = String::new();
+        loop {
+            let (failed, window_over) = {
+                let mut core = lock(&self.core);
+                loop {
+                    if core.stop_timer {
+                        return;
+                    }
+                    let now = Instant::now();
+                    let mut at = next_checkpoint;
+                    if let Some(beat) = next_heartbeat {
+                        at = at.min(beat);
+                    }
+                    if let Some(since) = core.unsynced_since {
+                        at = at.min(since + opts.batched_window);
+                    }
+                    if core.pending.len() >= FLUSH_AT {
+                        at = now;
+                    }
+                    if core.failed.is_some() {
+                        at = at.min(next_retry.unwrap_or(now));
+                    }
+                    if at <= now {
+                        break;
+                    }
+                    core.timer_deadline = Some(at);
+                    core = self
+                        .timer_cv
+                        .wait_timeout(core, at - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                    core.timer_deadline = None;
+                }
+                let window_over = core.pending.len() >= FLUSH_AT
+                    || core
+                        .unsynced_since
+                        .is_some_and(|since| Instant::now() >= since + opts.batched_window);
+                (core.failed.is_some(), window_over)
+            };
+            let now = Instant::now();
+            if failed {
+                if next_retry.is_none_or(|at| now >= at) {
+                    next_retry = Some(now + opts.retry_interval);
+                    if let Err(e) = self.recover() {
+                        let text = e.to_string();
+                        if text != last_retry_error {
+                            tracing::warn!(error = %e, "ledger recovery failed; retrying");
+                            last_retry_error = text;
+                        }
+                    }
+                }
+                continue;
+            }
+            next_retry = None;
+            last_retry_error.clear();
+            if window_over {
+                self.lead_blocking();
+            }
+            if next_heartbeat.is_some_and(|at| now >= at) {
+                // The interval lets an auditor tell a quiet gateway from a stopped one: a
+                // longer gap between two heartbeats means the ledger was not running.
+                let interval_ms = opts.heartbeat_interval.map(|i| i.as_millis() as u64);
+                let beat = Event::system(EventKind::Heartbeat, json!({"interval_ms": interval_ms}));
+                if let Err(e) = self.write(&beat.to_body()) {
+                    tracing::warn!(error = %e, "could not append a heartbeat");
+                }
+                next_heartbeat = opts.heartbeat_interval.map(|i| now + i);
+            }
+            if now >= next_checkpoint {
+                next_checkpoint = now + opts.checkpoint_interval;
+                let grew = {
+                    let core = lock(&self.core);
+                    core.tree.size() > core.signed_size
+                };
+                if grew {
+                    // Sign what is durable now; the next checkpoint covers the rest.
+                    if let Err(e) = self.sync_all().and_then(|()| self.sign()) {
+                        tracing::error!(error = %e, "signing a checkpoint failed");
+                    }
+                }
+            }
+        }
+    }
+
+    fn mark_clean(&self) -> Result<(), LedgerError> {
+        let run = RunState {
+            clean: true,
+            pid: std::process::id(),
+            at_us: now_us(),
+        };
+        write_atomic(
+            &self.layout.run_state(),
+            &serde_json::to_vec(&run).expect("serialises"),
+            0o644,
+        )
     }
 }
 
@@ -500,291 +959,4 @@ fn now_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
-}
-
-/// The single writer: owns the segment files, the tree and the signer.
-struct Sequencer {
-    rx: mpsc::Receiver<Request>,
-    writer: SegmentWriter,
-    signer: Signer,
-    /// Tree over every sequenced entry.
-    tree: CompactRange,
-    /// Tree over the entries known to be on disk.
-    durable_tree: CompactRange,
-    /// Leaves after the last signed size, in order (sequenced, maybe not yet durable).
-    unsigned_leaves: Vec<Hash>,
-    next_index: u64,
-    last_ts: u64,
-    /// When the oldest unsynced (batched) entry was written.
-    unsynced_since: Option<Instant>,
-    next_checkpoint: Instant,
-    next_heartbeat: Option<Instant>,
-    status: Arc<Mutex<LedgerStatus>>,
-    layout: Layout,
-    opts: LedgerOptions,
-    failed: Option<String>,
-    /// Held for the life of the sequencer: one writer per data directory.
-    _lock: File,
-}
-
-/// Work gathered for one group commit.
-#[derive(Default)]
-struct Batch {
-    buf: Vec<u8>,
-    line_ends: Vec<usize>,
-    leaves: Vec<Hash>,
-    receipts: Vec<Receipt>,
-    /// Callers to answer after the fsync, with their position in `receipts`.
-    after_sync: Vec<(usize, Reply<Result<Receipt, LedgerError>>)>,
-    /// Callers to answer as soon as the batch is written.
-    after_write: Vec<(usize, Reply<Result<Receipt, LedgerError>>)>,
-    checkpoint_waiters: Vec<Reply<CheckpointResult>>,
-    shutdown: Option<Reply<CheckpointResult>>,
-}
-
-impl Sequencer {
-    fn run(mut self) {
-        loop {
-            let mut batch = Batch::default();
-            let stop = self.gather(&mut batch);
-            let now = Instant::now();
-            if self.failed.is_none() && self.next_heartbeat.is_some_and(|at| now >= at) {
-                // The interval lets an auditor tell a quiet gateway from a stopped one: a
-                // longer gap between two heartbeats means the ledger was not running.
-                let interval_ms = self.opts.heartbeat_interval.map(|i| i.as_millis() as u64);
-                let beat = Event::system(EventKind::Heartbeat, json!({"interval_ms": interval_ms}));
-                self.sequence(&mut batch, &beat.to_body());
-                self.next_heartbeat = self.opts.heartbeat_interval.map(|i| now + i);
-            }
-            self.commit(batch);
-            if stop {
-                break;
-            }
-        }
-    }
-
-    /// Waits for work (or a deadline) and drains up to `max_batch` requests.
-    /// Returns true when the ledger should stop after this batch.
-    fn gather(&mut self, batch: &mut Batch) -> bool {
-        let timeout = self
-            .next_deadline()
-            .saturating_duration_since(Instant::now());
-        let first = match self.rx.recv_timeout(timeout) {
-            Ok(req) => req,
-            Err(mpsc::RecvTimeoutError::Timeout) => return false,
-            Err(mpsc::RecvTimeoutError::Disconnected) => return true,
-        };
-        let mut appends = 0usize;
-        let mut next = Some(first);
-        while let Some(req) = next.take() {
-            match req {
-                Request::Append {
-                    body,
-                    durability,
-                    reply,
-                } => {
-                    appends += 1;
-                    if let Some(why) = &self.failed {
-                        reply.send(Err(LedgerError::Unavailable(why.clone())));
-                    } else {
-                        let at = self.sequence(batch, &body);
-                        match durability {
-                            Durability::Sync => batch.after_sync.push((at, reply)),
-                            Durability::Batched => batch.after_write.push((at, reply)),
-                        }
-                    }
-                }
-                Request::Checkpoint(reply) => batch.checkpoint_waiters.push(reply),
-                Request::Shutdown(reply) => {
-                    batch.shutdown = Some(reply);
-                    return true;
-                }
-            }
-            if appends < self.opts.max_batch {
-                match self.rx.try_recv() {
-                    Ok(req) => next = Some(req),
-                    Err(mpsc::TryRecvError::Empty) => {}
-                    Err(mpsc::TryRecvError::Disconnected) => return true,
-                }
-            }
-        }
-        false
-    }
-
-    fn next_deadline(&self) -> Instant {
-        let mut at = Instant::now() + Duration::from_secs(3600);
-        if let Some(since) = self.unsynced_since {
-            at = at.min(since + self.opts.batched_window);
-        }
-        if self.tree.size() > self.signer.signed_size() {
-            at = at.min(self.next_checkpoint);
-        }
-        if let Some(beat) = self.next_heartbeat {
-            at = at.min(beat);
-        }
-        at
-    }
-
-    /// Gives the entry its index and timestamp and adds its line to the batch.
-    fn sequence(&mut self, batch: &mut Batch, body: &[u8]) -> usize {
-        let index = self.next_index;
-        let ts = now_us().max(self.last_ts);
-        let start = batch.buf.len();
-        write_entry_line(index, ts, body, &mut batch.buf);
-        let leaf = leaf_hash(&batch.buf[start..]);
-        batch.buf.push(b'\n');
-        batch.line_ends.push(batch.buf.len());
-        batch.leaves.push(leaf);
-        batch.receipts.push(Receipt {
-            index,
-            leaf_hash: leaf,
-            ts,
-        });
-        self.next_index += 1;
-        self.last_ts = ts;
-        batch.receipts.len() - 1
-    }
-
-    /// Writes the batch, syncs when someone waits for durability or the batched window
-    /// has run out, answers callers, and signs a checkpoint when one is due.
-    fn commit(&mut self, mut batch: Batch) {
-        let wrote = !batch.buf.is_empty();
-        if wrote {
-            if let Err(e) = self.writer.write(&batch.buf, &batch.line_ends) {
-                self.fail(&mut batch, e);
-                return;
-            }
-            for leaf in &batch.leaves {
-                self.tree.push(*leaf);
-            }
-            self.unsigned_leaves.extend_from_slice(&batch.leaves);
-            for (at, reply) in batch.after_write.drain(..) {
-                reply.send(Ok(batch.receipts[at]));
-            }
-            if self.unsynced_since.is_none() {
-                self.unsynced_since = Some(Instant::now());
-            }
-            metrics::counter!("gatehouse_ledger_appends_total")
-                .increment(batch.receipts.len() as u64);
-            metrics::histogram!("gatehouse_ledger_batch_entries")
-                .record(batch.receipts.len() as f64);
-        }
-        let now = Instant::now();
-        let window_over = self
-            .unsynced_since
-            .is_some_and(|since| now >= since + self.opts.batched_window);
-        let checkpoint_due = (now >= self.next_checkpoint
-            && self.tree.size() > self.signer.signed_size())
-            || !batch.checkpoint_waiters.is_empty()
-            || batch.shutdown.is_some();
-        if self.unsynced_since.is_some()
-            && (!batch.after_sync.is_empty() || window_over || checkpoint_due)
-        {
-            let started = Instant::now();
-            if let Err(e) = self.writer.sync() {
-                self.fail(&mut batch, e);
-                return;
-            }
-            metrics::histogram!("gatehouse_ledger_fsync_seconds")
-                .record(started.elapsed().as_secs_f64());
-            self.durable_tree = self.tree.clone();
-            self.unsynced_since = None;
-            // Publish before answering, so a caller never sees a status older than its receipt.
-            self.publish();
-            for (at, reply) in batch.after_sync.drain(..) {
-                reply.send(Ok(batch.receipts[at]));
-            }
-        }
-        if checkpoint_due && self.failed.is_none() {
-            let result = self.sign();
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "signing a checkpoint failed");
-            }
-            for reply in batch.checkpoint_waiters.drain(..) {
-                reply.send(clone_result(&result));
-            }
-            if let Some(reply) = batch.shutdown.take() {
-                let result = result.and_then(|cp| self.mark_clean().map(|()| cp));
-                reply.send(result);
-            }
-        } else if let Some(reply) = batch.shutdown.take() {
-            reply.send(Err(LedgerError::Unavailable(
-                self.failed.clone().unwrap_or_default(),
-            )));
-        }
-    }
-
-    /// Signs the durable tree if it grew since the last checkpoint.
-    fn sign(&mut self) -> Result<Option<SignedCheckpoint>, LedgerError> {
-        self.next_checkpoint = Instant::now() + self.opts.checkpoint_interval;
-        let durable = self.durable_tree.size();
-        let signed = self.signer.signed_size();
-        if durable <= signed {
-            return Ok(self.signer.last().cloned());
-        }
-        let count = (durable - signed) as usize;
-        let cp = self.signer.sign(
-            &self.unsigned_leaves[..count],
-            durable,
-            self.durable_tree.root(),
-        )?;
-        self.unsigned_leaves.drain(..count);
-        metrics::counter!("gatehouse_ledger_checkpoints_total").increment(1);
-        self.publish();
-        Ok(Some(cp))
-    }
-
-    fn mark_clean(&self) -> Result<(), LedgerError> {
-        let run = RunState {
-            clean: true,
-            pid: std::process::id(),
-            at_us: now_us(),
-        };
-        write_atomic(
-            &self.layout.run_state(),
-            &serde_json::to_vec(&run).expect("serialises"),
-            0o644,
-        )
-    }
-
-    fn publish(&self) {
-        let mut status = self.status.lock().expect("ledger status lock");
-        status.size = self.tree.size();
-        status.durable_size = self.durable_tree.size();
-        status.checkpoint = self.signer.last().cloned();
-        status.failed = self.failed.clone();
-        metrics::gauge!("gatehouse_ledger_entries").set(status.durable_size as f64);
-        metrics::gauge!("gatehouse_ledger_checkpoint_size").set(self.signer.signed_size() as f64);
-    }
-
-    /// A write or fsync failed: nothing in this batch is acknowledged as durable, and the
-    /// ledger refuses all further appends (fail closed) until it is reopened, which
-    /// recovers from the files and records the gap.
-    fn fail(&mut self, batch: &mut Batch, error: LedgerError) {
-        let why = format!("the ledger could not write: {error}");
-        tracing::error!(error = %error, "ledger write failed; refusing appends until restart");
-        metrics::counter!("gatehouse_ledger_failures_total").increment(1);
-        for (_, reply) in batch
-            .after_sync
-            .drain(..)
-            .chain(batch.after_write.drain(..))
-        {
-            reply.send(Err(LedgerError::Unavailable(why.clone())));
-        }
-        for reply in batch.checkpoint_waiters.drain(..) {
-            reply.send(Err(LedgerError::Unavailable(why.clone())));
-        }
-        if let Some(reply) = batch.shutdown.take() {
-            reply.send(Err(LedgerError::Unavailable(why.clone())));
-        }
-        self.failed = Some(why);
-        self.publish();
-    }
-}
-
-fn clone_result(result: &CheckpointResult) -> CheckpointResult {
-    match result {
-        Ok(cp) => Ok(cp.clone()),
-        Err(e) => Err(LedgerError::Unavailable(e.to_string())),
-    }
 }

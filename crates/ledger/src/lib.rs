@@ -1,8 +1,8 @@
 //! Gatehouse's tamper-evident audit ledger.
 //!
 //! Events become canonical JSON lines in append-only segment files, hashed into an
-//! RFC 6962 Merkle tree, made durable by one sequencer thread that group-commits
-//! concurrent appends, and vouched for by Ed25519-signed checkpoints in the C2SP
+//! RFC 6962 Merkle tree, made durable by group commit (one leader writes and syncs for all
+//! concurrent appends), and vouched for by Ed25519-signed checkpoints in the C2SP
 //! tlog-checkpoint format. [`verify`] checks all of it offline.
 
 pub mod checkpoint;

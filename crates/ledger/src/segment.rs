@@ -308,7 +308,7 @@ fn scan_segment(
 }
 
 /// Creates zero-filled segment files ahead of need on a background thread, so that a
-/// rollover does not stall the sequencer while 64 MiB of zeros are written.
+/// rollover does not stall appends while 64 MiB of zeros are written.
 struct Preparer {
     ready: mpsc::Receiver<Result<PathBuf, LedgerError>>,
     request: mpsc::Sender<()>,
@@ -339,6 +339,15 @@ impl Preparer {
 
     /// Takes the prepared file (waiting if it is not ready) and orders the next one.
     fn take(&self) -> Result<PathBuf, LedgerError> {
+        match self.receive() {
+            Ok(path) => Ok(path),
+            // The failure may be stale (a disk that was full when the spare was prepared
+            // and has room now): one fresh attempt before giving up.
+            Err(_) => self.receive(),
+        }
+    }
+
+    fn receive(&self) -> Result<PathBuf, LedgerError> {
         let result = self
             .ready
             .recv()
@@ -351,9 +360,18 @@ impl Preparer {
 /// Writes `size` zero bytes to a new file at `path`, durably.
 ///
 /// Writes and syncs 1 MiB at a time with a short pause between steps: one fsync of
-/// 64 MiB of fresh data held up the sequencer's small fdatasyncs for 50–300 ms in our
+/// 64 MiB of fresh data held up the ledger's small fdatasyncs for 50–300 ms in our
 /// measurements, while paced 1 MiB steps keep each stall to a few milliseconds.
 fn zero_fill(path: &Path, size: u64) -> Result<(), LedgerError> {
+    let result = zero_fill_inner(path, size);
+    if result.is_err() {
+        // A half-written spare (a full disk) would only hold on to the space.
+        let _ = fs::remove_file(path);
+    }
+    result
+}
+
+fn zero_fill_inner(path: &Path, size: u64) -> Result<(), LedgerError> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -389,7 +407,8 @@ pub fn remove_spares(layout: &Layout) -> Result<(), LedgerError> {
     Ok(())
 }
 
-/// Appends entry lines to the current segment, rolling over to a new one when full.
+/// Appends entry lines to the current segment, rolling over to a new one when full, and
+/// remembers how far the segment is known to be durable.
 pub struct SegmentWriter {
     layout: Layout,
     file: File,
@@ -400,6 +419,13 @@ pub struct SegmentWriter {
     capacity: u64,
     /// Index of the next entry to be written.
     next_index: u64,
+    /// Everything before this offset of the current file (entries before `synced_index`)
+    /// is durable.
+    synced_offset: u64,
+    synced_index: u64,
+    /// End of the furthest write attempted in this file: after a failed write, bytes up to
+    /// here may hold a torn line.
+    dirty_end: u64,
     preparer: Preparer,
 }
 
@@ -423,15 +449,22 @@ impl SegmentWriter {
             }
         };
         let file = OpenOptions::new().write(true).open(&path).at(&path)?;
-        Ok(SegmentWriter {
+        let mut writer = SegmentWriter {
             layout: layout.clone(),
             file,
             path,
             offset,
             capacity,
             next_index,
+            synced_offset: 0,
+            synced_index: next_index,
+            dirty_end: offset,
             preparer,
-        })
+        };
+        // What the scan read may still sit in the page cache after a crash of this
+        // process; make it durable before anything is built on it.
+        writer.sync()?;
+        Ok(writer)
     }
 
     /// Writes whole lines from `buf`; `line_ends[k]` is the end offset in `buf` of the k-th
@@ -458,6 +491,7 @@ impl SegmentWriter {
                 self.roll_over()?;
                 continue;
             }
+            self.dirty_end = self.dirty_end.max(self.offset + (end - start) as u64);
             self.file
                 .write_all_at(&buf[start..end], self.offset)
                 .at(&self.path)?;
@@ -469,15 +503,46 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// Entries before this index are durable.
+    pub fn synced_index(&self) -> u64 {
+        self.synced_index
+    }
+
     /// Makes everything written so far durable.
     pub fn sync(&mut self) -> Result<(), LedgerError> {
-        self.file.sync_data().at(&self.path)
+        self.file.sync_data().at(&self.path)?;
+        self.synced_offset = self.offset;
+        self.synced_index = self.next_index;
+        Ok(())
+    }
+
+    /// After a failed write or sync: forgets everything after the durable point, zeroing
+    /// it on disk, so the next line continues the last durable one. Returns the index the
+    /// next entry will have.
+    pub fn rollback(&mut self) -> Result<u64, LedgerError> {
+        if self.dirty_end > self.synced_offset {
+            zero_range(&self.file, &self.path, self.synced_offset, self.dirty_end)?;
+        }
+        self.file.sync_data().at(&self.path)?;
+        self.offset = self.synced_offset;
+        self.dirty_end = self.synced_offset;
+        self.next_index = self.synced_index;
+        Ok(self.next_index)
     }
 
     /// Trims the full segment to its data, makes it durable, and starts the next one.
+    ///
+    /// Everything written so far is durable afterwards, even if starting the next segment
+    /// fails (then the trimmed segment has no room and the next write tries again).
     fn roll_over(&mut self) -> Result<(), LedgerError> {
-        self.file.set_len(self.offset).at(&self.path)?;
+        if self.capacity != self.offset {
+            self.file.set_len(self.offset).at(&self.path)?;
+            self.capacity = self.offset;
+        }
         self.file.sync_all().at(&self.path)?;
+        self.synced_offset = self.offset;
+        self.synced_index = self.next_index;
+        self.dirty_end = self.offset;
         let path = self.layout.segment(self.next_index);
         let spare = self.preparer.take()?;
         fs::rename(&spare, &path).at(&path)?;
@@ -487,13 +552,13 @@ impl SegmentWriter {
         self.file = file;
         self.path = path;
         self.offset = 0;
+        self.synced_offset = 0;
+        self.dirty_end = 0;
         Ok(())
     }
 }
 
-/// Zeroes `[offset, end)` of a segment so that a torn crash tail disappears, and syncs.
-pub fn zero_tail(path: &Path, offset: u64, end: u64) -> Result<(), LedgerError> {
-    let file = OpenOptions::new().write(true).open(path).at(path)?;
+fn zero_range(file: &File, path: &Path, offset: u64, end: u64) -> Result<(), LedgerError> {
     let block = vec![0u8; 1 << 16];
     let mut at = offset;
     while at < end {
@@ -501,5 +566,12 @@ pub fn zero_tail(path: &Path, offset: u64, end: u64) -> Result<(), LedgerError> 
         file.write_all_at(&block[..n], at).at(path)?;
         at += n as u64;
     }
+    Ok(())
+}
+
+/// Zeroes `[offset, end)` of a segment so that a torn crash tail disappears, and syncs.
+pub fn zero_tail(path: &Path, offset: u64, end: u64) -> Result<(), LedgerError> {
+    let file = OpenOptions::new().write(true).open(path).at(path)?;
+    zero_range(&file, path, offset, end)?;
     file.sync_data().at(path)
 }

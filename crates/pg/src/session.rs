@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use gatehouse_core::{Actor, Durability, Event, EventKind};
+use gatehouse_core::{Actor, Event, EventKind};
 use gatehouse_ledger::LedgerError;
 use gatehouse_wire_pg::backend;
 use gatehouse_wire_pg::frontend::{self, Frontend};
@@ -774,10 +774,10 @@ impl Session {
         if let Err(e) = self
             .resource
             .ledger
-            // Batched even on `sync` resources: a result gates nothing, and the next
-            // command's fsync (or the batched window) makes it durable; an fsync of its own
-            // would double the syncs per statement.
-            .append_detached(&event, Durability::Batched)
+            // Not waited for, even on `sync` resources: a result gates nothing, and the
+            // next command's fsync (or the batched window) makes it durable; an fsync of
+            // its own would double the syncs per statement.
+            .append_detached(&event)
         {
             tracing::error!(session = %self.id, error = %e, "could not record a result");
         }
