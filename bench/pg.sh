@@ -66,7 +66,7 @@ PGPASSWORD=superpw "$pgbin/psql" -q -p "$pg_port" -U postgres -c "CREATE ROLE ap
 PGPASSWORD=apppw "$pgbin/pgbench" -q -i -s "$SCALE" -p "$pg_port" -U app bench >/dev/null 2>&1
 
 # The gateway: one resource per durability mode, one API key.
-key=$("$gatehouse" keys generate --name bench | head -1 | awk '{print $NF}')
+key=$("$gatehouse" keys generate --name bench | awk 'NR == 1 {print $NF}')
 hash=$(printf %s "$key" | "$gatehouse" keys hash)
 echo -n apppw > "$work/target-pw"
 cat > "$work/gatehouse.toml" <<TOML

@@ -134,7 +134,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let at = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
         f64::from(latencies[at]) / 1000.0
     };
-    println!(
+    outln!(
         "{}",
         json!({
             "events": args.events,

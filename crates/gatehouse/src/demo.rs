@@ -99,9 +99,11 @@ pub async fn demo(args: DemoArgs, log_format: Option<LogFormat>) -> anyhow::Resu
         gatehouse_ledger::verify(&data_dir, &TrustedKey::FromDataDir, &[], |_| {})
     })
     .await??;
-    println!(
+    outln!(
         "\nVerified the demo ledger offline: {} entries, {} checkpoints, root {} — intact.",
-        summary.entries, summary.checkpoints, summary.root
+        summary.entries,
+        summary.checkpoints,
+        summary.root
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -217,23 +219,23 @@ fn print_banner(dir: &str, running: &Running, key: &str) {
     };
     let admin = running.admin;
     let vkey = running.ledger.verifier_key();
-    println!("\nGatehouse demo is running.\n");
-    println!("  data directory   {dir}");
-    println!("  admin API        http://{admin}");
-    println!("  verifier key     {vkey}");
+    outln!("\nGatehouse demo is running.\n");
+    outln!("  data directory   {dir}");
+    outln!("  admin API        http://{admin}");
+    outln!("  verifier key     {vkey}");
     for (name, addr) in &running.postgres {
-        println!("  {name:<16} postgres on {addr} (identity {DEMO_USER})");
-        println!("\nConnect with psql (the API key is the password; it is shown only now):");
-        println!(
+        outln!("  {name:<16} postgres on {addr} (identity {DEMO_USER})");
+        outln!("\nConnect with psql (the API key is the password; it is shown only now):");
+        outln!(
             "  PGPASSWORD='{key}' psql \"host={} port={} user={DEMO_USER} dbname=demo sslmode=require\" -c 'SELECT name, email FROM customers'",
             addr.ip(),
             addr.port()
         );
     }
-    println!("\nTry, in another terminal:");
-    println!("  curl http://{admin}/api/ledger/checkpoint");
-    println!("  curl http://{admin}/metrics");
-    println!("  {gatehouse} ledger verify --data-dir {dir} --pubkey '{vkey}'");
-    println!("  {gatehouse} ledger proof --data-dir {dir} --index 3");
-    println!("\nPress Ctrl-C to stop (the ledger then signs a final checkpoint).\n");
+    outln!("\nTry, in another terminal:");
+    outln!("  curl http://{admin}/api/ledger/checkpoint");
+    outln!("  curl http://{admin}/metrics");
+    outln!("  {gatehouse} ledger verify --data-dir {dir} --pubkey '{vkey}'");
+    outln!("  {gatehouse} ledger proof --data-dir {dir} --index 3");
+    outln!("\nPress Ctrl-C to stop (the ledger then signs a final checkpoint).\n");
 }

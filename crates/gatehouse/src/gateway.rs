@@ -28,7 +28,7 @@ use crate::logging;
 pub fn config_check(file: &Path) -> ExitCode {
     match Config::load(file) {
         Ok(config) => {
-            println!(
+            outln!(
                 "{}: ok ({} resource{}, data directory {})",
                 file.display(),
                 config.resources.len(),

@@ -23,7 +23,7 @@ pub async fn run(command: LedgerCommand) -> anyhow::Result<ExitCode> {
                     path.display()
                 )
             })?;
-            println!("{}", key.trim());
+            outln!("{}", key.trim());
             Ok(ExitCode::SUCCESS)
         }
         LedgerCommand::Verify(args) => Ok(verify_cmd(args).await),
@@ -32,7 +32,7 @@ pub async fn run(command: LedgerCommand) -> anyhow::Result<ExitCode> {
             let data_dir = args.data_dir.clone();
             let proof = tokio::task::spawn_blocking(move || prove_inclusion(&data_dir, args.index))
                 .await??;
-            println!("{}", serde_json::to_string_pretty(&proof)?);
+            outln!("{}", serde_json::to_string_pretty(&proof)?);
             Ok(ExitCode::SUCCESS)
         }
         LedgerCommand::VerifyProof(args) => verify_proof_cmd(args),
@@ -43,7 +43,7 @@ pub async fn run(command: LedgerCommand) -> anyhow::Result<ExitCode> {
             })
             .await??;
             let checkpoint = tokio::task::spawn_blocking(move || ledger.close()).await??;
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "entries": report.entries,
@@ -106,12 +106,12 @@ async fn verify_cmd(args: VerifyArgs) -> ExitCode {
     .await;
     match result {
         Ok(Ok(summary)) => {
-            println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+            outln!("{}", serde_json::to_string(&summary).unwrap_or_default());
             ExitCode::SUCCESS
         }
         Ok(Err(e)) => {
             eprintln!("ledger verify: FAILED: {e}");
-            println!("{}", json!({"ok": false, "error": e.to_string()}));
+            outln!("{}", json!({"ok": false, "error": e.to_string()}));
             ExitCode::from(1)
         }
         Err(e) => {
@@ -137,7 +137,7 @@ fn verify_proof_cmd(args: VerifyProofArgs) -> anyhow::Result<ExitCode> {
         serde_json::from_str(&text).context("the proof is not a `ledger proof` document")?;
     match check_inclusion(&doc, &key) {
         Ok(cp) => {
-            println!(
+            outln!(
                 "{}",
                 json!({"ok": true, "index": doc.index, "size": cp.size, "origin": cp.origin})
             );
@@ -145,7 +145,7 @@ fn verify_proof_cmd(args: VerifyProofArgs) -> anyhow::Result<ExitCode> {
         }
         Err(why) => {
             eprintln!("ledger verify-proof: FAILED: {why}");
-            println!("{}", json!({"ok": false, "error": why}));
+            outln!("{}", json!({"ok": false, "error": why}));
             Ok(ExitCode::from(1))
         }
     }

@@ -1,5 +1,13 @@
 //! The `gatehouse` binary: command-line interface, logging, and process lifecycle.
 
+/// Like `println!`, but a reader that has gone away (`gatehouse keys generate | head -1`)
+/// ends the output quietly instead of panicking: see [`write_stdout`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod bench;
 mod cli;
 mod demo;
@@ -35,6 +43,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes `text` to standard output in one go. A closed pipe is not an error of ours: the
+/// reader took what it wanted. Other write errors are reported, never a panic.
+pub(crate) fn write_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("gatehouse: cannot write to standard output: {e}");
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => gateway::serve(args, cli.log_format).await,
@@ -56,10 +76,10 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
         KeysCommand::Generate { name } => {
             let key = gatehouse_identity::generate_key().map_err(anyhow::Error::msg)?;
             let hash = gatehouse_identity::hash_key(&key);
-            println!("API key (shown once; give it to its owner): {key}");
-            println!("\nAdd to gatehouse.toml:\n");
-            println!(
-                "[[identities]]\nname = \"{name}\"\nkind = \"human\"\ngroups = []\nkey_hash = \"{hash}\""
+            // One write, so that a reader keeping only the first line still gets it whole.
+            outln!(
+                "API key (shown once; give it to its owner): {key}\n\nAdd to gatehouse.toml:\n\n\
+                 [[identities]]\nname = \"{name}\"\nkind = \"human\"\ngroups = []\nkey_hash = \"{hash}\""
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -68,7 +88,7 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut key)?;
             let key = key.trim_end_matches(['\r', '\n']);
             anyhow::ensure!(!key.is_empty(), "no key on standard input");
-            println!("{}", gatehouse_identity::hash_key(key));
+            outln!("{}", gatehouse_identity::hash_key(key));
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -75,6 +75,22 @@ fn keys_hash_matches_generate_and_reads_stdin() {
 }
 
 #[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    // `gatehouse keys generate | head -1`: the reader is gone before anything is written.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = gatehouse()
+        .args(["keys", "generate", "--name", "x"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+}
+
+#[test]
 fn config_check_accepts_the_example_and_names_bad_keys() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/gatehouse.toml");
     let out = gatehouse()

@@ -316,6 +316,7 @@ async fn startup<S: ClientStream>(
         leftover: buf,
         statements: HashMap::new(),
         portals: HashMap::new(),
+        recent: HashMap::new(),
         skip_until_sync: false,
         totals: Totals::default(),
         started: Instant::now(),
@@ -350,11 +351,63 @@ async fn record_auth_failure(resource: &PgResource, user: &str, peer: SocketAddr
     tracing::info!(resource = %resource.name, user, %peer, reason, "authentication failed");
 }
 
-/// A prepared statement as the gateway remembers it.
+/// A statement as the gateway remembers it: its text, its analysis and the part of the
+/// `command` entry that follows from the analysis alone, all computed once.
 struct Prepared {
     sql: String,
     analysis: Analysis,
+    /// `classes`, `commands`, `tables` and (when unparsed) `unparsed`, ready to copy into
+    /// each `command` entry.
+    summary: serde_json::Map<String, Value>,
 }
+
+impl Prepared {
+    fn new(sql: &str) -> Prepared {
+        Prepared::from_analysis(sql, analyze(sql))
+    }
+
+    fn from_analysis(sql: &str, analysis: Analysis) -> Prepared {
+        let mut summary = serde_json::Map::new();
+        summary.insert(
+            "classes".into(),
+            analysis
+                .classes()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        summary.insert(
+            "commands".into(),
+            analysis
+                .statements
+                .iter()
+                .map(|s| s.command.clone())
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        let mut tables: Vec<&str> = Vec::new();
+        for t in analysis.statements.iter().flat_map(|s| s.tables.iter()) {
+            if !tables.contains(&t.as_str()) {
+                tables.push(t);
+            }
+        }
+        summary.insert("tables".into(), tables.into());
+        if let Some(why) = &analysis.unparsed {
+            summary.insert("unparsed".into(), why.as_str().into());
+        }
+        Prepared {
+            sql: sql.to_string(),
+            analysis,
+            summary,
+        }
+    }
+}
+
+/// How many distinct statement texts a session keeps analysed, and the longest text kept:
+/// clients repeat the same few statements (simple queries, unnamed Parse), so a small cache
+/// takes the parser off the hot path without letting one session hold much memory.
+const RECENT_STATEMENTS: usize = 64;
+const RECENT_MAX_SQL: usize = 4096;
 
 #[derive(Debug, Default)]
 struct Totals {
@@ -381,6 +434,8 @@ struct Session {
     statements: HashMap<String, Arc<Prepared>>,
     /// Portal name → statement name.
     portals: HashMap<String, String>,
+    /// Recently seen statement text → its analysis (see `RECENT_STATEMENTS`).
+    recent: HashMap<String, Arc<Prepared>>,
     /// After a refused Execute the rest of the pipeline is dropped until Sync, as the
     /// server itself does after an error.
     skip_until_sync: bool,
@@ -520,10 +575,7 @@ impl Session {
             }
             match message {
                 Frontend::Query(sql) => {
-                    let prepared = Prepared {
-                        sql: sql.to_string(),
-                        analysis: analyze(sql),
-                    };
+                    let prepared = self.analysed(sql);
                     match self.admit(&prepared, json!({"protocol": "simple"})).await {
                         Ok(index) => {
                             to_server.extend_from_slice(&frame);
@@ -539,11 +591,8 @@ impl Session {
                     }
                 }
                 Frontend::Parse { name, query } => {
-                    let prepared = Prepared {
-                        sql: query.to_string(),
-                        analysis: analyze(query),
-                    };
-                    self.statements.insert(name.to_string(), Arc::new(prepared));
+                    let prepared = self.analysed(query);
+                    self.statements.insert(name.to_string(), prepared);
                     to_server.extend_from_slice(&frame);
                     self.tracker.push(Expect::Parse);
                 }
@@ -557,10 +606,7 @@ impl Session {
                     let statement = self.portals.get(portal).cloned().unwrap_or_default();
                     let prepared = self.statements.get(&statement).cloned().unwrap_or_else(|| {
                         // Unknown statement: the server will say so; record what we know.
-                        Arc::new(Prepared {
-                            sql: String::new(),
-                            analysis: analyze(""),
-                        })
+                        Arc::new(Prepared::new(""))
                     });
                     let detail =
                         json!({"protocol": "extended", "statement": statement, "portal": portal});
@@ -599,13 +645,13 @@ impl Session {
                 Frontend::FunctionCall => {
                     // A function call runs code on the server: recorded like a statement, and
                     // decided as text the parser cannot read (it has no SQL).
-                    let prepared = Prepared {
-                        sql: String::new(),
-                        analysis: Analysis {
+                    let prepared = Prepared::from_analysis(
+                        "",
+                        Analysis {
                             statements: Vec::new(),
                             unparsed: Some("a fast-path function call carries no SQL".into()),
                         },
-                    };
+                    );
                     match self
                         .admit(&prepared, json!({"protocol": "function_call"}))
                         .await
@@ -634,6 +680,23 @@ impl Session {
         Ok(false)
     }
 
+    /// The analysis of `sql`, from the session's cache when the text was seen recently.
+    fn analysed(&mut self, sql: &str) -> Arc<Prepared> {
+        if let Some(hit) = self.recent.get(sql) {
+            return hit.clone();
+        }
+        let prepared = Arc::new(Prepared::new(sql));
+        if sql.len() <= RECENT_MAX_SQL {
+            if self.recent.len() >= RECENT_STATEMENTS {
+                // Simpler than LRU and enough: a workload of more distinct texts than
+                // this gains little from any cache of this size.
+                self.recent.clear();
+            }
+            self.recent.insert(sql.to_string(), prepared.clone());
+        }
+        prepared
+    }
+
     fn event(&self, kind: EventKind, data: Value) -> Event {
         Event {
             kind,
@@ -659,27 +722,8 @@ impl Session {
             &self.actor.groups,
             self.resource.on_unparsed,
         );
-        let analysis = &prepared.analysis;
-        detail["classes"] = analysis
-            .classes()
-            .map(|c| c.as_str())
-            .collect::<Vec<_>>()
-            .into();
-        detail["commands"] = analysis
-            .statements
-            .iter()
-            .map(|s| s.command.clone())
-            .collect::<Vec<_>>()
-            .into();
-        let mut tables: Vec<&str> = Vec::new();
-        for t in analysis.statements.iter().flat_map(|s| s.tables.iter()) {
-            if !tables.contains(&t.as_str()) {
-                tables.push(t);
-            }
-        }
-        detail["tables"] = tables.into();
-        if let Some(why) = &analysis.unparsed {
-            detail["unparsed"] = why.as_str().into();
+        if let Value::Object(map) = &mut detail {
+            map.extend(prepared.summary.clone());
         }
         detail["decision"] = json!({"outcome": decision.outcome.as_str(), "rule": decision.rule});
         let index = self
