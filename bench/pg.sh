@@ -8,6 +8,7 @@
 #
 #   bench/pg.sh                 defaults: 16 clients, 20 s per TPS run, 10 s per latency run
 #   DURATION=60 CLIENTS=32 bench/pg.sh
+#   ONLY="gatehouse-batched pgbouncer" bench/pg.sh   a subset of the targets
 #
 # Installs pgbouncer and PostgreSQL with apt-get when missing. Results go to stdout; the
 # numbers in docs/BENCHMARKS.md come from this script.
@@ -139,6 +140,14 @@ targets=(
     "gatehouse-batched $gw_batched bench $key"
     "pgbouncer $bouncer_port app apppw"
 )
+if [ -n "${ONLY:-}" ]; then
+    chosen=()
+    for t in "${targets[@]}"; do
+        [[ " $ONLY " == *" ${t%% *} "* ]] && chosen+=("$t")
+    done
+    ((${#chosen[@]})) || { echo "bench/pg.sh: ONLY=\"$ONLY\" names none of: direct gatehouse-sync gatehouse-batched pgbouncer" >&2; exit 2; }
+    targets=("${chosen[@]}")
+fi
 
 echo "# $(nproc) cores, $(uname -sr), $(date -u +%Y-%m-%dT%H:%MZ); pgbench -S -M prepared -c $CLIENTS -j 2 -T $DURATION, scale $SCALE"
 for t in "${targets[@]}"; do
