@@ -870,6 +870,15 @@ async fn psycopg_binary_cursors_copy_and_pipelines_work_through_the_gateway() {
         "each execution of the prepared statement is recorded"
     );
     assert!(prepared.iter().all(|c| c["data"]["protocol"] == "extended"));
+    for sql in [
+        "LISTEN gatehouse_events",
+        "NOTIFY gatehouse_events, 'hello'",
+    ] {
+        assert!(
+            commands.iter().any(|c| c["data"]["sql"] == sql),
+            "{sql} is recorded"
+        );
+    }
     // Every "SELECT 2" sent after the failing "SELECT 1/0" in a pipeline was skipped.
     let second: Vec<u64> = commands
         .iter()

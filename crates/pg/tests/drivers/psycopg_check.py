@@ -1,5 +1,5 @@
 """Drives the gateway with psycopg 3: binary parameters and results, server-side cursors,
-COPY, pipeline mode, and an error inside a pipeline. Exits non-zero on any mismatch.
+COPY, pipeline mode, an error inside a pipeline, LISTEN/NOTIFY and notices. Exits non-zero on any mismatch.
 
 Usage: psycopg_check.py CONNINFO
 """
@@ -67,6 +67,20 @@ def main(conninfo: str) -> None:
         except psycopg.errors.InsufficientPrivilege as e:
             assert "no-unbounded-writes" in str(e), str(e)
         assert conn.execute("SELECT count(*) FROM customers").fetchone() == (4,), "nothing deleted"
+
+    # LISTEN/NOTIFY between two sessions, and a notice, all through the gateway. The
+    # notifications reach a listener that is idle, with no statement of its own running.
+    with psycopg.connect(conninfo, autocommit=True) as listener, \
+            psycopg.connect(conninfo, autocommit=True) as talker:
+        listener.execute("LISTEN gatehouse_events")
+        talker.execute("NOTIFY gatehouse_events, 'hello'")
+        talker.execute("SELECT pg_notify('gatehouse_events', 'again')")
+        got = [(n.channel, n.payload) for n in listener.notifies(timeout=10, stop_after=2)]
+        assert got == [("gatehouse_events", "hello"), ("gatehouse_events", "again")], got
+        notices = []
+        talker.add_notice_handler(lambda d: notices.append(d.message_primary))
+        talker.execute("DO $$ BEGIN RAISE NOTICE 'careful'; END $$")
+        assert notices == ["careful"], notices
     print("psycopg checks passed")
 
 
