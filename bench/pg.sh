@@ -4,10 +4,12 @@
 #   gatehouse-sync    the gateway, every statement parsed, decided and durably recorded first
 #   gatehouse-batched the same with batched durability (5 ms window)
 #   pgbouncer         PgBouncer in session mode (the peer)
-# then single-connection simple-query latency (p50/p99) for each.
+# then single-connection simple-query latency (p50/p99) for each, then the memory each
+# idle client connection costs the gateway and PgBouncer (RSS with IDLE connections open,
+# minus RSS with one).
 #
 #   bench/pg.sh                 defaults: 16 clients, 20 s per TPS run, 10 s per latency run
-#   DURATION=60 CLIENTS=32 bench/pg.sh
+#   DURATION=60 CLIENTS=32 IDLE=2000 bench/pg.sh
 #   ONLY="gatehouse-batched pgbouncer" bench/pg.sh   a subset of the targets
 #
 # Installs pgbouncer and PostgreSQL with apt-get when missing. Results go to stdout; the
@@ -19,6 +21,7 @@ CLIENTS=${CLIENTS:-16}
 DURATION=${DURATION:-20}
 LATENCY_DURATION=${LATENCY_DURATION:-10}
 SCALE=${SCALE:-10}
+IDLE=${IDLE:-1000}
 
 need=()
 command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
@@ -27,6 +30,7 @@ if ((${#need[@]})); then
     echo "installing ${need[*]}" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
 fi
+python3 -c "import psycopg" 2>/dev/null || python3 -m pip install --quiet "psycopg[binary]>=3.1" >&2
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 pgbouncer=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 
@@ -56,7 +60,7 @@ cat >> "$work/data/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $pg_port
 unix_socket_directories = '$work'
-max_connections = 200
+max_connections = $((IDLE + 100))
 shared_buffers = '256MB'
 fsync = off
 synchronous_commit = off
@@ -102,7 +106,8 @@ kind = "service"
 key_hash = "$hash"
 TOML
 "$gatehouse" serve --config "$work/gatehouse.toml" 2>"$work/gatehouse.log" &
-pids+=($!)
+gateway_pid=$!
+pids+=($gateway_pid)
 
 # The peer: PgBouncer in session mode, SCRAM on both sides.
 cat > "$work/userlist.txt" <<USERS
@@ -117,13 +122,15 @@ listen_port = $bouncer_port
 auth_type = scram-sha-256
 auth_file = $work/userlist.txt
 pool_mode = session
-max_client_conn = 200
-default_pool_size = 64
+max_client_conn = $((IDLE + 100))
+default_pool_size = $((IDLE + 50))
 unix_socket_dir =
 logfile = $work/pgbouncer.log
 INI
 [ "$(id -u)" = 0 ] && chown -R postgres: "$work"
-as_pg "$pgbouncer" "$work/pgbouncer.ini" >/dev/null 2>&1 &
+# runuser applies the system's default open-file limit (often 1024); the idle phase needs
+# two descriptors per client.
+as_pg bash -c 'ulimit -n $(( $1 * 2 + 200 )) && exec "$2" "$3"' _ "$IDLE" "$pgbouncer" "$work/pgbouncer.ini" >/dev/null 2>&1 &
 pids+=($!)
 
 for port in "$gw_sync" "$gw_batched" "$bouncer_port"; do
@@ -169,4 +176,24 @@ for t in "${targets[@]}"; do
     p50=$(sed -n "$(( (n + 1) / 2 ))p" "$work/sorted")
     p99=$(sed -n "$(( (n * 99 + 99) / 100 ))p" "$work/sorted")
     printf '%-18s n %s p50_us %s p99_us %s\n' "$name" "$n" "$p50" "$p99"
+done
+
+echo "# memory per idle client connection: RSS with $IDLE idle connections (each authenticated, one SELECT run) minus RSS with one"
+bouncer_pid=$(pgrep -n -x pgbouncer)
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# name port user password pid
+for t in "gatehouse-sync $gw_sync bench $key $gateway_pid" "pgbouncer $bouncer_port app apppw $bouncer_pid"; do
+    read -r name port user pw pid <<<"$t"
+    [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]] && continue
+    conninfo="host=127.0.0.1 port=$port user=$user password=$pw dbname=bench"
+    one=$( (sleep 2; echo) | python3 bench/idle_connections.py 1 "$conninfo" >/dev/null; rss_kib "$pid")
+    coproc IDLERS { python3 bench/idle_connections.py "$IDLE" "$conninfo"; }
+    read -r ready opened <&"${IDLERS[0]}" || true
+    [ "$ready" = ready ] || { echo "bench/pg.sh: $name: the idle connections did not open" >&2; exit 1; }
+    sleep 1
+    many=$(rss_kib "$pid")
+    eval "exec ${IDLERS[1]}>&-"
+    wait "$IDLERS_PID" 2>/dev/null || true
+    printf '%-18s idle %s rss_one_kib %s rss_idle_kib %s per_conn_kib %s\n' "$name" "$opened" "$one" "$many" \
+        $(( (many - one) / opened ))
 done
