@@ -130,6 +130,23 @@ pub struct ResourceConfig {
     /// TLS towards clients. Without it, clients may sign in from loopback only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// TLS towards the target, always verified. Without it the gateway speaks plaintext to
+    /// the target, which suits loopback or a private network only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_tls: Option<TargetTlsConfig>,
+}
+
+/// `[resources.target_tls]`: how the gateway checks the target's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetTlsConfig {
+    /// PEM file of the certificate authorities that may sign the target's certificate.
+    /// Relative to the config file's folder once loaded.
+    pub ca: PathBuf,
+    /// The name the target's certificate must carry (DNS name or IP address); default:
+    /// the host part of `target`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
 }
 
 /// `[resources.tls]`: the certificate the gateway presents to this resource's clients.
@@ -315,6 +332,9 @@ impl Config {
             if let Some(tls) = resource.tls.as_mut() {
                 anchor(&mut tls.cert);
                 anchor(&mut tls.key);
+            }
+            if let Some(tls) = resource.target_tls.as_mut() {
+                anchor(&mut tls.ca);
             }
         }
     }

@@ -206,6 +206,20 @@ fn check_resources(resources: &[ResourceConfig], env: EnvLookup<'_>, problems: &
                 }
             }
         }
+        if let Some(tls) = &resource.target_tls {
+            if let Err(e) = std::fs::metadata(&tls.ca) {
+                problems.push(Problem::new(
+                    format!("{at}.target_tls.ca"),
+                    format!("cannot read {}: {e}", tls.ca.display()),
+                ));
+            }
+            if tls.server_name.as_deref().is_some_and(str::is_empty) {
+                problems.push(Problem::new(
+                    format!("{at}.target_tls.server_name"),
+                    "must not be empty; leave it out to use the host part of target",
+                ));
+            }
+        }
         if let Err(found) = gatehouse_sql::validate_rules(&resource.rules) {
             for (j, key, problem) in found {
                 problems.push(Problem::new(format!("{at}.rules[{j}].{key}"), problem));
@@ -436,6 +450,7 @@ mod tests {
             rules: Vec::new(),
             on_unparsed: Default::default(),
             tls: None,
+            target_tls: None,
         };
         config.resources = vec![
             resource("a", "127.0.0.1:0"),

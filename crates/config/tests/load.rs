@@ -189,7 +189,7 @@ fn unknown_key_nested() {
     assert_eq!(
         load_error(&text),
         "gatehouse.toml:7:1: resources[1].port: unknown key; expected one of name, kind, durability, listen, \
-         target, database, credentials, rules, on_unparsed, tls"
+         target, database, credentials, rules, on_unparsed, tls, target_tls"
     );
 }
 
@@ -495,4 +495,39 @@ fn identities_are_checked() {
         config.identities[0].kind,
         gatehouse_config::IdentityKind::Agent
     );
+}
+
+#[test]
+fn target_tls_paths_are_relative_to_the_config_and_checked() {
+    let text =
+        format!("{PG}[resources.target_tls]\nca = \"certs/target-ca.pem\"\nserver_name = \"\"\n");
+    let (dir, path) = write_config(&text);
+    let ConfigError::Invalid { problems, .. } = Config::load(&path).unwrap_err() else {
+        panic!("expected validation problems");
+    };
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "resources[0].target_tls.ca",
+            "resources[0].target_tls.server_name"
+        ]
+    );
+    let ca = dir.path().join("certs/target-ca.pem");
+    assert!(
+        problems[0]
+            .message
+            .starts_with(&format!("cannot read {}: ", ca.display())),
+        "{}",
+        problems[0]
+    );
+
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    std::fs::write(&ca, "not checked until the gateway starts").unwrap();
+    let text = format!("{PG}[resources.target_tls]\nca = \"certs/target-ca.pem\"\n");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap();
+    let tls = config.resources[0].target_tls.as_ref().unwrap();
+    assert_eq!(tls.ca, ca);
+    assert_eq!(tls.server_name, None);
 }

@@ -23,6 +23,10 @@ pub enum EventKind {
     Result,
     #[serde(rename = "auth.failure")]
     AuthFailure,
+    /// An authenticated client's session could not reach its target (unreachable, refused
+    /// the held credentials, or its TLS certificate did not verify).
+    #[serde(rename = "target.failure")]
+    TargetFailure,
     #[serde(rename = "policy.decision")]
     PolicyDecision,
     #[serde(rename = "approval.request")]
@@ -53,6 +57,7 @@ impl EventKind {
             EventKind::Command => "command",
             EventKind::Result => "result",
             EventKind::AuthFailure => "auth.failure",
+            EventKind::TargetFailure => "target.failure",
             EventKind::PolicyDecision => "policy.decision",
             EventKind::ApprovalRequest => "approval.request",
             EventKind::ApprovalDecision => "approval.decision",
@@ -321,6 +326,7 @@ mod tests {
         for kind in [
             EventKind::SessionStart,
             EventKind::AuthFailure,
+            EventKind::TargetFailure,
             EventKind::ApprovalDecision,
             EventKind::LedgerRecovery,
         ] {

@@ -70,6 +70,8 @@ pub async fn demo(args: DemoArgs, log_format: Option<LogFormat>) -> anyhow::Resu
             rules: demo_rules(),
             on_unparsed: OnUnparsed::Deny,
             tls: Some(demo_tls(&config.data_dir)?),
+            // The demo cluster listens on loopback only.
+            target_tls: None,
         });
     }
     config

@@ -46,6 +46,16 @@ pub struct PgResource {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Refuse clients that stay in plaintext.
     pub require_tls: bool,
+    /// TLS towards the target; `None` speaks plaintext to it.
+    pub target_tls: Option<TargetTls>,
+}
+
+/// How the gateway reaches a target over TLS: the verifying client configuration and the
+/// name the target's certificate must carry.
+#[derive(Debug, Clone)]
+pub struct TargetTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: rustls::pki_types::ServerName<'static>,
 }
 
 impl PgResource {
@@ -82,6 +92,19 @@ impl PgResource {
                 None => None,
             },
             require_tls: config.tls.as_ref().is_some_and(|t| t.require),
+            target_tls: match &config.target_tls {
+                Some(t) => {
+                    let target = config.target.as_deref().unwrap_or_default();
+                    let name = t
+                        .server_name
+                        .clone()
+                        .unwrap_or_else(|| tls::host_of(target).to_string());
+                    Some(tls::load_client_config(&t.ca, &name).map_err(|e| {
+                        PgError::Config(format!("resources.{}.target_tls.{e}", config.name))
+                    })?)
+                }
+                None => None,
+            },
         })
     }
 

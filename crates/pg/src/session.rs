@@ -20,7 +20,7 @@ use crate::PgResource;
 use crate::cancel::CancelTarget;
 use crate::error::PgError;
 use crate::tracker::{Expect, Tracker, Work};
-use crate::upstream;
+use crate::upstream::{self, TargetStream};
 use gatehouse_sql::{Analysis, Outcome, analyze, evaluate};
 
 /// How long a client may take from connecting to finishing authentication.
@@ -110,6 +110,7 @@ async fn fatal<S: ClientStream>(client: &mut S, code: &str, message: &str) -> Re
     let mut out = Vec::new();
     backend::error_response("FATAL", code, message, &mut out);
     client.write_all(&out).await?;
+    client.flush().await?;
     Ok(())
 }
 
@@ -229,6 +230,7 @@ async fn startup<S: ClientStream>(
     let mut out = Vec::new();
     backend::auth_cleartext(&mut out);
     client.write_all(&out).await?;
+    client.flush().await?;
     let frame = read_frame(client, &mut buf).await?;
     let key = match frontend::parse(&frame) {
         Ok(Frontend::Password(body)) => frontend::password_text(body).unwrap_or("").to_string(),
@@ -262,6 +264,19 @@ async fn startup<S: ClientStream>(
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(resource = %resource.name, error = %e, "cannot open the target connection");
+            let event = Event {
+                kind: EventKind::TargetFailure,
+                actor: Some(actor.clone()),
+                resource: Some(resource.resource_ref()),
+                session: None,
+                data: json!({"client": peer.to_string(), "target": resource.target, "reason": e.to_string()}),
+                chunks: Vec::new(),
+            };
+            if let Err(e) = resource.ledger.append(&event, resource.durability).await {
+                tracing::error!(error = %e, "could not record a target failure");
+            }
+            // The client learns only that the resource is unavailable: the reason may
+            // describe the network behind the gateway, and is in the ledger and the log.
             fatal(
                 client,
                 "08001",
@@ -284,6 +299,7 @@ async fn startup<S: ClientStream>(
             "database": resource.database,
             "requested_database": param("database"),
             "tls": link.tls,
+            "target_tls": target.stream.is_tls(),
         }),
         chunks: Vec::new(),
     };
@@ -303,6 +319,7 @@ async fn startup<S: ClientStream>(
     backend::backend_key_data(key.0, key.1, &mut out);
     backend::ready_for_query(target.status, &mut out);
     client.write_all(&out).await?;
+    client.flush().await?;
     tracing::info!(resource = %resource.name, session = %session_id, identity = %actor.id, %peer, "session started");
 
     Ok(Some(Session {
@@ -425,7 +442,7 @@ struct Session {
     id: String,
     peer: SocketAddr,
     cancel_key: (i32, i32),
-    target: TcpStream,
+    target: TargetStream,
     tracker: Tracker,
     /// Client bytes read during startup that belong to the relay phase.
     leftover: BytesMut,
@@ -517,11 +534,15 @@ impl Session {
                 }
                 if !to_server.is_empty() {
                     self.target.write_all(&to_server).await?;
+                    self.target.flush().await?;
                     to_server.clear();
                 }
                 if !to_client.is_empty() {
                     self.totals.bytes_to_client += to_client.len() as u64;
+                    // A TLS stream may hold encrypted records back when the socket is
+                    // full; the flush makes sure the client gets everything now.
                     client.write_all(&to_client).await?;
+                    client.flush().await?;
                     to_client.clear();
                 }
                 if terminate {
@@ -541,7 +562,10 @@ impl Session {
                 }
                 if !to_client.is_empty() {
                     self.totals.bytes_to_client += to_client.len() as u64;
+                    // A TLS stream may hold encrypted records back when the socket is
+                    // full; the flush makes sure the client gets everything now.
                     client.write_all(&to_client).await?;
+                    client.flush().await?;
                     to_client.clear();
                 }
             }

@@ -1,19 +1,77 @@
-//! The gateway's own connection to the target: startup with the held credentials and
-//! SCRAM-SHA-256 (or MD5 / cleartext for old servers), up to the first ReadyForQuery.
+//! The gateway's own connection to the target: TLS when configured (always verified),
+//! startup with the held credentials and SCRAM-SHA-256 (or MD5 / cleartext for old
+//! servers), up to the first ReadyForQuery.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use gatehouse_wire_pg::{backend, split_frame};
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use crate::PgResource;
 use crate::error::PgError;
 
+/// The byte stream to the target: plain TCP, or TLS on top of it.
+pub enum TargetStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl TargetStream {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, TargetStream::Tls(_))
+    }
+}
+
+impl AsyncRead for TargetStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TargetStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            TargetStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for TargetStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            TargetStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            TargetStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TargetStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            TargetStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TargetStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            TargetStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// A target connection that is authenticated and ready for queries.
 pub struct Upstream {
-    pub stream: TcpStream,
+    pub stream: TargetStream,
     pub pid: i32,
     pub secret: i32,
     /// ParameterStatus (and any NoticeResponse) frames to pass on to the client.
@@ -32,6 +90,10 @@ pub async fn connect(
         .map_err(|e| PgError::Target(format!("cannot connect to {}: {e}", resource.target)))?;
     // Small request/response messages: without NODELAY every round trip waits on Nagle.
     stream.set_nodelay(true)?;
+    let stream = match &resource.target_tls {
+        Some(tls) => TargetStream::Tls(Box::new(start_tls(stream, tls, &resource.target).await?)),
+        None => TargetStream::Plain(stream),
+    };
     let mut conn = Conn {
         stream,
         buf: Vec::with_capacity(8192),
@@ -45,7 +107,7 @@ pub async fn connect(
     }
     let mut out = BytesMut::new();
     frontend::startup_message(startup, &mut out)?;
-    conn.stream.write_all(&out).await?;
+    conn.send(&out).await?;
 
     authenticate(&mut conn, resource).await?;
 
@@ -153,8 +215,47 @@ async fn authenticate(conn: &mut Conn, resource: &PgResource) -> Result<(), PgEr
                 )));
             }
         }
-        conn.stream.write_all(&out).await?;
+        conn.send(&out).await?;
     }
+}
+
+/// SSLRequest, then a TLS handshake that verifies the target's certificate against the
+/// configured authorities and name. A target that declines TLS is an error, never a
+/// silent fall-back to plaintext.
+async fn start_tls(
+    mut stream: TcpStream,
+    tls: &crate::TargetTls,
+    target: &str,
+) -> Result<TlsStream<TcpStream>, PgError> {
+    let mut out = BytesMut::new();
+    frontend::ssl_request(&mut out);
+    stream.write_all(&out).await?;
+    // Exactly one byte: anything the server sent after it must be part of the handshake,
+    // so bytes injected before TLS starts cannot be taken as the server's.
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await.map_err(|e| {
+        PgError::Target(format!(
+            "{target} closed the connection at the TLS request: {e}"
+        ))
+    })?;
+    match answer[0] {
+        b'S' => {}
+        b'N' => {
+            return Err(PgError::Target(format!(
+                "{target} does not accept TLS, and target_tls is configured (is ssl = on?)"
+            )));
+        }
+        other => {
+            return Err(PgError::Target(format!(
+                "{target} answered the TLS request with {:?}, not S or N",
+                other as char
+            )));
+        }
+    }
+    tokio_rustls::TlsConnector::from(tls.config.clone())
+        .connect(tls.server_name.clone(), stream)
+        .await
+        .map_err(|e| PgError::Target(format!("TLS with {target}: {e}")))
 }
 
 fn target_error(frame: &[u8]) -> PgError {
@@ -165,11 +266,17 @@ fn target_error(frame: &[u8]) -> PgError {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: TargetStream,
     buf: Vec<u8>,
 }
 
 impl Conn {
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), PgError> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
     async fn read_frame(&mut self) -> Result<Vec<u8>, PgError> {
         loop {
             if let Some(len) =

@@ -65,7 +65,42 @@ async fn gateway(durability: Durability) -> Gateway {
 }
 
 async fn gateway_with(durability: Durability, with_tls: bool) -> Gateway {
-    gateway_on(durability, with_tls, None, LedgerOptions::default()).await
+    gateway_on(
+        durability,
+        with_tls,
+        None,
+        LedgerOptions::default(),
+        Target::Plain,
+    )
+    .await
+}
+
+/// How the gateway reaches the test's cluster.
+#[derive(Clone, Copy)]
+enum Target {
+    Plain,
+    /// The cluster serves TLS only, with a certificate for `localhost` and 127.0.0.1 signed
+    /// by a fresh CA; the gateway trusts that CA (or, with `trusted: false`, another one)
+    /// and checks `server_name` (default: the target's host).
+    Tls {
+        trusted: bool,
+        server_name: Option<&'static str>,
+    },
+}
+
+/// A CA and a server certificate it signed, as PEM: (CA certificate, server certificate,
+/// server key).
+fn make_ca_and_server_cert() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    (ca.pem(), server.pem(), server_key.serialize_pem())
 }
 
 /// A gateway whose ledger lives in `ledger_dir` (default: the test's temporary directory).
@@ -74,9 +109,18 @@ async fn gateway_on(
     with_tls: bool,
     ledger_dir: Option<PathBuf>,
     opts: LedgerOptions,
+    target: Target,
 ) -> Gateway {
-    let pg = tokio::task::spawn_blocking(|| {
+    let (pg, trusted_ca) = tokio::task::spawn_blocking(move || {
         let pg = PgCluster::start().unwrap();
+        let trusted_ca = match target {
+            Target::Plain => None,
+            Target::Tls { trusted, .. } => {
+                let (ca, cert, key) = make_ca_and_server_cert();
+                pg.enable_tls(&cert, &key).unwrap();
+                Some(if trusted { ca } else { make_ca_and_server_cert().0 })
+            }
+        };
         pg.create_app("app", "app-secret", "appdb").unwrap();
         pg.psql(
             "appdb",
@@ -84,11 +128,23 @@ async fn gateway_on(
              INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Grace', 'grace@example.com')",
         )
         .unwrap();
-        pg
+        (pg, trusted_ca)
     })
     .await
     .unwrap();
     let data = tempfile::tempdir().unwrap();
+    let target_tls = trusted_ca.map(|ca| {
+        let path = data.path().join("target-ca.pem");
+        std::fs::write(&path, ca).unwrap();
+        let name = match target {
+            Target::Tls {
+                server_name: Some(name),
+                ..
+            } => name,
+            _ => "127.0.0.1",
+        };
+        gatehouse_pg::tls::load_client_config(&path, name).unwrap()
+    });
     let ledger_dir = ledger_dir.unwrap_or_else(|| data.path().to_path_buf());
     let dir = ledger_dir.clone();
     let (ledger, _) = tokio::task::spawn_blocking(move || Ledger::open(&dir, opts))
@@ -118,6 +174,7 @@ async fn gateway_on(
             gatehouse_pg::tls::load_server_config(&cert, &key).unwrap()
         }),
         require_tls: with_tls,
+        target_tls,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -488,7 +545,14 @@ async fn a_full_ledger_disk_refuses_statements_and_serving_resumes_when_space_is
         retry_interval: std::time::Duration::from_millis(200),
         ..LedgerOptions::default()
     };
-    let gw = gateway_on(Durability::Sync, false, Some(disk.path.join("data")), opts).await;
+    let gw = gateway_on(
+        Durability::Sync,
+        false,
+        Some(disk.path.join("data")),
+        opts,
+        Target::Plain,
+    )
+    .await;
     let out = gw.psql("alice", KEY, &["-c", "SELECT 'first'"]);
     assert!(out.status.success(), "{:?}", text(&out));
 
@@ -580,6 +644,87 @@ async fn a_full_ledger_disk_refuses_statements_and_serving_resumes_when_space_is
     .unwrap();
     assert_eq!(summary.entries, entries.len() as u64);
     let _ = gw.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_target_connection_uses_verified_tls_when_configured() {
+    // The cluster refuses plaintext TCP, so a session at all proves TLS; the server's own
+    // view of the connection confirms it.
+    let gw = gateway_on(
+        Durability::Sync,
+        false,
+        None,
+        LedgerOptions::default(),
+        Target::Tls {
+            trusted: true,
+            server_name: None,
+        },
+    )
+    .await;
+    let out = gw.psql(
+        "alice",
+        KEY,
+        &[
+            "-c",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ],
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(text(&out).0.trim(), "t");
+    // Enough data to need many TLS records in both directions.
+    let out = gw.psql(
+        "alice",
+        KEY,
+        &[
+            "-c",
+            "SELECT sum(length(repeat('x', g))) FROM generate_series(1, 3000) g",
+        ],
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(text(&out).0.trim(), "4501500");
+    let entries = gw.entries().await;
+    let start = of_kind(&entries, "session.start")[0].clone();
+    assert_eq!(start["data"]["target_tls"], true);
+    let _ = gw.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_certificate_that_does_not_verify_ends_the_session_before_anything_runs() {
+    for (trusted, server_name) in [(false, None), (true, Some("db.example.com"))] {
+        let gw = gateway_on(
+            Durability::Sync,
+            false,
+            None,
+            LedgerOptions::default(),
+            Target::Tls {
+                trusted,
+                server_name,
+            },
+        )
+        .await;
+        let out = gw.psql("alice", KEY, &["-c", "SELECT 'should not run'"]);
+        let (stdout, stderr) = text(&out);
+        assert!(!out.status.success(), "{stdout}");
+        assert!(
+            stderr.contains("resource pg-test is unavailable"),
+            "{stderr}"
+        );
+        let entries = gw.entries().await;
+        assert!(of_kind(&entries, "command").is_empty());
+        let failure = of_kind(&entries, "target.failure");
+        assert_eq!(failure.len(), 1, "{entries:?}");
+        let reason = failure[0]["data"]["reason"].as_str().unwrap();
+        assert!(reason.contains("TLS with 127.0.0.1"), "{reason}");
+        // Another CA with the same (default) name shows as a bad signature.
+        let expected = if trusted {
+            "certificate not valid for name \"db.example.com\""
+        } else {
+            "invalid peer certificate"
+        };
+        assert!(reason.contains(expected), "{reason}");
+        assert_eq!(failure[0]["actor"]["id"], "alice");
+        let _ = gw.stop.send(true);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -211,6 +211,58 @@ impl PgCluster {
         Ok(())
     }
 
+    /// Turns TLS on with the given PEM certificate and key, and from then on refuses every
+    /// TCP connection that does not use it (`hostnossl ... reject`), so a test can tell
+    /// that a client really spoke TLS.
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let write = |name: &str, text: &str, mode: u32| -> Result<(), String> {
+            let path = self.data.join(name);
+            std::fs::write(&path, text).map_err(|e| format!("{name}: {e}"))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("{name}: {e}"))?;
+            if self.as_user.is_some() {
+                let uid = id(&["-u", "postgres"]).ok_or("no `postgres` user")?;
+                let gid = id(&["-g", "postgres"]).ok_or("no `postgres` group")?;
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(|e| format!("chown {name}: {e}"))?;
+            }
+            Ok(())
+        };
+        write("server.crt", cert_pem, 0o644)?;
+        write("server.key", key_pem, 0o600)?;
+        let conf_path = self.data.join("postgresql.conf");
+        let mut conf =
+            std::fs::read_to_string(&conf_path).map_err(|e| format!("postgresql.conf: {e}"))?;
+        conf.push_str(
+            "
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+",
+        );
+        std::fs::write(&conf_path, conf).map_err(|e| format!("postgresql.conf: {e}"))?;
+        let hba_path = self.data.join("pg_hba.conf");
+        let hba = std::fs::read_to_string(&hba_path).map_err(|e| format!("pg_hba.conf: {e}"))?;
+        std::fs::write(
+            &hba_path,
+            format!("hostnossl all all 127.0.0.1/32 reject\n{hba}"),
+        )
+        .map_err(|e| format!("pg_hba.conf: {e}"))?;
+        self.run_checked("pg_ctl", &["-D", self.data_str(), "reload"])?;
+        // A reload is a signal; wait until the server has taken the new settings.
+        for _ in 0..100 {
+            if self.psql("postgres", "SHOW ssl").as_deref() == Ok("on") {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Err(format!(
+            "TLS did not come on after a reload; see {}",
+            self.log_path().display()
+        ))
+    }
+
     /// Where the server log is (handy in failure messages).
     pub fn log_path(&self) -> PathBuf {
         self.root.path().join("postgres.log")
