@@ -108,6 +108,11 @@ pub(crate) async fn run_gateway(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     started: impl AsyncFnOnce(&Running) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    match crate::limits::raise_open_files() {
+        Ok(Some((from, to))) => tracing::info!(from, to, "raised the open-file limit"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("{e}; sessions may be refused under load"),
+    }
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;

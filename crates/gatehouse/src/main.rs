@@ -13,6 +13,7 @@ mod cli;
 mod demo;
 mod gateway;
 mod ledger_cmd;
+mod limits;
 mod logging;
 
 use std::process::ExitCode;

@@ -152,7 +152,11 @@ fn serve_answers_on_the_admin_api_and_signs_a_final_checkpoint_on_sigterm() {
         ),
     )
     .unwrap();
-    let mut child = gatehouse()
+    // Started with a low soft limit on open files, as many systems set it: the gateway
+    // raises it to the hard limit (two sockets per session).
+    let mut child = Command::new("bash")
+        .args(["-c", "ulimit -Sn 256 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_gatehouse"))
         .args([
             "--log-format",
             "json",
@@ -160,6 +164,7 @@ fn serve_answers_on_the_admin_api_and_signs_a_final_checkpoint_on_sigterm() {
             "--config",
             config.to_str().unwrap(),
         ])
+        .env_remove("RUST_LOG")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -172,6 +177,17 @@ fn serve_answers_on_the_admin_api_and_signs_a_final_checkpoint_on_sigterm() {
         assert!(Instant::now() < deadline, "serve did not come up");
         sleep(Duration::from_millis(100));
     }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect();
+    assert_eq!(open_files[0], open_files[1], "soft = hard: {limits}");
+    assert_ne!(open_files[0], "256", "{limits}");
     let (_, health) = curl(&format!("{base}/healthz"));
     let health: serde_json::Value = serde_json::from_str(&health).unwrap();
     assert_eq!(health["status"], "ok");
