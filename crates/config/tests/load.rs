@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gatehouse_config::{
-    ByteSize, Config, ConfigError, Durability, LedgerConfig, LogFormat, ResourceKind,
+    ByteSize, Config, ConfigError, Durability, LedgerConfig, LogFormat, Problem, ResourceKind,
 };
 
 const UNSET: &str = "GATEHOUSE_TEST_SURELY_UNSET_4711";
@@ -39,6 +39,14 @@ fn load_error(text: &str) -> String {
         );
     }
     message.replace(&path.display().to_string(), "gatehouse.toml")
+}
+
+/// The validation problems of the config file at `path`, which must have some.
+fn load_problems(path: &Path) -> Vec<Problem> {
+    match Config::load(path).unwrap_err() {
+        ConfigError::Invalid { problems, .. } => problems,
+        other => panic!("expected validation problems, got {other}"),
+    }
 }
 
 fn fake_env(name: &str) -> Result<String, VarError> {
@@ -356,9 +364,7 @@ fn all_problems_are_reported_at_once() {
          [[resources]]\nname = \"dup\"\nkind = \"mysql\"\n[resources.credentials]\nuser = \"\"\npassword_file = \"missing-secret\"\n"
     );
     let (dir, path) = write_config(&text);
-    let ConfigError::Invalid { problems, .. } = Config::load(&path).unwrap_err() else {
-        panic!("expected validation problems");
-    };
+    let problems = load_problems(&path);
     let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
     assert_eq!(
         keys,
@@ -502,9 +508,7 @@ fn target_tls_paths_are_relative_to_the_config_and_checked() {
     let text =
         format!("{PG}[resources.target_tls]\nca = \"certs/target-ca.pem\"\nserver_name = \"\"\n");
     let (dir, path) = write_config(&text);
-    let ConfigError::Invalid { problems, .. } = Config::load(&path).unwrap_err() else {
-        panic!("expected validation problems");
-    };
+    let problems = load_problems(&path);
     let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
     assert_eq!(
         keys,

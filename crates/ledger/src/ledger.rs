@@ -629,19 +629,22 @@ impl Shared {
     /// blocks this thread (a tokio worker, for async callers) for its duration; one leader
     /// at a time means at most one worker is held, and it is one whose caller waits anyway.
     fn try_lead(&self) -> bool {
-        let Some(mut io) = try_lock(&self.io) else {
+        let Some(io) = try_lock(&self.io) else {
             return false;
         };
-        let _ = self.flush(&mut io);
-        // Release before waking the others, so that any of them may lead the next round.
-        drop(io);
-        self.synced.notify_waiters();
+        self.lead(io);
         true
     }
 
+    /// Like [`Shared::try_lead`], but waits for a running write to finish first.
     fn lead_blocking(&self) {
-        let mut io = lock(&self.io);
+        self.lead(lock(&self.io));
+    }
+
+    fn lead(&self, mut io: MutexGuard<'_, Io>) {
+        // A failure is recorded by `flush` and reaches every waiter through `outcome`.
         let _ = self.flush(&mut io);
+        // Release before waking the others, so that any of them may lead the next round.
         drop(io);
         self.synced.notify_waiters();
     }

@@ -16,10 +16,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use gatehouse_config::{ResourceConfig, Secret};
-use gatehouse_core::{Durability, ResourceRef};
+use gatehouse_core::{Actor, Durability, Event, EventKind, ResourceRef};
 use gatehouse_identity::ApiKeys;
 use gatehouse_ledger::Ledger;
 use gatehouse_sql::{OnUnparsed, Rule};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -108,12 +109,36 @@ impl PgResource {
         })
     }
 
-    pub(crate) fn resource_ref(&self) -> ResourceRef {
-        ResourceRef {
-            name: self.name.clone(),
-            kind: "postgres".into(),
+    /// An entry about this resource, by `actor` (none before sign-in), in `session`.
+    pub(crate) fn event(
+        &self,
+        kind: EventKind,
+        actor: Option<&Actor>,
+        session: Option<&str>,
+        data: serde_json::Value,
+    ) -> Event {
+        Event {
+            kind,
+            actor: actor.cloned(),
+            resource: Some(ResourceRef {
+                name: self.name.clone(),
+                kind: "postgres".into(),
+            }),
+            session: session.map(str::to_string),
+            data,
+            chunks: Vec::new(),
         }
     }
+}
+
+/// Writes `bytes` and flushes. The flush matters with TLS: tokio-rustls may keep encrypted
+/// records buffered when the socket would block, until the next write or a flush.
+pub(crate) async fn send<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 /// Accepts clients on `listener` until `shutdown` turns true; each connection runs as its

@@ -13,15 +13,29 @@ use gatehouse_wire_pg::backend;
 use gatehouse_wire_pg::frontend::{self, Frontend};
 use gatehouse_wire_pg::{StartupPacket, split_frame, split_startup};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::PgResource;
 use crate::cancel::CancelTarget;
 use crate::error::PgError;
 use crate::tracker::{Expect, Tracker, Work};
 use crate::upstream::{self, TargetStream};
+use crate::{PgResource, send};
 use gatehouse_sql::{Analysis, Outcome, analyze, evaluate};
+
+/// Sends everything in `buf` (if anything) and empties it; returns how many bytes went.
+async fn drain_into<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<u64, PgError> {
+    if buf.is_empty() {
+        return Ok(0);
+    }
+    send(stream, buf).await?;
+    let sent = buf.len() as u64;
+    buf.clear();
+    Ok(sent)
+}
 
 /// How long a client may take from connecting to finishing authentication.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -109,8 +123,7 @@ struct Link {
 async fn fatal<S: ClientStream>(client: &mut S, code: &str, message: &str) -> Result<(), PgError> {
     let mut out = Vec::new();
     backend::error_response("FATAL", code, message, &mut out);
-    client.write_all(&out).await?;
-    client.flush().await?;
+    send(client, &out).await?;
     Ok(())
 }
 
@@ -229,8 +242,7 @@ async fn startup<S: ClientStream>(
 
     let mut out = Vec::new();
     backend::auth_cleartext(&mut out);
-    client.write_all(&out).await?;
-    client.flush().await?;
+    send(client, &out).await?;
     let frame = read_frame(client, &mut buf).await?;
     let key = match frontend::parse(&frame) {
         Ok(Frontend::Password(body)) => frontend::password_text(body).unwrap_or("").to_string(),
@@ -264,14 +276,12 @@ async fn startup<S: ClientStream>(
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(resource = %resource.name, error = %e, "cannot open the target connection");
-            let event = Event {
-                kind: EventKind::TargetFailure,
-                actor: Some(actor.clone()),
-                resource: Some(resource.resource_ref()),
-                session: None,
-                data: json!({"client": peer.to_string(), "target": resource.target, "reason": e.to_string()}),
-                chunks: Vec::new(),
-            };
+            let event = resource.event(
+                EventKind::TargetFailure,
+                Some(&actor),
+                None,
+                json!({"client": peer.to_string(), "target": resource.target, "reason": e.to_string()}),
+            );
             if let Err(e) = resource.ledger.append(&event, resource.durability).await {
                 tracing::error!(error = %e, "could not record a target failure");
             }
@@ -288,12 +298,11 @@ async fn startup<S: ClientStream>(
     };
 
     let session_id = new_session_id();
-    let start = Event {
-        kind: EventKind::SessionStart,
-        actor: Some(actor.clone()),
-        resource: Some(resource.resource_ref()),
-        session: Some(session_id.clone()),
-        data: json!({
+    let start = resource.event(
+        EventKind::SessionStart,
+        Some(&actor),
+        Some(&session_id),
+        json!({
             "client": peer.to_string(),
             "application": param("application_name"),
             "database": resource.database,
@@ -301,8 +310,7 @@ async fn startup<S: ClientStream>(
             "tls": link.tls,
             "target_tls": target.stream.is_tls(),
         }),
-        chunks: Vec::new(),
-    };
+    );
     if let Err(e) = resource.ledger.append(&start, resource.durability).await {
         fatal(client, "58000", &ledger_refusal(&e)).await?;
         return Ok(None);
@@ -318,8 +326,7 @@ async fn startup<S: ClientStream>(
     out.extend_from_slice(&target.greeting);
     backend::backend_key_data(key.0, key.1, &mut out);
     backend::ready_for_query(target.status, &mut out);
-    client.write_all(&out).await?;
-    client.flush().await?;
+    send(client, &out).await?;
     tracing::info!(resource = %resource.name, session = %session_id, identity = %actor.id, %peer, "session started");
 
     Ok(Some(Session {
@@ -354,14 +361,12 @@ fn ledger_refusal(e: &LedgerError) -> String {
 }
 
 async fn record_auth_failure(resource: &PgResource, user: &str, peer: SocketAddr, reason: &str) {
-    let event = Event {
-        kind: EventKind::AuthFailure,
-        actor: None,
-        resource: Some(resource.resource_ref()),
-        session: None,
-        data: json!({"user": user, "client": peer.to_string(), "reason": reason, "method": "apikey"}),
-        chunks: Vec::new(),
-    };
+    let event = resource.event(
+        EventKind::AuthFailure,
+        None,
+        None,
+        json!({"user": user, "client": peer.to_string(), "reason": reason, "method": "apikey"}),
+    );
     if let Err(e) = resource.ledger.append(&event, resource.durability).await {
         tracing::error!(error = %e, "could not record an authentication failure");
     }
@@ -532,19 +537,8 @@ impl Session {
                 for work in done.drain(..) {
                     self.record_result(work);
                 }
-                if !to_server.is_empty() {
-                    self.target.write_all(&to_server).await?;
-                    self.target.flush().await?;
-                    to_server.clear();
-                }
-                if !to_client.is_empty() {
-                    self.totals.bytes_to_client += to_client.len() as u64;
-                    // A TLS stream may hold encrypted records back when the socket is
-                    // full; the flush makes sure the client gets everything now.
-                    client.write_all(&to_client).await?;
-                    client.flush().await?;
-                    to_client.clear();
-                }
+                drain_into(&mut self.target, &mut to_server).await?;
+                self.totals.bytes_to_client += drain_into(client, &mut to_client).await?;
                 if terminate {
                     return Ok("client terminated the session".into());
                 }
@@ -560,14 +554,7 @@ impl Session {
                 for work in done.drain(..) {
                     self.record_result(work);
                 }
-                if !to_client.is_empty() {
-                    self.totals.bytes_to_client += to_client.len() as u64;
-                    // A TLS stream may hold encrypted records back when the socket is
-                    // full; the flush makes sure the client gets everything now.
-                    client.write_all(&to_client).await?;
-                    client.flush().await?;
-                    to_client.clear();
-                }
+                self.totals.bytes_to_client += drain_into(client, &mut to_client).await?;
             }
         }
     }
@@ -722,14 +709,8 @@ impl Session {
     }
 
     fn event(&self, kind: EventKind, data: Value) -> Event {
-        Event {
-            kind,
-            actor: Some(self.actor.clone()),
-            resource: Some(self.resource.resource_ref()),
-            session: Some(self.id.clone()),
-            data,
-            chunks: Vec::new(),
-        }
+        self.resource
+            .event(kind, Some(&self.actor), Some(&self.id), data)
     }
 
     /// Decides a statement and records the decision, write-ahead: the `command` entry is

@@ -272,9 +272,7 @@ struct Conn {
 
 impl Conn {
     async fn send(&mut self, bytes: &[u8]) -> Result<(), PgError> {
-        self.stream.write_all(bytes).await?;
-        self.stream.flush().await?;
-        Ok(())
+        Ok(crate::send(&mut self.stream, bytes).await?)
     }
 
     async fn read_frame(&mut self) -> Result<Vec<u8>, PgError> {

@@ -42,6 +42,15 @@ fn id(args: &[&str]) -> Option<u32> {
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
+/// Makes the `postgres` user own `path` (the server runs as that user when tests run as
+/// root, and refuses files it cannot read or a key it does not own).
+fn give_to_postgres(path: &Path) -> Result<(), String> {
+    let uid = id(&["-u", "postgres"]).ok_or("running as root but no `postgres` user exists")?;
+    let gid = id(&["-g", "postgres"]).ok_or("no `postgres` group")?;
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .map_err(|e| format!("chown {}: {e}", path.display()))
+}
+
 /// A running throwaway PostgreSQL cluster; stopped and deleted when dropped.
 #[derive(Debug)]
 pub struct PgCluster {
@@ -69,19 +78,13 @@ impl PgCluster {
             .map_err(|e| format!("temp dir: {e}"))?;
         let as_user = (id(&["-u"]) == Some(0)).then(|| "postgres".to_string());
         if as_user.is_some() {
-            let uid =
-                id(&["-u", "postgres"]).ok_or("running as root but no `postgres` user exists")?;
-            let gid = id(&["-g", "postgres"]).ok_or("no `postgres` group")?;
-            std::os::unix::fs::chown(root.path(), Some(uid), Some(gid))
-                .map_err(|e| format!("chown {}: {e}", root.path().display()))?;
+            give_to_postgres(root.path())?;
         }
         let password = format!("pw-{}", free_port());
         let pwfile = root.path().join("pwfile");
         std::fs::write(&pwfile, &password).map_err(|e| format!("pwfile: {e}"))?;
-        if let Some(user) = &as_user {
-            let _ = Command::new("chown")
-                .args([user.as_str(), pwfile.to_str().unwrap_or("")])
-                .status();
+        if as_user.is_some() {
+            give_to_postgres(&pwfile)?;
         }
         let data = root.path().join("data");
         let port = free_port();
@@ -117,11 +120,7 @@ impl PgCluster {
              max_connections = 120\nlog_min_messages = warning\npassword_encryption = 'scram-sha-256'\n",
             cluster.root.path().display()
         );
-        let conf_path = cluster.data.join("postgresql.conf");
-        let mut text =
-            std::fs::read_to_string(&conf_path).map_err(|e| format!("postgresql.conf: {e}"))?;
-        text.push_str(&conf);
-        std::fs::write(&conf_path, text).map_err(|e| format!("postgresql.conf: {e}"))?;
+        cluster.append_conf(&conf)?;
         let log = cluster.root.path().join("postgres.log");
         cluster.run_checked(
             "pg_ctl",
@@ -216,32 +215,21 @@ impl PgCluster {
     /// that a client really spoke TLS.
     pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) -> Result<(), String> {
         use std::os::unix::fs::PermissionsExt;
-        let write = |name: &str, text: &str, mode: u32| -> Result<(), String> {
+        for (name, text, mode) in [
+            ("server.crt", cert_pem, 0o644),
+            ("server.key", key_pem, 0o600),
+        ] {
             let path = self.data.join(name);
             std::fs::write(&path, text).map_err(|e| format!("{name}: {e}"))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
                 .map_err(|e| format!("{name}: {e}"))?;
             if self.as_user.is_some() {
-                let uid = id(&["-u", "postgres"]).ok_or("no `postgres` user")?;
-                let gid = id(&["-g", "postgres"]).ok_or("no `postgres` group")?;
-                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-                    .map_err(|e| format!("chown {name}: {e}"))?;
+                give_to_postgres(&path)?;
             }
-            Ok(())
-        };
-        write("server.crt", cert_pem, 0o644)?;
-        write("server.key", key_pem, 0o600)?;
-        let conf_path = self.data.join("postgresql.conf");
-        let mut conf =
-            std::fs::read_to_string(&conf_path).map_err(|e| format!("postgresql.conf: {e}"))?;
-        conf.push_str(
-            "
-ssl = on
-ssl_cert_file = 'server.crt'
-ssl_key_file = 'server.key'
-",
-        );
-        std::fs::write(&conf_path, conf).map_err(|e| format!("postgresql.conf: {e}"))?;
+        }
+        self.append_conf(
+            "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )?;
         let hba_path = self.data.join("pg_hba.conf");
         let hba = std::fs::read_to_string(&hba_path).map_err(|e| format!("pg_hba.conf: {e}"))?;
         std::fs::write(
@@ -261,6 +249,15 @@ ssl_key_file = 'server.key'
             "TLS did not come on after a reload; see {}",
             self.log_path().display()
         ))
+    }
+
+    /// Appends settings to `postgresql.conf`.
+    fn append_conf(&self, text: &str) -> Result<(), String> {
+        let path = self.data.join("postgresql.conf");
+        let mut conf =
+            std::fs::read_to_string(&path).map_err(|e| format!("postgresql.conf: {e}"))?;
+        conf.push_str(text);
+        std::fs::write(&path, conf).map_err(|e| format!("postgresql.conf: {e}"))
     }
 
     /// Where the server log is (handy in failure messages).
