@@ -44,6 +44,8 @@ as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # runuser forks, so killing it leaves pgbouncer running: end it by its config path.
+    pkill -f "$work/pgbouncer.ini" 2>/dev/null || true
     as_pg "$pgbin/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$work"
 }
