@@ -13,7 +13,7 @@ pub use error::{ConfigError, Problem};
 pub use gatehouse_core::Durability;
 pub use model::{
     AdminConfig, Config, CredentialsConfig, IdentityConfig, IdentityKind, LedgerConfig, LogConfig,
-    LogFormat, ResourceConfig, ResourceKind, TargetTlsConfig, TlsConfig,
+    LogFormat, RecordingConfig, ResourceConfig, ResourceKind, TargetTlsConfig, TlsConfig,
 };
 pub use secret::{EnvLookup, Secret, process_env};
 pub use size::{ByteSize, ParseByteSizeError};

@@ -134,6 +134,29 @@ pub struct ResourceConfig {
     /// the target, which suits loopback or a private network only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_tls: Option<TargetTlsConfig>,
+    /// What of each session is kept beside its entries (result data).
+    #[serde(default)]
+    pub recording: RecordingConfig,
+}
+
+/// `[resources.recording]`: result data kept as content-addressed chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// Store the data of each result (the rows as they left the gateway), not only its summary.
+    pub results: bool,
+    /// At most this much result data is stored per session; what comes after is counted in
+    /// the `result` entries as truncated, never silently dropped.
+    pub max_session_bytes: ByteSize,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig {
+            results: true,
+            max_session_bytes: ByteSize::mib(16),
+        }
+    }
 }
 
 /// `[resources.target_tls]`: how the gateway checks the target's certificate.

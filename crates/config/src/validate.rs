@@ -451,6 +451,7 @@ mod tests {
             on_unparsed: Default::default(),
             tls: None,
             target_tls: None,
+            recording: Default::default(),
         };
         config.resources = vec![
             resource("a", "127.0.0.1:0"),

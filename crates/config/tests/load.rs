@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gatehouse_config::{
-    ByteSize, Config, ConfigError, Durability, LedgerConfig, LogFormat, Problem, ResourceKind,
+    ByteSize, Config, ConfigError, Durability, LedgerConfig, LogFormat, Problem, RecordingConfig,
+    ResourceKind,
 };
 
 const UNSET: &str = "GATEHOUSE_TEST_SURELY_UNSET_4711";
@@ -77,6 +78,7 @@ fn example_file_loads() {
     assert_eq!(pg.listen, Some("127.0.0.1:6432".parse().unwrap()));
     assert_eq!(pg.target.as_deref(), Some("127.0.0.1:5432"));
     assert_eq!(pg.database.as_deref(), Some("app"));
+    assert_eq!(pg.recording, RecordingConfig::default());
     let creds = pg.credentials.as_ref().unwrap();
     assert_eq!(creds.user, "gatehouse");
     assert_eq!(
@@ -197,7 +199,7 @@ fn unknown_key_nested() {
     assert_eq!(
         load_error(&text),
         "gatehouse.toml:7:1: resources[1].port: unknown key; expected one of name, kind, durability, listen, \
-         target, database, credentials, rules, on_unparsed, tls, target_tls"
+         target, database, credentials, rules, on_unparsed, tls, target_tls, recording"
     );
 }
 
@@ -259,6 +261,30 @@ fn bad_size() {
             "gatehouse.toml:2:16: ledger.segment_size: \"64MB\" is not a size: \"MB\" is ambiguous"
         ),
         "{message}"
+    );
+}
+
+#[test]
+fn recording_settings_are_typed_and_checked() {
+    let text =
+        format!("{PG}[resources.recording]\nresults = false\nmax_session_bytes = \"1MiB\"\n");
+    let (_dir, path) = write_config(&text);
+    let config = Config::load(&path).unwrap();
+    let recording = &config.resource("pg").unwrap().recording;
+    assert!(!recording.results);
+    assert_eq!(recording.max_session_bytes, ByteSize::mib(1));
+    let text = format!("{PG}[resources.recording]\nmax_session_bytes = \"16MB\"\n");
+    assert!(
+        load_error(&text).starts_with(
+            "gatehouse.toml:5:21: resources[0].recording.max_session_bytes: \"16MB\" is not a size"
+        ),
+        "{}",
+        load_error(&text)
+    );
+    let text = format!("{PG}[resources.recording]\nresult = false\n");
+    assert_eq!(
+        load_error(&text),
+        "gatehouse.toml:5:1: resources[0].recording.result: unknown key; expected results or max_session_bytes"
     );
 }
 

@@ -21,6 +21,9 @@ pub enum EventKind {
     Command,
     #[serde(rename = "result")]
     Result,
+    /// Result data of a session, stored as a chunk; says which command each slice belongs to.
+    #[serde(rename = "recording")]
+    Recording,
     #[serde(rename = "auth.failure")]
     AuthFailure,
     /// An authenticated client's session could not reach its target (unreachable, refused
@@ -56,6 +59,7 @@ impl EventKind {
             EventKind::SessionEnd => "session.end",
             EventKind::Command => "command",
             EventKind::Result => "result",
+            EventKind::Recording => "recording",
             EventKind::AuthFailure => "auth.failure",
             EventKind::TargetFailure => "target.failure",
             EventKind::PolicyDecision => "policy.decision",

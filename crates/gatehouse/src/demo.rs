@@ -72,6 +72,7 @@ pub async fn demo(args: DemoArgs, log_format: Option<LogFormat>) -> anyhow::Resu
             tls: Some(demo_tls(&config.data_dir)?),
             // The demo cluster listens on loopback only.
             target_tls: None,
+            recording: Default::default(),
         });
     }
     config

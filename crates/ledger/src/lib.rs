@@ -12,6 +12,7 @@ mod fsutil;
 pub mod layout;
 mod ledger;
 pub mod merkle;
+mod outputs;
 pub mod proof;
 pub mod segment;
 pub mod verify;

@@ -13,6 +13,7 @@ use crate::chunks::read_chunk;
 use crate::error::LedgerError;
 use crate::layout::Layout;
 use crate::merkle::{CompactRange, leaf_hash};
+use crate::outputs::OutputCheck;
 use crate::segment;
 
 /// Where the verifier gets the public key from.
@@ -38,6 +39,15 @@ pub struct VerifySummary {
     /// Entries after the newest checkpoint (written after the last signature).
     pub unsigned_entries: u64,
     pub chunks: u64,
+    /// Results whose recorded data was found and matched the hash their entry committed to.
+    pub outputs_matched: u64,
+    /// Results whose data the gateway recorded as lost (its chunk could not be written).
+    pub outputs_lost: u64,
+    /// Results whose data is not (all) in the ledger: the gateway stopped before writing
+    /// the session's last chunk. Not an alteration, but not evidence either.
+    pub outputs_incomplete: u64,
+    /// Stored data whose result entry never came (the gateway stopped first).
+    pub outputs_unclaimed: u64,
     pub root: String,
     pub verifier_key: String,
     pub key_source: &'static str,
@@ -120,11 +130,24 @@ pub fn verify(
         Ok(())
     };
     check_at(&tree, &mut next_cp, &mut prev_size)?;
+    let mut outputs = OutputCheck::default();
     let end = segment::scan(&layout, |entry| {
+        let kind = entry.header.kind.as_str();
+        let mut recording_chunk = None;
         for chunk in &entry.header.chunks {
-            read_chunk(&layout, chunk)
+            let bytes = read_chunk(&layout, chunk)
                 .map_err(|why| LedgerError::Corrupt(format!("entry {}: {why}", entry.index)))?;
             chunks += 1;
+            if kind == "recording" {
+                recording_chunk = Some(bytes);
+            }
+        }
+        match kind {
+            "result" => outputs.result(entry.index, entry.line)?,
+            "recording" => {
+                outputs.recording(entry.index, entry.line, recording_chunk.as_deref())?
+            }
+            _ => {}
         }
         tree.push(leaf_hash(entry.line));
         check_at(&tree, &mut next_cp, &mut prev_size)?;
@@ -150,6 +173,7 @@ pub fn verify(
         )));
     }
     let seconds = started.elapsed().as_secs_f64();
+    let unsettled = outputs.finish();
     Ok(VerifySummary {
         ok: true,
         entries: tree.size(),
@@ -158,6 +182,10 @@ pub fn verify(
         signed_entries: signed,
         unsigned_entries: tree.size() - signed,
         chunks,
+        outputs_matched: outputs.matched,
+        outputs_lost: outputs.lost,
+        outputs_incomplete: unsettled.incomplete,
+        outputs_unclaimed: unsettled.unclaimed,
         root: hex::encode(tree.root()),
         verifier_key: vkey,
         key_source,

@@ -7,6 +7,7 @@
 
 mod cancel;
 mod error;
+mod recording;
 mod session;
 pub mod tls;
 mod tracker;
@@ -49,6 +50,9 @@ pub struct PgResource {
     pub require_tls: bool,
     /// TLS towards the target; `None` speaks plaintext to it.
     pub target_tls: Option<TargetTls>,
+    /// At most this many bytes of result data are recorded per session; `None` records
+    /// result summaries only.
+    pub record_results: Option<u64>,
 }
 
 /// How the gateway reaches a target over TLS: the verifying client configuration and the
@@ -106,6 +110,10 @@ impl PgResource {
                 }
                 None => None,
             },
+            record_results: config
+                .recording
+                .results
+                .then(|| config.recording.max_session_bytes.bytes()),
         })
     }
 

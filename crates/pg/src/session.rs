@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 
 use crate::cancel::CancelTarget;
 use crate::error::PgError;
+use crate::recording::Recorder;
 use crate::tracker::{Expect, Tracker, Work};
 use crate::upstream::{self, TargetStream};
 use crate::{PgResource, send};
@@ -309,6 +310,10 @@ async fn startup<S: ClientStream>(
             "requested_database": param("database"),
             "tls": link.tls,
             "target_tls": target.stream.is_tls(),
+            "recording": {
+                "results": resource.record_results.is_some(),
+                "max_session_bytes": resource.record_results,
+            },
         }),
     );
     if let Err(e) = resource.ledger.append(&start, resource.durability).await {
@@ -337,6 +342,7 @@ async fn startup<S: ClientStream>(
         cancel_key: key,
         target: target.stream,
         tracker: Tracker::new(target.status),
+        recorder: Recorder::new(resource.record_results),
         leftover: buf,
         statements: HashMap::new(),
         portals: HashMap::new(),
@@ -449,6 +455,7 @@ struct Session {
     cancel_key: (i32, i32),
     target: TargetStream,
     tracker: Tracker,
+    recorder: Recorder,
     /// Client bytes read during startup that belong to the relay phase.
     leftover: BytesMut,
     /// Prepared statement name → SQL text and its analysis, parsed once at Parse time so
@@ -475,6 +482,8 @@ impl Session {
             }
         };
         self.resource.cancels.remove(self.cancel_key);
+        self.flush_recording().await;
+        let (recorded_bytes, truncated_bytes) = self.recorder.totals();
         let end = self.event(
             EventKind::SessionEnd,
             json!({
@@ -486,6 +495,8 @@ impl Session {
                 "errors": self.totals.errors,
                 "bytes_from_client": self.totals.bytes_from_client,
                 "bytes_to_client": self.totals.bytes_to_client,
+                "recorded_bytes": recorded_bytes,
+                "truncated_bytes": truncated_bytes,
             }),
         );
         if let Err(e) = self
@@ -548,11 +559,15 @@ impl Session {
                 {
                     let frame = &sbuf[..len];
                     to_client.extend_from_slice(frame);
-                    self.tracker.on_server(frame, &mut done, &mut to_client);
+                    self.tracker
+                        .on_server(frame, &mut done, &mut to_client, &mut self.recorder);
                     sbuf.advance(len);
                 }
                 for work in done.drain(..) {
                     self.record_result(work);
+                }
+                if self.recorder.ready() {
+                    self.flush_recording().await;
                 }
                 self.totals.bytes_to_client += drain_into(client, &mut to_client).await?;
             }
@@ -803,23 +818,58 @@ impl Session {
         }
     }
 
+    /// Writes the buffered result data as a chunk and appends the `recording` entry that
+    /// says which command each slice belongs to. A chunk that cannot be written is recorded
+    /// as lost, with the reason, so the gap is explicit.
+    async fn flush_recording(&mut self) {
+        let Some(batch) = self.recorder.take() else {
+            return;
+        };
+        let parts: Vec<[u64; 3]> = batch
+            .parts
+            .iter()
+            .map(|p| [p.command, p.offset, p.len])
+            .collect();
+        let mut event = self.event(
+            EventKind::Recording,
+            json!({"parts": parts, "bytes": batch.bytes.len()}),
+        );
+        match self.resource.ledger.put_chunk(batch.bytes).await {
+            Ok(chunk) => event.chunks.push(chunk),
+            Err(e) => {
+                tracing::error!(session = %self.id, error = %e, "could not store result data");
+                event.data["lost"] = e.to_string().into();
+            }
+        }
+        // Not waited for, like a result: it gates nothing the client does.
+        if let Err(e) = self.resource.ledger.append_detached(&event) {
+            tracing::error!(session = %self.id, error = %e, "could not record result data");
+        }
+    }
+
     /// The after-the-fact summary of a statement; nobody waits for it.
     fn record_result(&mut self, work: Work) {
         if work.error.is_some() {
             self.totals.errors += 1;
         }
-        let event = self.event(
-            EventKind::Result,
-            json!({
-                "command": work.command,
-                "tags": work.tags,
-                "rows": work.rows,
-                "bytes": work.bytes,
-                "duration_us": work.started.elapsed().as_micros() as u64,
-                "error": work.error,
-                "skipped": work.skipped,
-            }),
-        );
+        let mut data = json!({
+            "command": work.command,
+            "tags": work.tags,
+            "rows": work.rows,
+            "bytes": work.bytes,
+            "duration_us": work.started.elapsed().as_micros() as u64,
+            "error": work.error,
+            "skipped": work.skipped,
+        });
+        // The recorded bytes themselves follow in `recording` entries; the hash here ties
+        // them to this result the moment it ends.
+        if let Some(sha256) = work.output.sha256() {
+            data["recorded"] = json!({"sha256": sha256, "bytes": work.output.len});
+        }
+        if work.output.truncated > 0 {
+            data["truncated_bytes"] = work.output.truncated.into();
+        }
+        let event = self.event(EventKind::Result, data);
         if let Err(e) = self
             .resource
             .ledger

@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use gatehouse_wire_pg::backend::{self, Backend};
 
+use crate::recording::{Output, Recorder};
+
 /// One statement execution in flight.
 #[derive(Debug, Clone)]
 pub struct Work {
@@ -19,6 +21,8 @@ pub struct Work {
     pub error: Option<String>,
     /// Never ran: the server discarded it after an earlier error in the same pipeline.
     pub skipped: bool,
+    /// What of its result data was recorded.
+    pub output: Output,
 }
 
 impl Work {
@@ -31,6 +35,7 @@ impl Work {
             tags: Vec::new(),
             error: None,
             skipped: false,
+            output: Output::default(),
         }
     }
 }
@@ -110,9 +115,19 @@ impl Tracker {
         }
     }
 
-    /// Accounts for one server frame. Finished statements go to `done`; gateway responses
-    /// that became due go to `emit` (to be sent right after this frame).
-    pub fn on_server(&mut self, frame: &[u8], done: &mut Vec<Work>, emit: &mut Vec<u8>) {
+    /// Accounts for one server frame. Result data goes to `recorder`, finished statements
+    /// to `done`; gateway responses that became due go to `emit` (to be sent right after
+    /// this frame).
+    pub fn on_server(
+        &mut self,
+        frame: &[u8],
+        done: &mut Vec<Work>,
+        emit: &mut Vec<u8>,
+        recorder: &mut Recorder,
+    ) {
+        if recorder.enabled() && matches!(frame.first(), Some(b'T' | b'D' | b'd')) {
+            self.record(frame, recorder);
+        }
         let message = match backend::parse(frame) {
             Ok(m) => m,
             Err(_) => return,
@@ -226,6 +241,24 @@ impl Tracker {
         }
     }
 
+    /// Hands a result frame to the recorder under the statement it belongs to. A
+    /// RowDescription answering a Describe belongs to the Execute right after it: that is
+    /// what the client pairs it with.
+    fn record(&mut self, frame: &[u8], recorder: &mut Recorder) {
+        let owner = match self.queue.front() {
+            Some(Expect::Query(_)) | Some(Expect::Execute(_)) => 0,
+            Some(Expect::Describe)
+                if frame[0] == b'T' && matches!(self.queue.get(1), Some(Expect::Execute(_))) =>
+            {
+                1
+            }
+            _ => return,
+        };
+        if let Some(Expect::Query(work)) | Some(Expect::Execute(work)) = self.queue.get_mut(owner) {
+            recorder.record(work.command, &mut work.output, frame);
+        }
+    }
+
     fn front_work(&mut self) -> Option<&mut Work> {
         match self.queue.front_mut() {
             Some(Expect::Query(work)) | Some(Expect::Execute(work)) => Some(work),
@@ -261,25 +294,31 @@ mod tests {
     fn extended_pipeline_results_and_refusal_in_order() {
         let mut t = Tracker::new(b'I');
         let (mut done, mut emit) = (Vec::new(), Vec::new());
+        let mut rec = Recorder::new(None);
         t.push(Expect::Parse);
         t.push(Expect::Bind);
         t.push(Expect::Execute(Work::new(1)));
         t.push(Expect::Bind);
         t.push(Expect::Synthetic(b"REFUSED".to_vec()));
         t.push(Expect::Sync);
-        t.on_server(&msg(b'1', b""), &mut done, &mut emit);
-        t.on_server(&msg(b'2', b""), &mut done, &mut emit);
-        t.on_server(&msg(b'D', b"\0\x01\0\0\0\x011"), &mut done, &mut emit);
-        t.on_server(&msg(b'C', b"SELECT 1\0"), &mut done, &mut emit);
+        t.on_server(&msg(b'1', b""), &mut done, &mut emit, &mut rec);
+        t.on_server(&msg(b'2', b""), &mut done, &mut emit, &mut rec);
+        t.on_server(
+            &msg(b'D', b"\0\x01\0\0\0\x011"),
+            &mut done,
+            &mut emit,
+            &mut rec,
+        );
+        t.on_server(&msg(b'C', b"SELECT 1\0"), &mut done, &mut emit, &mut rec);
         assert_eq!(done.len(), 1);
         assert_eq!(
             (done[0].command, done[0].rows, done[0].tags[0].as_str()),
             (1, 1, "SELECT 1")
         );
         assert!(emit.is_empty(), "the refusal waits for the Bind before it");
-        t.on_server(&msg(b'2', b""), &mut done, &mut emit);
+        t.on_server(&msg(b'2', b""), &mut done, &mut emit, &mut rec);
         assert_eq!(emit, b"REFUSED");
-        t.on_server(&msg(b'Z', b"I"), &mut done, &mut emit);
+        t.on_server(&msg(b'Z', b"I"), &mut done, &mut emit, &mut rec);
         assert!(t.queue.is_empty());
     }
 
@@ -287,11 +326,12 @@ mod tests {
     fn an_error_skips_the_rest_of_the_pipeline_until_sync() {
         let mut t = Tracker::new(b'I');
         let (mut done, mut emit) = (Vec::new(), Vec::new());
+        let mut rec = Recorder::new(None);
         t.push(Expect::Parse);
         t.push(Expect::Bind);
         t.push(Expect::Execute(Work::new(7)));
         t.push(Expect::Sync);
-        t.on_server(&error("42601"), &mut done, &mut emit);
+        t.on_server(&error("42601"), &mut done, &mut emit, &mut rec);
         assert_eq!(done.len(), 1);
         assert_eq!(
             done[0].error.as_deref(),
@@ -299,7 +339,7 @@ mod tests {
             "the Parse error is the Execute's"
         );
         assert!(!done[0].skipped);
-        t.on_server(&msg(b'Z', b"E"), &mut done, &mut emit);
+        t.on_server(&msg(b'Z', b"E"), &mut done, &mut emit, &mut rec);
         assert_eq!(t.status, b'E');
         assert!(t.queue.is_empty());
     }
@@ -308,12 +348,13 @@ mod tests {
     fn messages_sent_after_an_error_arrived_are_discarded_until_sync() {
         let mut t = Tracker::new(b'I');
         let (mut done, mut emit) = (Vec::new(), Vec::new());
+        let mut rec = Recorder::new(None);
         // First half of a pipeline; the error comes back before the rest is sent.
         t.push(Expect::Parse);
         t.push(Expect::Bind);
         t.push(Expect::Execute(Work::new(1)));
-        t.on_server(&msg(b'1', b""), &mut done, &mut emit);
-        t.on_server(&error("22012"), &mut done, &mut emit);
+        t.on_server(&msg(b'1', b""), &mut done, &mut emit, &mut rec);
+        t.on_server(&error("22012"), &mut done, &mut emit, &mut rec);
         assert_eq!(done.len(), 1);
         // The rest of the pipeline: the server discards it and answers only the Sync.
         t.push(Expect::Parse);
@@ -325,26 +366,62 @@ mod tests {
         t.take_orphans(&mut orphans);
         assert_eq!(orphans.len(), 1);
         assert!(orphans[0].skipped);
-        t.on_server(&msg(b'Z', b"I"), &mut done, &mut emit);
+        t.on_server(&msg(b'Z', b"I"), &mut done, &mut emit, &mut rec);
         assert!(t.queue.is_empty(), "{:?}", t.queue);
         // And the next statement lines up again.
         t.push(Expect::Query(Work::new(3)));
         t.push(Expect::Synthetic(b"AFTER".to_vec()));
-        t.on_server(&msg(b'C', b"SELECT 1\0"), &mut done, &mut emit);
-        t.on_server(&msg(b'Z', b"I"), &mut done, &mut emit);
+        t.on_server(&msg(b'C', b"SELECT 1\0"), &mut done, &mut emit, &mut rec);
+        t.on_server(&msg(b'Z', b"I"), &mut done, &mut emit, &mut rec);
         assert_eq!(emit, b"AFTER");
+    }
+
+    #[test]
+    fn result_frames_are_recorded_under_their_statement() {
+        let mut t = Tracker::new(b'I');
+        let (mut done, mut emit) = (Vec::new(), Vec::new());
+        let mut rec = Recorder::new(Some(1 << 20));
+        let (t1, d1) = (msg(b'T', b"cols"), msg(b'D', b"\0\x01\0\0\0\x011"));
+        t.push(Expect::Parse);
+        t.push(Expect::Bind);
+        t.push(Expect::Describe);
+        t.push(Expect::Execute(Work::new(4)));
+        t.push(Expect::Sync);
+        t.push(Expect::Query(Work::new(5)));
+        for frame in [msg(b'1', b""), msg(b'2', b""), t1.clone(), d1.clone()] {
+            t.on_server(&frame, &mut done, &mut emit, &mut rec);
+        }
+        t.on_server(&msg(b'C', b"SELECT 1\0"), &mut done, &mut emit, &mut rec);
+        t.on_server(&msg(b'Z', b"I"), &mut done, &mut emit, &mut rec);
+        let d2 = msg(b'D', b"\0\x01\0\0\0\x012");
+        for frame in [
+            t1.clone(),
+            d2.clone(),
+            msg(b'C', b"SELECT 1\0"),
+            msg(b'Z', b"I"),
+        ] {
+            t.on_server(&frame, &mut done, &mut emit, &mut rec);
+        }
+        assert_eq!(done.len(), 2);
+        assert_eq!(done[0].output.len as usize, t1.len() + d1.len());
+        assert_eq!(done[1].output.len as usize, t1.len() + d2.len());
+        let batch = rec.take().unwrap();
+        assert_eq!(batch.bytes, [t1.clone(), d1, t1, d2].concat());
+        let owners: Vec<u64> = batch.parts.iter().map(|p| p.command).collect();
+        assert_eq!(owners, vec![4, 5]);
     }
 
     #[test]
     fn simple_query_collects_every_statement_until_ready() {
         let mut t = Tracker::new(b'I');
         let (mut done, mut emit) = (Vec::new(), Vec::new());
+        let mut rec = Recorder::new(None);
         t.push(Expect::Query(Work::new(3)));
-        t.on_server(&msg(b'C', b"BEGIN\0"), &mut done, &mut emit);
-        t.on_server(&msg(b'C', b"INSERT 0 2\0"), &mut done, &mut emit);
-        t.on_server(&error("23505"), &mut done, &mut emit);
+        t.on_server(&msg(b'C', b"BEGIN\0"), &mut done, &mut emit, &mut rec);
+        t.on_server(&msg(b'C', b"INSERT 0 2\0"), &mut done, &mut emit, &mut rec);
+        t.on_server(&error("23505"), &mut done, &mut emit, &mut rec);
         assert!(done.is_empty());
-        t.on_server(&msg(b'Z', b"E"), &mut done, &mut emit);
+        t.on_server(&msg(b'Z', b"E"), &mut done, &mut emit, &mut rec);
         assert_eq!(done[0].tags, vec!["BEGIN", "INSERT 0 2"]);
         assert_eq!(done[0].rows, 2);
         assert_eq!(done[0].error.as_deref(), Some("23505"));

@@ -65,14 +65,38 @@ async fn gateway(durability: Durability) -> Gateway {
 }
 
 async fn gateway_with(durability: Durability, with_tls: bool) -> Gateway {
-    gateway_on(
+    gateway_on(Setup {
         durability,
         with_tls,
-        None,
-        LedgerOptions::default(),
-        Target::Plain,
-    )
+        ..Setup::default()
+    })
     .await
+}
+
+/// How a test's gateway is set up.
+struct Setup {
+    durability: Durability,
+    /// TLS towards clients (self-signed, required).
+    with_tls: bool,
+    /// Where the ledger lives (default: the test's temporary directory).
+    ledger_dir: Option<PathBuf>,
+    opts: LedgerOptions,
+    target: Target,
+    /// Result data recorded per session (`None`: summaries only).
+    record_cap: Option<u64>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            durability: Durability::Sync,
+            with_tls: false,
+            ledger_dir: None,
+            opts: LedgerOptions::default(),
+            target: Target::Plain,
+            record_cap: Some(16 << 20),
+        }
+    }
 }
 
 /// How the gateway reaches the test's cluster.
@@ -103,14 +127,15 @@ fn make_ca_and_server_cert() -> (String, String, String) {
     (ca.pem(), server.pem(), server_key.serialize_pem())
 }
 
-/// A gateway whose ledger lives in `ledger_dir` (default: the test's temporary directory).
-async fn gateway_on(
-    durability: Durability,
-    with_tls: bool,
-    ledger_dir: Option<PathBuf>,
-    opts: LedgerOptions,
-    target: Target,
-) -> Gateway {
+async fn gateway_on(setup: Setup) -> Gateway {
+    let Setup {
+        durability,
+        with_tls,
+        ledger_dir,
+        opts,
+        target,
+        record_cap,
+    } = setup;
     let (pg, trusted_ca) = tokio::task::spawn_blocking(move || {
         let pg = PgCluster::start().unwrap();
         let trusted_ca = match target {
@@ -175,6 +200,7 @@ async fn gateway_on(
         }),
         require_tls: with_tls,
         target_tls,
+        record_results: record_cap,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -241,6 +267,11 @@ fn read_entries(dir: &Path) -> Vec<Value> {
     })
     .unwrap();
     out
+}
+
+/// The offline verifier's summary of the ledger in `dir`, which must be intact.
+fn verify_ledger(dir: &Path) -> gatehouse_ledger::VerifySummary {
+    gatehouse_ledger::verify(dir, &gatehouse_ledger::TrustedKey::FromDataDir, &[], |_| {}).unwrap()
 }
 
 fn text(out: &Output) -> (String, String) {
@@ -545,13 +576,11 @@ async fn a_full_ledger_disk_refuses_statements_and_serving_resumes_when_space_is
         retry_interval: std::time::Duration::from_millis(200),
         ..LedgerOptions::default()
     };
-    let gw = gateway_on(
-        Durability::Sync,
-        false,
-        Some(disk.path.join("data")),
+    let gw = gateway_on(Setup {
+        ledger_dir: Some(disk.path.join("data")),
         opts,
-        Target::Plain,
-    )
+        ..Setup::default()
+    })
     .await;
     let out = gw.psql("alice", KEY, &["-c", "SELECT 'first'"]);
     assert!(out.status.success(), "{:?}", text(&out));
@@ -635,13 +664,7 @@ async fn a_full_ledger_disk_refuses_statements_and_serving_resumes_when_space_is
         .unwrap();
     assert_eq!(on_target, (refused - 99).to_string());
     // And the ledger, with its recovery, verifies.
-    let summary = gatehouse_ledger::verify(
-        &gw.ledger_dir,
-        &gatehouse_ledger::TrustedKey::FromDataDir,
-        &[],
-        |_| {},
-    )
-    .unwrap();
+    let summary = verify_ledger(&gw.ledger_dir);
     assert_eq!(summary.entries, entries.len() as u64);
     let _ = gw.stop.send(true);
 }
@@ -650,16 +673,14 @@ async fn a_full_ledger_disk_refuses_statements_and_serving_resumes_when_space_is
 async fn the_target_connection_uses_verified_tls_when_configured() {
     // The cluster refuses plaintext TCP, so a session at all proves TLS; the server's own
     // view of the connection confirms it.
-    let gw = gateway_on(
-        Durability::Sync,
-        true,
-        None,
-        LedgerOptions::default(),
-        Target::Tls {
+    let gw = gateway_on(Setup {
+        with_tls: true,
+        target: Target::Tls {
             trusted: true,
             server_name: None,
         },
-    )
+        ..Setup::default()
+    })
     .await;
     let query = |sql: &str| {
         let out = gw.psql("alice", KEY, &["-c", sql]);
@@ -684,16 +705,13 @@ async fn the_target_connection_uses_verified_tls_when_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_certificate_that_does_not_verify_ends_the_session_before_anything_runs() {
     for (trusted, server_name) in [(false, None), (true, Some("db.example.com"))] {
-        let gw = gateway_on(
-            Durability::Sync,
-            false,
-            None,
-            LedgerOptions::default(),
-            Target::Tls {
+        let gw = gateway_on(Setup {
+            target: Target::Tls {
                 trusted,
                 server_name,
             },
-        )
+            ..Setup::default()
+        })
         .await;
         let out = gw.psql("alice", KEY, &["-c", "SELECT 'should not run'"]);
         let (stdout, stderr) = text(&out);
@@ -1031,5 +1049,245 @@ async fn psycopg_binary_cursors_copy_and_pipelines_work_through_the_gateway() {
             .expect("every statement has a result entry");
         assert_eq!(result["data"]["skipped"], true, "{result}");
     }
+    let _ = gw.stop.send(true);
+}
+
+/// The frames stored for command `command`: its parts from every `recording` entry, in
+/// ledger order, read back from their chunks.
+fn recorded_output(dir: &Path, entries: &[Value], command: u64) -> Vec<u8> {
+    let layout = Layout::new(dir);
+    let mut out = Vec::new();
+    for rec in of_kind(entries, "recording") {
+        let chunk: gatehouse_core::ChunkRef =
+            serde_json::from_value(rec["chunks"][0].clone()).unwrap();
+        let bytes = gatehouse_ledger::chunks::read_chunk(&layout, &chunk).unwrap();
+        for part in rec["data"]["parts"].as_array().unwrap() {
+            let [cmd, offset, len] = [0, 1, 2].map(|i| part[i].as_u64().unwrap() as usize);
+            if cmd as u64 == command {
+                out.extend_from_slice(&bytes[offset..offset + len]);
+            }
+        }
+    }
+    out
+}
+
+/// The text columns of every DataRow in `frames` (NULL as `None`), and the column names of
+/// the RowDescriptions.
+fn decode_rows(frames: &[u8]) -> (Vec<String>, Vec<Vec<Option<String>>>) {
+    let (mut names, mut rows) = (Vec::new(), Vec::new());
+    let mut rest = frames;
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+        let (tag, body) = (rest[0], &rest[5..1 + len]);
+        let count = u16::from_be_bytes(body[..2].try_into().unwrap()) as usize;
+        let mut at = 2;
+        match tag {
+            b'T' => {
+                for _ in 0..count {
+                    let end = at + body[at..].iter().position(|&b| b == 0).unwrap();
+                    names.push(String::from_utf8(body[at..end].to_vec()).unwrap());
+                    at = end + 1 + 18; // table oid, column, type oid, size, modifier, format
+                }
+            }
+            b'D' => {
+                let mut row = Vec::new();
+                for _ in 0..count {
+                    let n = i32::from_be_bytes(body[at..at + 4].try_into().unwrap());
+                    at += 4;
+                    if n < 0 {
+                        row.push(None);
+                    } else {
+                        let n = n as usize;
+                        row.push(Some(String::from_utf8(body[at..at + n].to_vec()).unwrap()));
+                        at += n;
+                    }
+                }
+                rows.push(row);
+            }
+            other => panic!("unexpected frame {:?} in a recording", other as char),
+        }
+        rest = &rest[1 + len..];
+    }
+    (names, rows)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_data_is_recorded_in_chunks_and_tied_to_each_result() {
+    let gw = gateway(Durability::Sync).await;
+    // Simple protocol, a result bigger than one chunk, a statement without rows, and the
+    // extended protocol.
+    let big = "SELECT g, repeat('x', 1000) AS filler FROM generate_series(1, 600) g";
+    let script = gw.data.path().join("recorded.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "SELECT id, name, email FROM customers ORDER BY id;\n{big};\n\
+             UPDATE customers SET name = name WHERE id = 1;\n"
+        ),
+    )
+    .unwrap();
+    let out = gw.psql("alice", KEY, &["-f", script.to_str().unwrap()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    // libpq's extended protocol: Parse/Bind/Describe/Execute/Sync with a parameter.
+    let bound = gw.data.path().join("bound.sql");
+    std::fs::write(&bound, "\\set n 41\nSELECT :n::int + 1 AS next;\n").unwrap();
+    let bench = Command::new(gw.pg.bindir().join("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &gw.port.to_string(), "-U", "alice"])
+        .args(["-n", "-M", "extended", "-t", "1", "-f"])
+        .arg(&bound)
+        .arg("appdb")
+        .env("PGPASSWORD", KEY)
+        .output()
+        .unwrap();
+    assert!(bench.status.success(), "{:?}", text(&bench));
+    let entries = gw.entries().await;
+    let command_of = |sql: &str| {
+        of_kind(&entries, "command")
+            .into_iter()
+            .find(|c| {
+                // psql sends script statements with their semicolon.
+                let text = c["data"]["sql"].as_str().unwrap_or_default();
+                text.trim().trim_end_matches(';').trim() == sql
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no command entry for {sql}: {:?}",
+                    of_kind(&entries, "command")
+                        .iter()
+                        .map(|c| c["data"]["sql"].clone())
+                        .collect::<Vec<_>>()
+                )
+            })["i"]
+            .as_u64()
+            .unwrap()
+    };
+    let result_of = |command: u64| {
+        of_kind(&entries, "result")
+            .into_iter()
+            .find(|r| r["data"]["command"] == command)
+            .unwrap()
+            .clone()
+    };
+
+    let small = command_of("SELECT id, name, email FROM customers ORDER BY id");
+    let frames = recorded_output(&gw.ledger_dir, &entries, small);
+    let (names, rows) = decode_rows(&frames);
+    assert_eq!(names, ["id", "name", "email"]);
+    assert_eq!(
+        rows,
+        [
+            ["1", "Ada", "ada@example.com"].map(|v| Some(v.to_string())),
+            ["2", "Grace", "grace@example.com"].map(|v| Some(v.to_string())),
+        ]
+    );
+    let recorded = &result_of(small)["data"]["recorded"];
+    assert_eq!(recorded["bytes"], frames.len());
+
+    let big = command_of(big);
+    let (_, rows) = decode_rows(&recorded_output(&gw.ledger_dir, &entries, big));
+    assert_eq!(rows.len(), 600);
+    assert_eq!(rows[599][0].as_deref(), Some("600"));
+    assert_eq!(rows[599][1].as_ref().map(String::len), Some(1000));
+    let spanned = of_kind(&entries, "recording")
+        .iter()
+        .filter(|r| {
+            r["data"]["parts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p[0] == big)
+        })
+        .count();
+    assert!(spanned >= 2, "600 KB is cut into several chunks");
+
+    let bound = command_of("SELECT $1::int + 1 AS next");
+    let (names, rows) = decode_rows(&recorded_output(&gw.ledger_dir, &entries, bound));
+    assert_eq!(
+        names,
+        ["next"],
+        "the Describe's RowDescription goes with the Execute"
+    );
+    assert_eq!(rows, [[Some("42".to_string())]]);
+
+    // A statement without rows records no data.
+    let update = result_of(command_of("UPDATE customers SET name = name WHERE id = 1"));
+    assert!(update["data"].get("recorded").is_none(), "{update}");
+
+    let end = &of_kind(&entries, "session.end")[0]["data"];
+    assert!(end["recorded_bytes"].as_u64().unwrap() > 600_000, "{end}");
+    assert_eq!(end["truncated_bytes"], 0);
+    let summary = verify_ledger(&gw.ledger_dir);
+    assert_eq!(summary.outputs_matched, 3);
+    assert_eq!(
+        (summary.outputs_incomplete, summary.outputs_unclaimed),
+        (0, 0)
+    );
+    let _ = gw.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cap_truncates_recorded_data_explicitly() {
+    let cap = 100 << 10;
+    let gw = gateway_on(Setup {
+        record_cap: Some(cap),
+        ..Setup::default()
+    })
+    .await;
+    let out = gw.psql(
+        "alice",
+        KEY,
+        &[
+            "-c",
+            "SELECT repeat('y', 1000) FROM generate_series(1, 300)",
+            "-c",
+            "SELECT 'after the cap'",
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.ends_with("after the cap"),
+        "the client gets everything"
+    );
+    let entries = gw.entries().await;
+    let results = of_kind(&entries, "result");
+    let first = &results[0]["data"];
+    let kept = first["recorded"]["bytes"].as_u64().unwrap();
+    let cut = first["truncated_bytes"].as_u64().unwrap();
+    assert!(
+        kept <= cap && kept > cap - 2000,
+        "whole frames up to the cap: {kept}"
+    );
+    // Everything the result sent is either kept or counted: its rows, and one short
+    // RowDescription that `bytes` (row data only) leaves out.
+    let rows = first["bytes"].as_u64().unwrap();
+    assert!(kept + cut > rows && kept + cut < rows + 100, "{first}");
+    // Nothing after the cut is kept, so the stored data is a prefix of the session's output.
+    assert!(results[1]["data"].get("recorded").is_none());
+    assert!(results[1]["data"]["truncated_bytes"].as_u64().unwrap() > 0);
+    let end = &of_kind(&entries, "session.end")[0]["data"];
+    assert_eq!(end["recorded_bytes"], kept);
+    assert!(end["truncated_bytes"].as_u64().unwrap() > cut);
+    let summary = verify_ledger(&gw.ledger_dir);
+    assert_eq!(summary.outputs_matched, 1);
+    let _ = gw.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_may_record_summaries_only() {
+    let gw = gateway_on(Setup {
+        record_cap: None,
+        ..Setup::default()
+    })
+    .await;
+    let out = gw.psql("alice", KEY, &["-c", "SELECT name FROM customers"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let entries = gw.entries().await;
+    assert!(of_kind(&entries, "recording").is_empty());
+    let result = &of_kind(&entries, "result")[0]["data"];
+    assert_eq!(result["rows"], 2);
+    assert!(result.get("recorded").is_none() && result.get("truncated_bytes").is_none());
+    let start = &of_kind(&entries, "session.start")[0]["data"];
+    assert_eq!(start["recording"]["results"], false);
     let _ = gw.stop.send(true);
 }
