@@ -544,12 +544,17 @@ impl Session {
                 let terminate = self
                     .handle_client_frames(&mut cbuf, &mut to_server, &mut to_client)
                     .await?;
+                // Bytes go out before results are recorded: a result entry gates nothing,
+                // so building it stays off the statement's latency. It is recorded even
+                // when a send fails.
+                let to_target = drain_into(&mut self.target, &mut to_server).await;
+                let sent = match to_target {
+                    Ok(_) => drain_into(client, &mut to_client).await,
+                    Err(e) => Err(e),
+                };
                 self.tracker.take_orphans(&mut done);
-                for work in done.drain(..) {
-                    self.record_result(work);
-                }
-                drain_into(&mut self.target, &mut to_server).await?;
-                self.totals.bytes_to_client += drain_into(client, &mut to_client).await?;
+                self.record_results(&mut done);
+                self.totals.bytes_to_client += sent?;
                 if terminate {
                     return Ok("client terminated the session".into());
                 }
@@ -563,13 +568,12 @@ impl Session {
                         .on_server(frame, &mut done, &mut to_client, &mut self.recorder);
                     sbuf.advance(len);
                 }
-                for work in done.drain(..) {
-                    self.record_result(work);
-                }
+                let sent = drain_into(client, &mut to_client).await;
+                self.record_results(&mut done);
                 if self.recorder.ready() {
                     self.flush_recording().await;
                 }
-                self.totals.bytes_to_client += drain_into(client, &mut to_client).await?;
+                self.totals.bytes_to_client += sent?;
             }
         }
     }
@@ -844,6 +848,12 @@ impl Session {
         // Not waited for, like a result: it gates nothing the client does.
         if let Err(e) = self.resource.ledger.append_detached(&event) {
             tracing::error!(session = %self.id, error = %e, "could not record result data");
+        }
+    }
+
+    fn record_results(&mut self, done: &mut Vec<Work>) {
+        for work in done.drain(..) {
+            self.record_result(work);
         }
     }
 
