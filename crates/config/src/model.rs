@@ -260,6 +260,31 @@ impl Default for LedgerConfig {
     }
 }
 
+impl IdentityKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityKind::Human => "human",
+            IdentityKind::Agent => "agent",
+            IdentityKind::Service => "service",
+        }
+    }
+}
+
+impl std::str::FromStr for IdentityKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "human" => Ok(IdentityKind::Human),
+            "agent" => Ok(IdentityKind::Agent),
+            "service" => Ok(IdentityKind::Service),
+            other => Err(format!(
+                "{other:?} is not an identity kind (human, agent or service)"
+            )),
+        }
+    }
+}
+
 impl LogFormat {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -11,10 +11,11 @@ use std::sync::Arc;
 
 use gatehouse_config::{Config, ResourceKind};
 use gatehouse_core::{Durability, Event, EventKind};
-use gatehouse_identity::ApiKeys;
+use gatehouse_identity::{ApiKeys, Authenticator};
 use gatehouse_ledger::{Ledger, LedgerOptions};
 use gatehouse_pg::{CancelMap, PgResource};
 use gatehouse_server::AdminState;
+use gatehouse_store::Store;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -197,7 +198,12 @@ async fn start_postgres(
     ledger: &Ledger,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<(String, SocketAddr)>> {
-    let keys = ApiKeys::new(&config.identities);
+    // Managed API keys live in the state store beside the ledger; it is read at every
+    // sign-in, so keys created or revoked from the CLI count at once.
+    let store = Store::open_in(&config.data_dir)
+        .await
+        .with_context(|| format!("opening the state store in {}", config.data_dir.display()))?;
+    let auth = Authenticator::new(ApiKeys::new(&config.identities), Some(store));
     let cancels = CancelMap::default();
     let mut bound = Vec::new();
     for r in config
@@ -205,7 +211,7 @@ async fn start_postgres(
         .iter()
         .filter(|r| r.kind == ResourceKind::Postgres)
     {
-        let resource = PgResource::from_config(r, keys.clone(), ledger.clone(), cancels.clone())?;
+        let resource = PgResource::from_config(r, auth.clone(), ledger.clone(), cancels.clone())?;
         let addr = r
             .listen
             .with_context(|| format!("resources.{}.listen is required", r.name))?;

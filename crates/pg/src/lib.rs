@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use gatehouse_config::{ResourceConfig, Secret};
 use gatehouse_core::{Actor, Durability, Event, EventKind, ResourceRef};
-use gatehouse_identity::ApiKeys;
+use gatehouse_identity::Authenticator;
 use gatehouse_ledger::Ledger;
 use gatehouse_sql::{OnUnparsed, Rule};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -38,7 +38,8 @@ pub struct PgResource {
     pub user: String,
     pub password: Secret,
     pub durability: Durability,
-    pub keys: ApiKeys,
+    /// Checks API keys: configured identities and managed keys in the state store.
+    pub auth: Authenticator,
     pub ledger: Ledger,
     pub cancels: CancelMap,
     /// Guardrails, decided per statement on the parsed SQL.
@@ -67,7 +68,7 @@ impl PgResource {
     /// Builds the runtime view of a `[[resources]]` entry of kind postgres.
     pub fn from_config(
         config: &ResourceConfig,
-        keys: ApiKeys,
+        auth: Authenticator,
         ledger: Ledger,
         cancels: CancelMap,
     ) -> Result<Self, PgError> {
@@ -87,7 +88,7 @@ impl PgResource {
             user: credentials.user.clone(),
             password,
             durability: config.durability,
-            keys,
+            auth,
             ledger,
             cancels,
             rules: config.rules.clone(),

@@ -220,7 +220,7 @@ async fn startup<S: ClientStream>(
         return Ok(None);
     }
     if !link.tls && resource.require_tls {
-        record_auth_failure(resource, &user, peer, "tls_required").await;
+        record_auth_failure(resource, &user, peer, "tls_required", None).await;
         fatal(
             client,
             "28000",
@@ -231,7 +231,7 @@ async fn startup<S: ClientStream>(
     }
     if !link.tls && !peer.ip().is_loopback() {
         // The API key travels as a cleartext password: never across a network without TLS.
-        record_auth_failure(resource, &user, peer, "plaintext_from_network").await;
+        record_auth_failure(resource, &user, peer, "plaintext_from_network", None).await;
         fatal(
             client,
             "28000",
@@ -252,10 +252,13 @@ async fn startup<S: ClientStream>(
             return Ok(None);
         }
     };
-    let actor = match resource.keys.authenticate(&user, &key) {
-        Ok(actor) => actor,
+    let signed_in = match resource.auth.authenticate(&user, &key).await {
+        Ok(signed_in) => signed_in,
         Err(why) => {
-            record_auth_failure(resource, &user, peer, why.reason()).await;
+            // The id of a managed key is public and tells the auditor which key was tried;
+            // anything else presented is never recorded.
+            let key_id = gatehouse_identity::managed_key_id(&key);
+            record_auth_failure(resource, &user, peer, why.reason(), key_id).await;
             // The same message for every cause: no hint which part was wrong.
             fatal(
                 client,
@@ -266,6 +269,7 @@ async fn startup<S: ClientStream>(
             return Ok(None);
         }
     };
+    let actor = signed_in.actor;
 
     // Pass the client's session settings on, but never who it claims to be.
     let forwarded: Vec<(String, String)> = params
@@ -308,6 +312,7 @@ async fn startup<S: ClientStream>(
             "application": param("application_name"),
             "database": resource.database,
             "requested_database": param("database"),
+            "key_id": signed_in.key_id,
             "tls": link.tls,
             "target_tls": target.stream.is_tls(),
             "recording": {
@@ -366,13 +371,19 @@ fn ledger_refusal(e: &LedgerError) -> String {
     format!("gatehouse: the audit ledger cannot record this, so it was not executed ({e})")
 }
 
-async fn record_auth_failure(resource: &PgResource, user: &str, peer: SocketAddr, reason: &str) {
-    let event = resource.event(
-        EventKind::AuthFailure,
-        None,
-        None,
-        json!({"user": user, "client": peer.to_string(), "reason": reason, "method": "apikey"}),
-    );
+async fn record_auth_failure(
+    resource: &PgResource,
+    user: &str,
+    peer: SocketAddr,
+    reason: &str,
+    key_id: Option<&str>,
+) {
+    let mut data =
+        json!({"user": user, "client": peer.to_string(), "reason": reason, "method": "apikey"});
+    if let Some(id) = key_id {
+        data["key_id"] = id.into();
+    }
+    let event = resource.event(EventKind::AuthFailure, None, None, data);
     if let Err(e) = resource.ledger.append(&event, resource.durability).await {
         tracing::error!(error = %e, "could not record an authentication failure");
     }

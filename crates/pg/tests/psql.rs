@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use gatehouse_config::{IdentityConfig, IdentityKind, Secret};
 use gatehouse_core::Durability;
-use gatehouse_identity::{ApiKeys, hash_key};
+use gatehouse_identity::{ApiKeys, Authenticator, hash_key};
 use gatehouse_ledger::segment::scan;
 use gatehouse_ledger::{Layout, Ledger, LedgerOptions};
 use gatehouse_pg::{CancelMap, PgResource};
@@ -58,6 +58,8 @@ struct Gateway {
     ledger_dir: PathBuf,
     data: tempfile::TempDir,
     stop: watch::Sender<bool>,
+    /// The state store the gateway checks managed API keys in.
+    store: gatehouse_store::Store,
 }
 
 async fn gateway(durability: Durability) -> Gateway {
@@ -182,6 +184,7 @@ async fn gateway_on(setup: Setup) -> Gateway {
         groups: vec!["analysts".into()],
         key_hash: hash_key(KEY),
     }]);
+    let store = gatehouse_store::Store::open_in(data.path()).await.unwrap();
     let resource = Arc::new(PgResource {
         name: "pg-test".into(),
         target: format!("127.0.0.1:{}", pg.port),
@@ -189,7 +192,7 @@ async fn gateway_on(setup: Setup) -> Gateway {
         user: "app".into(),
         password: Secret::new("app-secret"),
         durability,
-        keys,
+        auth: Authenticator::new(keys, Some(store.clone())),
         ledger: ledger.clone(),
         cancels: CancelMap::default(),
         rules: guardrails(),
@@ -213,6 +216,7 @@ async fn gateway_on(setup: Setup) -> Gateway {
         ledger_dir,
         data,
         stop,
+        store,
     }
 }
 
@@ -1289,5 +1293,91 @@ async fn a_resource_may_record_summaries_only() {
     assert!(result.get("recorded").is_none() && result.get("truncated_bytes").is_none());
     let start = &of_kind(&entries, "session.start")[0]["data"];
     assert_eq!(start["recording"]["results"], false);
+    let _ = gw.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_keys_sign_in_until_revoked_or_expired() {
+    use gatehouse_config::IdentityKind;
+    use gatehouse_identity::{new_managed_key, unix_now};
+    use gatehouse_store::ManagedKey;
+
+    let gw = gateway(Durability::Sync).await;
+    let managed = |key: &str, id: &str, expires_at| ManagedKey {
+        id: id.to_string(),
+        name: "agent:reporting".into(),
+        kind: IdentityKind::Agent,
+        groups: vec!["analysts".into()],
+        key_hash: hash_key(key),
+        created_at: unix_now(),
+        expires_at,
+        revoked_at: None,
+        revoked_reason: None,
+    };
+    let (live_id, live) = new_managed_key().unwrap();
+    let (old_id, old) = new_managed_key().unwrap();
+    gw.store
+        .insert_key(&managed(&live, &live_id, Some(unix_now() + 3600)))
+        .await
+        .unwrap();
+    gw.store
+        .insert_key(&managed(&old, &old_id, Some(unix_now() - 1)))
+        .await
+        .unwrap();
+
+    let out = gw.psql("agent:reporting", &live, &["-c", "SELECT current_user"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stdout, "app",
+        "the target sees the gateway's login, not the agent"
+    );
+
+    let refused = |user: &str, key: &str| {
+        let out = gw.psql(user, key, &["-c", "SELECT 1"]);
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains(&format!(
+                "password authentication failed for user \"{user}\""
+            )),
+            "{stderr}"
+        );
+    };
+    refused("agent:reporting", &old);
+    // A valid key under another identity's name is a wrong key.
+    refused("alice", &live);
+    gw.store
+        .revoke_key(&live_id, Some("rotated"), unix_now())
+        .await
+        .unwrap();
+    refused("agent:reporting", &live);
+
+    let entries = gw.entries().await;
+    let start = &of_kind(&entries, "session.start")[0];
+    assert_eq!(start["actor"]["id"], "agent:reporting");
+    assert_eq!(start["actor"]["kind"], "agent");
+    assert_eq!(start["actor"]["groups"][0], "analysts");
+    assert_eq!(start["data"]["key_id"], live_id.as_str());
+    let failures: Vec<(String, String)> = of_kind(&entries, "auth.failure")
+        .iter()
+        .map(|f| {
+            (
+                f["data"]["reason"].as_str().unwrap().to_string(),
+                f["data"]["key_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        failures,
+        [
+            ("expired_key".to_string(), old_id.clone()),
+            ("wrong_key".to_string(), live_id.clone()),
+            ("revoked_key".to_string(), live_id.clone()),
+        ]
+    );
+    // Key ids are recorded; the keys themselves never are.
+    let ledger_text: String = entries.iter().map(|e| e.to_string()).collect();
+    assert!(!ledger_text.contains(&live) && !ledger_text.contains(&old));
     let _ = gw.stop.send(true);
 }
