@@ -43,7 +43,8 @@ pub enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
-    /// Make API keys and the hashes that `[[identities]]` store.
+    /// Manage API keys: keys kept in the state store (create, list, revoke), and keys and
+    /// hashes for `[[identities]]` in the config (generate, hash).
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -52,6 +53,15 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
+    /// Create a managed API key (for an agent, a service or a person) in the state store.
+    /// Prints the key once on standard output; only its hash is kept. The gateway accepts
+    /// it from the next sign-in, without a restart.
+    Create(KeysCreateArgs),
+    /// List the managed API keys: id, identity, kind, groups, creation, expiry and status
+    /// (never the keys).
+    List(KeysListArgs),
+    /// Revoke a managed API key: sign-ins with it are refused from the next connection.
+    Revoke(KeysRevokeArgs),
     /// Create a new random API key and print it with its hash and a config snippet.
     Generate {
         /// The identity the key is for (used in the printed config snippet).
@@ -60,6 +70,65 @@ pub enum KeysCommand {
     },
     /// Hash an API key read from standard input (so it stays out of shell history).
     Hash,
+}
+
+/// Where the state store is: the `data_dir` of a config file, or a data directory given
+/// directly.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The gateway's configuration file; its `data_dir` holds the state store.
+    #[arg(long, short, default_value = "gatehouse.toml")]
+    pub config: PathBuf,
+    /// The gateway's data directory (instead of reading it from the config).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysCreateArgs {
+    /// The identity the key signs in as: the user name its clients give
+    /// (e.g. `agent:reporting`, `ci:deploy`).
+    #[arg(long)]
+    pub name: String,
+    /// What the identity is [default: the part of the name before `:` if that is human,
+    /// agent or service, else agent].
+    #[arg(long, value_enum)]
+    pub kind: Option<KeyKind>,
+    /// Groups the identity belongs to, comma-separated (guardrails and policy use them).
+    #[arg(long, value_delimiter = ',')]
+    pub groups: Vec<String>,
+    /// How long the key is valid (`24h`, `90d`), or `never`.
+    #[arg(long, default_value = "30d")]
+    pub ttl: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeyKind {
+    Human,
+    Agent,
+    Service,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysListArgs {
+    /// One JSON object per key instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysRevokeArgs {
+    /// The key's id (as `keys list` shows it, or the part after `ghk_` in the key).
+    pub id: String,
+    /// Why, kept with the key.
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@ mod bench;
 mod cli;
 mod demo;
 mod gateway;
+mod keys_cmd;
 mod ledger_cmd;
 mod limits;
 mod logging;
@@ -20,7 +21,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, ConfigCommand, KeysCommand, LogFormat};
+use crate::cli::{Cli, Command, ConfigCommand, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -63,34 +64,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => Ok(gateway::config_check(&file)),
-        Command::Keys { command } => keys(command),
+        Command::Keys { command } => keys_cmd::run(command).await,
         Command::Ledger { command } => {
             logging::init(cli.log_format.unwrap_or(LogFormat::Text), "warn", false)?;
             ledger_cmd::run(command).await
-        }
-    }
-}
-
-/// `gatehouse keys ...`.
-fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        KeysCommand::Generate { name } => {
-            let key = gatehouse_identity::generate_key().map_err(anyhow::Error::msg)?;
-            let hash = gatehouse_identity::hash_key(&key);
-            // One write, so that a reader keeping only the first line still gets it whole.
-            outln!(
-                "API key (shown once; give it to its owner): {key}\n\nAdd to gatehouse.toml:\n\n\
-                 [[identities]]\nname = \"{name}\"\nkind = \"human\"\ngroups = []\nkey_hash = \"{hash}\""
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        KeysCommand::Hash => {
-            let mut key = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut key)?;
-            let key = key.trim_end_matches(['\r', '\n']);
-            anyhow::ensure!(!key.is_empty(), "no key on standard input");
-            outln!("{}", gatehouse_identity::hash_key(key));
-            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -91,6 +91,81 @@ fn output_to_a_closed_pipe_ends_quietly() {
 }
 
 #[test]
+fn keys_create_list_and_revoke_explain_their_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gatehouse()
+        .current_dir(dir.path())
+        .args(["keys", "list"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("gatehouse.toml (give --config FILE or --data-dir DIR)"),
+        "{}",
+        stderr(&out)
+    );
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let out = run(&[
+        "keys",
+        "create",
+        "--name",
+        "agent:x",
+        "--ttl",
+        "soon",
+        "--data-dir",
+        data,
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--ttl \"soon\""), "{}", stderr(&out));
+    let out = run(&["keys", "revoke", "0123456789abcdef", "--data-dir", data]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no API key with id 0123456789abcdef"),
+        "{}",
+        stderr(&out)
+    );
+    // The data directory may come from a config file; `never` makes a key without expiry.
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(&config, "data_dir = \"data\"\n").unwrap();
+    let out = run(&[
+        "keys",
+        "create",
+        "--name",
+        "service:ci",
+        "--ttl",
+        "never",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("(service, groups: none), never expires"),
+        "{}",
+        stderr(&out)
+    );
+    let listed = stdout(&run(&["keys", "list", "--json", "--data-dir", data]));
+    let key: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
+    assert_eq!(
+        (key["kind"].as_str(), key["expires_at"].is_null()),
+        (Some("service"), true)
+    );
+    let id = key["id"].as_str().unwrap();
+    assert!(
+        run(&["keys", "revoke", id, "--data-dir", data])
+            .status
+            .success()
+    );
+    let again = run(&["keys", "revoke", id, "--data-dir", data]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already revoked"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[test]
 fn config_check_accepts_the_example_and_names_bad_keys() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/gatehouse.toml");
     let out = gatehouse()
@@ -310,6 +385,80 @@ fn demo_serves_postgres_through_the_gateway_and_verifies_itself() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
+
+    // A key made from the CLI while the gateway runs is accepted at once, and refused once
+    // revoked, without a restart.
+    let data_dir = dir.path().join("gatehouse-demo");
+    let data_arg = data_dir.to_str().unwrap();
+    let made = run(&[
+        "keys",
+        "create",
+        "--name",
+        "agent:reporting",
+        "--groups",
+        "analysts",
+        "--ttl",
+        "1h",
+        "--data-dir",
+        data_arg,
+    ]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let agent_key = common::stdout(&made).trim().to_string();
+    assert!(agent_key.starts_with("ghk_"), "{agent_key}");
+    assert!(
+        stderr(&made).contains("(agent, groups: analysts)"),
+        "{}",
+        stderr(&made)
+    );
+    let agent_conninfo = conninfo.replace("user=demo@example.com", "user=agent:reporting");
+    assert_ne!(agent_conninfo, conninfo);
+    let as_agent = || {
+        Command::new(gatehouse_testkit::pg_bindir().unwrap().join("psql"))
+            .args([
+                agent_conninfo.as_str(),
+                "-X",
+                "-A",
+                "-t",
+                "-c",
+                "SELECT 'agent in'",
+            ])
+            .env("PGPASSWORD", &agent_key)
+            .output()
+            .unwrap()
+    };
+    let out = as_agent();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = run(&["keys", "list", "--json", "--data-dir", data_arg]);
+    let entry: serde_json::Value = serde_json::from_str(common::stdout(&listed).trim()).unwrap();
+    assert_eq!(entry["name"], "agent:reporting");
+    assert_eq!(entry["status"], "active");
+    assert!(entry.get("key_hash").is_none(), "{entry}");
+    let id = entry["id"].as_str().unwrap().to_string();
+    assert!(agent_key.contains(&id));
+    let revoked = run(&[
+        "keys",
+        "revoke",
+        &id,
+        "--reason",
+        "test over",
+        "--data-dir",
+        data_arg,
+    ]);
+    assert!(revoked.status.success(), "{}", stderr(&revoked));
+    let out = as_agent();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("password authentication failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = common::stdout(&run(&["keys", "list", "--data-dir", data_arg]));
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(table.contains(&id) && table.contains("revoked"), "{table}");
 
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
