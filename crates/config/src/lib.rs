@@ -9,11 +9,14 @@ mod secret;
 mod size;
 mod validate;
 
+pub use validate::TOKEN_ALGORITHMS;
+
 pub use error::{ConfigError, Problem};
 pub use gatehouse_core::Durability;
 pub use model::{
-    AdminConfig, Config, CredentialsConfig, IdentityConfig, IdentityKind, LedgerConfig, LogConfig,
-    LogFormat, RecordingConfig, ResourceConfig, ResourceKind, TargetTlsConfig, TlsConfig,
+    AdminConfig, Config, CredentialsConfig, IdentityConfig, IdentityKind, IssuerConfig,
+    LedgerConfig, LogConfig, LogFormat, RecordingConfig, ResourceConfig, ResourceKind,
+    TargetTlsConfig, TlsConfig,
 };
 pub use secret::{EnvLookup, Secret, process_env};
 pub use size::{ByteSize, ParseByteSizeError};

@@ -28,6 +28,65 @@ pub struct Config {
     /// People and machines that may sign in with an API key.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub identities: Vec<IdentityConfig>,
+    /// OpenID Providers whose tokens the gateway accepts (Okta, Azure AD, Google,
+    /// Keycloak, a CI system: each is just an issuer).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<IssuerConfig>,
+}
+
+/// One `[[issuers]]` entry: an OpenID Provider and how its tokens map to identities.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// A short name, recorded as the identity provider of everyone it vouches for.
+    pub name: String,
+    /// The issuer URL; tokens must carry exactly this `iss`, and its discovery document is
+    /// `<issuer>/.well-known/openid-configuration`. https, or http on loopback only.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name at least one.
+    pub audiences: Vec<String>,
+    /// Signature algorithms accepted (never `none`, never HMAC).
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway", with = "crate::duration")]
+    pub leeway: Duration,
+    /// The claim holding the user name clients sign in with.
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+    /// The claim holding the groups (an array of strings, or one string).
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// What this issuer's principals are (human for a company IdP, service for CI).
+    #[serde(default = "default_issuer_kind")]
+    pub kind: IdentityKind,
+    /// How often the signing keys are fetched again even when no unknown key was seen.
+    #[serde(default = "default_jwks_refresh", with = "crate::duration")]
+    pub jwks_refresh: Duration,
+}
+
+fn default_algorithms() -> Vec<String> {
+    ["RS256", "ES256", "EdDSA"].map(String::from).to_vec()
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_username_claim() -> String {
+    "sub".into()
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+fn default_issuer_kind() -> IdentityKind {
+    IdentityKind::Human
+}
+
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// One `[[identities]]` entry: a principal and the hash of its API key.
@@ -225,6 +284,7 @@ impl Default for Config {
             ledger: LedgerConfig::default(),
             resources: Vec::new(),
             identities: Vec::new(),
+            issuers: Vec::new(),
         }
     }
 }

@@ -42,6 +42,7 @@ impl Config {
         check_ledger(&self.ledger, &mut problems);
         check_resources(&self.resources, env, &mut problems);
         check_identities(&self.identities, &mut problems);
+        check_issuers(&self.issuers, &mut problems);
         check_listeners(self, &mut problems);
         if problems.is_empty() {
             Ok(())
@@ -293,6 +294,101 @@ fn check_identities(identities: &[crate::IdentityConfig], problems: &mut Vec<Pro
                 "must be \"sha256:\" followed by 64 hex digits; make one with `gatehouse keys hash`",
             ));
         }
+    }
+}
+
+/// Signature algorithms a token may use. HMAC is missing on purpose: with a public key as
+/// the HMAC secret anyone could sign; `none` is not an algorithm.
+pub const TOKEN_ALGORITHMS: [&str; 9] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+fn check_issuers(issuers: &[crate::IssuerConfig], problems: &mut Vec<Problem>) {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, issuer) in issuers.iter().enumerate() {
+        let at = format!("issuers[{i}]");
+        if !is_valid_name(&issuer.name) {
+            problems.push(Problem::new(
+                format!("{at}.name"),
+                format!(
+                    "{:?} is not a valid name (lower-case letters, digits and '-', starting with a letter)",
+                    issuer.name
+                ),
+            ));
+        }
+        if let Some(first) = seen.insert(issuer.name.as_str(), i) {
+            problems.push(Problem::new(
+                format!("{at}.name"),
+                format!("{:?} is already used by issuers[{first}]", issuer.name),
+            ));
+        }
+        if let Err(why) = check_issuer_url(&issuer.issuer) {
+            problems.push(Problem::new(
+                format!("{at}.issuer"),
+                format!("{:?} {why}", issuer.issuer),
+            ));
+        }
+        if issuer.audiences.is_empty() || issuer.audiences.iter().any(|a| a.is_empty()) {
+            problems.push(Problem::new(
+                format!("{at}.audiences"),
+                "name at least one audience the tokens must be for (e.g. [\"gatehouse\"])",
+            ));
+        }
+        if issuer.algorithms.is_empty() {
+            problems.push(Problem::new(
+                format!("{at}.algorithms"),
+                "must not be empty",
+            ));
+        }
+        for alg in &issuer.algorithms {
+            if !TOKEN_ALGORITHMS.contains(&alg.as_str()) {
+                problems.push(Problem::new(
+                    format!("{at}.algorithms"),
+                    format!(
+                        "{alg:?} is not accepted; use some of {} (HMAC and none are never accepted)",
+                        TOKEN_ALGORITHMS.join(", ")
+                    ),
+                ));
+            }
+        }
+        if issuer.leeway > Duration::from_secs(300) {
+            problems.push(Problem::new(
+                format!("{at}.leeway"),
+                "at most 5m: a larger leeway accepts expired tokens for longer",
+            ));
+        }
+        if issuer.jwks_refresh < Duration::from_secs(10) {
+            problems.push(Problem::new(format!("{at}.jwks_refresh"), "at least 10s"));
+        }
+        for (key, claim) in [
+            ("username_claim", &issuer.username_claim),
+            ("groups_claim", &issuer.groups_claim),
+        ] {
+            if claim.is_empty() {
+                problems.push(Problem::new(format!("{at}.{key}"), "must not be empty"));
+            }
+        }
+    }
+}
+
+/// An issuer URL is https, or http to a loopback address (a test or a local provider):
+/// its signing keys are fetched from it, and keys fetched over a network in the clear
+/// could be replaced by anyone on the path.
+fn check_issuer_url(url: &str) -> Result<(), &'static str> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or("is not a URL (expected https://host/...)")?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() {
+        return Err("has no host");
+    }
+    let bare = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let loopback = matches!(bare, "127.0.0.1" | "[::1]" | "localhost");
+    match scheme {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err("must use https (http is accepted for loopback addresses only)"),
+        _ => Err("must be an https URL"),
     }
 }
 

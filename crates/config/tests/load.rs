@@ -178,7 +178,7 @@ fn missing_file() {
 fn unknown_key_at_top_level() {
     assert_eq!(
         load_error("data_dir = \"x\"\nbogus = 1\n"),
-        "gatehouse.toml:2:1: bogus: unknown key; expected one of data_dir, log, admin, ledger, resources, identities"
+        "gatehouse.toml:2:1: bogus: unknown key; expected one of data_dir, log, admin, ledger, resources, identities, issuers"
     );
 }
 
@@ -286,6 +286,39 @@ fn recording_settings_are_typed_and_checked() {
         load_error(&text),
         "gatehouse.toml:5:1: resources[0].recording.result: unknown key; expected results or max_session_bytes"
     );
+}
+
+#[test]
+fn issuers_parse_with_defaults_and_unsafe_settings_are_named() {
+    let text = "[[issuers]]\nname = \"okta\"\nissuer = \"https://example.okta.com\"\naudiences = [\"gatehouse\"]\n";
+    let (_dir, path) = write_config(text);
+    let config = Config::load(&path).unwrap();
+    let okta = &config.issuers[0];
+    assert_eq!(okta.algorithms, ["RS256", "ES256", "EdDSA"]);
+    assert_eq!(okta.leeway, Duration::from_secs(60));
+    assert_eq!(
+        (okta.username_claim.as_str(), okta.groups_claim.as_str()),
+        ("sub", "groups")
+    );
+    assert_eq!(okta.kind, gatehouse_config::IdentityKind::Human);
+
+    let text = "[[issuers]]\nname = \"Bad Name\"\nissuer = \"http://idp.example.com\"\naudiences = []\n\
+                algorithms = [\"RS256\", \"HS256\", \"none\"]\nleeway = \"10m\"\n\n\
+                [[issuers]]\nname = \"local\"\nissuer = \"http://127.0.0.1:9000\"\naudiences = [\"gh\"]\n";
+    let (_dir, path) = write_config(text);
+    let problems: Vec<String> = load_problems(&path).iter().map(|p| p.to_string()).collect();
+    let expected = [
+        "issuers[0].name: \"Bad Name\" is not a valid name",
+        "issuers[0].issuer: \"http://idp.example.com\" must use https (http is accepted for loopback addresses only)",
+        "issuers[0].audiences: name at least one audience",
+        "issuers[0].algorithms: \"HS256\" is not accepted",
+        "issuers[0].algorithms: \"none\" is not accepted",
+        "issuers[0].leeway: at most 5m",
+    ];
+    assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+    for (problem, start) in problems.iter().zip(expected) {
+        assert!(problem.starts_with(start), "{problem} / {start}");
+    }
 }
 
 #[test]

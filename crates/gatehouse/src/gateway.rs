@@ -203,7 +203,8 @@ async fn start_postgres(
     let store = Store::open_in(&config.data_dir)
         .await
         .with_context(|| format!("opening the state store in {}", config.data_dir.display()))?;
-    let auth = Authenticator::new(ApiKeys::new(&config.identities), Some(store));
+    let oidc = gatehouse_identity::oidc::Oidc::new(&config.issuers).map_err(anyhow::Error::msg)?;
+    let auth = Authenticator::new(ApiKeys::new(&config.identities), Some(store)).with_oidc(oidc);
     let cancels = CancelMap::default();
     let mut bound = Vec::new();
     for r in config

@@ -2,6 +2,10 @@
 //! either configured in `[[identities]]` or managed in the state store (`keys create`);
 //! OIDC tokens come next.
 
+pub mod oidc;
+
+use std::sync::Arc;
+
 use gatehouse_config::{IdentityConfig, IdentityKind};
 use gatehouse_core::{Actor, ActorKind};
 use gatehouse_store::{ManagedKey, Store};
@@ -26,6 +30,11 @@ pub enum AuthFailure {
     /// The state store could not be read: the sign-in is refused, never waved through.
     #[error("key store unavailable")]
     StoreUnavailable,
+    #[error("token refused: {0}")]
+    Token(oidc::TokenFailure),
+    /// A valid token for someone other than the user name the client gave.
+    #[error("the token names another user")]
+    UserMismatch,
 }
 
 impl AuthFailure {
@@ -39,6 +48,8 @@ impl AuthFailure {
             AuthFailure::RevokedKey => "revoked_key",
             AuthFailure::ExpiredKey => "expired_key",
             AuthFailure::StoreUnavailable => "store_unavailable",
+            AuthFailure::Token(why) => why.reason(),
+            AuthFailure::UserMismatch => "user_mismatch",
         }
     }
 }
@@ -127,21 +138,47 @@ pub struct Authenticated {
     pub key_id: String,
 }
 
-/// Every way an API key can be checked: configured identities and the state store.
+/// Every way a password can be checked: an OIDC token from a configured issuer, an API
+/// key from the state store, or one from `[[identities]]`.
 #[derive(Debug, Clone, Default)]
 pub struct Authenticator {
     config: ApiKeys,
     store: Option<Store>,
+    oidc: Arc<oidc::Oidc>,
 }
 
 impl Authenticator {
     pub fn new(config: ApiKeys, store: Option<Store>) -> Self {
-        Authenticator { config, store }
+        Authenticator {
+            config,
+            store,
+            oidc: Arc::default(),
+        }
+    }
+
+    /// Also accept tokens from these issuers.
+    pub fn with_oidc(mut self, oidc: oidc::Oidc) -> Self {
+        self.oidc = Arc::new(oidc);
+        self
     }
 
     /// Checks `key` for identity `name`. A managed key is looked up in the store at every
     /// sign-in, so a revocation takes effect for the next connection.
     pub async fn authenticate(&self, name: &str, key: &str) -> Result<Authenticated, AuthFailure> {
+        if !self.oidc.is_empty() && oidc::looks_like_jwt(key) {
+            let token = self
+                .oidc
+                .verify(key, unix_now())
+                .await
+                .map_err(AuthFailure::Token)?;
+            if token.actor.id != name {
+                return Err(AuthFailure::UserMismatch);
+            }
+            return Ok(Authenticated {
+                actor: token.actor,
+                key_id: format!("oidc:{}:{}", token.issuer, token.token_id),
+            });
+        }
         let Some(id) = managed_key_id(key) else {
             let actor = self.config.authenticate(name, key)?;
             let key_id = format!("config:{}", actor.id);

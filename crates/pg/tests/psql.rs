@@ -11,7 +11,7 @@ use gatehouse_identity::{ApiKeys, Authenticator, hash_key};
 use gatehouse_ledger::segment::scan;
 use gatehouse_ledger::{Layout, Ledger, LedgerOptions};
 use gatehouse_pg::{CancelMap, PgResource};
-use gatehouse_sql::{OnUnparsed, Rule, RuleAction};
+use gatehouse_sql::{OnUnparsed, Rule, RuleAction, StatementClass};
 use gatehouse_testkit::PgCluster;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -46,6 +46,12 @@ fn guardrails() -> Vec<Rule> {
             tables: vec!["public.payroll*".into()],
             action: RuleAction::Review,
             ..rule("payroll-needs-review")
+        },
+        Rule {
+            classes: vec![StatementClass::Ddl],
+            groups: vec!["deployers".into()],
+            message: Some("deployers change schemas through the pipeline".into()),
+            ..rule("deployers-no-ddl")
         },
     ]
 }
@@ -86,6 +92,8 @@ struct Setup {
     target: Target,
     /// Result data recorded per session (`None`: summaries only).
     record_cap: Option<u64>,
+    /// OpenID Providers whose tokens are accepted.
+    issuers: Vec<gatehouse_config::IssuerConfig>,
 }
 
 impl Default for Setup {
@@ -97,6 +105,7 @@ impl Default for Setup {
             opts: LedgerOptions::default(),
             target: Target::Plain,
             record_cap: Some(16 << 20),
+            issuers: Vec::new(),
         }
     }
 }
@@ -137,6 +146,7 @@ async fn gateway_on(setup: Setup) -> Gateway {
         opts,
         target,
         record_cap,
+        issuers,
     } = setup;
     let (pg, trusted_ca) = tokio::task::spawn_blocking(move || {
         let pg = PgCluster::start().unwrap();
@@ -192,7 +202,8 @@ async fn gateway_on(setup: Setup) -> Gateway {
         user: "app".into(),
         password: Secret::new("app-secret"),
         durability,
-        auth: Authenticator::new(keys, Some(store.clone())),
+        auth: Authenticator::new(keys, Some(store.clone()))
+            .with_oidc(gatehouse_identity::oidc::Oidc::new(&issuers).unwrap()),
         ledger: ledger.clone(),
         cancels: CancelMap::default(),
         rules: guardrails(),
@@ -1380,4 +1391,211 @@ async fn managed_keys_sign_in_until_revoked_or_expired() {
     let ledger_text: String = entries.iter().map(|e| e.to_string()).collect();
     assert!(!ledger_text.contains(&live) && !ledger_text.contains(&old));
     let _ = gw.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_tokens_sign_in_and_every_bad_token_is_refused_with_its_reason() {
+    use gatehouse_testkit::OidcProvider;
+
+    let keys_dir = tempfile::tempdir().unwrap();
+    let first_keys = keys_dir.path().join("keys-1.json");
+    let provider = {
+        let path = first_keys.clone();
+        tokio::task::spawn_blocking(move || OidcProvider::start(&path, 0))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let port = provider.port;
+    let issuer = gatehouse_config::IssuerConfig {
+        name: "test-op".into(),
+        issuer: provider.issuer(),
+        audiences: vec!["gatehouse".into()],
+        algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
+        leeway: std::time::Duration::from_secs(30),
+        username_claim: "sub".into(),
+        groups_claim: "groups".into(),
+        kind: IdentityKind::Service,
+        jwks_refresh: std::time::Duration::from_secs(3600),
+    };
+    let gw = gateway_on(Setup {
+        issuers: vec![issuer],
+        ..Setup::default()
+    })
+    .await;
+
+    // A real client-credentials token from the provider, through psql's PGPASSWORD.
+    let token = provider.token("ci").unwrap();
+    assert!(token.len() > 500, "a long token: {}", token.len());
+    let out = gw.psql("ci", &token, &["-c", "SELECT 'signed in with a token'"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout, "signed in with a token");
+    // The token's groups drive decisions: `ci` is in `deployers`, which may not run DDL.
+    let out = gw.psql("ci", &token, &["-c", "CREATE TABLE made_by_ci (i int)"]);
+    assert!(
+        text(&out)
+            .1
+            .contains("deployers change schemas through the pipeline"),
+        "{:?}",
+        text(&out)
+    );
+
+    // Tokens an attacker or a broken provider would make.
+    let now = gatehouse_identity::unix_now();
+    let iss = provider.issuer();
+    let claims = |patch: serde_json::Value| {
+        let mut c = serde_json::json!({
+            "iss": iss, "sub": "ci", "aud": "gatehouse", "iat": now - 10, "exp": now + 300,
+            "groups": ["deployers"], "jti": "forged",
+        });
+        for (k, v) in patch.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c.to_string()
+    };
+    let forge =
+        |mode: &str, patch: serde_json::Value| provider.forge(mode, &claims(patch)).unwrap();
+    // Changing one claim of a real token breaks its signature.
+    let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&base64_url_decode(&parts[1])).unwrap();
+    payload["groups"] = serde_json::json!(["admins"]);
+    parts[1] = base64_url_encode(payload.to_string().as_bytes());
+    let tampered = parts.join(".");
+    let cases = [
+        (
+            "expired",
+            forge("rs256", serde_json::json!({"exp": now - 120})),
+            "token_expired",
+        ),
+        (
+            "not yet valid",
+            forge("rs256", serde_json::json!({"nbf": now + 600})),
+            "token_not_yet_valid",
+        ),
+        (
+            "issued in the future",
+            forge("rs256", serde_json::json!({"iat": now + 600})),
+            "token_issued_in_future",
+        ),
+        (
+            "wrong audience",
+            forge("rs256", serde_json::json!({"aud": "another-service"})),
+            "token_wrong_audience",
+        ),
+        (
+            "unknown issuer",
+            forge(
+                "rs256",
+                serde_json::json!({"iss": "https://idp.example.com"}),
+            ),
+            "token_unknown_issuer",
+        ),
+        ("tampered", tampered, "token_bad_signature"),
+        (
+            "alg none",
+            forge("none", serde_json::json!({})),
+            "token_algorithm_not_allowed",
+        ),
+        (
+            "HMAC with the public key",
+            forge("hs256-pubkey", serde_json::json!({})),
+            "token_algorithm_not_allowed",
+        ),
+        (
+            "unknown key",
+            forge("unknown-kid", serde_json::json!({})),
+            "token_unknown_key",
+        ),
+        (
+            "another client's token",
+            provider.token("reporting").unwrap(),
+            "user_mismatch",
+        ),
+    ];
+    // The provider's own key with good claims is accepted: the forgeries fail for the one
+    // thing each changes, not for how they were made.
+    let good = forge("rs256", serde_json::json!({}));
+    assert!(gw.psql("ci", &good, &["-c", "SELECT 1"]).status.success());
+    for (what, token, _) in &cases {
+        let out = gw.psql("ci", token, &["-c", "SELECT 'must not run'"]);
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "{what} was accepted");
+        assert!(
+            stderr.contains("password authentication failed for user \"ci\""),
+            "{what}: {stderr}"
+        );
+    }
+
+    // Key rotation at the provider: restarted on the same port with new keys, its new
+    // tokens are accepted without restarting the gateway (an unknown key id triggers a
+    // fetch of the provider's keys, at most every 10 s).
+    drop(provider);
+    let second_keys = keys_dir.path().join("keys-2.json");
+    let rotated = {
+        let path = second_keys.clone();
+        tokio::task::spawn_blocking(move || OidcProvider::start(&path, port))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let new_token = rotated.token("ci").unwrap();
+    let kid = |t: &str| {
+        let header: serde_json::Value =
+            serde_json::from_slice(&base64_url_decode(t.split('.').next().unwrap())).unwrap();
+        header["kid"].as_str().unwrap().to_string()
+    };
+    assert_ne!(kid(&new_token), kid(&token));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = gw.psql("ci", &new_token, &["-c", "SELECT 'rotated'"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{:?}", text(&out));
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+
+    let entries = gw.entries().await;
+    let start = &of_kind(&entries, "session.start")[0];
+    assert_eq!(start["actor"]["id"], "ci");
+    assert_eq!(start["actor"]["kind"], "service");
+    assert_eq!(start["actor"]["idp"], "test-op");
+    assert_eq!(
+        start["actor"]["groups"],
+        serde_json::json!(["deployers", "analysts"])
+    );
+    assert!(
+        start["data"]["key_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("oidc:test-op:")
+    );
+    let reasons: Vec<&str> = of_kind(&entries, "auth.failure")
+        .iter()
+        .map(|f| f["data"]["reason"].as_str().unwrap())
+        .collect();
+    for (what, _, reason) in &cases {
+        assert!(
+            reasons.contains(reason),
+            "{what}: {reason} not in {reasons:?}"
+        );
+    }
+    // Tokens are never recorded.
+    let ledger_text: String = entries.iter().map(|e| e.to_string()).collect();
+    assert!(!ledger_text.contains(&token) && !ledger_text.contains(&new_token));
+    let _ = gw.stop.send(true);
+}
+
+fn base64_url_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .unwrap()
+}
+
+fn base64_url_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }

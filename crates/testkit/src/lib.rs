@@ -1,5 +1,10 @@
 //! Real servers for tests: a throwaway PostgreSQL cluster on a free loopback port with
-//! SCRAM authentication, started with `initdb` and `pg_ctl` and removed on drop.
+//! SCRAM authentication, started with `initdb` and `pg_ctl` and removed on drop; and a
+//! real OpenID Provider under node (`oidc`).
+
+mod oidc;
+
+pub use oidc::{OidcProvider, oidc_dir};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,107 @@
+//! A real OpenID Provider for tests: the `oidc-provider` npm package under node, from the
+//! project in `crates/testkit/oidc` (`npm install` there; the test script does it).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The node project holding the provider script and its `node_modules`.
+pub fn oidc_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("oidc")
+}
+
+/// A running provider on a loopback port; stopped when dropped.
+#[derive(Debug)]
+pub struct OidcProvider {
+    pub port: u16,
+    /// The provider's private signing keys (a JWKS), for forging tokens in tests.
+    pub keys_file: PathBuf,
+    child: Child,
+}
+
+impl OidcProvider {
+    /// Starts a provider with the keys in `keys_file` (generated and written there when the
+    /// file does not exist) on `port` (0: a free one).
+    pub fn start(keys_file: &Path, port: u16) -> Result<OidcProvider, String> {
+        let dir = oidc_dir();
+        if !dir.join("node_modules/oidc-provider").is_dir() {
+            return Err(format!(
+                "oidc-provider is not installed: run `npm install` in {} (scripts/test does)",
+                dir.display()
+            ));
+        }
+        let port = if port == 0 { crate::free_port() } else { port };
+        let mut child = Command::new("node")
+            .arg(dir.join("provider.mjs"))
+            .arg(port.to_string())
+            .arg(keys_file)
+            .current_dir(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting node: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the provider's output: {e}"))?;
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            return Err(format!("the provider did not start: {line:?}"));
+        }
+        Ok(OidcProvider {
+            port,
+            keys_file: keys_file.to_path_buf(),
+            child,
+        })
+    }
+
+    /// The issuer URL tokens carry.
+    pub fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// An access token (a JWT for audience `gatehouse`) for a configured client (`ci` or
+    /// `reporting`), by the client-credentials grant.
+    pub fn token(&self, client: &str) -> Result<String, String> {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail-with-body", "-u"])
+            .arg(format!("{client}:{client}-secret"))
+            .args(["-d", "grant_type=client_credentials", "-d", "scope=db"])
+            .arg(format!("{}/token", self.issuer()))
+            .output()
+            .map_err(|e| format!("curl: {e}"))?;
+        let body = String::from_utf8_lossy(&out.stdout).to_string();
+        if !out.status.success() {
+            return Err(format!("token request failed: {body}"));
+        }
+        let start = body
+            .find("\"access_token\":\"")
+            .ok_or_else(|| format!("no access_token in {body}"))?
+            + "\"access_token\":\"".len();
+        let end = body[start..].find('"').ok_or("unterminated token")? + start;
+        Ok(body[start..end].to_string())
+    }
+
+    /// A token made outside the provider (see `forge.mjs` for the modes) with `claims`.
+    pub fn forge(&self, mode: &str, claims: &str) -> Result<String, String> {
+        let out = Command::new("node")
+            .arg(oidc_dir().join("forge.mjs"))
+            .arg(&self.keys_file)
+            .arg(mode)
+            .arg(claims)
+            .output()
+            .map_err(|e| format!("node: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).to_string());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
