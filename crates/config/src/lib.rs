@@ -14,7 +14,7 @@ pub use validate::TOKEN_ALGORITHMS;
 pub use error::{ConfigError, Problem};
 pub use gatehouse_core::Durability;
 pub use model::{
-    AdminConfig, Config, CredentialsConfig, IdentityConfig, IdentityKind, IssuerConfig,
+    AdminConfig, ClaimRule, Config, CredentialsConfig, IdentityConfig, IdentityKind, IssuerConfig,
     LedgerConfig, LogConfig, LogFormat, RecordingConfig, ResourceConfig, ResourceKind,
     TargetTlsConfig, TlsConfig,
 };

@@ -63,6 +63,25 @@ pub struct IssuerConfig {
     /// How often the signing keys are fetched again even when no unknown key was seen.
     #[serde(default = "default_jwks_refresh", with = "crate::duration")]
     pub jwks_refresh: Duration,
+    /// For machine issuers (CI): the first rule whose claims all match names the identity
+    /// and its groups; a token no rule matches is refused. Empty: `username_claim` and
+    /// `groups_claim` name them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claim_rules: Vec<ClaimRule>,
+}
+
+/// `[[issuers.claim_rules]]`: e.g. tokens of repository `acme/api` on `refs/heads/main`
+/// sign in as `ci:api-deploy` in group `deployers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRule {
+    /// Claim name → expected value; `*` in a value matches any run of characters. Every
+    /// claim listed must be a string in the token and match.
+    pub claims: std::collections::BTreeMap<String, String>,
+    /// The identity such tokens sign in as (the user name clients give).
+    pub identity: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 fn default_algorithms() -> Vec<String> {

@@ -360,6 +360,21 @@ fn check_issuers(issuers: &[crate::IssuerConfig], problems: &mut Vec<Problem>) {
         if issuer.jwks_refresh < Duration::from_secs(10) {
             problems.push(Problem::new(format!("{at}.jwks_refresh"), "at least 10s"));
         }
+        for (r, rule) in issuer.claim_rules.iter().enumerate() {
+            let at = format!("{at}.claim_rules[{r}]");
+            if rule.claims.is_empty() {
+                problems.push(Problem::new(
+                    format!("{at}.claims"),
+                    "name at least one claim to match, or every token of this issuer would match",
+                ));
+            }
+            if rule.identity.is_empty() || rule.identity.chars().any(char::is_whitespace) {
+                problems.push(Problem::new(
+                    format!("{at}.identity"),
+                    format!("{:?} is not a valid identity name", rule.identity),
+                ));
+            }
+        }
         for (key, claim) in [
             ("username_claim", &issuer.username_claim),
             ("groups_claim", &issuer.groups_claim),

@@ -304,7 +304,8 @@ fn issuers_parse_with_defaults_and_unsafe_settings_are_named() {
 
     let text = "[[issuers]]\nname = \"Bad Name\"\nissuer = \"http://idp.example.com\"\naudiences = []\n\
                 algorithms = [\"RS256\", \"HS256\", \"none\"]\nleeway = \"10m\"\n\n\
-                [[issuers]]\nname = \"local\"\nissuer = \"http://127.0.0.1:9000\"\naudiences = [\"gh\"]\n";
+                [[issuers]]\nname = \"local\"\nissuer = \"http://127.0.0.1:9000\"\naudiences = [\"gh\"]\n\
+                [[issuers.claim_rules]]\nclaims = {}\nidentity = \"ci deploy\"\n";
     let (_dir, path) = write_config(text);
     let problems: Vec<String> = load_problems(&path).iter().map(|p| p.to_string()).collect();
     let expected = [
@@ -314,6 +315,8 @@ fn issuers_parse_with_defaults_and_unsafe_settings_are_named() {
         "issuers[0].algorithms: \"HS256\" is not accepted",
         "issuers[0].algorithms: \"none\" is not accepted",
         "issuers[0].leeway: at most 5m",
+        "issuers[1].claim_rules[0].claims: name at least one claim",
+        "issuers[1].claim_rules[0].identity: \"ci deploy\" is not a valid identity name",
     ];
     assert_eq!(problems.len(), expected.len(), "{problems:#?}");
     for (problem, start) in problems.iter().zip(expected) {

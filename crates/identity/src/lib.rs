@@ -136,6 +136,8 @@ fn actor_of(name: &str, kind: IdentityKind, groups: &[String]) -> Actor {
 pub struct Authenticated {
     pub actor: Actor,
     pub key_id: String,
+    /// For a token matched by a claim rule: the claims it matched (which CI job).
+    pub matched_claims: Vec<(String, String)>,
 }
 
 /// Every way a password can be checked: an OIDC token from a configured issuer, an API
@@ -177,12 +179,17 @@ impl Authenticator {
             return Ok(Authenticated {
                 actor: token.actor,
                 key_id: format!("oidc:{}:{}", token.issuer, token.token_id),
+                matched_claims: token.matched_claims,
             });
         }
         let Some(id) = managed_key_id(key) else {
             let actor = self.config.authenticate(name, key)?;
             let key_id = format!("config:{}", actor.id);
-            return Ok(Authenticated { actor, key_id });
+            return Ok(Authenticated {
+                actor,
+                key_id,
+                matched_claims: Vec::new(),
+            });
         };
         let Some(store) = &self.store else {
             return Err(AuthFailure::UnknownKey);
@@ -199,6 +206,7 @@ impl Authenticator {
         Ok(Authenticated {
             actor,
             key_id: stored.id,
+            matched_claims: Vec::new(),
         })
     }
 }

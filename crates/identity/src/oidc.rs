@@ -56,6 +56,8 @@ pub enum TokenFailure {
     MissingClaim,
     #[error("the issuer's signing keys cannot be fetched")]
     KeysUnavailable,
+    #[error("no claim rule of the issuer matches")]
+    NoMatchingRule,
 }
 
 impl TokenFailure {
@@ -73,6 +75,7 @@ impl TokenFailure {
             TokenFailure::WrongIssuer => "token_wrong_issuer",
             TokenFailure::MissingClaim => "token_missing_claim",
             TokenFailure::KeysUnavailable => "token_keys_unavailable",
+            TokenFailure::NoMatchingRule => "token_no_matching_rule",
         }
     }
 }
@@ -86,6 +89,9 @@ pub struct VerifiedToken {
     /// `jti` when the token has one, else `sub`: what the ledger records to tell tokens
     /// apart (never the token).
     pub token_id: String,
+    /// The claims a claim rule matched on (e.g. repository and branch of a CI job), as
+    /// evidence of which job signed in.
+    pub matched_claims: Vec<(String, String)>,
 }
 
 /// Whether a presented password looks like a JWT (three base64url parts, a JSON header).
@@ -192,18 +198,30 @@ impl Oidc {
         }
         let claims = issuer.check(token, alg, &key, now)?;
         let config = &issuer.config;
-        let username = claims[&config.username_claim]
-            .as_str()
-            .filter(|u| !u.is_empty())
-            .ok_or(TokenFailure::MissingClaim)?;
-        let groups: Vec<String> = match &claims[&config.groups_claim] {
-            Value::Array(items) => items
+        let (username, groups, matched_claims) = if config.claim_rules.is_empty() {
+            let username = claims[&config.username_claim]
+                .as_str()
+                .filter(|u| !u.is_empty())
+                .ok_or(TokenFailure::MissingClaim)?
+                .to_string();
+            let groups: Vec<String> = match &claims[&config.groups_claim] {
+                Value::Array(items) => items
+                    .iter()
+                    .filter_map(|g| g.as_str().map(str::to_string))
+                    .collect(),
+                Value::String(one) => vec![one.clone()],
+                _ => Vec::new(),
+            };
+            (username, groups, Vec::new())
+        } else {
+            let (rule, matched) = config
+                .claim_rules
                 .iter()
-                .filter_map(|g| g.as_str().map(str::to_string))
-                .collect(),
-            Value::String(one) => vec![one.clone()],
-            _ => Vec::new(),
+                .find_map(|rule| rule_matches(rule, &claims).map(|m| (rule, m)))
+                .ok_or(TokenFailure::NoMatchingRule)?;
+            (rule.identity.clone(), rule.groups.clone(), matched)
         };
+        let username = username.as_str();
         let mut actor = actor_of(username, config.kind, &groups);
         actor.idp = Some(config.name.clone());
         let token_id = claims["jti"]
@@ -215,8 +233,43 @@ impl Oidc {
             actor,
             issuer: config.name.clone(),
             token_id,
+            matched_claims,
         })
     }
+}
+
+/// The claims `rule` matched on, if every claim it lists is a string matching its pattern.
+fn rule_matches(
+    rule: &gatehouse_config::ClaimRule,
+    claims: &Value,
+) -> Option<Vec<(String, String)>> {
+    rule.claims
+        .iter()
+        .map(|(name, pattern)| {
+            let value = claims[name].as_str()?;
+            glob_match(pattern, value).then(|| (name.clone(), value.to_string()))
+        })
+        .collect()
+}
+
+/// `*` matches any run of characters (also none); everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let mut pieces = pattern.split('*');
+    let first = pieces.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let pieces: Vec<&str> = pieces.collect();
+    let Some((last, middle)) = pieces.split_last() else {
+        return rest.is_empty();
+    };
+    for piece in middle {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 fn decode_json(part: &str) -> Result<Value, TokenFailure> {
@@ -371,6 +424,7 @@ mod tests {
             groups_claim: "groups".into(),
             kind: IdentityKind::Service,
             jwks_refresh: Duration::from_secs(3600),
+            claim_rules: Vec::new(),
         }
     }
 
@@ -429,5 +483,40 @@ mod tests {
             &claims
         )));
         assert!(!looks_like_jwt("gh_0123"));
+    }
+
+    #[test]
+    fn claim_patterns_match_whole_values() {
+        assert!(glob_match("refs/heads/main", "refs/heads/main"));
+        assert!(!glob_match("refs/heads/main", "refs/heads/main2"));
+        assert!(glob_match("refs/heads/*", "refs/heads/feature/x"));
+        assert!(!glob_match("refs/heads/*", "refs/tags/v1"));
+        assert!(glob_match("acme/*-api", "acme/payments-api"));
+        assert!(!glob_match("acme/*-api", "acme/payments-api-old"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*b*c", "abc") && glob_match("a*b*c", "a-b-b-c"));
+        assert!(!glob_match("a*b*c", "acb"));
+        let rule = gatehouse_config::ClaimRule {
+            claims: [("repository", "acme/api"), ("ref", "refs/heads/*")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            identity: "ci:api".into(),
+            groups: vec![],
+        };
+        let job = serde_json::json!({"repository": "acme/api", "ref": "refs/heads/main"});
+        assert_eq!(
+            rule_matches(&rule, &job),
+            Some(vec![
+                ("ref".to_string(), "refs/heads/main".to_string()),
+                ("repository".to_string(), "acme/api".to_string())
+            ])
+        );
+        let fork = serde_json::json!({"repository": "mallory/api", "ref": "refs/heads/main"});
+        assert_eq!(rule_matches(&rule, &fork), None);
+        let missing = serde_json::json!({"repository": "acme/api"});
+        assert_eq!(rule_matches(&rule, &missing), None);
+        let not_a_string = serde_json::json!({"repository": "acme/api", "ref": 7});
+        assert_eq!(rule_matches(&rule, &not_a_string), None);
     }
 }

@@ -270,6 +270,11 @@ async fn startup<S: ClientStream>(
         }
     };
     let actor = signed_in.actor;
+    let matched_claims: serde_json::Map<String, Value> = signed_in
+        .matched_claims
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
 
     // Pass the client's session settings on, but never who it claims to be.
     let forwarded: Vec<(String, String)> = params
@@ -313,6 +318,7 @@ async fn startup<S: ClientStream>(
             "database": resource.database,
             "requested_database": param("database"),
             "key_id": signed_in.key_id,
+            "token_claims": (!matched_claims.is_empty()).then_some(matched_claims),
             "tls": link.tls,
             "target_tls": target.stream.is_tls(),
             "recording": {

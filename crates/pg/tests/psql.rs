@@ -1413,6 +1413,7 @@ async fn oidc_tokens_sign_in_and_every_bad_token_is_refused_with_its_reason() {
         groups_claim: "groups".into(),
         kind: IdentityKind::Service,
         jwks_refresh: std::time::Duration::from_secs(3600),
+        claim_rules: Vec::new(),
     };
     let gw = gateway_on(Setup {
         issuers: vec![issuer],
@@ -1589,4 +1590,89 @@ fn base64_url_decode(text: &str) -> Vec<u8> {
 fn base64_url_encode(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ci_tokens_are_mapped_to_service_identities_by_claim_rules() {
+    use gatehouse_config::{ClaimRule, IssuerConfig};
+    use gatehouse_testkit::OidcProvider;
+
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys = keys_dir.path().join("keys.json");
+    let provider = tokio::task::spawn_blocking(move || OidcProvider::start(&keys, 0))
+        .await
+        .unwrap()
+        .unwrap();
+    let rule = |claims: &[(&str, &str)], identity: &str, groups: &[&str]| ClaimRule {
+        claims: claims
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        identity: identity.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+    };
+    let gw = gateway_on(Setup {
+        issuers: vec![IssuerConfig {
+            name: "ci-op".into(),
+            issuer: provider.issuer(),
+            audiences: vec!["gatehouse".into()],
+            algorithms: vec!["RS256".into()],
+            leeway: std::time::Duration::from_secs(30),
+            username_claim: "sub".into(),
+            groups_claim: "groups".into(),
+            kind: IdentityKind::Service,
+            jwks_refresh: std::time::Duration::from_secs(3600),
+            claim_rules: vec![
+                rule(
+                    &[("repository", "acme/web"), ("ref", "refs/heads/*")],
+                    "ci:web",
+                    &["readers"],
+                ),
+                rule(
+                    &[("repository", "acme/api"), ("ref", "refs/heads/main")],
+                    "ci:api-deploy",
+                    &["deployers"],
+                ),
+            ],
+        }],
+        ..Setup::default()
+    })
+    .await;
+
+    // The job's token signs in as the identity its repository and branch map to, with the
+    // rule's groups (here: a deny on DDL for deployers).
+    let job = provider.token("gha").unwrap();
+    let out = gw.psql("ci:api-deploy", &job, &["-c", "SELECT 'deploy job'"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = gw.psql("ci:api-deploy", &job, &["-c", "CREATE TABLE t (i int)"]);
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("deployers change schemas through the pipeline"),
+        "{stderr}"
+    );
+    // Not the identity of another rule, nor the token's own subject.
+    gw.refused("ci:web", &job);
+    gw.refused("gha", &job);
+    // A token no rule matches (no repository claim at all) is refused.
+    let other = provider.token("ci").unwrap();
+    gw.refused("ci", &other);
+
+    let entries = gw.entries().await;
+    let start = &of_kind(&entries, "session.start")[0];
+    assert_eq!(start["actor"]["id"], "ci:api-deploy");
+    assert_eq!(start["actor"]["kind"], "service");
+    assert_eq!(start["actor"]["groups"], serde_json::json!(["deployers"]));
+    assert_eq!(
+        start["data"]["token_claims"],
+        serde_json::json!({"repository": "acme/api", "ref": "refs/heads/main"})
+    );
+    let reasons: Vec<&str> = of_kind(&entries, "auth.failure")
+        .iter()
+        .map(|f| f["data"]["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["user_mismatch", "user_mismatch", "token_no_matching_rule"]
+    );
+    let _ = gw.stop.send(true);
 }

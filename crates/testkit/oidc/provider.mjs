@@ -37,8 +37,10 @@ if (existsSync(keysFile)) {
   writeFileSync(keysFile, JSON.stringify(jwks), { mode: 0o600 });
 }
 
-// Groups per client, as a directory would hand them out.
-const groups = { ci: ['deployers', 'analysts'], reporting: ['analysts'] };
+// Groups per client, as a directory would hand them out; `gha` stands for a CI system
+// whose tokens say which repository and branch the job runs for, and carry no groups.
+const groups = { ci: ['deployers', 'analysts'], reporting: ['analysts'], gha: [] };
+const jobClaims = { gha: { repository: 'acme/api', ref: 'refs/heads/main' } };
 
 const issuer = `http://127.0.0.1:${port}`;
 const provider = new Provider(issuer, {
@@ -66,7 +68,7 @@ const provider = new Provider(issuer, {
       }),
     },
   },
-  extraTokenClaims: (ctx, token) => ({ groups: groups[token.clientId] || [] }),
+  extraTokenClaims: (ctx, token) => ({ groups: groups[token.clientId] || [], ...(jobClaims[token.clientId] || {}) }),
 });
 provider.proxy = false;
 provider.listen(Number(port), '127.0.0.1', () => console.log('ready'));

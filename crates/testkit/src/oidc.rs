@@ -61,8 +61,9 @@ impl OidcProvider {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// An access token (a JWT for audience `gatehouse`) for a configured client (`ci` or
-    /// `reporting`), by the client-credentials grant.
+    /// An access token (a JWT for audience `gatehouse`) for a configured client (`ci`,
+    /// `reporting`, or `gha` with `repository` and `ref` claims like a CI job's), by the
+    /// client-credentials grant.
     pub fn token(&self, client: &str) -> Result<String, String> {
         let out = Command::new("curl")
             .args(["-sS", "--fail-with-body", "-u"])
