@@ -26,6 +26,12 @@ pub enum EventKind {
     Recording,
     #[serde(rename = "auth.failure")]
     AuthFailure,
+    /// A managed API key was created (from the CLI; recorded by the gateway).
+    #[serde(rename = "key.created")]
+    KeyCreated,
+    /// A managed API key was revoked.
+    #[serde(rename = "key.revoked")]
+    KeyRevoked,
     /// An authenticated client's session could not reach its target (unreachable, refused
     /// the held credentials, or its TLS certificate did not verify).
     #[serde(rename = "target.failure")]
@@ -61,6 +67,8 @@ impl EventKind {
             EventKind::Result => "result",
             EventKind::Recording => "recording",
             EventKind::AuthFailure => "auth.failure",
+            EventKind::KeyCreated => "key.created",
+            EventKind::KeyRevoked => "key.revoked",
             EventKind::TargetFailure => "target.failure",
             EventKind::PolicyDecision => "policy.decision",
             EventKind::ApprovalRequest => "approval.request",

@@ -162,7 +162,16 @@ pub(crate) async fn run_gateway(
     let api = tokio::spawn(gatehouse_server::serve(listener, state, async move {
         let _ = api_stop.wait_for(|s| *s).await;
     }));
-    let postgres = start_postgres(config, &ledger, &stop_rx).await?;
+    // Managed API keys and their change log live in the state store beside the ledger.
+    let store = Store::open_in(&config.data_dir)
+        .await
+        .with_context(|| format!("opening the state store in {}", config.data_dir.display()))?;
+    let key_events = tokio::spawn(record_key_events(
+        store.clone(),
+        ledger.clone(),
+        stop_rx.clone(),
+    ));
+    let postgres = start_postgres(config, &ledger, &store, &stop_rx).await?;
 
     started(&Running {
         ledger: ledger.clone(),
@@ -179,6 +188,8 @@ pub(crate) async fn run_gateway(
         Err(_) => tracing::warn!("admin API did not stop within 10 s"),
         _ => {}
     }
+    // Key changes made up to now go into the ledger before it closes.
+    let _ = tokio::time::timeout(Duration::from_secs(10), key_events).await;
     let closing = ledger.clone();
     let checkpoint = tokio::task::spawn_blocking(move || closing.close()).await??;
     match &checkpoint {
@@ -192,17 +203,60 @@ pub(crate) async fn run_gateway(
     Ok(())
 }
 
+/// Moves key changes from the store's outbox into the ledger, every second and once more
+/// when `stop` turns true. A change is marked recorded only after its entry is durable; a
+/// crash in between records it again on the next run (with the same `seq`), never loses it.
+async fn record_key_events(store: Store, ledger: Ledger, mut stop: watch::Receiver<bool>) {
+    loop {
+        let stopping = *stop.borrow();
+        match store.pending_key_events().await {
+            Ok(events) => {
+                for e in events {
+                    let kind = match e.kind.as_str() {
+                        "key.created" => EventKind::KeyCreated,
+                        "key.revoked" => EventKind::KeyRevoked,
+                        other => {
+                            tracing::warn!(kind = other, "unknown key event in the state store");
+                            continue;
+                        }
+                    };
+                    let mut data = e.detail.clone();
+                    data["key_id"] = e.key_id.clone().into();
+                    data["seq"] = e.seq.into();
+                    data["at"] = e.at.into();
+                    let event = Event::system(kind, data);
+                    if let Err(err) = ledger.append(&event, Durability::Sync).await {
+                        tracing::warn!(error = %err, "cannot record a key change yet; retrying");
+                        break;
+                    }
+                    if let Err(err) = store.mark_key_event_recorded(e.seq).await {
+                        tracing::warn!(error = %err, "cannot mark a key change recorded");
+                        break;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read key changes from the state store"),
+        }
+        if stopping {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
 /// Binds a listener for each PostgreSQL resource and serves it until `stop` turns true.
 async fn start_postgres(
     config: &Config,
     ledger: &Ledger,
+    store: &Store,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<(String, SocketAddr)>> {
-    // Managed API keys live in the state store beside the ledger; it is read at every
-    // sign-in, so keys created or revoked from the CLI count at once.
-    let store = Store::open_in(&config.data_dir)
-        .await
-        .with_context(|| format!("opening the state store in {}", config.data_dir.display()))?;
+    // The store is read at every sign-in, so keys created or revoked from the CLI count at
+    // once.
+    let store = store.clone();
     let oidc = gatehouse_identity::oidc::Oidc::new(&config.issuers).map_err(anyhow::Error::msg)?;
     let auth = Authenticator::new(ApiKeys::new(&config.identities), Some(store)).with_oidc(oidc);
     let cancels = CancelMap::default();

@@ -36,7 +36,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
         KeysCommand::Revoke(args) => {
             let store = open_store(&args.store).await?;
             let key = store
-                .revoke_key(&args.id, args.reason.as_deref(), unix_now())
+                .revoke_key(&args.id, args.reason.as_deref(), unix_now(), &operator())
                 .await?;
             eprintln!(
                 "revoked key {} of {}; sign-ins with it are refused from now on",
@@ -94,7 +94,7 @@ async fn create(args: KeysCreateArgs) -> anyhow::Result<ExitCode> {
         revoked_at: None,
         revoked_reason: None,
     };
-    store.insert_key(&stored).await?;
+    store.insert_key(&stored, &operator()).await?;
     // The key alone on stdout, so `KEY=$(gatehouse keys create ...)` captures just it.
     outln!("{key}");
     eprintln!(
@@ -113,6 +113,14 @@ async fn create(args: KeysCreateArgs) -> anyhow::Result<ExitCode> {
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who ran the command, as the ledger will say: the operating-system user on this host.
+fn operator() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| format!("uid {}", rustix::process::getuid().as_raw()));
+    format!("cli:{user}")
 }
 
 /// `30d`, `24h`, ... or `never` (no expiry).

@@ -486,16 +486,47 @@ fn demo_serves_postgres_through_the_gateway_and_verifies_itself() {
     let out = verify(&data, &pubkey(&data));
     assert!(out.status.success(), "{}", stderr(&out));
     let mut found = false;
+    let mut key_changes = Vec::new();
     gatehouse_ledger::segment::scan(&gatehouse_ledger::Layout::new(&data), |e| {
         let v: serde_json::Value = serde_json::from_slice(e.line).unwrap();
         if v["kind"] == "command" && v["data"]["sql"] == "SELECT count(*) FROM customers" {
             assert_eq!(v["actor"]["id"], "demo@example.com");
             found = true;
         }
+        let line = String::from_utf8_lossy(e.line);
+        assert!(
+            !line.contains(&agent_key),
+            "a key is never recorded: {line}"
+        );
+        if v["kind"].as_str().is_some_and(|k| k.starts_with("key.")) {
+            key_changes.push(v);
+        }
         Ok(())
     })
     .unwrap();
     assert!(found, "the demo's statement is in the ledger");
+    // The key made and revoked from the CLI is in the ledger too, with who did it.
+    let kinds: Vec<&str> = key_changes
+        .iter()
+        .map(|v| v["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["key.created", "key.revoked"], "{key_changes:?}");
+    assert_eq!(key_changes[0]["data"]["name"], "agent:reporting");
+    assert_eq!(
+        key_changes[0]["data"]["groups"],
+        serde_json::json!(["analysts"])
+    );
+    assert!(
+        key_changes[0]["data"]["by"]
+            .as_str()
+            .unwrap()
+            .starts_with("cli:")
+    );
+    assert_eq!(
+        key_changes[1]["data"]["key_id"],
+        key_changes[0]["data"]["key_id"]
+    );
+    assert_eq!(key_changes[1]["data"]["reason"], "test over");
 }
 
 #[test]

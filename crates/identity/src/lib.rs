@@ -368,10 +368,13 @@ mod tests {
         let store = Store::open_in(dir.path()).await.unwrap();
         let (id, key) = new_managed_key().unwrap();
         store
-            .insert_key(&ManagedKey {
-                expires_at: None,
-                ..stored(&key)
-            })
+            .insert_key(
+                &ManagedKey {
+                    expires_at: None,
+                    ..stored(&key)
+                },
+                "test",
+            )
             .await
             .unwrap();
         let auth = Authenticator::new(keys(), Some(store.clone()));
@@ -379,7 +382,10 @@ mod tests {
         assert_eq!(by_config.key_id, "config:alice");
         let managed = auth.authenticate("agent:reporting", &key).await.unwrap();
         assert_eq!(managed.key_id, id);
-        store.revoke_key(&id, None, unix_now()).await.unwrap();
+        store
+            .revoke_key(&id, None, unix_now(), "test")
+            .await
+            .unwrap();
         assert_eq!(
             auth.authenticate("agent:reporting", &key).await,
             Err(AuthFailure::RevokedKey),

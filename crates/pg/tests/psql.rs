@@ -1335,11 +1335,11 @@ async fn managed_keys_sign_in_until_revoked_or_expired() {
     let (live_id, live) = new_managed_key().unwrap();
     let (old_id, old) = new_managed_key().unwrap();
     gw.store
-        .insert_key(&managed(&live, &live_id, Some(unix_now() + 3600)))
+        .insert_key(&managed(&live, &live_id, Some(unix_now() + 3600)), "test")
         .await
         .unwrap();
     gw.store
-        .insert_key(&managed(&old, &old_id, Some(unix_now() - 1)))
+        .insert_key(&managed(&old, &old_id, Some(unix_now() - 1)), "test")
         .await
         .unwrap();
 
@@ -1355,7 +1355,7 @@ async fn managed_keys_sign_in_until_revoked_or_expired() {
     // A valid key under another identity's name is a wrong key.
     gw.refused("alice", &live);
     gw.store
-        .revoke_key(&live_id, Some("rotated"), unix_now())
+        .revoke_key(&live_id, Some("rotated"), unix_now(), "test")
         .await
         .unwrap();
     gw.refused("agent:reporting", &live);

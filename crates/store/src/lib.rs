@@ -19,7 +19,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub const STATE_FILE: &str = "state.db";
 
 /// The schema this build writes; older files are upgraded on open, newer ones refused.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -56,6 +56,39 @@ pub struct ManagedKey {
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
     pub revoked_reason: Option<String>,
+}
+
+/// A change to a managed key, waiting in the store until the gateway has appended it to the
+/// ledger (an outbox: the CLI cannot write to a ledger a running gateway holds, and a
+/// change made while no gateway runs is recorded by the next one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyEvent {
+    /// Order of the changes; also lets an auditor spot a change recorded twice (after a
+    /// crash between the ledger append and the mark).
+    pub seq: i64,
+    /// Unix seconds.
+    pub at: i64,
+    /// `key.created` or `key.revoked`.
+    pub kind: String,
+    pub key_id: String,
+    pub detail: serde_json::Value,
+}
+
+async fn add_event(
+    tx: &mut sqlx::SqliteConnection,
+    at: i64,
+    kind: &str,
+    key_id: &str,
+    detail: &serde_json::Value,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO key_events (at, kind, key_id, detail) VALUES (?, ?, ?, ?)")
+        .bind(at)
+        .bind(kind)
+        .bind(key_id)
+        .bind(detail.to_string())
+        .execute(tx)
+        .await?;
+    Ok(())
 }
 
 /// A handle on the state database; cheap to clone.
@@ -120,11 +153,34 @@ impl Store {
                 .map_err(open_err)?;
             tx.commit().await.map_err(open_err)?;
         }
+        if found < 2 {
+            // Version 2: an outbox of key changes for the gateway to put in the ledger.
+            let mut tx = pool.begin().await.map_err(open_err)?;
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS key_events (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    at INTEGER NOT NULL,
+                    kind TEXT NOT NULL,
+                    key_id TEXT NOT NULL,
+                    detail TEXT NOT NULL,
+                    recorded INTEGER NOT NULL DEFAULT 0
+                )",
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(open_err)?;
+            sqlx::query("PRAGMA user_version = 2")
+                .execute(&mut *tx)
+                .await
+                .map_err(open_err)?;
+            tx.commit().await.map_err(open_err)?;
+        }
         Ok(Store { pool })
     }
 
-    /// Stores a new key.
-    pub async fn insert_key(&self, key: &ManagedKey) -> Result<(), StoreError> {
+    /// Stores a new key, and a `key.created` event for the ledger. `by` says who made it.
+    pub async fn insert_key(&self, key: &ManagedKey, by: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO api_keys (id, name, kind, groups, key_hash, created_at, expires_at, revoked_at, revoked_reason)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -138,8 +194,17 @@ impl Store {
         .bind(key.expires_at)
         .bind(key.revoked_at)
         .bind(&key.revoked_reason)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        let detail = serde_json::json!({
+            "name": key.name,
+            "kind": key.kind.as_str(),
+            "groups": key.groups,
+            "expires_at": key.expires_at,
+            "by": by,
+        });
+        add_event(&mut tx, key.created_at, "key.created", &key.id, &detail).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -160,12 +225,14 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 
-    /// Revokes key `id` at `now` (unix seconds); returns it as it is now stored.
+    /// Revokes key `id` at `now` (unix seconds), with a `key.revoked` event for the ledger;
+    /// returns the key as it is now stored.
     pub async fn revoke_key(
         &self,
         id: &str,
         reason: Option<&str>,
         now: i64,
+        by: &str,
     ) -> Result<ManagedKey, StoreError> {
         let Some(key) = self.key(id).await? else {
             return Err(StoreError::NoSuchKey(id.to_string()));
@@ -176,17 +243,53 @@ impl Store {
                 at,
             });
         }
-        sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
             "UPDATE api_keys SET revoked_at = ?, revoked_reason = ? WHERE id = ? AND revoked_at IS NULL",
         )
         .bind(now)
         .bind(reason)
         .bind(id)
-        .execute(&self.pool)
-        .await?;
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 1 {
+            let detail = serde_json::json!({"name": key.name, "reason": reason, "by": by});
+            add_event(&mut tx, now, "key.revoked", id, &detail).await?;
+        }
+        tx.commit().await?;
         self.key(id)
             .await?
             .ok_or_else(|| StoreError::NoSuchKey(id.to_string()))
+    }
+
+    /// Key changes not yet in the ledger, oldest first.
+    pub async fn pending_key_events(&self) -> Result<Vec<KeyEvent>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM key_events WHERE recorded = 0 ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let detail: String = r.try_get("detail")?;
+                Ok(KeyEvent {
+                    seq: r.try_get("seq")?,
+                    at: r.try_get("at")?,
+                    kind: r.try_get("kind")?,
+                    key_id: r.try_get("key_id")?,
+                    detail: serde_json::from_str(&detail)
+                        .map_err(|e| StoreError::Corrupt(format!("key event detail: {e}")))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks a key change as recorded in the ledger.
+    pub async fn mark_key_event_recorded(&self, seq: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE key_events SET recorded = 1 WHERE seq = ?")
+            .bind(seq)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Closes the pool, waiting for connections to finish.
@@ -234,19 +337,42 @@ mod tests {
     async fn keys_round_trip_and_revoke_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_in(dir.path()).await.unwrap();
-        store.insert_key(&key("b", 20)).await.unwrap();
-        store.insert_key(&key("a", 10)).await.unwrap();
+        store.insert_key(&key("b", 20), "ops").await.unwrap();
+        store.insert_key(&key("a", 10), "ops").await.unwrap();
         let all = store.keys().await.unwrap();
         assert_eq!(all, vec![key("a", 10), key("b", 20)]);
         assert_eq!(store.key("zz").await.unwrap(), None);
 
-        let revoked = store.revoke_key("a", Some("left"), 99).await.unwrap();
+        let revoked = store
+            .revoke_key("a", Some("left"), 99, "ops")
+            .await
+            .unwrap();
         assert_eq!(revoked.revoked_at, Some(99));
         assert_eq!(revoked.revoked_reason.as_deref(), Some("left"));
-        let again = store.revoke_key("a", None, 100).await.unwrap_err();
+        let again = store.revoke_key("a", None, 100, "ops").await.unwrap_err();
         assert!(again.to_string().contains("already revoked"), "{again}");
-        let missing = store.revoke_key("zz", None, 100).await.unwrap_err();
+        let missing = store.revoke_key("zz", None, 100, "ops").await.unwrap_err();
         assert_eq!(missing.to_string(), "no API key with id zz");
+
+        // Every change waits in the outbox, in order, until marked recorded.
+        let events = store.pending_key_events().await.unwrap();
+        let summary: Vec<(&str, &str)> = events
+            .iter()
+            .map(|e| (e.kind.as_str(), e.key_id.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("key.created", "b"),
+                ("key.created", "a"),
+                ("key.revoked", "a")
+            ]
+        );
+        assert_eq!(events[2].detail["reason"], "left");
+        assert_eq!(events[0].detail["by"], "ops");
+        assert!(events[0].detail.get("key_hash").is_none());
+        store.mark_key_event_recorded(events[0].seq).await.unwrap();
+        assert_eq!(store.pending_key_events().await.unwrap().len(), 2);
         store.close().await;
 
         // A second handle on the same file sees it all.
