@@ -15,8 +15,8 @@ pub use error::{ConfigError, Problem};
 pub use gatehouse_core::Durability;
 pub use model::{
     AdminConfig, ClaimRule, Config, CredentialsConfig, IdentityConfig, IdentityKind, IssuerConfig,
-    LedgerConfig, LogConfig, LogFormat, RecordingConfig, ResourceConfig, ResourceKind,
-    TargetTlsConfig, TlsConfig,
+    LedgerConfig, LogConfig, LogFormat, PolicyConfig, RecordingConfig, ResourceConfig,
+    ResourceKind, TargetTlsConfig, TlsConfig,
 };
 pub use secret::{EnvLookup, Secret, process_env};
 pub use size::{ByteSize, ParseByteSizeError};

@@ -32,6 +32,21 @@ pub struct Config {
     /// Keycloak, a CI system: each is just an issuer).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub issuers: Vec<IssuerConfig>,
+    /// Cedar policies deciding who may connect and run which statement classes. Without
+    /// it, everyone signed in may connect and only the resources' guardrails decide.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyConfig>,
+}
+
+/// `[policy]`: where the Cedar policies (and optionally a schema) are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// A Cedar policy file. Relative to the config file's folder once loaded.
+    pub policies: PathBuf,
+    /// A Cedar schema file (default: the built-in `Gatehouse` schema).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<PathBuf>,
 }
 
 /// One `[[issuers]]` entry: an OpenID Provider and how its tokens map to identities.
@@ -304,6 +319,7 @@ impl Default for Config {
             resources: Vec::new(),
             identities: Vec::new(),
             issuers: Vec::new(),
+            policy: None,
         }
     }
 }
@@ -448,6 +464,12 @@ impl Config {
             }
         };
         anchor(&mut self.data_dir);
+        if let Some(policy) = self.policy.as_mut() {
+            anchor(&mut policy.policies);
+            if let Some(schema) = policy.schema.as_mut() {
+                anchor(schema);
+            }
+        }
         for resource in &mut self.resources {
             if let Some(file) = resource
                 .credentials

@@ -178,7 +178,7 @@ fn missing_file() {
 fn unknown_key_at_top_level() {
     assert_eq!(
         load_error("data_dir = \"x\"\nbogus = 1\n"),
-        "gatehouse.toml:2:1: bogus: unknown key; expected one of data_dir, log, admin, ledger, resources, identities, issuers"
+        "gatehouse.toml:2:1: bogus: unknown key; expected one of data_dir, log, admin, ledger, resources, identities, issuers, policy"
     );
 }
 

@@ -259,6 +259,15 @@ async fn start_postgres(
     let store = store.clone();
     let oidc = gatehouse_identity::oidc::Oidc::new(&config.issuers).map_err(anyhow::Error::msg)?;
     let auth = Authenticator::new(ApiKeys::new(&config.identities), Some(store)).with_oidc(oidc);
+    let policy = match &config.policy {
+        Some(p) => {
+            let engine = gatehouse_policy::PolicyEngine::load(&p.policies, p.schema.as_deref())
+                .map_err(|e| anyhow::anyhow!("policy: {e}"))?;
+            tracing::info!(policies = engine.len(), file = %p.policies.display(), "access policy loaded");
+            Some(Arc::new(engine))
+        }
+        None => None,
+    };
     let cancels = CancelMap::default();
     let mut bound = Vec::new();
     for r in config
@@ -266,7 +275,13 @@ async fn start_postgres(
         .iter()
         .filter(|r| r.kind == ResourceKind::Postgres)
     {
-        let resource = PgResource::from_config(r, auth.clone(), ledger.clone(), cancels.clone())?;
+        let resource = PgResource::from_config(
+            r,
+            auth.clone(),
+            ledger.clone(),
+            cancels.clone(),
+            policy.clone(),
+        )?;
         let addr = r
             .listen
             .with_context(|| format!("resources.{}.listen is required", r.name))?;

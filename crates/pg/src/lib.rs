@@ -20,6 +20,7 @@ use gatehouse_config::{ResourceConfig, Secret};
 use gatehouse_core::{Actor, Durability, Event, EventKind, ResourceRef};
 use gatehouse_identity::Authenticator;
 use gatehouse_ledger::Ledger;
+use gatehouse_policy::PolicyEngine;
 use gatehouse_sql::{OnUnparsed, Rule};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -54,6 +55,8 @@ pub struct PgResource {
     /// At most this many bytes of result data are recorded per session; `None` records
     /// result summaries only.
     pub record_results: Option<u64>,
+    /// Cedar policies for `connect` and each statement class; `None`: guardrails only.
+    pub policy: Option<Arc<PolicyEngine>>,
 }
 
 /// How the gateway reaches a target over TLS: the verifying client configuration and the
@@ -71,6 +74,7 @@ impl PgResource {
         auth: Authenticator,
         ledger: Ledger,
         cancels: CancelMap,
+        policy: Option<Arc<PolicyEngine>>,
     ) -> Result<Self, PgError> {
         let missing =
             |key: &str| PgError::Config(format!("resources.{}.{key} is required", config.name));
@@ -115,6 +119,7 @@ impl PgResource {
                 .recording
                 .results
                 .then(|| config.recording.max_session_bytes.bytes()),
+            policy,
         })
     }
 

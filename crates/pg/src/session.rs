@@ -270,6 +270,42 @@ async fn startup<S: ClientStream>(
         }
     };
     let actor = signed_in.actor;
+    if let Some(policy) = &resource.policy {
+        let decision = policy.connect(&actor, (&resource.name, "postgres"));
+        let (allowed, data) = match &decision {
+            Ok(d) => (
+                d.outcome == Outcome::Allow,
+                json!({"action": "connect", "outcome": d.outcome.as_str(), "policies": d.policies, "message": d.message}),
+            ),
+            // A policy that cannot be evaluated refuses: fail closed.
+            Err(e) => (
+                false,
+                json!({"action": "connect", "outcome": "deny", "error": e.to_string()}),
+            ),
+        };
+        if !allowed {
+            let mut data = data;
+            data["client"] = peer.to_string().into();
+            let event = resource.event(EventKind::PolicyDecision, Some(&actor), None, data);
+            if let Err(e) = resource.ledger.append(&event, resource.durability).await {
+                tracing::error!(error = %e, "could not record a denied connection");
+            }
+            let why = match decision {
+                Ok(d) => d.message.unwrap_or_default(),
+                Err(_) => "the access policy could not be evaluated".to_string(),
+            };
+            fatal(
+                client,
+                "28000",
+                &format!(
+                    "gatehouse: {} may not connect to {}: {why}",
+                    actor.id, resource.name
+                ),
+            )
+            .await?;
+            return Ok(None);
+        }
+    }
     let matched_claims: serde_json::Map<String, Value> = signed_in
         .matched_claims
         .into_iter()
@@ -757,16 +793,41 @@ impl Session {
         prepared: &Prepared,
         mut detail: Value,
     ) -> Result<u64, (&'static str, String)> {
-        let decision = evaluate(
+        let mut decision = evaluate(
             &self.resource.rules,
             &prepared.analysis,
             &self.actor.groups,
             self.resource.on_unparsed,
         );
+        // Cedar decides per statement class; the stricter of it and the guardrails wins.
+        let mut policies = Vec::new();
+        if let Some(policy) = &self.resource.policy {
+            match policy.statements(
+                &self.actor,
+                (&self.resource.name, "postgres"),
+                &prepared.analysis,
+            ) {
+                Ok(cedar) => {
+                    if cedar.outcome > decision.outcome {
+                        decision.outcome = cedar.outcome;
+                        decision.rule = None;
+                        decision.message = cedar.message;
+                    }
+                    policies = cedar.policies;
+                }
+                Err(e) => {
+                    // Fail closed: a policy that cannot be evaluated refuses the statement.
+                    decision.outcome = Outcome::Deny;
+                    decision.rule = None;
+                    decision.message =
+                        Some(format!("the access policy could not be evaluated ({e})"));
+                }
+            }
+        }
         if let Value::Object(map) = &mut detail {
             map.extend(prepared.summary.clone());
         }
-        detail["decision"] = json!({"outcome": decision.outcome.as_str(), "rule": decision.rule});
+        detail["decision"] = json!({"outcome": decision.outcome.as_str(), "rule": decision.rule, "policies": policies});
         let index = self
             .audit(&prepared.sql, detail)
             .await

@@ -94,6 +94,8 @@ struct Setup {
     record_cap: Option<u64>,
     /// OpenID Providers whose tokens are accepted.
     issuers: Vec<gatehouse_config::IssuerConfig>,
+    /// Cedar policies (`None`: guardrails only).
+    policy: Option<gatehouse_policy::PolicyEngine>,
 }
 
 impl Default for Setup {
@@ -106,6 +108,7 @@ impl Default for Setup {
             target: Target::Plain,
             record_cap: Some(16 << 20),
             issuers: Vec::new(),
+            policy: None,
         }
     }
 }
@@ -147,6 +150,7 @@ async fn gateway_on(setup: Setup) -> Gateway {
         target,
         record_cap,
         issuers,
+        policy,
     } = setup;
     let (pg, trusted_ca) = tokio::task::spawn_blocking(move || {
         let pg = PgCluster::start().unwrap();
@@ -215,6 +219,7 @@ async fn gateway_on(setup: Setup) -> Gateway {
         require_tls: with_tls,
         target_tls,
         record_results: record_cap,
+        policy: policy.map(Arc::new),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -1673,6 +1678,142 @@ async fn ci_tokens_are_mapped_to_service_identities_by_claim_rules() {
     assert_eq!(
         reasons,
         ["user_mismatch", "user_mismatch", "token_no_matching_rule"]
+    );
+    let _ = gw.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cedar_policies_decide_connect_and_each_statement_class() {
+    use gatehouse_identity::{new_managed_key, unix_now};
+    use gatehouse_store::ManagedKey;
+
+    let policies = r#"
+@id("analysts-connect")
+permit (principal in Gatehouse::Group::"analysts", action == Gatehouse::Action::"connect", resource);
+
+@id("analysts-read")
+permit (
+  principal in Gatehouse::Group::"analysts",
+  action in [Gatehouse::Action::"read", Gatehouse::Action::"transaction"],
+  resource
+);
+
+@id("no-email-for-humans")
+@message("e-mail addresses are not for browsing")
+forbid (principal, action == Gatehouse::Action::"read", resource)
+when { principal.kind == "human" && context.tables.contains("public.customers") && context.command == "SELECT" }
+unless { context.tables.contains("public.allowed") };
+"#;
+    let engine = gatehouse_policy::PolicyEngine::from_text(
+        policies,
+        "policies.cedar",
+        gatehouse_policy::DEFAULT_SCHEMA,
+        "schema",
+    )
+    .unwrap();
+    let gw = gateway_on(Setup {
+        policy: Some(engine),
+        ..Setup::default()
+    })
+    .await;
+
+    // alice is an analyst: she may connect and read, but not write (no policy permits it)
+    // and not read customers (a forbid for humans).
+    let out = gw.psql("alice", KEY, &["-c", "SELECT 40 + 2"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(text(&out).0, "42");
+    let out = gw.psql(
+        "alice",
+        KEY,
+        &[
+            "-c",
+            "INSERT INTO customers VALUES (9, 'Eve', 'e@example.com')",
+        ],
+    );
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("denied: no policy permits write on pg-test"),
+        "{stderr}"
+    );
+    let out = gw.psql("alice", KEY, &["-c", "SELECT email FROM customers"]);
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("denied: e-mail addresses are not for browsing"),
+        "{stderr}"
+    );
+    assert_eq!(
+        gw.pg
+            .psql("appdb", "SELECT count(*) FROM customers")
+            .unwrap(),
+        "2",
+        "the denied INSERT never reached the target"
+    );
+
+    // An identity in no permitted group may not even connect.
+    let (id, key) = new_managed_key().unwrap();
+    gw.store
+        .insert_key(
+            &ManagedKey {
+                id,
+                name: "agent:outsider".into(),
+                kind: IdentityKind::Agent,
+                groups: vec![],
+                key_hash: hash_key(&key),
+                created_at: unix_now(),
+                expires_at: None,
+                revoked_at: None,
+                revoked_reason: None,
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    let out = gw.psql("agent:outsider", &key, &["-c", "SELECT 1"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("agent:outsider may not connect to pg-test: no policy permits connect"),
+        "{stderr}"
+    );
+
+    let entries = gw.entries().await;
+    let decisions: Vec<(String, Value)> = of_kind(&entries, "command")
+        .iter()
+        .map(|c| {
+            (
+                c["data"]["sql"].as_str().unwrap().to_string(),
+                c["data"]["decision"].clone(),
+            )
+        })
+        .collect();
+    let of = |prefix: &str| {
+        decisions
+            .iter()
+            .find(|(sql, _)| sql.starts_with(prefix))
+            .unwrap()
+            .1
+            .clone()
+    };
+    assert_eq!(of("SELECT 40")["outcome"], "allow");
+    assert_eq!(
+        of("SELECT 40")["policies"],
+        serde_json::json!(["analysts-read"])
+    );
+    assert_eq!(of("INSERT")["outcome"], "deny");
+    assert_eq!(
+        of("SELECT email")["policies"],
+        serde_json::json!(["no-email-for-humans"])
+    );
+    let denied = of_kind(&entries, "policy.decision");
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0]["actor"]["id"], "agent:outsider");
+    assert_eq!(denied[0]["data"]["action"], "connect");
+    assert_eq!(denied[0]["data"]["outcome"], "deny");
+    // The outsider never reached the target: no session started for it.
+    assert!(
+        of_kind(&entries, "session.start")
+            .iter()
+            .all(|s| s["actor"]["id"] == "alice")
     );
     let _ = gw.stop.send(true);
 }

@@ -1,0 +1,470 @@
+//! Who may do what, written in Cedar: the policy set and its schema, validated when loaded,
+//! and the decisions for `connect` and for each statement class. Pure: files are read by
+//! [`PolicyEngine::load`], everything after is computation.
+//!
+//! The Cedar model (namespace `Gatehouse`, see [`DEFAULT_SCHEMA`]):
+//! - principals are `Identity` entities in `Group`s, with `kind` (human, agent, service);
+//! - resources are `Resource` entities with `kind` (postgres, ...);
+//! - actions are `connect` and one per statement class: `read`, `write`, `ddl`, `dcl`,
+//!   `transaction`, `utility`; statement actions carry `context.command` (`SELECT`,
+//!   `DROP TABLE`, ...), `context.tables` (as written, and unqualified ones also as
+//!   `public.<name>`) and `context.missing_where`.
+//!
+//! Cedar denies what no policy permits and a `forbid` beats any `permit`. On top, a
+//! `forbid` annotated `@review("why")` holds the statement for an approval instead of
+//! refusing it, when review policies are all that forbid it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use gatehouse_core::{Actor, ActorKind};
+use gatehouse_sql::{Analysis, Outcome};
+
+/// The schema used when the config names none. A schema of one's own must keep these
+/// entity types and actions (it may add attributes and groups).
+pub const DEFAULT_SCHEMA: &str = r#"namespace Gatehouse {
+  entity Group;
+  entity Identity in [Group] { kind: String };
+  entity Resource { kind: String };
+  action connect appliesTo { principal: Identity, resource: Resource, context: {} };
+  action read, write, ddl, dcl, transaction, utility appliesTo {
+    principal: Identity,
+    resource: Resource,
+    context: { command: String, tables: Set<String>, missing_where: Bool }
+  };
+}
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{file}: {message}")]
+    Read { file: String, message: String },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: policy {policy}: {message}")]
+    Invalid {
+        file: String,
+        policy: String,
+        message: String,
+    },
+    #[error("policy request: {0}")]
+    Request(String),
+}
+
+/// The outcome of one decision and the policies that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyDecision {
+    pub outcome: Outcome,
+    /// Ids of the determining policies (`policy0`, or the `@id("...")` annotation).
+    pub policies: Vec<String>,
+    /// For a review or a deny by an annotated policy: its `@review` or `@message` text.
+    pub message: Option<String>,
+}
+
+/// A loaded, validated policy set.
+#[derive(Debug)]
+pub struct PolicyEngine {
+    policies: PolicySet,
+    schema: Schema,
+    /// Where the policies came from, for messages.
+    source: String,
+}
+
+impl PolicyEngine {
+    /// Reads and validates `policies` against `schema` (default: [`DEFAULT_SCHEMA`]).
+    pub fn load(policies: &Path, schema: Option<&Path>) -> Result<PolicyEngine, PolicyError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|e| PolicyError::Read {
+                file: path.display().to_string(),
+                message: e.to_string(),
+            })
+        };
+        let text = read(policies)?;
+        let (schema_text, schema_name) = match schema {
+            Some(path) => (read(path)?, path.display().to_string()),
+            None => (
+                DEFAULT_SCHEMA.to_string(),
+                "the built-in schema".to_string(),
+            ),
+        };
+        PolicyEngine::from_text(
+            &text,
+            &policies.display().to_string(),
+            &schema_text,
+            &schema_name,
+        )
+    }
+
+    /// [`PolicyEngine::load`] on texts; `source` and `schema_source` name them in errors.
+    pub fn from_text(
+        text: &str,
+        source: &str,
+        schema_text: &str,
+        schema_source: &str,
+    ) -> Result<PolicyEngine, PolicyError> {
+        let (schema, _warnings) =
+            Schema::from_cedarschema_str(schema_text).map_err(|e| PolicyError::Parse {
+                file: schema_source.to_string(),
+                message: format!("{e:?}")
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            })?;
+        let parsed = PolicySet::from_str(text).map_err(|e| PolicyError::Parse {
+            file: source.to_string(),
+            message: e.to_string(),
+        })?;
+        // Policies may carry `@id("...")`: that name, not Cedar's `policyN`, is what
+        // decisions and the ledger report.
+        let mut policies = PolicySet::new();
+        for policy in parsed.policies() {
+            let id = policy
+                .annotation("id")
+                .map(str::to_string)
+                .unwrap_or_else(|| policy.id().to_string());
+            let renamed = policy.new_id(cedar_policy::PolicyId::new(&id));
+            policies.add(renamed).map_err(|e| PolicyError::Invalid {
+                file: source.to_string(),
+                policy: id.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        if let Some(first) = result.validation_errors().next() {
+            return Err(PolicyError::Invalid {
+                file: source.to_string(),
+                policy: first.policy_id().to_string(),
+                message: first.to_string(),
+            });
+        }
+        Ok(PolicyEngine {
+            policies,
+            schema,
+            source: source.to_string(),
+        })
+    }
+
+    /// How many policies are loaded.
+    pub fn len(&self) -> usize {
+        self.policies.policies().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// May `actor` connect to `resource` (name, kind)?
+    pub fn connect(
+        &self,
+        actor: &Actor,
+        resource: (&str, &str),
+    ) -> Result<PolicyDecision, PolicyError> {
+        let context = Context::empty();
+        self.decide(actor, "connect", resource, context)
+    }
+
+    /// The decision for a message: each statement by its class, the strictest wins. Text
+    /// the parser could not read is not decided here (`on_unparsed` decides it).
+    pub fn statements(
+        &self,
+        actor: &Actor,
+        resource: (&str, &str),
+        analysis: &Analysis,
+    ) -> Result<PolicyDecision, PolicyError> {
+        let mut strictest = PolicyDecision {
+            outcome: Outcome::Allow,
+            policies: Vec::new(),
+            message: None,
+        };
+        for statement in &analysis.statements {
+            let context = Context::from_pairs([
+                (
+                    "command".to_string(),
+                    RestrictedExpression::new_string(statement.command.clone()),
+                ),
+                (
+                    "tables".to_string(),
+                    RestrictedExpression::new_set(
+                        table_names(&statement.tables)
+                            .into_iter()
+                            .map(RestrictedExpression::new_string),
+                    ),
+                ),
+                (
+                    "missing_where".to_string(),
+                    RestrictedExpression::new_bool(statement.missing_where),
+                ),
+            ])
+            .map_err(|e| PolicyError::Request(e.to_string()))?;
+            let decision = self.decide(actor, statement.class.as_str(), resource, context)?;
+            if decision.outcome > strictest.outcome
+                || strictest.policies.is_empty() && decision.outcome == strictest.outcome
+            {
+                strictest = decision;
+            }
+        }
+        Ok(strictest)
+    }
+
+    fn decide(
+        &self,
+        actor: &Actor,
+        action: &str,
+        resource: (&str, &str),
+        context: Context,
+    ) -> Result<PolicyDecision, PolicyError> {
+        let uid = |kind: &str, id: &str| {
+            EntityTypeName::from_str(&format!("Gatehouse::{kind}"))
+                .map(|t| EntityUid::from_type_name_and_id(t, EntityId::new(id)))
+                .map_err(|e| PolicyError::Request(e.to_string()))
+        };
+        let principal = uid("Identity", &actor.id)?;
+        let groups: Vec<EntityUid> = actor
+            .groups
+            .iter()
+            .map(|g| uid("Group", g))
+            .collect::<Result<_, _>>()?;
+        let kind = match actor.kind {
+            ActorKind::Human => "human",
+            ActorKind::Agent => "agent",
+            ActorKind::Service => "service",
+            ActorKind::System => "system",
+        };
+        let resource_uid = uid("Resource", resource.0)?;
+        let mut entities = vec![
+            Entity::new(
+                principal.clone(),
+                HashMap::from([(
+                    "kind".to_string(),
+                    RestrictedExpression::new_string(kind.to_string()),
+                )]),
+                groups.iter().cloned().collect::<HashSet<_>>(),
+            )
+            .map_err(|e| PolicyError::Request(e.to_string()))?,
+            Entity::new(
+                resource_uid.clone(),
+                HashMap::from([(
+                    "kind".to_string(),
+                    RestrictedExpression::new_string(resource.1.to_string()),
+                )]),
+                HashSet::new(),
+            )
+            .map_err(|e| PolicyError::Request(e.to_string()))?,
+        ];
+        entities.extend(groups.into_iter().map(Entity::with_uid));
+        let entities = Entities::from_entities(entities, Some(&self.schema))
+            .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let action = uid("Action", action)?;
+        let request = Request::new(principal, action, resource_uid, context, Some(&self.schema))
+            .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let response = Authorizer::new().is_authorized(&request, &self.policies, &entities);
+        if let Some(error) = response.diagnostics().errors().next() {
+            // A policy that fails to evaluate is skipped by Cedar; say so, since it can
+            // mean a forbid that never applies.
+            return Err(PolicyError::Request(format!("policy evaluation: {error}")));
+        }
+        let policies: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(|id| id.to_string())
+            .collect();
+        let annotation = |key: &str| {
+            policies.iter().find_map(|id| {
+                self.policies
+                    .policy(&cedar_policy::PolicyId::new(id))
+                    .and_then(|p| p.annotation(key))
+                    .map(str::to_string)
+            })
+        };
+        let outcome = match response.decision() {
+            CedarDecision::Allow => Outcome::Allow,
+            CedarDecision::Deny => {
+                let all_review = !policies.is_empty()
+                    && policies.iter().all(|id| {
+                        self.policies
+                            .policy(&cedar_policy::PolicyId::new(id))
+                            .is_some_and(|p| p.annotation("review").is_some())
+                    });
+                if all_review {
+                    Outcome::Review
+                } else {
+                    Outcome::Deny
+                }
+            }
+        };
+        let message = match outcome {
+            Outcome::Allow => None,
+            Outcome::Review => annotation("review"),
+            Outcome::Deny if policies.is_empty() => Some(format!(
+                "no policy permits {action_name} on {res}",
+                action_name = request_action_name(&request),
+                res = resource.0
+            )),
+            Outcome::Deny => annotation("message"),
+        };
+        Ok(PolicyDecision {
+            outcome,
+            policies,
+            message,
+        })
+    }
+}
+
+/// Tables as written, and an unqualified one also as `public.<name>`, so a policy naming
+/// `public.payroll` holds whether a statement writes `payroll` or `public.payroll`.
+fn table_names(tables: &[String]) -> Vec<String> {
+    let mut names = Vec::new();
+    for t in tables {
+        names.push(t.clone());
+        if !t.contains('.') {
+            names.push(format!("public.{t}"));
+        }
+    }
+    names
+}
+
+fn request_action_name(request: &Request) -> String {
+    request
+        .action()
+        .map(|a| a.id().unescaped().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_sql::analyze;
+
+    const POLICIES: &str = r#"
+@id("analysts-connect")
+permit (principal in Gatehouse::Group::"analysts", action == Gatehouse::Action::"connect", resource);
+
+@id("analysts-read")
+permit (
+  principal in Gatehouse::Group::"analysts",
+  action in [Gatehouse::Action::"read", Gatehouse::Action::"transaction"],
+  resource
+);
+
+@id("payroll-review")
+@review("reading payroll needs an approval")
+forbid (principal, action == Gatehouse::Action::"read", resource)
+when { context.tables.contains("public.payroll") };
+
+@id("dba-all")
+permit (principal in Gatehouse::Group::"dba", action, resource);
+
+@id("no-agent-writes")
+@message("agents do not write here")
+forbid (principal, action == Gatehouse::Action::"write", resource)
+when { principal.kind == "agent" };
+"#;
+
+    fn engine() -> PolicyEngine {
+        PolicyEngine::from_text(POLICIES, "policies.cedar", DEFAULT_SCHEMA, "schema").unwrap()
+    }
+
+    fn actor(id: &str, kind: ActorKind, groups: &[&str]) -> Actor {
+        Actor {
+            id: id.into(),
+            kind,
+            idp: None,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    const PG: (&str, &str) = ("pg-prod", "postgres");
+
+    #[test]
+    fn connect_is_decided_by_group_and_named_by_policy_id() {
+        let e = engine();
+        assert_eq!(e.len(), 5);
+        let ann = actor("ann", ActorKind::Human, &["analysts"]);
+        let d = e.connect(&ann, PG).unwrap();
+        assert_eq!(d.outcome, Outcome::Allow);
+        assert_eq!(d.policies, ["analysts-connect"]);
+        let stranger = actor("eve", ActorKind::Human, &[]);
+        let d = e.connect(&stranger, PG).unwrap();
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert!(d.policies.is_empty());
+        assert_eq!(
+            d.message.as_deref(),
+            Some("no policy permits connect on pg-prod")
+        );
+    }
+
+    #[test]
+    fn statements_are_decided_by_class_and_context_and_review_is_an_annotation() {
+        let e = engine();
+        let ann = actor("ann", ActorKind::Human, &["analysts"]);
+        let decide = |who: &Actor, sql: &str| e.statements(who, PG, &analyze(sql)).unwrap();
+        assert_eq!(
+            decide(&ann, "SELECT * FROM customers").outcome,
+            Outcome::Allow
+        );
+        let payroll = decide(&ann, "BEGIN; SELECT * FROM payroll; COMMIT");
+        assert_eq!(payroll.outcome, Outcome::Review);
+        assert_eq!(payroll.policies, ["payroll-review"]);
+        assert_eq!(
+            payroll.message.as_deref(),
+            Some("reading payroll needs an approval")
+        );
+        // No permit for writes: Cedar's default deny.
+        let write = decide(&ann, "DELETE FROM customers WHERE id = 1");
+        assert_eq!(write.outcome, Outcome::Deny);
+        // A forbid beats a permit, and its message is reported.
+        let bot = actor("agent:fixer", ActorKind::Agent, &["dba"]);
+        let d = decide(&bot, "UPDATE customers SET name = 'x' WHERE id = 1");
+        assert_eq!(
+            (d.outcome, d.policies.clone()),
+            (Outcome::Deny, vec!["no-agent-writes".to_string()])
+        );
+        assert_eq!(d.message.as_deref(), Some("agents do not write here"));
+        let dba = actor("dora", ActorKind::Human, &["dba"]);
+        assert_eq!(decide(&dba, "DROP TABLE customers").outcome, Outcome::Allow);
+        // The strictest statement of a message decides it.
+        assert_eq!(
+            decide(&ann, "SELECT 1; DROP TABLE customers").outcome,
+            Outcome::Deny
+        );
+    }
+
+    #[test]
+    fn bad_policies_are_refused_at_load_with_file_and_policy() {
+        let unknown_attr = r#"@id("by-department")
+permit (principal, action, resource) when { principal.department == "finance" };"#;
+        let err = PolicyEngine::from_text(unknown_attr, "p.cedar", DEFAULT_SCHEMA, "schema")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("p.cedar: policy by-department:"), "{err}");
+        let err = PolicyEngine::from_text("permit (principal", "p.cedar", DEFAULT_SCHEMA, "schema")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("p.cedar: "), "{err}");
+        let err = PolicyEngine::from_text("", "p.cedar", "namespace {", "s.cedarschema")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("s.cedarschema: "), "{err}");
+    }
+
+    #[test]
+    fn files_are_read_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policies.cedar");
+        std::fs::write(&path, POLICIES).unwrap();
+        assert_eq!(PolicyEngine::load(&path, None).unwrap().len(), 5);
+        let missing = dir.path().join("nope.cedar");
+        let err = PolicyEngine::load(&missing, None).unwrap_err().to_string();
+        assert!(err.contains("nope.cedar"), "{err}");
+    }
+}
