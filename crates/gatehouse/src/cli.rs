@@ -43,12 +43,66 @@ pub enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Check Cedar policies and explain decisions offline.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Manage API keys: keys kept in the state store (create, list, revoke), and keys and
     /// hashes for `[[identities]]` in the config (generate, hash).
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Parse and validate a policy file against its schema; exit 1 naming the file, the
+    /// policy and the problem.
+    Check(PolicyFiles),
+    /// Decide one request offline and say which policies decided it (JSON).
+    Eval(PolicyEvalArgs),
+}
+
+/// Which policy and schema files: given directly, or the `[policy]` of a config.
+#[derive(Debug, Args)]
+pub struct PolicyFiles {
+    /// A Cedar policy file [default: `policy.policies` of the config].
+    pub policies: Option<PathBuf>,
+    /// A Cedar schema file [default: `policy.schema` of the config, else the built-in one].
+    #[arg(long)]
+    pub schema: Option<PathBuf>,
+    /// The configuration file whose `[policy]` to use when no file is given.
+    #[arg(long, short, default_value = "gatehouse.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyEvalArgs {
+    /// Who asks: an identity name.
+    #[arg(long)]
+    pub principal: String,
+    /// Its groups, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub groups: Vec<String>,
+    /// What it is.
+    #[arg(long, value_enum, default_value = "human")]
+    pub kind: KeyKind,
+    /// `connect`; leave out with --sql (each statement's class is the action).
+    #[arg(long, required_unless_present = "sql", conflicts_with = "sql")]
+    pub action: Option<String>,
+    /// The resource's name.
+    #[arg(long)]
+    pub resource: String,
+    /// The resource's kind.
+    #[arg(long, default_value = "postgres")]
+    pub resource_kind: String,
+    /// SQL to decide (parsed and classified as the gateway does).
+    #[arg(long)]
+    pub sql: Option<String>,
+    #[command(flatten)]
+    pub files: PolicyFiles,
 }
 
 #[derive(Debug, Subcommand)]

@@ -29,6 +29,13 @@ use crate::logging;
 pub fn config_check(file: &Path) -> ExitCode {
     match Config::load(file) {
         Ok(config) => {
+            if let Some(p) = &config.policy
+                && let Err(e) =
+                    gatehouse_policy::PolicyEngine::load(&p.policies, p.schema.as_deref())
+            {
+                eprintln!("{}: policy: {e}", file.display());
+                return ExitCode::from(1);
+            }
             outln!(
                 "{}: ok ({} resource{}, data directory {})",
                 file.display(),

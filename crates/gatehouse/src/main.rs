@@ -16,6 +16,7 @@ mod keys_cmd;
 mod ledger_cmd;
 mod limits;
 mod logging;
+mod policy_cmd;
 
 use std::process::ExitCode;
 
@@ -65,6 +66,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: ConfigCommand::Check { file },
         } => Ok(gateway::config_check(&file)),
         Command::Keys { command } => keys_cmd::run(command).await,
+        Command::Policy { command } => policy_cmd::run(command),
         Command::Ledger { command } => {
             logging::init(cli.log_format.unwrap_or(LogFormat::Text), "warn", false)?;
             ledger_cmd::run(command).await

@@ -166,6 +166,95 @@ fn keys_create_list_and_revoke_explain_their_mistakes() {
 }
 
 #[test]
+fn policy_check_and_eval_explain_decisions_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies.cedar");
+    std::fs::write(
+        &policies,
+        r#"@id("analysts-connect")
+permit (principal in Gatehouse::Group::"analysts", action == Gatehouse::Action::"connect", resource);
+@id("analysts-read")
+permit (principal in Gatehouse::Group::"analysts", action == Gatehouse::Action::"read", resource);
+@id("payroll-review")
+@review("payroll needs an approval")
+forbid (principal, action == Gatehouse::Action::"read", resource) when { context.tables.contains("public.payroll") };
+"#,
+    )
+    .unwrap();
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(&config, "[policy]\npolicies = \"policies.cedar\"\n").unwrap();
+    let config_arg = config.to_str().unwrap();
+
+    let out = run(&["policy", "check", "--config", config_arg]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("ok (3 policies, validated against the built-in schema)"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&["config", "check", config_arg]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "eval",
+            "--config",
+            config_arg,
+            "--resource",
+            "pg-prod",
+        ];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<serde_json::Value>(stdout(&out).trim()).unwrap()
+    };
+    let d = eval(&[
+        "--principal",
+        "ann",
+        "--groups",
+        "analysts",
+        "--action",
+        "connect",
+    ]);
+    assert_eq!(
+        (d["outcome"].as_str(), d["policies"][0].as_str()),
+        (Some("allow"), Some("analysts-connect"))
+    );
+    let d = eval(&["--principal", "eve", "--action", "connect"]);
+    assert_eq!(d["outcome"], "deny");
+    assert_eq!(d["message"], "no policy permits connect on pg-prod");
+    let d = eval(&[
+        "--principal",
+        "ann",
+        "--groups",
+        "analysts",
+        "--sql",
+        "SELECT * FROM payroll",
+    ]);
+    assert_eq!(d["outcome"], "review");
+    assert_eq!(d["policies"][0], "payroll-review");
+    assert_eq!(d["actions"][0], "read");
+
+    // A policy that does not fit the schema is refused, naming the file and the policy.
+    std::fs::write(
+        &policies,
+        "@id(\"by-team\")\npermit (principal, action, resource) when { principal.team == \"x\" };\n",
+    )
+    .unwrap();
+    let out = run(&["policy", "check", "--config", config_arg]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("policies.cedar: policy by-team:"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["config", "check", config_arg]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("policy by-team"), "{}", stderr(&out));
+}
+
+#[test]
 fn config_check_accepts_the_example_and_names_bad_keys() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/gatehouse.toml");
     let out = gatehouse()
