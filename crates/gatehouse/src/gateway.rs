@@ -14,6 +14,7 @@ use gatehouse_core::{Durability, Event, EventKind};
 use gatehouse_identity::{ApiKeys, Authenticator};
 use gatehouse_ledger::{Ledger, LedgerOptions};
 use gatehouse_pg::{CancelMap, PgResource};
+use gatehouse_policy::PolicyHandle;
 use gatehouse_server::AdminState;
 use gatehouse_store::Store;
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -178,7 +179,33 @@ pub(crate) async fn run_gateway(
         ledger.clone(),
         stop_rx.clone(),
     ));
-    let postgres = start_postgres(config, &ledger, &store, &stop_rx).await?;
+    let policy = match &config.policy {
+        Some(p) => {
+            let handle = PolicyHandle::load(&p.policies, p.schema.as_deref())
+                .map_err(|e| anyhow::anyhow!("policy: {e}"))?;
+            let count = handle.get().len();
+            tracing::info!(policies = count, file = %p.policies.display(), "access policy loaded");
+            // Which policy was in force from when is part of the evidence.
+            let file = p.policies.display().to_string();
+            let data = json!({"policy": {"file": file, "trigger": "start", "loaded": true, "policies": count}});
+            ledger
+                .append(
+                    &Event::system(EventKind::ConfigChange, data),
+                    Durability::Sync,
+                )
+                .await
+                .context("recording the access policy in the ledger")?;
+            let handle = Arc::new(handle);
+            tokio::spawn(watch_policy(
+                handle.clone(),
+                ledger.clone(),
+                stop_rx.clone(),
+            ));
+            Some(handle)
+        }
+        None => None,
+    };
+    let postgres = start_postgres(config, &ledger, &store, policy, &stop_rx).await?;
 
     started(&Running {
         ledger: ledger.clone(),
@@ -208,6 +235,56 @@ pub(crate) async fn run_gateway(
     }
 
     Ok(())
+}
+
+/// Reloads the access policy on SIGHUP and when its files change (checked every 2 s),
+/// without touching sessions: each decision takes the policy in force when it is made. A
+/// reload that fails keeps the old policy; both outcomes are logged and recorded.
+async fn watch_policy(handle: Arc<PolicyHandle>, ledger: Ledger, mut stop: watch::Receiver<bool>) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler; the policy reloads on file change only");
+            None
+        }
+    };
+    loop {
+        let trigger = tokio::select! {
+            _ = async {
+                match hangup.as_mut() {
+                    Some(h) => { h.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => "SIGHUP",
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                if !handle.changed() {
+                    continue;
+                }
+                "file change"
+            }
+            _ = stop.changed() => return,
+        };
+        let file = handle.policies_path().display().to_string();
+        let data = match handle.reload() {
+            Ok(count) => {
+                tracing::info!(policies = count, file, trigger, "access policy reloaded");
+                json!({"policy": {"file": file, "trigger": trigger, "loaded": true, "policies": count}})
+            }
+            Err(e) => {
+                tracing::error!(error = %e, file, trigger, "access policy NOT reloaded; the previous policy stays in force");
+                json!({"policy": {"file": file, "trigger": trigger, "loaded": false, "error": e.to_string()}})
+            }
+        };
+        if let Err(e) = ledger
+            .append(
+                &Event::system(EventKind::ConfigChange, data),
+                Durability::Sync,
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "could not record a policy reload");
+        }
+    }
 }
 
 /// Moves key changes from the store's outbox into the ledger, every second and once more
@@ -259,6 +336,7 @@ async fn start_postgres(
     config: &Config,
     ledger: &Ledger,
     store: &Store,
+    policy: Option<Arc<PolicyHandle>>,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<(String, SocketAddr)>> {
     // The store is read at every sign-in, so keys created or revoked from the CLI count at
@@ -266,15 +344,6 @@ async fn start_postgres(
     let store = store.clone();
     let oidc = gatehouse_identity::oidc::Oidc::new(&config.issuers).map_err(anyhow::Error::msg)?;
     let auth = Authenticator::new(ApiKeys::new(&config.identities), Some(store)).with_oidc(oidc);
-    let policy = match &config.policy {
-        Some(p) => {
-            let engine = gatehouse_policy::PolicyEngine::load(&p.policies, p.schema.as_deref())
-                .map_err(|e| anyhow::anyhow!("policy: {e}"))?;
-            tracing::info!(policies = engine.len(), file = %p.policies.display(), "access policy loaded");
-            Some(Arc::new(engine))
-        }
-        None => None,
-    };
     let cancels = CancelMap::default();
     let mut bound = Vec::new();
     for r in config

@@ -254,6 +254,121 @@ forbid (principal, action == Gatehouse::Action::"read", resource) when { context
     assert!(stderr(&out).contains("policy by-team"), "{}", stderr(&out));
 }
 
+/// The `config.change` entries about the policy in a (possibly live) ledger.
+fn policy_changes(data: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let scanned = gatehouse_ledger::segment::scan(&gatehouse_ledger::Layout::new(data), |e| {
+        let v: serde_json::Value = serde_json::from_slice(e.line).unwrap();
+        if v["kind"] == "config.change" && v["data"]["policy"].is_object() {
+            out.push(v["data"]["policy"].clone());
+        }
+        Ok(())
+    });
+    assert!(scanned.is_ok(), "{scanned:?}");
+    out
+}
+
+#[test]
+fn serve_reloads_the_policy_on_change_and_sighup_and_keeps_the_old_one_when_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let policies = dir.path().join("policies.cedar");
+    let good = "@id(\"a\")\npermit (principal in Gatehouse::Group::\"g\", action, resource);\n";
+    std::fs::write(&policies, good).unwrap();
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[admin]\nlisten = \"127.0.0.1:{port}\"\n[policy]\npolicies = \"policies.cedar\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = gatehouse()
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let data = dir.path().join("data");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while curl(&format!("http://127.0.0.1:{port}/healthz")).0 != 200 {
+        assert!(Instant::now() < deadline, "serve did not come up");
+        sleep(Duration::from_millis(100));
+    }
+    let wait_for = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let changes = policy_changes(&data);
+            if changes.len() >= n {
+                return changes;
+            }
+            assert!(Instant::now() < deadline, "{changes:?}");
+            sleep(Duration::from_millis(200));
+        }
+    };
+    let changes = wait_for(1);
+    assert_eq!(
+        (
+            changes[0]["trigger"].as_str(),
+            changes[0]["policies"].as_u64()
+        ),
+        (Some("start"), Some(1))
+    );
+    // A changed file is picked up by itself.
+    std::fs::write(&policies, format!("{good}@id(\"b\")\nforbid (principal, action, resource) when {{ principal.kind == \"agent\" }};\n")).unwrap();
+    let changes = wait_for(2);
+    assert_eq!(changes[1]["loaded"], true, "{changes:?}");
+    assert_eq!(changes[1]["policies"], 2);
+    assert_eq!(changes[1]["trigger"], "file change");
+    // A bad file is refused and the previous policy stays.
+    std::fs::write(
+        &policies,
+        "permit (principal, action, resource) when { principal.nope };\n",
+    )
+    .unwrap();
+    let changes = wait_for(3);
+    assert_eq!(changes[2]["loaded"], false, "{changes:?}");
+    assert!(
+        changes[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("policies.cedar"),
+        "{changes:?}"
+    );
+    // SIGHUP reloads on demand (still the bad file: refused again, said again).
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let changes = wait_for(4);
+    assert_eq!(
+        (
+            changes[3]["trigger"].as_str(),
+            changes[3]["loaded"].as_bool()
+        ),
+        (Some("SIGHUP"), Some(false))
+    );
+    assert_eq!(
+        curl(&format!("http://127.0.0.1:{port}/healthz")).0,
+        200,
+        "still serving"
+    );
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{logs}");
+    assert!(logs.contains("access policy NOT reloaded"), "{logs}");
+}
+
 #[test]
 fn config_check_accepts_the_example_and_names_bad_keys() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/gatehouse.toml");

@@ -20,7 +20,7 @@ use gatehouse_config::{ResourceConfig, Secret};
 use gatehouse_core::{Actor, Durability, Event, EventKind, ResourceRef};
 use gatehouse_identity::Authenticator;
 use gatehouse_ledger::Ledger;
-use gatehouse_policy::PolicyEngine;
+use gatehouse_policy::PolicyHandle;
 use gatehouse_sql::{OnUnparsed, Rule};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -56,7 +56,7 @@ pub struct PgResource {
     /// result summaries only.
     pub record_results: Option<u64>,
     /// Cedar policies for `connect` and each statement class; `None`: guardrails only.
-    pub policy: Option<Arc<PolicyEngine>>,
+    pub policy: Option<Arc<PolicyHandle>>,
 }
 
 /// How the gateway reaches a target over TLS: the verifying client configuration and the
@@ -74,7 +74,7 @@ impl PgResource {
         auth: Authenticator,
         ledger: Ledger,
         cancels: CancelMap,
-        policy: Option<Arc<PolicyEngine>>,
+        policy: Option<Arc<PolicyHandle>>,
     ) -> Result<Self, PgError> {
         let missing =
             |key: &str| PgError::Config(format!("resources.{}.{key} is required", config.name));

@@ -271,7 +271,7 @@ async fn startup<S: ClientStream>(
     };
     let actor = signed_in.actor;
     if let Some(policy) = &resource.policy {
-        let decision = policy.connect(&actor, (&resource.name, "postgres"));
+        let decision = policy.get().connect(&actor, (&resource.name, "postgres"));
         let (allowed, data) = match &decision {
             Ok(d) => (
                 d.outcome == Outcome::Allow,
@@ -802,7 +802,7 @@ impl Session {
         // Cedar decides per statement class; the stricter of it and the guardrails wins.
         let mut policies = Vec::new();
         if let Some(policy) = &self.resource.policy {
-            match policy.statements(
+            match policy.get().statements(
                 &self.actor,
                 (&self.resource.name, "postgres"),
                 &prepared.analysis,

@@ -94,8 +94,8 @@ struct Setup {
     record_cap: Option<u64>,
     /// OpenID Providers whose tokens are accepted.
     issuers: Vec<gatehouse_config::IssuerConfig>,
-    /// Cedar policies (`None`: guardrails only).
-    policy: Option<gatehouse_policy::PolicyEngine>,
+    /// Cedar policy text (`None`: guardrails only).
+    policy: Option<&'static str>,
 }
 
 impl Default for Setup {
@@ -219,7 +219,11 @@ async fn gateway_on(setup: Setup) -> Gateway {
         require_tls: with_tls,
         target_tls,
         record_results: record_cap,
-        policy: policy.map(Arc::new),
+        policy: policy.map(|text| {
+            let path = data.path().join("policies.cedar");
+            std::fs::write(&path, text).unwrap();
+            Arc::new(gatehouse_policy::PolicyHandle::load(&path, None).unwrap())
+        }),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -1704,15 +1708,8 @@ forbid (principal, action == Gatehouse::Action::"read", resource)
 when { principal.kind == "human" && context.tables.contains("public.customers") && context.command == "SELECT" }
 unless { context.tables.contains("public.allowed") };
 "#;
-    let engine = gatehouse_policy::PolicyEngine::from_text(
-        policies,
-        "policies.cedar",
-        gatehouse_policy::DEFAULT_SCHEMA,
-        "schema",
-    )
-    .unwrap();
     let gw = gateway_on(Setup {
-        policy: Some(engine),
+        policy: Some(policies),
         ..Setup::default()
     })
     .await;

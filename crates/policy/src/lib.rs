@@ -15,8 +15,10 @@
 //! refusing it, when review policies are all that forbid it.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
@@ -333,6 +335,72 @@ fn table_names(tables: &[String]) -> Vec<String> {
     names
 }
 
+/// The policy in force, replaceable while sessions run: a reload that loads and validates
+/// swaps it in for every decision after it; one that fails leaves the old one in force.
+#[derive(Debug)]
+pub struct PolicyHandle {
+    current: RwLock<Arc<PolicyEngine>>,
+    policies: PathBuf,
+    schema: Option<PathBuf>,
+    /// Size and modification time of the files when last loaded (or last tried).
+    seen: RwLock<Fingerprint>,
+}
+
+type Fingerprint = Vec<Option<(u64, SystemTime)>>;
+
+impl PolicyHandle {
+    /// Loads the files; an error here stops the gateway from starting.
+    pub fn load(policies: &Path, schema: Option<&Path>) -> Result<PolicyHandle, PolicyError> {
+        let engine = PolicyEngine::load(policies, schema)?;
+        let handle = PolicyHandle {
+            current: RwLock::new(Arc::new(engine)),
+            policies: policies.to_path_buf(),
+            schema: schema.map(Path::to_path_buf),
+            seen: RwLock::new(Vec::new()),
+        };
+        *handle.seen.write().unwrap_or_else(|p| p.into_inner()) = handle.fingerprint();
+        Ok(handle)
+    }
+
+    /// The policy in force now.
+    pub fn get(&self) -> Arc<PolicyEngine> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn policies_path(&self) -> &Path {
+        &self.policies
+    }
+
+    /// Loads the files again; on success the new policy is in force and its size is
+    /// returned, on failure the old one stays and the error says why.
+    pub fn reload(&self) -> Result<usize, PolicyError> {
+        *self.seen.write().unwrap_or_else(|p| p.into_inner()) = self.fingerprint();
+        let engine = PolicyEngine::load(&self.policies, self.schema.as_deref())?;
+        let count = engine.len();
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(engine);
+        Ok(count)
+    }
+
+    /// Whether a file changed (size or modification time) since the last load or try.
+    pub fn changed(&self) -> bool {
+        *self.seen.read().unwrap_or_else(|p| p.into_inner()) != self.fingerprint()
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        std::iter::once(&self.policies)
+            .chain(self.schema.as_ref())
+            .map(|p| {
+                std::fs::metadata(p)
+                    .ok()
+                    .and_then(|m| Some((m.len(), m.modified().ok()?)))
+            })
+            .collect()
+    }
+}
+
 fn request_action_name(request: &Request) -> String {
     request
         .action()
@@ -455,6 +523,46 @@ permit (principal, action, resource) when { principal.department == "finance" };
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("s.cedarschema: "), "{err}");
+    }
+
+    #[test]
+    fn a_reload_swaps_in_a_good_policy_and_keeps_the_old_one_on_a_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policies.cedar");
+        std::fs::write(&path, POLICIES).unwrap();
+        let handle = PolicyHandle::load(&path, None).unwrap();
+        let before = handle.get();
+        assert!(!handle.changed());
+        let ann = actor("ann", ActorKind::Human, &["analysts"]);
+        assert_eq!(before.connect(&ann, PG).unwrap().outcome, Outcome::Allow);
+
+        std::fs::write(
+            &path,
+            "@id(\"nobody\")\nforbid (principal, action, resource);\n",
+        )
+        .unwrap();
+        assert!(handle.changed());
+        assert_eq!(handle.reload().unwrap(), 1);
+        assert!(!handle.changed());
+        assert_eq!(
+            handle.get().connect(&ann, PG).unwrap().outcome,
+            Outcome::Deny
+        );
+        // A decision already holding the old policy keeps it to its end.
+        assert_eq!(before.connect(&ann, PG).unwrap().outcome, Outcome::Allow);
+
+        std::fs::write(
+            &path,
+            "permit (principal, action, resource) when { principal.x };",
+        )
+        .unwrap();
+        let err = handle.reload().unwrap_err().to_string();
+        assert!(err.contains("policies.cedar"), "{err}");
+        assert_eq!(handle.get().len(), 1, "the last good policy stays in force");
+        assert!(
+            !handle.changed(),
+            "a failed try is not retried until the file changes again"
+        );
     }
 
     #[test]
