@@ -43,6 +43,12 @@ pub enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Sign in at an OpenID Provider with the device flow; the token is kept (mode 0600) for
+    /// `gatehouse token`.
+    Login(LoginArgs),
+    /// Print a valid token for scripts (refreshed first when it nears expiry):
+    /// `PGPASSWORD=$(gatehouse token) psql ...`.
+    Token,
     /// Check Cedar policies and explain decisions offline.
     Policy {
         #[command(subcommand)]
@@ -54,6 +60,19 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The provider's issuer URL (the `issuer` of the gateway's `[[issuers]]` entry).
+    #[arg(long)]
+    pub issuer: String,
+    /// The public client registered at the provider for Gatehouse's CLI.
+    #[arg(long, default_value = "gatehouse-cli")]
+    pub client_id: String,
+    /// Scopes to ask for; `offline_access` gets a refresh token.
+    #[arg(long, default_value = "openid offline_access")]
+    pub scope: String,
 }
 
 #[derive(Debug, Subcommand)]

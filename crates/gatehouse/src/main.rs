@@ -16,6 +16,7 @@ mod keys_cmd;
 mod ledger_cmd;
 mod limits;
 mod logging;
+mod login_cmd;
 mod policy_cmd;
 
 use std::process::ExitCode;
@@ -67,6 +68,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => Ok(gateway::config_check(&file)),
         Command::Keys { command } => keys_cmd::run(command).await,
         Command::Policy { command } => policy_cmd::run(command),
+        Command::Login(args) => login_cmd::login(args).await,
+        Command::Token => login_cmd::token().await,
         Command::Ledger { command } => {
             logging::init(cli.log_format.unwrap_or(LogFormat::Text), "warn", false)?;
             ledger_cmd::run(command).await

@@ -788,3 +788,156 @@ fn proofs_verify_offline_and_detect_a_changed_entry() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not covered"), "{}", stderr(&out));
 }
+
+#[test]
+fn login_by_device_flow_then_token_signs_psql_in_and_refreshes() {
+    use gatehouse_testkit::{OidcProvider, PgCluster, oidc_dir};
+
+    let dir = tempfile::tempdir().unwrap();
+    let provider = OidcProvider::start(&dir.path().join("op-keys.json"), 0).unwrap();
+    let pg = PgCluster::start().unwrap();
+    pg.create_app("app", "app-secret", "appdb").unwrap();
+    std::fs::write(dir.path().join("pg-password"), "app-secret").unwrap();
+    let (admin, listen) = (free_port(), free_port());
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [[resources]]\nname = \"pg\"\nkind = \"postgres\"\nlisten = \"127.0.0.1:{listen}\"\n\
+             target = \"127.0.0.1:{}\"\ndatabase = \"appdb\"\n\
+             [resources.credentials]\nuser = \"app\"\npassword_file = \"pg-password\"\n\
+             [[issuers]]\nname = \"test-op\"\nissuer = \"{}\"\naudiences = [\"gatehouse\"]\n",
+            pg.port,
+            provider.issuer()
+        ),
+    )
+    .unwrap();
+    let mut serve = gatehouse()
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while curl(&format!("http://127.0.0.1:{admin}/healthz")).0 != 200 {
+        assert!(Instant::now() < deadline, "serve did not come up");
+        sleep(Duration::from_millis(100));
+    }
+
+    // The person runs `gatehouse login`, opens the link it prints and approves.
+    let token_file = dir.path().join("home/.config/gatehouse/token.json");
+    let mut login = gatehouse()
+        .args(["login", "--issuer", &provider.issuer()])
+        .args(["--scope", "openid offline_access db"])
+        .env("GATEHOUSE_TOKEN_FILE", &token_file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(login.stderr.take().unwrap());
+    let link = loop {
+        let mut line = String::new();
+        assert!(said.read_line(&mut line).unwrap() > 0, "login ended early");
+        if let Some(rest) = line.trim().strip_prefix("(or open ") {
+            break rest.trim_end_matches(')').to_string();
+        }
+    };
+    let approve = Command::new("node")
+        .arg(oidc_dir().join("approve-device.mjs"))
+        .args([&link, "ann"])
+        .output()
+        .unwrap();
+    assert!(
+        approve.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approve.stderr)
+    );
+    let mut rest = String::new();
+    said.read_to_string(&mut rest).unwrap();
+    assert!(login.wait().unwrap().success(), "{rest}");
+    assert!(rest.contains("Signed in at"), "{rest}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the token file is private");
+
+    let token = || {
+        let out = gatehouse()
+            .arg("token")
+            .env("GATEHOUSE_TOKEN_FILE", &token_file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+    let psql = |token: &str| {
+        Command::new(gatehouse_testkit::pg_bindir().unwrap().join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &listen.to_string(),
+                "-U",
+                "ann",
+                "-d",
+                "appdb",
+            ])
+            .args(["-X", "-A", "-t", "-c", "SELECT 'ann via device flow'"])
+            .env("PGPASSWORD", token)
+            .output()
+            .unwrap()
+    };
+    let first = token();
+    let out = psql(&first);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ann via device flow"
+    );
+
+    // Near expiry, `gatehouse token` refreshes first (and keeps the file private).
+    let mut saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&token_file).unwrap()).unwrap();
+    saved["expires_at"] = 0.into();
+    std::fs::write(&token_file, saved.to_string()).unwrap();
+    let second = token();
+    assert_ne!(first, second, "a fresh token after refresh");
+    let refreshed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&token_file).unwrap()).unwrap();
+    assert!(refreshed["expires_at"].as_i64().unwrap() > 0);
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(psql(&second).status.success());
+
+    let status = Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(serve.wait().unwrap().success());
+    let mut starts = Vec::new();
+    gatehouse_ledger::segment::scan(
+        &gatehouse_ledger::Layout::new(&dir.path().join("data")),
+        |e| {
+            let v: serde_json::Value = serde_json::from_slice(e.line).unwrap();
+            assert!(
+                !String::from_utf8_lossy(e.line).contains(&first),
+                "tokens are never recorded"
+            );
+            if v["kind"] == "session.start" {
+                starts.push(v);
+            }
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(starts.len(), 2);
+    assert_eq!(starts[0]["actor"]["id"], "ann");
+    assert_eq!(starts[0]["actor"]["idp"], "test-op");
+    assert_eq!(
+        starts[0]["actor"]["groups"],
+        serde_json::json!(["analysts"])
+    );
+}

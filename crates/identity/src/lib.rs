@@ -2,6 +2,7 @@
 //! either configured in `[[identities]]` or managed in the state store (`keys create`);
 //! OIDC tokens come next.
 
+pub mod login;
 pub mod oidc;
 
 use std::sync::Arc;

@@ -45,15 +45,34 @@ const jobClaims = { gha: { repository: 'acme/api', ref: 'refs/heads/main' } };
 const issuer = `http://127.0.0.1:${port}`;
 const provider = new Provider(issuer, {
   jwks,
-  clients: Object.keys(groups).map((id) => ({
-    client_id: id,
-    client_secret: `${id}-secret`,
-    grant_types: ['client_credentials'],
-    redirect_uris: [],
-    response_types: [],
-  })),
+  clients: [
+    ...Object.keys(groups).map((id) => ({
+      client_id: id,
+      client_secret: `${id}-secret`,
+      grant_types: ['client_credentials'],
+      redirect_uris: [],
+      response_types: [],
+    })),
+    // What `gatehouse login` is registered as: a public client (no secret) using the
+    // device flow, with refresh tokens.
+    {
+      client_id: 'gatehouse-cli',
+      token_endpoint_auth_method: 'none',
+      grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
+      redirect_uris: [],
+      response_types: [],
+    },
+  ],
+  // People sign in through the provider's development login page, which accepts any user
+  // name; the test drives it like a browser would (approve-device.mjs).
+  findAccount: (ctx, sub) => ({
+    accountId: sub,
+    claims: () => ({ sub, groups: ['analysts'] }),
+  }),
+  scopes: ['openid', 'offline_access', 'db'],
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: true },
+    deviceFlow: { enabled: true },
     clientCredentials: { enabled: true },
     resourceIndicators: {
       enabled: true,
@@ -68,7 +87,13 @@ const provider = new Provider(issuer, {
       }),
     },
   },
-  extraTokenClaims: (ctx, token) => ({ groups: groups[token.clientId] || [], ...(jobClaims[token.clientId] || {}) }),
+  extraTokenClaims: (ctx, token) => ({
+    groups: token.accountId ? ['analysts'] : groups[token.clientId] || [],
+    ...(jobClaims[token.clientId] || {}),
+  }),
+  // Refresh tokens for the device-flow client whenever it asks for offline_access.
+  issueRefreshToken: async (ctx, client, code) =>
+    client.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access'),
 });
 provider.proxy = false;
 provider.listen(Number(port), '127.0.0.1', () => console.log('ready'));

@@ -41,14 +41,18 @@ impl OidcProvider {
             .spawn()
             .map_err(|e| format!("starting node: {e}"))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout)
+        reader
             .read_line(&mut line)
             .map_err(|e| format!("reading the provider's output: {e}"))?;
         if line.trim() != "ready" {
             let _ = child.kill();
             return Err(format!("the provider did not start: {line:?}"));
         }
+        // Keep reading: the provider logs as it serves, and node exits when a write to a
+        // closed pipe fails.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
         Ok(OidcProvider {
             port,
             keys_file: keys_file.to_path_buf(),

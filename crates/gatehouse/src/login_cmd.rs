@@ -1,0 +1,65 @@
+//! `gatehouse login` and `gatehouse token`: a person's sign-in on their own machine.
+
+use std::process::ExitCode;
+
+use gatehouse_identity::login::{self, LoginClient};
+use gatehouse_identity::unix_now;
+
+use crate::cli::LoginArgs;
+
+pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
+    let path = login::token_path().map_err(anyhow::Error::msg)?;
+    let client = LoginClient::discover(&args.issuer, &args.client_id)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let start = client
+        .start_device(&args.scope)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "To sign in, open {} and enter the code {}",
+        start.verification_uri, start.user_code
+    );
+    if let Some(direct) = &start.verification_uri_complete {
+        eprintln!("(or open {direct})");
+    }
+    eprintln!(
+        "Waiting for the sign-in to be approved (up to {} s)...",
+        start.expires_in
+    );
+    let tokens = client
+        .wait_for_approval(&start, unix_now())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    login::save(&path, &tokens).map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "Signed in at {}; the token is in {} (valid for {} s{})",
+        tokens.issuer,
+        path.display(),
+        tokens.expires_at - unix_now(),
+        if tokens.refresh_token.is_some() {
+            ", refreshed by `gatehouse token` when it nears expiry"
+        } else {
+            ""
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn token() -> anyhow::Result<ExitCode> {
+    let path = login::token_path().map_err(anyhow::Error::msg)?;
+    let mut tokens = login::load(&path).map_err(anyhow::Error::msg)?;
+    let now = unix_now();
+    if login::needs_refresh(&tokens, now) {
+        let client = LoginClient::discover(&tokens.issuer, &tokens.client_id)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        tokens = client
+            .refresh(&tokens, now)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        login::save(&path, &tokens).map_err(anyhow::Error::msg)?;
+    }
+    outln!("{}", tokens.access_token);
+    Ok(ExitCode::SUCCESS)
+}
