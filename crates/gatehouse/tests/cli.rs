@@ -807,10 +807,18 @@ fn login_by_device_flow_then_token_signs_psql_in_and_refreshes() {
              [[resources]]\nname = \"pg\"\nkind = \"postgres\"\nlisten = \"127.0.0.1:{listen}\"\n\
              target = \"127.0.0.1:{}\"\ndatabase = \"appdb\"\n\
              [resources.credentials]\nuser = \"app\"\npassword_file = \"pg-password\"\n\
-             [[issuers]]\nname = \"test-op\"\nissuer = \"{}\"\naudiences = [\"gatehouse\"]\n",
+             [[issuers]]\nname = \"test-op\"\nissuer = \"{}\"\naudiences = [\"gatehouse\"]\n\
+             [policy]\npolicies = \"policies.cedar\"\n",
             pg.port,
             provider.issuer()
         ),
+    )
+    .unwrap();
+    // The groups in the token decide in Cedar: analysts may connect and read, nothing else.
+    std::fs::write(
+        dir.path().join("policies.cedar"),
+        "@id(\"analysts-read\")\npermit (principal in Gatehouse::Group::\"analysts\", \
+         action in [Gatehouse::Action::\"connect\", Gatehouse::Action::\"read\"], resource);\n",
     )
     .unwrap();
     let mut serve = gatehouse()
@@ -868,7 +876,7 @@ fn login_by_device_flow_then_token_signs_psql_in_and_refreshes() {
         assert!(out.status.success(), "{}", stderr(&out));
         stdout(&out).trim().to_string()
     };
-    let psql = |token: &str| {
+    let psql_sql = |token: &str, sql: &str| {
         Command::new(gatehouse_testkit::pg_bindir().unwrap().join("psql"))
             .args([
                 "-h",
@@ -880,12 +888,19 @@ fn login_by_device_flow_then_token_signs_psql_in_and_refreshes() {
                 "-d",
                 "appdb",
             ])
-            .args(["-X", "-A", "-t", "-c", "SELECT 'ann via device flow'"])
+            .args(["-X", "-A", "-t", "-c", sql])
             .env("PGPASSWORD", token)
             .output()
             .unwrap()
     };
+    let psql = |token: &str| psql_sql(token, "SELECT 'ann via device flow'");
     let first = token();
+    let out = psql_sql(&first, "CREATE TABLE notes (t text)");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no policy permits ddl on pg"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = psql(&first);
     assert!(
         out.status.success(),
@@ -933,7 +948,7 @@ fn login_by_device_flow_then_token_signs_psql_in_and_refreshes() {
         },
     )
     .unwrap();
-    assert_eq!(starts.len(), 2);
+    assert_eq!(starts.len(), 3);
     assert_eq!(starts[0]["actor"]["id"], "ann");
     assert_eq!(starts[0]["actor"]["idp"], "test-op");
     assert_eq!(
