@@ -43,8 +43,8 @@ pub enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
-    /// Sign in at an OpenID Provider with the device flow; the token is kept (mode 0600) for
-    /// `gatehouse token`.
+    /// Sign in at an OpenID Provider (device flow, or `--browser` for the authorization code
+    /// with PKCE); the token is kept (mode 0600) for `gatehouse token`.
     Login(LoginArgs),
     /// Print a valid token for scripts (refreshed first when it nears expiry):
     /// `PGPASSWORD=$(gatehouse token) psql ...`.
@@ -73,6 +73,10 @@ pub struct LoginArgs {
     /// Scopes to ask for; `offline_access` gets a refresh token.
     #[arg(long, default_value = "openid offline_access")]
     pub scope: String,
+    /// Sign in in a browser on this machine (authorization code with PKCE, redirected to a
+    /// loopback port) instead of the device flow.
+    #[arg(long)]
+    pub browser: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,25 +12,20 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     let client = LoginClient::discover(&args.issuer, &args.client_id)
         .await
         .map_err(anyhow::Error::msg)?;
-    let start = client
-        .start_device(&args.scope)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    eprintln!(
-        "To sign in, open {} and enter the code {}",
-        start.verification_uri, start.user_code
-    );
-    if let Some(direct) = &start.verification_uri_complete {
-        eprintln!("(or open {direct})");
-    }
-    eprintln!(
-        "Waiting for the sign-in to be approved (up to {} s)...",
-        start.expires_in
-    );
-    let tokens = client
-        .wait_for_approval(&start, unix_now())
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let tokens = if args.browser {
+        let pending = client
+            .start_browser(&args.scope)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        eprintln!("Open this link to sign in: {}", pending.url);
+        eprintln!("Waiting for the browser to come back (up to 5 minutes)...");
+        client
+            .finish_browser(pending, std::time::Duration::from_secs(300), unix_now())
+            .await
+            .map_err(anyhow::Error::msg)?
+    } else {
+        device(&client, &args.scope).await?
+    };
     login::save(&path, &tokens).map_err(anyhow::Error::msg)?;
     eprintln!(
         "Signed in at {}; the token is in {} (valid for {} s{})",
@@ -44,6 +39,28 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+async fn device(client: &LoginClient, scope: &str) -> anyhow::Result<login::TokenSet> {
+    let start = client
+        .start_device(scope)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "To sign in, open {} and enter the code {}",
+        start.verification_uri, start.user_code
+    );
+    if let Some(direct) = &start.verification_uri_complete {
+        eprintln!("(or open {direct})");
+    }
+    eprintln!(
+        "Waiting for the sign-in to be approved (up to {} s)...",
+        start.expires_in
+    );
+    client
+        .wait_for_approval(&start, unix_now())
+        .await
+        .map_err(anyhow::Error::msg)
 }
 
 pub async fn token() -> anyhow::Result<ExitCode> {

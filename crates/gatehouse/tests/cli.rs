@@ -956,3 +956,63 @@ fn login_by_device_flow_then_token_signs_psql_in_and_refreshes() {
         serde_json::json!(["analysts"])
     );
 }
+
+#[test]
+fn login_in_a_browser_uses_pkce_and_a_loopback_redirect() {
+    use base64::Engine;
+    use gatehouse_testkit::{OidcProvider, oidc_dir};
+
+    let dir = tempfile::tempdir().unwrap();
+    let provider = OidcProvider::start(&dir.path().join("op-keys.json"), 0).unwrap();
+    let token_file = dir.path().join("token.json");
+    let mut login = gatehouse()
+        .args(["login", "--browser", "--issuer", &provider.issuer()])
+        .args(["--scope", "openid offline_access db"])
+        .env("GATEHOUSE_TOKEN_FILE", &token_file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(login.stderr.take().unwrap());
+    let link = loop {
+        let mut line = String::new();
+        assert!(said.read_line(&mut line).unwrap() > 0, "login ended early");
+        if let Some(rest) = line.trim().strip_prefix("Open this link to sign in: ") {
+            break rest.to_string();
+        }
+    };
+    assert!(link.contains("code_challenge_method=S256"), "{link}");
+    assert!(
+        link.contains("redirect_uri=http%3A%2F%2F127.0.0.1%3A"),
+        "{link}"
+    );
+    // The "browser" signs in and consents; the provider redirects it to the CLI's port.
+    let browser = Command::new("node")
+        .arg(oidc_dir().join("approve-device.mjs"))
+        .args([&link, "bea"])
+        .output()
+        .unwrap();
+    assert!(
+        browser.status.success(),
+        "{}",
+        String::from_utf8_lossy(&browser.stderr)
+    );
+    let mut rest = String::new();
+    said.read_to_string(&mut rest).unwrap();
+    assert!(login.wait().unwrap().success(), "{rest}");
+    let out = gatehouse()
+        .arg("token")
+        .env("GATEHOUSE_TOKEN_FILE", &token_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = stdout(&out).trim().to_string();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], "bea");
+    assert_eq!(claims["aud"], "gatehouse");
+    assert_eq!(claims["iss"], provider.issuer().as_str());
+}

@@ -1,5 +1,6 @@
-//! Signing in on a user's machine: the OAuth 2.0 device authorization grant (RFC 8628)
-//! against an OpenID Provider, the token file the result is kept in (mode 0600), and
+//! Signing in on a user's machine: the OAuth 2.0 device authorization grant (RFC 8628), or
+//! the authorization code with PKCE (RFC 7636) on a loopback redirect (RFC 8252), against
+//! an OpenID Provider, the token file the result is kept in (mode 0600), and
 //! refreshing it when it nears expiry, so scripts can run
 //! `PGPASSWORD=$(gatehouse token) psql ...`.
 
@@ -8,8 +9,11 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// What a sign-in leaves behind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,8 +52,20 @@ pub struct LoginClient {
     http: reqwest::Client,
     issuer: String,
     client_id: String,
-    device_endpoint: String,
+    device_endpoint: Option<String>,
+    authorization_endpoint: Option<String>,
     token_endpoint: String,
+}
+
+/// A browser sign-in in progress: the link to open, and the loopback listener waiting for
+/// the provider's redirect.
+#[derive(Debug)]
+pub struct BrowserLogin {
+    pub url: String,
+    listener: tokio::net::TcpListener,
+    redirect_uri: String,
+    verifier: String,
+    state: String,
 }
 
 impl LoginClient {
@@ -73,17 +89,97 @@ impl LoginClient {
         Ok(LoginClient {
             issuer: doc["issuer"].as_str().unwrap_or(issuer).to_string(),
             client_id: client_id.to_string(),
-            device_endpoint: endpoint("device_authorization_endpoint")?,
+            device_endpoint: endpoint("device_authorization_endpoint").ok(),
+            authorization_endpoint: endpoint("authorization_endpoint").ok(),
             token_endpoint: endpoint("token_endpoint")?,
             http,
         })
     }
 
+    /// Starts a browser sign-in: a loopback listener on a free port, a PKCE verifier and a
+    /// state, and the provider link carrying their challenge.
+    pub async fn start_browser(&self, scope: &str) -> Result<BrowserLogin, String> {
+        let endpoint = self
+            .authorization_endpoint
+            .as_deref()
+            .ok_or("the provider has no authorization endpoint; use the device flow")?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("cannot listen on loopback for the redirect: {e}"))?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let redirect_uri = format!("http://127.0.0.1:{port}/callback");
+        let verifier = random_token()?;
+        let state = random_token()?;
+        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+        let url = reqwest::Url::parse_with_params(
+            endpoint,
+            &[
+                ("response_type", "code"),
+                ("client_id", self.client_id.as_str()),
+                ("redirect_uri", redirect_uri.as_str()),
+                ("scope", scope),
+                ("state", state.as_str()),
+                ("code_challenge", challenge.as_str()),
+                ("code_challenge_method", "S256"),
+            ],
+        )
+        .map_err(|e| format!("{endpoint}: {e}"))?;
+        Ok(BrowserLogin {
+            url: url.to_string(),
+            listener,
+            redirect_uri,
+            verifier,
+            state,
+        })
+    }
+
+    /// Waits (up to `wait`) for the provider's redirect to the loopback listener, checks its
+    /// state, and trades the code (with the PKCE verifier) for tokens.
+    pub async fn finish_browser(
+        &self,
+        login: BrowserLogin,
+        wait: Duration,
+        now: i64,
+    ) -> Result<TokenSet, String> {
+        let params = tokio::time::timeout(wait, accept_redirect(&login.listener))
+            .await
+            .map_err(|_| "no sign-in arrived in time; run login again".to_string())??;
+        let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        if let Some(error) = param("error") {
+            return Err(format!(
+                "the provider refused: {error} {}",
+                param("error_description").unwrap_or_default()
+            ));
+        }
+        // A redirect without our state did not come from the sign-in we started.
+        if param("state").as_deref() != Some(login.state.as_str()) {
+            return Err("the redirect carried the wrong state; not signed in".into());
+        }
+        let code = param("code").ok_or("the redirect carried no code")?;
+        match self
+            .token_request(&[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", login.redirect_uri.as_str()),
+                ("client_id", self.client_id.as_str()),
+                ("code_verifier", login.verifier.as_str()),
+            ])
+            .await?
+        {
+            Ok(body) => self.token_set(&body, None, now),
+            Err((error, description)) => Err(format!("{error}: {description}")),
+        }
+    }
+
     /// Starts a device-flow sign-in.
     pub async fn start_device(&self, scope: &str) -> Result<DeviceStart, String> {
+        let endpoint = self
+            .device_endpoint
+            .as_deref()
+            .ok_or("the provider has no device authorization endpoint; use --browser")?;
         let body = self
             .post(
-                &self.device_endpoint,
+                endpoint,
                 &[("client_id", self.client_id.as_str()), ("scope", scope)],
             )
             .await?;
@@ -208,6 +304,54 @@ impl LoginClient {
             ));
         }
         Ok(body)
+    }
+}
+
+/// 32 random bytes, base64url: a PKCE verifier or a state.
+fn random_token() -> Result<String, String> {
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(URL_SAFE_NO_PAD.encode(raw))
+}
+
+/// Answers the first request to the loopback listener that carries a query (the browser's
+/// redirect) and returns its query parameters. Other requests (a favicon) get a 404.
+async fn accept_redirect(
+    listener: &tokio::net::TcpListener,
+) -> Result<Vec<(String, String)>, String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    loop {
+        let (stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
+        let mut reader = BufReader::new(stream);
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).await.is_err() {
+            continue;
+        }
+        // Read the headers off so the browser sees a clean answer.
+        let mut header = String::new();
+        while reader.read_line(&mut header).await.is_ok_and(|n| n > 2) {
+            header.clear();
+        }
+        let target = request_line.split_whitespace().nth(1).unwrap_or("");
+        let Some((path, query)) = target.split_once('?') else {
+            let _ = reader
+                .get_mut()
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+            continue;
+        };
+        let params: Vec<(String, String)> = reqwest::Url::parse(&format!("http://x{path}?{query}"))
+            .map(|u| u.query_pairs().into_owned().collect())
+            .unwrap_or_default();
+        let page = "<!doctype html><title>Gatehouse</title><p>Signed in to Gatehouse. You can close this window.</p>";
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+            page.len()
+        );
+        let _ = reader.get_mut().write_all(answer.as_bytes()).await;
+        return Ok(params);
     }
 }
 

@@ -54,13 +54,15 @@ const provider = new Provider(issuer, {
       response_types: [],
     })),
     // What `gatehouse login` is registered as: a public client (no secret) using the
-    // device flow, with refresh tokens.
+    // device flow or the authorization code with PKCE, with refresh tokens.
     {
       client_id: 'gatehouse-cli',
+      application_type: 'native',
       token_endpoint_auth_method: 'none',
-      grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
-      redirect_uris: [],
-      response_types: [],
+      grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'authorization_code', 'refresh_token'],
+      // A native app's loopback redirect: any port is accepted (RFC 8252 §7.3).
+      redirect_uris: ['http://127.0.0.1/callback'],
+      response_types: ['code'],
     },
   ],
   // People sign in through the provider's development login page, which accepts any user
