@@ -15,7 +15,7 @@ use crate::cli::{KeyKind, PolicyCommand, PolicyFiles};
 pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     match command {
         PolicyCommand::Check(files) => {
-            let (policies, schema) = resolve(&files)?;
+            let (policies, schema, _) = resolve(&files)?;
             match PolicyEngine::load(&policies, schema.as_deref()) {
                 Ok(engine) => {
                     outln!(
@@ -38,8 +38,13 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             }
         }
         PolicyCommand::Eval(args) => {
-            let (policies, schema) = resolve(&args.files)?;
+            let (policies, schema, config) = resolve(&args.files)?;
             let engine = PolicyEngine::load(&policies, schema.as_deref())?;
+            // The resource's guardrails take part as they do in the gateway.
+            let configured = config.as_ref().and_then(|c| c.resource(&args.resource));
+            let (rules, on_unparsed) = configured
+                .map(|r| (r.rules.clone(), r.on_unparsed))
+                .unwrap_or_default();
             let actor = Actor {
                 id: args.principal.clone(),
                 kind: match args.kind {
@@ -61,15 +66,23 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 ),
                 (_, Some(sql)) => {
                     let analysis = gatehouse_sql::analyze(sql);
-                    if let Some(why) = &analysis.unparsed {
-                        anyhow::bail!(
-                            "--sql: the parser cannot read it ({why}); the gateway would apply on_unparsed"
-                        );
-                    }
                     let classes: Vec<&str> = analysis.classes().map(|c| c.as_str()).collect();
+                    let d = gatehouse_policy::decide_statement(
+                        &rules,
+                        on_unparsed,
+                        Some(&engine),
+                        &actor,
+                        resource,
+                        &analysis,
+                    );
+                    let decision = gatehouse_policy::PolicyDecision {
+                        outcome: d.outcome,
+                        policies: d.policies,
+                        message: d.message,
+                    };
                     (
-                        engine.statements(&actor, resource, &analysis)?,
-                        json!({"actions": classes}),
+                        decision,
+                        json!({"actions": classes, "rule": d.rule, "unparsed": analysis.unparsed}),
                     )
                 }
                 (None, None) => unreachable!("clap requires --action or --sql"),
@@ -88,20 +101,31 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The policy and schema files: as given, else from the config's `[policy]`.
-fn resolve(files: &PolicyFiles) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+/// The policy and schema files: as given, else from the config's `[policy]`; and the
+/// config when there is one (for the resource's guardrails).
+fn resolve(files: &PolicyFiles) -> anyhow::Result<(PathBuf, Option<PathBuf>, Option<Config>)> {
+    let config = match std::fs::read_to_string(&files.config) {
+        Ok(text) => Some(Config::parse_toml_str(&text, &files.config)?),
+        Err(_) if files.policies.is_some() => None,
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "reading {} (give a policy file, or --config FILE with a [policy] section)",
+                    files.config.display()
+                )
+            });
+        }
+    };
     if let Some(policies) = &files.policies {
-        return Ok((policies.clone(), files.schema.clone()));
+        return Ok((policies.clone(), files.schema.clone(), config));
     }
-    let text = std::fs::read_to_string(&files.config).with_context(|| {
-        format!(
-            "reading {} (give a policy file, or --config FILE with a [policy] section)",
-            files.config.display()
-        )
-    })?;
-    let config = Config::parse_toml_str(&text, &files.config)?;
     let policy = config
-        .policy
+        .as_ref()
+        .and_then(|c| c.policy.clone())
         .with_context(|| format!("{}: no [policy] section", files.config.display()))?;
-    Ok((policy.policies, files.schema.clone().or(policy.schema)))
+    Ok((
+        policy.policies,
+        files.schema.clone().or(policy.schema),
+        config,
+    ))
 }

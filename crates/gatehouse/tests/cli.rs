@@ -182,7 +182,13 @@ forbid (principal, action == Gatehouse::Action::"read", resource) when { context
     )
     .unwrap();
     let config = dir.path().join("gatehouse.toml");
-    std::fs::write(&config, "[policy]\npolicies = \"policies.cedar\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[policy]\npolicies = \"policies.cedar\"\n\
+         [[resources]]\nname = \"pg-prod\"\nkind = \"http\"\n\
+         [[resources.rules]]\nid = \"no-truncate\"\naction = \"deny\"\ncommands = [\"TRUNCATE\"]\n",
+    )
+    .unwrap();
     let config_arg = config.to_str().unwrap();
 
     let out = run(&["policy", "check", "--config", config_arg]);
@@ -235,6 +241,19 @@ forbid (principal, action == Gatehouse::Action::"read", resource) when { context
     assert_eq!(d["outcome"], "review");
     assert_eq!(d["policies"][0], "payroll-review");
     assert_eq!(d["actions"][0], "read");
+    // The resource's guardrails decide in the same place, and the deciding rule is named.
+    let d = eval(&[
+        "--principal",
+        "ann",
+        "--groups",
+        "analysts",
+        "--sql",
+        "TRUNCATE customers",
+    ]);
+    assert_eq!(
+        (d["outcome"].as_str(), d["rule"].as_str()),
+        (Some("deny"), Some("no-truncate"))
+    );
 
     // A policy that does not fit the schema is refused, naming the file and the policy.
     std::fs::write(

@@ -22,7 +22,8 @@ use crate::recording::Recorder;
 use crate::tracker::{Expect, Tracker, Work};
 use crate::upstream::{self, TargetStream};
 use crate::{PgResource, send};
-use gatehouse_sql::{Analysis, Outcome, analyze, evaluate};
+use gatehouse_policy::decide_statement;
+use gatehouse_sql::{Analysis, Outcome, analyze};
 
 /// Sends everything in `buf` (if anything) and empties it; returns how many bytes went.
 async fn drain_into<S: AsyncWrite + Unpin>(
@@ -793,41 +794,19 @@ impl Session {
         prepared: &Prepared,
         mut detail: Value,
     ) -> Result<u64, (&'static str, String)> {
-        let mut decision = evaluate(
+        let policy = self.resource.policy.as_ref().map(|p| p.get());
+        let decision = decide_statement(
             &self.resource.rules,
-            &prepared.analysis,
-            &self.actor.groups,
             self.resource.on_unparsed,
+            policy.as_deref(),
+            &self.actor,
+            (&self.resource.name, "postgres"),
+            &prepared.analysis,
         );
-        // Cedar decides per statement class; the stricter of it and the guardrails wins.
-        let mut policies = Vec::new();
-        if let Some(policy) = &self.resource.policy {
-            match policy.get().statements(
-                &self.actor,
-                (&self.resource.name, "postgres"),
-                &prepared.analysis,
-            ) {
-                Ok(cedar) => {
-                    if cedar.outcome > decision.outcome {
-                        decision.outcome = cedar.outcome;
-                        decision.rule = None;
-                        decision.message = cedar.message;
-                    }
-                    policies = cedar.policies;
-                }
-                Err(e) => {
-                    // Fail closed: a policy that cannot be evaluated refuses the statement.
-                    decision.outcome = Outcome::Deny;
-                    decision.rule = None;
-                    decision.message =
-                        Some(format!("the access policy could not be evaluated ({e})"));
-                }
-            }
-        }
         if let Value::Object(map) = &mut detail {
             map.extend(prepared.summary.clone());
         }
-        detail["decision"] = json!({"outcome": decision.outcome.as_str(), "rule": decision.rule, "policies": policies});
+        detail["decision"] = json!({"outcome": decision.outcome.as_str(), "rule": decision.rule, "policies": decision.policies});
         let index = self
             .audit(&prepared.sql, detail)
             .await

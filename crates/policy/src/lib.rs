@@ -25,7 +25,7 @@ use cedar_policy::{
     EntityUid, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use gatehouse_core::{Actor, ActorKind};
-use gatehouse_sql::{Analysis, Outcome};
+use gatehouse_sql::{Analysis, OnUnparsed, Outcome, Rule};
 
 /// The schema used when the config names none. A schema of one's own must keep these
 /// entity types and actions (it may add attributes and groups).
@@ -335,6 +335,56 @@ fn table_names(tables: &[String]) -> Vec<String> {
     names
 }
 
+/// A statement's decision from every layer, and what made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementDecision {
+    pub outcome: Outcome,
+    /// The guardrail rule that decided, if one did.
+    pub rule: Option<String>,
+    /// The Cedar policies that determined Cedar's part (also when a rule decided).
+    pub policies: Vec<String>,
+    pub message: Option<String>,
+}
+
+/// The one place a statement is decided: the resource's guardrails (and `on_unparsed` for
+/// text the parser cannot read), then the Cedar policy if there is one; the stricter
+/// outcome wins, and a policy that cannot be evaluated refuses.
+pub fn decide_statement(
+    guardrails: &[Rule],
+    on_unparsed: OnUnparsed,
+    policy: Option<&PolicyEngine>,
+    actor: &Actor,
+    resource: (&str, &str),
+    analysis: &Analysis,
+) -> StatementDecision {
+    let rules = gatehouse_sql::evaluate(guardrails, analysis, &actor.groups, on_unparsed);
+    let mut decision = StatementDecision {
+        outcome: rules.outcome,
+        rule: rules.rule,
+        policies: Vec::new(),
+        message: rules.message,
+    };
+    let Some(policy) = policy else {
+        return decision;
+    };
+    match policy.statements(actor, resource, analysis) {
+        Ok(cedar) => {
+            if cedar.outcome > decision.outcome {
+                decision.outcome = cedar.outcome;
+                decision.rule = None;
+                decision.message = cedar.message;
+            }
+            decision.policies = cedar.policies;
+        }
+        Err(e) => {
+            decision.outcome = Outcome::Deny;
+            decision.rule = None;
+            decision.message = Some(format!("the access policy could not be evaluated ({e})"));
+        }
+    }
+    decision
+}
+
 /// The policy in force, replaceable while sessions run: a reload that loads and validates
 /// swaps it in for every decision after it; one that fails leaves the old one in force.
 #[derive(Debug)]
@@ -562,6 +612,62 @@ permit (principal, action, resource) when { principal.department == "finance" };
         assert!(
             !handle.changed(),
             "a failed try is not retried until the file changes again"
+        );
+    }
+
+    #[test]
+    fn guardrails_and_cedar_decide_together_and_the_stricter_wins() {
+        let e = engine();
+        let ann = actor("ann", ActorKind::Human, &["analysts"]);
+        let deny_drop = Rule {
+            id: "no-drop".into(),
+            action: gatehouse_sql::RuleAction::Deny,
+            message: Some("not here".into()),
+            commands: vec!["DROP TABLE".into()],
+            classes: Vec::new(),
+            tables: Vec::new(),
+            missing_where: false,
+            groups: Vec::new(),
+            except_groups: Vec::new(),
+        };
+        let rules = [deny_drop];
+        let decide = |who: &Actor, sql: &str| {
+            decide_statement(&rules, OnUnparsed::Deny, Some(&e), who, PG, &analyze(sql))
+        };
+        // A rule denies what Cedar would allow (dba may do anything).
+        let dba = actor("dora", ActorKind::Human, &["dba"]);
+        let d = decide(&dba, "DROP TABLE customers");
+        assert_eq!(
+            (d.outcome, d.rule.as_deref()),
+            (Outcome::Deny, Some("no-drop"))
+        );
+        assert_eq!(d.policies, ["dba-all"], "Cedar's part is recorded too");
+        // Cedar holds what no rule minds.
+        let d = decide(&ann, "SELECT * FROM payroll");
+        assert_eq!((d.outcome, d.rule), (Outcome::Review, None));
+        assert_eq!(d.policies, ["payroll-review"]);
+        // Without a policy the rules alone decide.
+        let d = decide_statement(
+            &rules,
+            OnUnparsed::Deny,
+            None,
+            &ann,
+            PG,
+            &analyze("SELECT 1"),
+        );
+        assert_eq!(d.outcome, Outcome::Allow);
+        let d = decide_statement(
+            &rules,
+            OnUnparsed::Review,
+            None,
+            &ann,
+            PG,
+            &analyze("SELEC 1"),
+        );
+        assert_eq!(
+            d.outcome,
+            Outcome::Review,
+            "unreadable text follows on_unparsed"
         );
     }
 
