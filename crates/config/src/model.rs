@@ -230,6 +230,12 @@ pub struct ResourceConfig {
     /// What of each session is kept beside its entries (result data).
     #[serde(default)]
     pub recording: RecordingConfig,
+    /// For access policy: `resource.environment` (e.g. "production").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// For access policy: `resource.tags`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// `[resources.recording]`: result data kept as content-addressed chunks.

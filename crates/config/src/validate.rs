@@ -563,6 +563,8 @@ mod tests {
             tls: None,
             target_tls: None,
             recording: Default::default(),
+            environment: None,
+            tags: Vec::new(),
         };
         config.resources = vec![
             resource("a", "127.0.0.1:0"),

@@ -199,7 +199,7 @@ fn unknown_key_nested() {
     assert_eq!(
         load_error(&text),
         "gatehouse.toml:7:1: resources[1].port: unknown key; expected one of name, kind, durability, listen, \
-         target, database, credentials, rules, on_unparsed, tls, target_tls, recording"
+         target, database, credentials, rules, on_unparsed, tls, target_tls, recording, environment, tags"
     );
 }
 

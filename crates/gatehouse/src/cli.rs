@@ -64,9 +64,12 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct LoginArgs {
-    /// The provider's issuer URL (the `issuer` of the gateway's `[[issuers]]` entry).
+    /// The provider: its issuer URL, or the name of an `[[issuers]]` entry in the config.
     #[arg(long)]
     pub issuer: String,
+    /// The configuration file to look an issuer name up in.
+    #[arg(long, short, default_value = "gatehouse.toml")]
+    pub config: PathBuf,
     /// The public client registered at the provider for Gatehouse's CLI.
     #[arg(long, default_value = "gatehouse-cli")]
     pub client_id: String,

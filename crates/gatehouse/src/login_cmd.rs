@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 use gatehouse_identity::login::{self, LoginClient};
 use gatehouse_identity::unix_now;
 
@@ -9,7 +11,8 @@ use crate::cli::LoginArgs;
 
 pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     let path = login::token_path().map_err(anyhow::Error::msg)?;
-    let client = LoginClient::discover(&args.issuer, &args.client_id)
+    let issuer = issuer_url(&args)?;
+    let client = LoginClient::discover(&issuer, &args.client_id)
         .await
         .map_err(anyhow::Error::msg)?;
     let tokens = if args.browser {
@@ -39,6 +42,39 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--issuer` as given when it is a URL, else the issuer of that name in the config.
+fn issuer_url(args: &LoginArgs) -> anyhow::Result<String> {
+    if args.issuer.contains("://") {
+        return Ok(args.issuer.clone());
+    }
+    let text = std::fs::read_to_string(&args.config).with_context(|| {
+        format!(
+            "--issuer {:?} is not a URL, and {} (where issuer names are looked up) cannot be read",
+            args.issuer,
+            args.config.display()
+        )
+    })?;
+    let config = gatehouse_config::Config::parse_toml_str(&text, &args.config)?;
+    config
+        .issuers
+        .iter()
+        .find(|i| i.name == args.issuer)
+        .map(|i| i.issuer.clone())
+        .with_context(|| {
+            let known: Vec<&str> = config.issuers.iter().map(|i| i.name.as_str()).collect();
+            format!(
+                "--issuer {:?}: no such issuer in {} (known: {})",
+                args.issuer,
+                args.config.display(),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })
 }
 
 async fn device(client: &LoginClient, scope: &str) -> anyhow::Result<login::TokenSet> {

@@ -55,7 +55,16 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 idp: None,
                 groups: args.groups.clone(),
             };
-            let resource = (args.resource.as_str(), args.resource_kind.as_str());
+            let configured_for_target = config.as_ref().and_then(|c| c.resource(&args.resource));
+            let kind = configured_for_target
+                .map_or(args.resource_kind.clone(), |r| r.kind.as_str().to_string());
+            let no_tags = Vec::new();
+            let resource = &gatehouse_policy::Target {
+                name: &args.resource,
+                kind: &kind,
+                environment: configured_for_target.and_then(|r| r.environment.as_deref()),
+                tags: configured_for_target.map_or(&no_tags, |r| &r.tags),
+            };
             let (decision, detail) = match (&args.action, &args.sql) {
                 (Some(action), None) if action == "connect" => (
                     engine.connect(&actor, resource)?,

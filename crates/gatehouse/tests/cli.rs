@@ -984,8 +984,43 @@ fn login_in_a_browser_uses_pkce_and_a_loopback_redirect() {
     let dir = tempfile::tempdir().unwrap();
     let provider = OidcProvider::start(&dir.path().join("op-keys.json"), 0).unwrap();
     let token_file = dir.path().join("token.json");
+    // The issuer may be named as in the gateway's config.
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[issuers]]\nname = \"corp\"\nissuer = \"{}\"\naudiences = [\"gatehouse\"]\n",
+            provider.issuer()
+        ),
+    )
+    .unwrap();
+    let unknown = run(&[
+        "login",
+        "--issuer",
+        "nope",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(!unknown.status.success());
+    assert!(
+        stderr(&unknown).contains("no such issuer"),
+        "{}",
+        stderr(&unknown)
+    );
+    assert!(
+        stderr(&unknown).contains("known: corp"),
+        "{}",
+        stderr(&unknown)
+    );
     let mut login = gatehouse()
-        .args(["login", "--browser", "--issuer", &provider.issuer()])
+        .args([
+            "login",
+            "--browser",
+            "--issuer",
+            "corp",
+            "--config",
+            config.to_str().unwrap(),
+        ])
         .args(["--scope", "openid offline_access db"])
         .env("GATEHOUSE_TOKEN_FILE", &token_file)
         .stderr(Stdio::piped())

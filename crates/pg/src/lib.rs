@@ -57,6 +57,9 @@ pub struct PgResource {
     pub record_results: Option<u64>,
     /// Cedar policies for `connect` and each statement class; `None`: guardrails only.
     pub policy: Option<Arc<PolicyHandle>>,
+    /// What policies see of this resource besides its name and kind.
+    pub environment: Option<String>,
+    pub tags: Vec<String>,
 }
 
 /// How the gateway reaches a target over TLS: the verifying client configuration and the
@@ -120,7 +123,19 @@ impl PgResource {
                 .results
                 .then(|| config.recording.max_session_bytes.bytes()),
             policy,
+            environment: config.environment.clone(),
+            tags: config.tags.clone(),
         })
+    }
+
+    /// This resource as access policies see it.
+    pub(crate) fn target(&self) -> gatehouse_policy::Target<'_> {
+        gatehouse_policy::Target {
+            name: &self.name,
+            kind: "postgres",
+            environment: self.environment.as_deref(),
+            tags: &self.tags,
+        }
     }
 
     /// An entry about this resource, by `actor` (none before sign-in), in `session`.

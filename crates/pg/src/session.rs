@@ -272,7 +272,7 @@ async fn startup<S: ClientStream>(
     };
     let actor = signed_in.actor;
     if let Some(policy) = &resource.policy {
-        let decision = policy.get().connect(&actor, (&resource.name, "postgres"));
+        let decision = policy.get().connect(&actor, &resource.target());
         let (allowed, data) = match &decision {
             Ok(d) => (
                 d.outcome == Outcome::Allow,
@@ -800,7 +800,7 @@ impl Session {
             self.resource.on_unparsed,
             policy.as_deref(),
             &self.actor,
-            (&self.resource.name, "postgres"),
+            &self.resource.target(),
             &prepared.analysis,
         );
         if let Value::Object(map) = &mut detail {

@@ -224,6 +224,8 @@ async fn gateway_on(setup: Setup) -> Gateway {
             std::fs::write(&path, text).unwrap();
             Arc::new(gatehouse_policy::PolicyHandle::load(&path, None).unwrap())
         }),
+        environment: Some("test".into()),
+        tags: vec!["pii".into()],
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -1705,7 +1707,8 @@ permit (
 @id("no-email-for-humans")
 @message("e-mail addresses are not for browsing")
 forbid (principal, action == Gatehouse::Action::"read", resource)
-when { principal.kind == "human" && context.tables.contains("public.customers") && context.command == "SELECT" }
+when { principal.kind == "human" && resource.tags.contains("pii") && resource has environment && resource.environment == "test"
+       && context.tables.contains("public.customers") && context.command == "SELECT" }
 unless { context.tables.contains("public.allowed") };
 "#;
     let gw = gateway_on(Setup {

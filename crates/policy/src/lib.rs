@@ -32,7 +32,7 @@ use gatehouse_sql::{Analysis, OnUnparsed, Outcome, Rule};
 pub const DEFAULT_SCHEMA: &str = r#"namespace Gatehouse {
   entity Group;
   entity Identity in [Group] { kind: String };
-  entity Resource { kind: String };
+  entity Resource { kind: String, environment?: String, tags: Set<String> };
   action connect appliesTo { principal: Identity, resource: Resource, context: {} };
   action read, write, ddl, dcl, transaction, utility appliesTo {
     principal: Identity,
@@ -56,6 +56,42 @@ pub enum PolicyError {
     },
     #[error("policy request: {0}")]
     Request(String),
+}
+
+/// A resource as policies see it: `Gatehouse::Resource::"<name>"` with `kind`, `tags` and
+/// (when configured) `environment`.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub name: &'a str,
+    pub kind: &'a str,
+    pub environment: Option<&'a str>,
+    pub tags: &'a [String],
+}
+
+impl Target<'_> {
+    fn attributes(&self) -> HashMap<String, RestrictedExpression> {
+        let mut attrs = HashMap::from([
+            (
+                "kind".to_string(),
+                RestrictedExpression::new_string(self.kind.to_string()),
+            ),
+            (
+                "tags".to_string(),
+                RestrictedExpression::new_set(
+                    self.tags
+                        .iter()
+                        .map(|t| RestrictedExpression::new_string(t.clone())),
+                ),
+            ),
+        ]);
+        if let Some(env) = self.environment {
+            attrs.insert(
+                "environment".to_string(),
+                RestrictedExpression::new_string(env.to_string()),
+            );
+        }
+        attrs
+    }
 }
 
 /// The outcome of one decision and the policies that made it.
@@ -169,7 +205,7 @@ impl PolicyEngine {
     pub fn connect(
         &self,
         actor: &Actor,
-        resource: (&str, &str),
+        resource: &Target<'_>,
     ) -> Result<PolicyDecision, PolicyError> {
         let context = Context::empty();
         self.decide(actor, "connect", resource, context)
@@ -180,7 +216,7 @@ impl PolicyEngine {
     pub fn statements(
         &self,
         actor: &Actor,
-        resource: (&str, &str),
+        resource: &Target<'_>,
         analysis: &Analysis,
     ) -> Result<PolicyDecision, PolicyError> {
         let mut strictest = PolicyDecision {
@@ -222,7 +258,7 @@ impl PolicyEngine {
         &self,
         actor: &Actor,
         action: &str,
-        resource: (&str, &str),
+        resource: &Target<'_>,
         context: Context,
     ) -> Result<PolicyDecision, PolicyError> {
         let uid = |kind: &str, id: &str| {
@@ -242,7 +278,7 @@ impl PolicyEngine {
             ActorKind::Service => "service",
             ActorKind::System => "system",
         };
-        let resource_uid = uid("Resource", resource.0)?;
+        let resource_uid = uid("Resource", resource.name)?;
         let mut entities = vec![
             Entity::new(
                 principal.clone(),
@@ -253,15 +289,8 @@ impl PolicyEngine {
                 groups.iter().cloned().collect::<HashSet<_>>(),
             )
             .map_err(|e| PolicyError::Request(e.to_string()))?,
-            Entity::new(
-                resource_uid.clone(),
-                HashMap::from([(
-                    "kind".to_string(),
-                    RestrictedExpression::new_string(resource.1.to_string()),
-                )]),
-                HashSet::new(),
-            )
-            .map_err(|e| PolicyError::Request(e.to_string()))?,
+            Entity::new(resource_uid.clone(), resource.attributes(), HashSet::new())
+                .map_err(|e| PolicyError::Request(e.to_string()))?,
         ];
         entities.extend(groups.into_iter().map(Entity::with_uid));
         let entities = Entities::from_entities(entities, Some(&self.schema))
@@ -310,7 +339,7 @@ impl PolicyEngine {
             Outcome::Deny if policies.is_empty() => Some(format!(
                 "no policy permits {action_name} on {res}",
                 action_name = request_action_name(&request),
-                res = resource.0
+                res = resource.name
             )),
             Outcome::Deny => annotation("message"),
         };
@@ -354,7 +383,7 @@ pub fn decide_statement(
     on_unparsed: OnUnparsed,
     policy: Option<&PolicyEngine>,
     actor: &Actor,
-    resource: (&str, &str),
+    resource: &Target<'_>,
     analysis: &Analysis,
 ) -> StatementDecision {
     let rules = gatehouse_sql::evaluate(guardrails, analysis, &actor.groups, on_unparsed);
@@ -501,7 +530,12 @@ when { principal.kind == "agent" };
         }
     }
 
-    const PG: (&str, &str) = ("pg-prod", "postgres");
+    const PG: &Target<'static> = &Target {
+        name: "pg-prod",
+        kind: "postgres",
+        environment: Some("production"),
+        tags: &[],
+    };
 
     #[test]
     fn connect_is_decided_by_group_and_named_by_policy_id() {
@@ -555,6 +589,24 @@ when { principal.kind == "agent" };
             decide(&ann, "SELECT 1; DROP TABLE customers").outcome,
             Outcome::Deny
         );
+    }
+
+    #[test]
+    fn resource_attributes_are_visible_to_policies() {
+        let text = r#"@id("prod-needs-tag")
+permit (principal, action == Gatehouse::Action::"connect", resource)
+when { resource has environment && resource.environment == "production" && resource.tags.contains("pci") };"#;
+        let e = PolicyEngine::from_text(text, "p.cedar", DEFAULT_SCHEMA, "schema").unwrap();
+        let ann = actor("ann", ActorKind::Human, &[]);
+        let tags = ["pci".to_string()];
+        let tagged = Target { tags: &tags, ..*PG };
+        assert_eq!(e.connect(&ann, &tagged).unwrap().outcome, Outcome::Allow);
+        assert_eq!(e.connect(&ann, PG).unwrap().outcome, Outcome::Deny);
+        let staging = Target {
+            environment: None,
+            ..tagged
+        };
+        assert_eq!(e.connect(&ann, &staging).unwrap().outcome, Outcome::Deny);
     }
 
     #[test]
