@@ -6,7 +6,8 @@
 //! - principals are `Identity` entities in `Group`s, with `kind` (human, agent, service);
 //! - resources are `Resource` entities with `kind` (postgres, ...);
 //! - actions are `connect` and one per statement class: `read`, `write`, `ddl`, `dcl`,
-//!   `transaction`, `utility`; statement actions carry `context.command` (`SELECT`,
+//!   `transaction`, `utility` (`ddl`, `dcl` and `utility` are also `in` the action group
+//!   `admin`, so one policy can name all administrative work); statement actions carry `context.command` (`SELECT`,
 //!   `DROP TABLE`, ...), `context.tables` (as written, and unqualified ones also as
 //!   `public.<name>`) and `context.missing_where`.
 //!
@@ -34,7 +35,13 @@ pub const DEFAULT_SCHEMA: &str = r#"namespace Gatehouse {
   entity Identity in [Group] { kind: String };
   entity Resource { kind: String, environment?: String, tags: Set<String> };
   action connect appliesTo { principal: Identity, resource: Resource, context: {} };
-  action read, write, ddl, dcl, transaction, utility appliesTo {
+  action admin;
+  action read, write, transaction appliesTo {
+    principal: Identity,
+    resource: Resource,
+    context: { command: String, tables: Set<String>, missing_where: Bool }
+  };
+  action ddl, dcl, utility in [admin] appliesTo {
     principal: Identity,
     resource: Resource,
     context: { command: String, tables: Set<String>, missing_where: Bool }
@@ -589,6 +596,22 @@ when { principal.kind == "agent" };
             decide(&ann, "SELECT 1; DROP TABLE customers").outcome,
             Outcome::Deny
         );
+    }
+
+    #[test]
+    fn admin_names_every_administrative_class() {
+        let text = r#"@id("ops-admin")
+permit (principal in Gatehouse::Group::"ops", action in Gatehouse::Action::"admin", resource);"#;
+        let e = PolicyEngine::from_text(text, "p.cedar", DEFAULT_SCHEMA, "schema").unwrap();
+        let ops = actor("olga", ActorKind::Human, &["ops"]);
+        for sql in ["CREATE TABLE t (i int)", "GRANT SELECT ON t TO bob", "VACUUM"] {
+            let d = e.statements(&ops, PG, &analyze(sql)).unwrap();
+            assert_eq!(d.outcome, Outcome::Allow, "{sql}");
+        }
+        for sql in ["SELECT 1", "DELETE FROM t WHERE i = 1"] {
+            let d = e.statements(&ops, PG, &analyze(sql)).unwrap();
+            assert_eq!(d.outcome, Outcome::Deny, "{sql}");
+        }
     }
 
     #[test]
