@@ -808,9 +808,33 @@ fn proofs_verify_offline_and_detect_a_changed_entry() {
     assert!(stderr(&out).contains("not covered"), "{}", stderr(&out));
 }
 
+/// Plays the person at the browser for a running `gatehouse login` (signs in as `user`
+/// and consents), then waits for the login to succeed; returns the rest of what it said.
+fn approve_in_browser(
+    link: &str,
+    user: &str,
+    login: &mut std::process::Child,
+    mut said: BufReader<std::process::ChildStderr>,
+) -> String {
+    let browser = Command::new("node")
+        .arg(gatehouse_testkit::oidc_dir().join("approve-device.mjs"))
+        .args([link, user])
+        .output()
+        .unwrap();
+    assert!(
+        browser.status.success(),
+        "{}",
+        String::from_utf8_lossy(&browser.stderr)
+    );
+    let mut rest = String::new();
+    said.read_to_string(&mut rest).unwrap();
+    assert!(login.wait().unwrap().success(), "{rest}");
+    rest
+}
+
 #[test]
 fn login_by_device_flow_then_token_signs_psql_in_and_refreshes() {
-    use gatehouse_testkit::{OidcProvider, PgCluster, oidc_dir};
+    use gatehouse_testkit::{OidcProvider, PgCluster};
 
     let dir = tempfile::tempdir().unwrap();
     let provider = OidcProvider::start(&dir.path().join("op-keys.json"), 0).unwrap();
@@ -868,19 +892,7 @@ fn login_by_device_flow_then_token_signs_psql_in_and_refreshes() {
             break rest.trim_end_matches(')').to_string();
         }
     };
-    let approve = Command::new("node")
-        .arg(oidc_dir().join("approve-device.mjs"))
-        .args([&link, "ann"])
-        .output()
-        .unwrap();
-    assert!(
-        approve.status.success(),
-        "{}",
-        String::from_utf8_lossy(&approve.stderr)
-    );
-    let mut rest = String::new();
-    said.read_to_string(&mut rest).unwrap();
-    assert!(login.wait().unwrap().success(), "{rest}");
+    let rest = approve_in_browser(&link, "ann", &mut login, said);
     assert!(rest.contains("Signed in at"), "{rest}");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
@@ -979,7 +991,7 @@ fn login_by_device_flow_then_token_signs_psql_in_and_refreshes() {
 #[test]
 fn login_in_a_browser_uses_pkce_and_a_loopback_redirect() {
     use base64::Engine;
-    use gatehouse_testkit::{OidcProvider, oidc_dir};
+    use gatehouse_testkit::OidcProvider;
 
     let dir = tempfile::tempdir().unwrap();
     let provider = OidcProvider::start(&dir.path().join("op-keys.json"), 0).unwrap();
@@ -1040,19 +1052,7 @@ fn login_in_a_browser_uses_pkce_and_a_loopback_redirect() {
         "{link}"
     );
     // The "browser" signs in and consents; the provider redirects it to the CLI's port.
-    let browser = Command::new("node")
-        .arg(oidc_dir().join("approve-device.mjs"))
-        .args([&link, "bea"])
-        .output()
-        .unwrap();
-    assert!(
-        browser.status.success(),
-        "{}",
-        String::from_utf8_lossy(&browser.stderr)
-    );
-    let mut rest = String::new();
-    said.read_to_string(&mut rest).unwrap();
-    assert!(login.wait().unwrap().success(), "{rest}");
+    approve_in_browser(&link, "bea", &mut login, said);
     let out = gatehouse()
         .arg("token")
         .env("GATEHOUSE_TOKEN_FILE", &token_file)

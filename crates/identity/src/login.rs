@@ -355,7 +355,8 @@ async fn accept_redirect(
     }
 }
 
-async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
+/// GETs `url` and reads its body as JSON; any failure is a message naming the URL.
+pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
     let response = http
         .get(url)
         .send()

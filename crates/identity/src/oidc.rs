@@ -390,17 +390,7 @@ impl Issuer {
     }
 
     async fn get_json(&self, url: &str) -> Result<Value, String> {
-        let response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        if !response.status().is_success() {
-            return Err(format!("{url}: HTTP {}", response.status()));
-        }
-        let bytes = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
-        serde_json::from_slice(&bytes).map_err(|e| format!("{url}: not JSON: {e}"))
+        crate::login::get_json(&self.http, url).await
     }
 }
 

@@ -604,7 +604,11 @@ when { principal.kind == "agent" };
 permit (principal in Gatehouse::Group::"ops", action in Gatehouse::Action::"admin", resource);"#;
         let e = PolicyEngine::from_text(text, "p.cedar", DEFAULT_SCHEMA, "schema").unwrap();
         let ops = actor("olga", ActorKind::Human, &["ops"]);
-        for sql in ["CREATE TABLE t (i int)", "GRANT SELECT ON t TO bob", "VACUUM"] {
+        for sql in [
+            "CREATE TABLE t (i int)",
+            "GRANT SELECT ON t TO bob",
+            "VACUUM",
+        ] {
             let d = e.statements(&ops, PG, &analyze(sql)).unwrap();
             assert_eq!(d.outcome, Outcome::Allow, "{sql}");
         }
