@@ -1,0 +1,157 @@
+//! Gatehouse's masking engine: finds sensitive values by what they look like
+//! ([`detect`]) and replaces them by a chosen strategy ([`Strategy`]). Pure and
+//! deterministic: no I/O, the same input and key always give the same output, so the
+//! protocol drivers can mask results on the data path and what is recorded is exactly
+//! what the client saw.
+
+pub mod detect;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+pub use detect::{Detectors, Finding, Kind};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MaskError {
+    #[error("pattern {name}: {message}")]
+    Pattern { name: String, message: String },
+    #[error("the hashing key must not be empty")]
+    EmptyKey,
+}
+
+/// How a sensitive value is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// A fixed token naming the type: `[email]`.
+    Redact,
+    /// Every letter and digit but the last `keep_last` become `*`; separators stay, so the
+    /// shape (and the last digits people check against) survives.
+    Partial { keep_last: usize },
+    /// A keyed HMAC-SHA-256, deterministic per key, so joins and GROUP BY still work on
+    /// masked values without revealing them: `h:` and 16 hex digits.
+    Hash,
+    /// No value at all (SQL NULL) for a whole column; inside text it redacts.
+    Null,
+}
+
+/// The result of masking one text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Masked<'a> {
+    pub text: Cow<'a, str>,
+    /// How many values of each kind were masked (what the ledger records; never the values).
+    pub counts: BTreeMap<String, u64>,
+}
+
+/// Detectors plus the strategy for each kind.
+#[derive(Debug)]
+pub struct Masker {
+    detectors: Detectors,
+    strategies: BTreeMap<String, Strategy>,
+    default: Strategy,
+    key: Vec<u8>,
+}
+
+impl Masker {
+    /// A masker redacting everything the detectors find; `key` keys the `Hash` strategy.
+    pub fn new(detectors: Detectors, key: &[u8]) -> Result<Masker, MaskError> {
+        if key.is_empty() {
+            return Err(MaskError::EmptyKey);
+        }
+        Ok(Masker {
+            detectors,
+            strategies: BTreeMap::new(),
+            default: Strategy::Redact,
+            key: key.to_vec(),
+        })
+    }
+
+    /// Uses `strategy` for values of kind `kind` (by its name, e.g. `"payment_card"`).
+    pub fn with_strategy(mut self, kind: &str, strategy: Strategy) -> Masker {
+        self.strategies.insert(kind.to_string(), strategy);
+        self
+    }
+
+    /// Masks every sensitive value inside `text`. Text without findings is returned
+    /// borrowed, untouched.
+    pub fn mask_text<'a>(&self, text: &'a str) -> Masked<'a> {
+        let findings = self.detectors.find(text);
+        if findings.is_empty() {
+            return Masked {
+                text: Cow::Borrowed(text),
+                counts: BTreeMap::new(),
+            };
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut counts = BTreeMap::new();
+        let mut at = 0;
+        for f in findings {
+            out.push_str(&text[at..f.range.start]);
+            let strategy = self
+                .strategies
+                .get(f.kind.name())
+                .copied()
+                .unwrap_or(self.default);
+            let value = &text[f.range.clone()];
+            out.push_str(
+                &self
+                    .apply(strategy, f.kind.name(), value)
+                    .unwrap_or_else(|| redact(f.kind.name())),
+            );
+            *counts.entry(f.kind.name().to_string()).or_insert(0) += 1;
+            at = f.range.end;
+        }
+        out.push_str(&text[at..]);
+        Masked {
+            text: Cow::Owned(out),
+            counts,
+        }
+    }
+
+    /// A whole value masked by `strategy` (column rules); `None` for [`Strategy::Null`].
+    pub fn mask_value(&self, strategy: Strategy, kind: &str, value: &str) -> Option<String> {
+        self.apply(strategy, kind, value)
+    }
+
+    fn apply(&self, strategy: Strategy, kind: &str, value: &str) -> Option<String> {
+        match strategy {
+            Strategy::Redact => Some(redact(kind)),
+            Strategy::Partial { keep_last } => Some(partial(value, keep_last)),
+            Strategy::Hash => Some(self.hash(value)),
+            Strategy::Null => None,
+        }
+    }
+
+    fn hash(&self, value: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(value.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        format!("h:{}", hex::encode(&digest[..8]))
+    }
+}
+
+fn redact(kind: &str) -> String {
+    format!("[{kind}]")
+}
+
+fn partial(value: &str, keep_last: usize) -> String {
+    let total = value.chars().filter(|c| c.is_alphanumeric()).count();
+    let hide = total.saturating_sub(keep_last);
+    let mut seen = 0;
+    value
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() {
+                seen += 1;
+                if seen <= hide { '*' } else { c }
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,217 @@
+//! The engine's unit tests: each detector on values it must catch and ordinary values it
+//! must leave alone, the validators, the strategies, and properties over random texts.
+
+use super::*;
+use proptest::prelude::{Just, prop_assert, prop_assert_eq, prop_oneof, proptest};
+use proptest::strategy::Strategy as Gen;
+
+fn kinds(text: &str) -> Vec<String> {
+    Detectors::builtin()
+        .find(text)
+        .into_iter()
+        .map(|f| f.kind.name().to_string())
+        .collect()
+}
+
+fn masker() -> Masker {
+    Masker::new(Detectors::builtin(), b"test-key").unwrap()
+}
+
+#[test]
+fn each_detector_catches_its_values() {
+    let cases: &[(&str, &str)] = &[
+        ("write to ada.lovelace+db@example.co.uk today", "email"),
+        ("call +442071838750 now", "phone"),
+        ("call (415) 555-2671 now", "phone"),
+        ("call 415-555-2671 now", "phone"),
+        ("card 4111 1111 1111 1111 exp", "payment_card"),
+        ("card 5555-5555-5555-4444", "payment_card"),
+        ("card 378282246310005", "payment_card"),
+        ("iban GB82 WEST 1234 5698 7654 32 ok", "iban"),
+        ("iban DE89370400440532013000", "iban"),
+        ("ssn 123-45-6789", "us_ssn"),
+        ("from 192.168.10.254 in", "ipv4"),
+        ("from 2001:db8::8a2e:370:7334 in", "ipv6"),
+        (
+            "bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            "jwt",
+        ),
+        (
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnzj4p4WGeKLs1Pt8Qu\n-----END RSA PRIVATE KEY-----",
+            "private_key",
+        ),
+        ("key AKIAIOSFODNN7EXAMPLE here", "aws_access_key"),
+        (
+            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "aws_secret_key",
+        ),
+        (
+            "token ghp_16C7e42F292c6912E7710c838347Ae178B4a ok",
+            "github_token",
+        ),
+        ("token glpat-xxxxxxxxxxxxxxxxxxxx ok", "gitlab_token"),
+        ("token xoxb-123456789012-abcdefghijkl ok", "slack_token"),
+        ("key sk_live_4eC39HqLyjWDarjtT1zdp7dc ok", "stripe_key"),
+        ("postgres://app:s3cr3t@db.internal:5432/app", "password"),
+        ("Server=db;User Id=app;Password=hunter2;", "password"),
+    ];
+    for (text, kind) in cases {
+        assert_eq!(kinds(text), vec![kind.to_string()], "{text}");
+    }
+}
+
+#[test]
+fn ordinary_values_pass_unchanged() {
+    let ordinary = [
+        "order 100234 shipped",
+        "order ORD-2024-000123",
+        "2026-11-23 13:01:55.123456+00",
+        "2026-11-23T13:01:55Z",
+        "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+        "price 1299.99 EUR, total 12,345.67",
+        "version 1.2.3-beta",
+        "1234567890123",    // 13 digits, fails Luhn
+        "0000000000000000", // passes Luhn, but a repeated digit
+        "000-12-3456 666-12-3456 912-34-5678 123-00-4567",
+        "999.999.999.999",
+        "GB00 WEST 1234 5698 7654 32",
+        "a:b:c",
+        "eyJ not a token",
+        "sk_live_short",
+        "https://example.com/path?x=1",
+        "password reset requested",
+    ];
+    let m = masker();
+    for text in ordinary {
+        let masked = m.mask_text(text);
+        assert_eq!(masked.text, text, "{text}: {:?}", masked.counts);
+        assert!(matches!(masked.text, Cow::Borrowed(_)));
+    }
+}
+
+#[test]
+fn validators_follow_their_standards() {
+    assert!(detect::luhn("4111111111111111"));
+    assert!(!detect::luhn("4111111111111112"));
+    assert!(detect::iban_mod97("GB82WEST12345698765432"));
+    assert!(!detect::iban_mod97("GB83WEST12345698765432"));
+    assert!(detect::ssn("123-45-6789"));
+    for bad in [
+        "000-45-6789",
+        "666-45-6789",
+        "900-45-6789",
+        "123-00-6789",
+        "123-45-0000",
+    ] {
+        assert!(!detect::ssn(bad), "{bad}");
+    }
+}
+
+#[test]
+fn strategies_redact_keep_the_tail_hash_or_null() {
+    let m = masker()
+        .with_strategy("payment_card", Strategy::Partial { keep_last: 4 })
+        .with_strategy("email", Strategy::Hash);
+    let masked = m.mask_text("pay 4111 1111 1111 1111 as ada@example.com, ssn 123-45-6789");
+    assert_eq!(
+        masked.text,
+        format!(
+            "pay **** **** **** 1111 as {}, ssn [us_ssn]",
+            m.mask_value(Strategy::Hash, "email", "ada@example.com")
+                .unwrap()
+        )
+    );
+    assert_eq!(masked.counts.get("payment_card"), Some(&1));
+    assert_eq!(masked.counts.get("us_ssn"), Some(&1));
+    // Hashes are deterministic per key, so equal values stay equal (joins, GROUP BY) ...
+    let h1 = m
+        .mask_value(Strategy::Hash, "email", "ada@example.com")
+        .unwrap();
+    assert_eq!(
+        h1,
+        m.mask_value(Strategy::Hash, "email", "ada@example.com")
+            .unwrap()
+    );
+    assert!(h1.starts_with("h:") && h1.len() == 18);
+    // ... and differ under another key.
+    let other = Masker::new(Detectors::builtin(), b"other-key").unwrap();
+    assert_ne!(
+        h1,
+        other
+            .mask_value(Strategy::Hash, "email", "ada@example.com")
+            .unwrap()
+    );
+    assert_eq!(m.mask_value(Strategy::Null, "email", "x"), None);
+    // Inside text, Null cannot remove a value from a string: it redacts.
+    let n = masker().with_strategy("us_ssn", Strategy::Null);
+    assert_eq!(n.mask_text("ssn 123-45-6789").text, "ssn [us_ssn]");
+    assert!(Masker::new(Detectors::builtin(), b"").is_err());
+}
+
+#[test]
+fn only_the_secret_part_of_a_url_or_connection_string_is_masked() {
+    let m = masker();
+    assert_eq!(
+        m.mask_text("postgres://app:s3cr3t@db.internal/app").text,
+        "postgres://app:[password]@db.internal/app"
+    );
+    assert_eq!(
+        m.mask_text("host=db user=app password=hunter2 dbname=x")
+            .text,
+        "host=db user=app password=[password] dbname=x"
+    );
+}
+
+#[test]
+fn custom_patterns_join_the_same_pass_and_bad_ones_are_named() {
+    let d = Detectors::with_custom(&[("employee_id".into(), r"\bEMP-\d{6}\b".into())]).unwrap();
+    let found = d.find("EMP-123456 and ada@example.com");
+    let names: Vec<&str> = found.iter().map(|f| f.kind.name()).collect();
+    assert_eq!(names, ["employee_id", "email"]);
+    let err = Detectors::with_custom(&[("broken".into(), "(".into())]).unwrap_err();
+    assert!(err.to_string().starts_with("pattern broken:"), "{err}");
+}
+
+/// Sensitive values to plant in random text.
+fn secret() -> impl Gen<Value = String> {
+    prop_oneof![
+        Just("ada@example.com".to_string()),
+        Just("4111 1111 1111 1111".to_string()),
+        Just("123-45-6789".to_string()),
+        Just("GB82WEST12345698765432".to_string()),
+        Just("AKIAIOSFODNN7EXAMPLE".to_string()),
+        Just("ghp_16C7e42F292c6912E7710c838347Ae178B4a".to_string()),
+    ]
+}
+
+/// Compiled once: building the detectors costs far more than a test case.
+static SHARED: std::sync::LazyLock<Masker> = std::sync::LazyLock::new(masker);
+
+proptest! {
+    #[test]
+    fn planted_secrets_never_survive(filler in proptest::collection::vec("[ a-z,.;:()]{0,12}", 1..6), secrets in proptest::collection::vec(secret(), 1..4)) {
+        let mut text = String::new();
+        for (i, s) in secrets.iter().enumerate() {
+            text.push_str(&filler[i % filler.len()]);
+            text.push(' ');
+            text.push_str(s);
+            text.push(' ');
+        }
+        let masked = SHARED.mask_text(&text);
+        for s in &secrets {
+            prop_assert!(!masked.text.contains(s.as_str()), "{} survived in {}", s, masked.text);
+        }
+        // Random filler can form other valid shapes (`::a` is an IPv6 address), so at
+        // least every planted value is counted.
+        prop_assert!(masked.counts.values().sum::<u64>() as usize >= secrets.len());
+    }
+
+    #[test]
+    fn masking_never_panics_and_is_stable(text in "\\PC{0,200}") {
+        let m = &*SHARED;
+        let once = m.mask_text(&text).text.into_owned();
+        // Masked output holds nothing left to mask.
+        let twice = m.mask_text(&once).text.into_owned();
+        prop_assert_eq!(once, twice);
+    }
+}
