@@ -40,11 +40,6 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
         PolicyCommand::Eval(args) => {
             let (policies, schema, config) = resolve(&args.files)?;
             let engine = PolicyEngine::load(&policies, schema.as_deref())?;
-            // The resource's guardrails take part as they do in the gateway.
-            let configured = config.as_ref().and_then(|c| c.resource(&args.resource));
-            let (rules, on_unparsed) = configured
-                .map(|r| (r.rules.clone(), r.on_unparsed))
-                .unwrap_or_default();
             let actor = Actor {
                 id: args.principal.clone(),
                 kind: match args.kind {
@@ -55,55 +50,56 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 idp: None,
                 groups: args.groups.clone(),
             };
-            let configured_for_target = config.as_ref().and_then(|c| c.resource(&args.resource));
-            let kind = configured_for_target
-                .map_or(args.resource_kind.clone(), |r| r.kind.as_str().to_string());
+            // A resource of the config lends its kind, environment, tags and guardrails, as
+            // in the gateway.
+            let configured = config.as_ref().and_then(|c| c.resource(&args.resource));
+            let kind = configured.map_or(args.resource_kind.clone(), |r| r.kind.to_string());
             let no_tags = Vec::new();
-            let resource = &gatehouse_policy::Target {
+            let resource = gatehouse_policy::Target {
                 name: &args.resource,
                 kind: &kind,
-                environment: configured_for_target.and_then(|r| r.environment.as_deref()),
-                tags: configured_for_target.map_or(&no_tags, |r| &r.tags),
+                environment: configured.and_then(|r| r.environment.as_deref()),
+                tags: configured.map_or(&no_tags, |r| &r.tags),
             };
-            let (decision, detail) = match (&args.action, &args.sql) {
-                (Some(action), None) if action == "connect" => (
-                    engine.connect(&actor, resource)?,
-                    json!({"action": "connect"}),
-                ),
+            let who = engine.principal(&actor, &resource)?;
+            let out = match (&args.action, &args.sql) {
+                (Some(action), None) if action == "connect" => {
+                    let d = engine.connect(&who)?;
+                    json!({
+                        "outcome": d.outcome.as_str(),
+                        "policies": d.policies,
+                        "message": d.message,
+                        "action": "connect",
+                    })
+                }
                 (Some(action), None) => anyhow::bail!(
                     "--action {action:?}: only connect is decided without SQL; give --sql for statements"
                 ),
                 (_, Some(sql)) => {
                     let analysis = gatehouse_sql::analyze(sql);
-                    let classes: Vec<&str> = analysis.classes().map(|c| c.as_str()).collect();
+                    let (rules, on_unparsed) = configured
+                        .map(|r| (r.rules.as_slice(), r.on_unparsed))
+                        .unwrap_or_default();
+                    let cedar = engine.statements(&who, &analysis);
                     let d = gatehouse_policy::decide_statement(
-                        &rules,
+                        rules,
                         on_unparsed,
-                        Some(&engine),
-                        &actor,
-                        resource,
+                        &actor.groups,
                         &analysis,
+                        Some(cedar),
                     );
-                    let decision = gatehouse_policy::PolicyDecision {
-                        outcome: d.outcome,
-                        policies: d.policies,
-                        message: d.message,
-                    };
-                    (
-                        decision,
-                        json!({"actions": classes, "rule": d.rule, "unparsed": analysis.unparsed}),
-                    )
+                    let classes: Vec<&str> = analysis.classes().map(|c| c.as_str()).collect();
+                    json!({
+                        "outcome": d.outcome.as_str(),
+                        "policies": d.policies,
+                        "message": d.message,
+                        "rule": d.rule,
+                        "actions": classes,
+                        "unparsed": analysis.unparsed,
+                    })
                 }
                 (None, None) => unreachable!("clap requires --action or --sql"),
             };
-            let mut out = json!({
-                "outcome": decision.outcome.as_str(),
-                "policies": decision.policies,
-                "message": decision.message,
-            });
-            if let (Some(o), Some(d)) = (out.as_object_mut(), detail.as_object()) {
-                o.extend(d.clone());
-            }
             outln!("{out}");
             Ok(ExitCode::SUCCESS)
         }

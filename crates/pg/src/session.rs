@@ -22,7 +22,7 @@ use crate::recording::Recorder;
 use crate::tracker::{Expect, Tracker, Work};
 use crate::upstream::{self, TargetStream};
 use crate::{PgResource, send};
-use gatehouse_policy::decide_statement;
+use gatehouse_policy::{SessionPolicy, decide_statement};
 use gatehouse_sql::{Analysis, Outcome, analyze};
 
 /// Sends everything in `buf` (if anything) and empties it; returns how many bytes went.
@@ -271,8 +271,9 @@ async fn startup<S: ClientStream>(
         }
     };
     let actor = signed_in.actor;
-    if let Some(policy) = &resource.policy {
-        let decision = policy.get().connect(&actor, &resource.target());
+    let mut policy = SessionPolicy::default();
+    if let Some(handle) = &resource.policy {
+        let decision = policy.connect(handle, &actor, &resource.target());
         let (allowed, data) = match &decision {
             Ok(d) => (
                 d.outcome == Outcome::Allow,
@@ -398,6 +399,7 @@ async fn startup<S: ClientStream>(
         skip_until_sync: false,
         totals: Totals::default(),
         started: Instant::now(),
+        policy,
     }))
 }
 
@@ -524,6 +526,8 @@ struct Session {
     skip_until_sync: bool,
     totals: Totals,
     started: Instant,
+    /// The access policy as this session last used it (see [`SessionPolicy`]).
+    policy: SessionPolicy,
 }
 
 impl Session {
@@ -794,14 +798,20 @@ impl Session {
         prepared: &Prepared,
         mut detail: Value,
     ) -> Result<u64, (&'static str, String)> {
-        let policy = self.resource.policy.as_ref().map(|p| p.get());
+        let cedar = self.resource.policy.as_ref().map(|handle| {
+            self.policy.statements(
+                handle,
+                &self.actor,
+                &self.resource.target(),
+                &prepared.analysis,
+            )
+        });
         let decision = decide_statement(
             &self.resource.rules,
             self.resource.on_unparsed,
-            policy.as_deref(),
-            &self.actor,
-            &self.resource.target(),
+            &self.actor.groups,
             &prepared.analysis,
+            cedar,
         );
         if let Value::Object(map) = &mut detail {
             map.extend(prepared.summary.clone());

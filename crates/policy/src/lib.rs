@@ -101,6 +101,24 @@ impl Target<'_> {
     }
 }
 
+/// One actor on one resource, as Cedar entities ([`PolicyEngine::principal`]).
+pub struct Principal {
+    principal: EntityUid,
+    resource: EntityUid,
+    resource_name: String,
+    action_type: EntityTypeName,
+    entities: Entities,
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal")
+            .field("principal", &self.principal.to_string())
+            .field("resource", &self.resource_name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The outcome of one decision and the policies that made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyDecision {
@@ -208,66 +226,14 @@ impl PolicyEngine {
         &self.source
     }
 
-    /// May `actor` connect to `resource` (name, kind)?
-    pub fn connect(
+    /// The Cedar entities of one signed-in actor on one resource, for this engine. Building
+    /// (and schema-checking) them costs more than a decision, so a session builds them once
+    /// and again only when a reload puts another engine in force.
+    pub fn principal(
         &self,
         actor: &Actor,
         resource: &Target<'_>,
-    ) -> Result<PolicyDecision, PolicyError> {
-        let context = Context::empty();
-        self.decide(actor, "connect", resource, context)
-    }
-
-    /// The decision for a message: each statement by its class, the strictest wins. Text
-    /// the parser could not read is not decided here (`on_unparsed` decides it).
-    pub fn statements(
-        &self,
-        actor: &Actor,
-        resource: &Target<'_>,
-        analysis: &Analysis,
-    ) -> Result<PolicyDecision, PolicyError> {
-        let mut strictest = PolicyDecision {
-            outcome: Outcome::Allow,
-            policies: Vec::new(),
-            message: None,
-        };
-        for statement in &analysis.statements {
-            let context = Context::from_pairs([
-                (
-                    "command".to_string(),
-                    RestrictedExpression::new_string(statement.command.clone()),
-                ),
-                (
-                    "tables".to_string(),
-                    RestrictedExpression::new_set(
-                        table_names(&statement.tables)
-                            .into_iter()
-                            .map(RestrictedExpression::new_string),
-                    ),
-                ),
-                (
-                    "missing_where".to_string(),
-                    RestrictedExpression::new_bool(statement.missing_where),
-                ),
-            ])
-            .map_err(|e| PolicyError::Request(e.to_string()))?;
-            let decision = self.decide(actor, statement.class.as_str(), resource, context)?;
-            if decision.outcome > strictest.outcome
-                || strictest.policies.is_empty() && decision.outcome == strictest.outcome
-            {
-                strictest = decision;
-            }
-        }
-        Ok(strictest)
-    }
-
-    fn decide(
-        &self,
-        actor: &Actor,
-        action: &str,
-        resource: &Target<'_>,
-        context: Context,
-    ) -> Result<PolicyDecision, PolicyError> {
+    ) -> Result<Principal, PolicyError> {
         let uid = |kind: &str, id: &str| {
             EntityTypeName::from_str(&format!("Gatehouse::{kind}"))
                 .map(|t| EntityUid::from_type_name_and_id(t, EntityId::new(id)))
@@ -302,10 +268,80 @@ impl PolicyEngine {
         entities.extend(groups.into_iter().map(Entity::with_uid));
         let entities = Entities::from_entities(entities, Some(&self.schema))
             .map_err(|e| PolicyError::Request(e.to_string()))?;
-        let action = uid("Action", action)?;
-        let request = Request::new(principal, action, resource_uid, context, Some(&self.schema))
+        Ok(Principal {
+            principal,
+            resource: resource_uid,
+            resource_name: resource.name.to_string(),
+            action_type: EntityTypeName::from_str("Gatehouse::Action")
+                .map_err(|e| PolicyError::Request(e.to_string()))?,
+            entities,
+        })
+    }
+
+    /// May the principal connect to its resource?
+    pub fn connect(&self, who: &Principal) -> Result<PolicyDecision, PolicyError> {
+        self.decide(who, "connect", Context::empty())
+    }
+
+    /// The decision for a message: each statement by its class, the strictest wins. Text
+    /// the parser could not read is not decided here (`on_unparsed` decides it).
+    pub fn statements(
+        &self,
+        who: &Principal,
+        analysis: &Analysis,
+    ) -> Result<PolicyDecision, PolicyError> {
+        let mut strictest = PolicyDecision {
+            outcome: Outcome::Allow,
+            policies: Vec::new(),
+            message: None,
+        };
+        for statement in &analysis.statements {
+            let context = Context::from_pairs([
+                (
+                    "command".to_string(),
+                    RestrictedExpression::new_string(statement.command.clone()),
+                ),
+                (
+                    "tables".to_string(),
+                    RestrictedExpression::new_set(
+                        table_names(&statement.tables)
+                            .into_iter()
+                            .map(RestrictedExpression::new_string),
+                    ),
+                ),
+                (
+                    "missing_where".to_string(),
+                    RestrictedExpression::new_bool(statement.missing_where),
+                ),
+            ])
             .map_err(|e| PolicyError::Request(e.to_string()))?;
-        let response = Authorizer::new().is_authorized(&request, &self.policies, &entities);
+            let decision = self.decide(who, statement.class.as_str(), context)?;
+            if decision.outcome > strictest.outcome
+                || strictest.policies.is_empty() && decision.outcome == strictest.outcome
+            {
+                strictest = decision;
+            }
+        }
+        Ok(strictest)
+    }
+
+    fn decide(
+        &self,
+        who: &Principal,
+        action: &str,
+        context: Context,
+    ) -> Result<PolicyDecision, PolicyError> {
+        let action_uid =
+            EntityUid::from_type_name_and_id(who.action_type.clone(), EntityId::new(action));
+        let request = Request::new(
+            who.principal.clone(),
+            action_uid,
+            who.resource.clone(),
+            context,
+            Some(&self.schema),
+        )
+        .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let response = Authorizer::new().is_authorized(&request, &self.policies, &who.entities);
         if let Some(error) = response.diagnostics().errors().next() {
             // A policy that fails to evaluate is skipped by Cedar; say so, since it can
             // mean a forbid that never applies.
@@ -344,9 +380,8 @@ impl PolicyEngine {
             Outcome::Allow => None,
             Outcome::Review => annotation("review"),
             Outcome::Deny if policies.is_empty() => Some(format!(
-                "no policy permits {action_name} on {res}",
-                action_name = request_action_name(&request),
-                res = resource.name
+                "no policy permits {action} on {}",
+                who.resource_name
             )),
             Outcome::Deny => annotation("message"),
         };
@@ -383,28 +418,26 @@ pub struct StatementDecision {
 }
 
 /// The one place a statement is decided: the resource's guardrails (and `on_unparsed` for
-/// text the parser cannot read), then the Cedar policy if there is one; the stricter
-/// outcome wins, and a policy that cannot be evaluated refuses.
+/// text the parser cannot read) for an actor in `groups`, and Cedar's decision when there
+/// is a policy (`cedar`, from [`PolicyEngine::statements`]); the stricter outcome wins, and
+/// a policy that could not be evaluated refuses.
 pub fn decide_statement(
     guardrails: &[Rule],
     on_unparsed: OnUnparsed,
-    policy: Option<&PolicyEngine>,
-    actor: &Actor,
-    resource: &Target<'_>,
+    groups: &[String],
     analysis: &Analysis,
+    cedar: Option<Result<PolicyDecision, PolicyError>>,
 ) -> StatementDecision {
-    let rules = gatehouse_sql::evaluate(guardrails, analysis, &actor.groups, on_unparsed);
+    let rules = gatehouse_sql::evaluate(guardrails, analysis, groups, on_unparsed);
     let mut decision = StatementDecision {
         outcome: rules.outcome,
         rule: rules.rule,
         policies: Vec::new(),
         message: rules.message,
     };
-    let Some(policy) = policy else {
-        return decision;
-    };
-    match policy.statements(actor, resource, analysis) {
-        Ok(cedar) => {
+    match cedar {
+        None => {}
+        Some(Ok(cedar)) => {
             if cedar.outcome > decision.outcome {
                 decision.outcome = cedar.outcome;
                 decision.rule = None;
@@ -412,13 +445,70 @@ pub fn decide_statement(
             }
             decision.policies = cedar.policies;
         }
-        Err(e) => {
+        Some(Err(e)) => {
             decision.outcome = Outcome::Deny;
             decision.rule = None;
             decision.message = Some(format!("the access policy could not be evaluated ({e})"));
         }
     }
     decision
+}
+
+/// What a session keeps of the policy: the engine it last decided with and its
+/// [`Principal`] for that engine, rebuilt only when a reload has put another engine in
+/// force, so a statement costs one authorization and not an entity build as well.
+#[derive(Debug, Default)]
+pub struct SessionPolicy {
+    cached: Option<(Arc<PolicyEngine>, Result<Principal, String>)>,
+}
+
+impl SessionPolicy {
+    /// May `actor` connect to `resource`, under the policy in force?
+    pub fn connect(
+        &mut self,
+        handle: &PolicyHandle,
+        actor: &Actor,
+        resource: &Target<'_>,
+    ) -> Result<PolicyDecision, PolicyError> {
+        let (engine, who) = self.current(handle, actor, resource);
+        engine.connect(who?)
+    }
+
+    /// Cedar's decision for a message, under the policy in force.
+    pub fn statements(
+        &mut self,
+        handle: &PolicyHandle,
+        actor: &Actor,
+        resource: &Target<'_>,
+        analysis: &Analysis,
+    ) -> Result<PolicyDecision, PolicyError> {
+        let (engine, who) = self.current(handle, actor, resource);
+        engine.statements(who?, analysis)
+    }
+
+    fn current(
+        &mut self,
+        handle: &PolicyHandle,
+        actor: &Actor,
+        resource: &Target<'_>,
+    ) -> (&PolicyEngine, Result<&Principal, PolicyError>) {
+        let engine = handle.get();
+        let stale = self
+            .cached
+            .as_ref()
+            .is_none_or(|(cached, _)| !Arc::ptr_eq(cached, &engine));
+        if stale {
+            let principal = engine.principal(actor, resource).map_err(|e| e.to_string());
+            self.cached = Some((engine, principal));
+        }
+        let (engine, principal) = self.cached.as_ref().expect("filled above");
+        (
+            engine,
+            principal
+                .as_ref()
+                .map_err(|e| PolicyError::Request(e.clone())),
+        )
+    }
 }
 
 /// The policy in force, replaceable while sessions run: a reload that loads and validates
@@ -487,13 +577,6 @@ impl PolicyHandle {
     }
 }
 
-fn request_action_name(request: &Request) -> String {
-    request
-        .action()
-        .map(|a| a.id().unescaped().to_string())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,6 +611,17 @@ when { principal.kind == "agent" };
         PolicyEngine::from_text(POLICIES, "policies.cedar", DEFAULT_SCHEMA, "schema").unwrap()
     }
 
+    /// Cedar's connect decision for `who` on `on`.
+    fn connect(e: &PolicyEngine, who: &Actor, on: &Target<'_>) -> PolicyDecision {
+        e.connect(&e.principal(who, on).unwrap()).unwrap()
+    }
+
+    /// Cedar's decision for `sql` by `who` on [`PG`].
+    fn cedar(e: &PolicyEngine, who: &Actor, sql: &str) -> PolicyDecision {
+        e.statements(&e.principal(who, PG).unwrap(), &analyze(sql))
+            .unwrap()
+    }
+
     fn actor(id: &str, kind: ActorKind, groups: &[&str]) -> Actor {
         Actor {
             id: id.into(),
@@ -549,11 +643,11 @@ when { principal.kind == "agent" };
         let e = engine();
         assert_eq!(e.len(), 5);
         let ann = actor("ann", ActorKind::Human, &["analysts"]);
-        let d = e.connect(&ann, PG).unwrap();
+        let d = connect(&e, &ann, PG);
         assert_eq!(d.outcome, Outcome::Allow);
         assert_eq!(d.policies, ["analysts-connect"]);
         let stranger = actor("eve", ActorKind::Human, &[]);
-        let d = e.connect(&stranger, PG).unwrap();
+        let d = connect(&e, &stranger, PG);
         assert_eq!(d.outcome, Outcome::Deny);
         assert!(d.policies.is_empty());
         assert_eq!(
@@ -566,7 +660,7 @@ when { principal.kind == "agent" };
     fn statements_are_decided_by_class_and_context_and_review_is_an_annotation() {
         let e = engine();
         let ann = actor("ann", ActorKind::Human, &["analysts"]);
-        let decide = |who: &Actor, sql: &str| e.statements(who, PG, &analyze(sql)).unwrap();
+        let decide = |who: &Actor, sql: &str| cedar(&e, who, sql);
         assert_eq!(
             decide(&ann, "SELECT * FROM customers").outcome,
             Outcome::Allow
@@ -609,11 +703,11 @@ permit (principal in Gatehouse::Group::"ops", action in Gatehouse::Action::"admi
             "GRANT SELECT ON t TO bob",
             "VACUUM",
         ] {
-            let d = e.statements(&ops, PG, &analyze(sql)).unwrap();
+            let d = cedar(&e, &ops, sql);
             assert_eq!(d.outcome, Outcome::Allow, "{sql}");
         }
         for sql in ["SELECT 1", "DELETE FROM t WHERE i = 1"] {
-            let d = e.statements(&ops, PG, &analyze(sql)).unwrap();
+            let d = cedar(&e, &ops, sql);
             assert_eq!(d.outcome, Outcome::Deny, "{sql}");
         }
     }
@@ -627,13 +721,13 @@ when { resource has environment && resource.environment == "production" && resou
         let ann = actor("ann", ActorKind::Human, &[]);
         let tags = ["pci".to_string()];
         let tagged = Target { tags: &tags, ..*PG };
-        assert_eq!(e.connect(&ann, &tagged).unwrap().outcome, Outcome::Allow);
-        assert_eq!(e.connect(&ann, PG).unwrap().outcome, Outcome::Deny);
+        assert_eq!(connect(&e, &ann, &tagged).outcome, Outcome::Allow);
+        assert_eq!(connect(&e, &ann, PG).outcome, Outcome::Deny);
         let staging = Target {
             environment: None,
             ..tagged
         };
-        assert_eq!(e.connect(&ann, &staging).unwrap().outcome, Outcome::Deny);
+        assert_eq!(connect(&e, &ann, &staging).outcome, Outcome::Deny);
     }
 
     #[test]
@@ -663,8 +757,11 @@ permit (principal, action, resource) when { principal.department == "finance" };
         let before = handle.get();
         assert!(!handle.changed());
         let ann = actor("ann", ActorKind::Human, &["analysts"]);
-        assert_eq!(before.connect(&ann, PG).unwrap().outcome, Outcome::Allow);
+        assert_eq!(connect(&before, &ann, PG).outcome, Outcome::Allow);
 
+        let mut session = SessionPolicy::default();
+        let allowed = session.connect(&handle, &ann, PG).unwrap();
+        assert_eq!(allowed.outcome, Outcome::Allow);
         std::fs::write(
             &path,
             "@id(\"nobody\")\nforbid (principal, action, resource);\n",
@@ -673,12 +770,12 @@ permit (principal, action, resource) when { principal.department == "finance" };
         assert!(handle.changed());
         assert_eq!(handle.reload().unwrap(), 1);
         assert!(!handle.changed());
-        assert_eq!(
-            handle.get().connect(&ann, PG).unwrap().outcome,
-            Outcome::Deny
-        );
+        assert_eq!(connect(&handle.get(), &ann, PG).outcome, Outcome::Deny);
+        // A session's cached entities follow the reload.
+        let after = session.connect(&handle, &ann, PG).unwrap();
+        assert_eq!(after.outcome, Outcome::Deny);
         // A decision already holding the old policy keeps it to its end.
-        assert_eq!(before.connect(&ann, PG).unwrap().outcome, Outcome::Allow);
+        assert_eq!(connect(&before, &ann, PG).outcome, Outcome::Allow);
 
         std::fs::write(
             &path,
@@ -711,7 +808,14 @@ permit (principal, action, resource) when { principal.department == "finance" };
         };
         let rules = [deny_drop];
         let decide = |who: &Actor, sql: &str| {
-            decide_statement(&rules, OnUnparsed::Deny, Some(&e), who, PG, &analyze(sql))
+            let cedar = e.statements(&e.principal(who, PG).unwrap(), &analyze(sql));
+            decide_statement(
+                &rules,
+                OnUnparsed::Deny,
+                &who.groups,
+                &analyze(sql),
+                Some(cedar),
+            )
         };
         // A rule denies what Cedar would allow (dba may do anything).
         let dba = actor("dora", ActorKind::Human, &["dba"]);
@@ -729,19 +833,17 @@ permit (principal, action, resource) when { principal.department == "finance" };
         let d = decide_statement(
             &rules,
             OnUnparsed::Deny,
-            None,
-            &ann,
-            PG,
+            &ann.groups,
             &analyze("SELECT 1"),
+            None,
         );
         assert_eq!(d.outcome, Outcome::Allow);
         let d = decide_statement(
             &rules,
             OnUnparsed::Review,
-            None,
-            &ann,
-            PG,
+            &ann.groups,
             &analyze("SELEC 1"),
+            None,
         );
         assert_eq!(
             d.outcome,
