@@ -308,11 +308,7 @@ fn serve_reloads_the_policy_on_change_and_sighup_and_keeps_the_old_one_when_bad(
         .spawn()
         .unwrap();
     let data = dir.path().join("data");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while curl(&format!("http://127.0.0.1:{port}/healthz")).0 != 200 {
-        assert!(Instant::now() < deadline, "serve did not come up");
-        sleep(Duration::from_millis(100));
-    }
+    wait_until_serving(port);
     let wait_for = |n: usize| {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -467,14 +463,7 @@ fn serve_answers_on_the_admin_api_and_signs_a_final_checkpoint_on_sigterm() {
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if curl(&format!("{base}/healthz")).0 == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "serve did not come up");
-        sleep(Duration::from_millis(100));
-    }
+    wait_until_serving(port);
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
     let open_files: Vec<&str> = limits
         .lines()
@@ -808,6 +797,51 @@ fn proofs_verify_offline_and_detect_a_changed_entry() {
     assert!(stderr(&out).contains("not covered"), "{}", stderr(&out));
 }
 
+/// Waits for a gateway's admin API to answer `/healthz`.
+fn wait_until_serving(admin_port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while curl(&format!("http://127.0.0.1:{admin_port}/healthz")).0 != 200 {
+        assert!(Instant::now() < deadline, "serve did not come up");
+        sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts `gatehouse login ARGS` keeping its token in `token_file`, and returns it with
+/// its error output read up to the line starting with `prefix` and the rest of that line
+/// (the link it asks the person to open). The caller waits for it (`approve_in_browser`).
+#[allow(
+    clippy::zombie_processes,
+    reason = "the child is handed to the caller, which waits for it"
+)]
+fn start_login(
+    args: &[&str],
+    token_file: &Path,
+    prefix: &str,
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStderr>,
+    String,
+) {
+    let mut login = gatehouse()
+        .arg("login")
+        .args(args)
+        .env("GATEHOUSE_TOKEN_FILE", token_file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(login.stderr.take().unwrap());
+    loop {
+        let mut line = String::new();
+        if said.read_line(&mut line).unwrap() == 0 {
+            let status = login.wait();
+            panic!("login ended early: {status:?}");
+        }
+        if let Some(rest) = line.trim().strip_prefix(prefix) {
+            return (login, said, rest.to_string());
+        }
+    }
+}
+
 /// Plays the person at the browser for a running `gatehouse login` (signs in as `user`
 /// and consents), then waits for the login to succeed; returns the rest of what it said.
 fn approve_in_browser(
@@ -817,7 +851,7 @@ fn approve_in_browser(
     mut said: BufReader<std::process::ChildStderr>,
 ) -> String {
     let browser = Command::new("node")
-        .arg(gatehouse_testkit::oidc_dir().join("approve-device.mjs"))
+        .arg(gatehouse_testkit::oidc_dir().join("approve-in-browser.mjs"))
         .args([link, user])
         .output()
         .unwrap();
@@ -869,29 +903,17 @@ fn login_by_device_flow_then_token_signs_psql_in_and_refreshes() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while curl(&format!("http://127.0.0.1:{admin}/healthz")).0 != 200 {
-        assert!(Instant::now() < deadline, "serve did not come up");
-        sleep(Duration::from_millis(100));
-    }
+    wait_until_serving(admin);
 
     // The person runs `gatehouse login`, opens the link it prints and approves.
     let token_file = dir.path().join("home/.config/gatehouse/token.json");
-    let mut login = gatehouse()
-        .args(["login", "--issuer", &provider.issuer()])
-        .args(["--scope", "openid offline_access db"])
-        .env("GATEHOUSE_TOKEN_FILE", &token_file)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut said = BufReader::new(login.stderr.take().unwrap());
-    let link = loop {
-        let mut line = String::new();
-        assert!(said.read_line(&mut line).unwrap() > 0, "login ended early");
-        if let Some(rest) = line.trim().strip_prefix("(or open ") {
-            break rest.trim_end_matches(')').to_string();
-        }
-    };
+    let issuer = provider.issuer();
+    let (mut login, said, link) = start_login(
+        &["--issuer", &issuer, "--scope", "openid offline_access db"],
+        &token_file,
+        "(or open ",
+    );
+    let link = link.trim_end_matches(')').to_string();
     let rest = approve_in_browser(&link, "ann", &mut login, said);
     assert!(rest.contains("Signed in at"), "{rest}");
     use std::os::unix::fs::PermissionsExt;
@@ -1024,28 +1046,19 @@ fn login_in_a_browser_uses_pkce_and_a_loopback_redirect() {
         "{}",
         stderr(&unknown)
     );
-    let mut login = gatehouse()
-        .args([
-            "login",
+    let (mut login, said, link) = start_login(
+        &[
             "--browser",
             "--issuer",
             "corp",
             "--config",
             config.to_str().unwrap(),
-        ])
-        .args(["--scope", "openid offline_access db"])
-        .env("GATEHOUSE_TOKEN_FILE", &token_file)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut said = BufReader::new(login.stderr.take().unwrap());
-    let link = loop {
-        let mut line = String::new();
-        assert!(said.read_line(&mut line).unwrap() > 0, "login ended early");
-        if let Some(rest) = line.trim().strip_prefix("Open this link to sign in: ") {
-            break rest.to_string();
-        }
-    };
+            "--scope",
+            "openid offline_access db",
+        ],
+        &token_file,
+        "Open this link to sign in: ",
+    );
     assert!(link.contains("code_challenge_method=S256"), "{link}");
     assert!(
         link.contains("redirect_uri=http%3A%2F%2F127.0.0.1%3A"),

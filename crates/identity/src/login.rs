@@ -178,11 +178,12 @@ impl LoginClient {
             .as_deref()
             .ok_or("the provider has no device authorization endpoint; use --browser")?;
         let body = self
-            .post(
+            .post_form(
                 endpoint,
                 &[("client_id", self.client_id.as_str()), ("scope", scope)],
             )
-            .await?;
+            .await?
+            .map_err(|(error, description)| format!("{endpoint}: {error} {description}"))?;
         serde_json::from_value(body.clone())
             .map_err(|e| format!("unexpected device authorization answer ({e}): {body}"))
     }
@@ -260,31 +261,21 @@ impl LoginClient {
         })
     }
 
-    /// `Ok(body)` on success, `Ok(Err((error, description)))` for an OAuth error answer.
+    /// A form POST to the token endpoint (see [`LoginClient::post_form`]).
     async fn token_request(
         &self,
         form: &[(&str, &str)],
     ) -> Result<Result<Value, (String, String)>, String> {
-        let response = self
-            .http
-            .post(&self.token_endpoint)
-            .form(form)
-            .send()
-            .await
-            .map_err(|e| format!("{}: {e}", self.token_endpoint))?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-        let body: Value = serde_json::from_slice(&bytes)
-            .map_err(|_| format!("{}: HTTP {status}, not JSON", self.token_endpoint))?;
-        if status.is_success() {
-            Ok(Ok(body))
-        } else {
-            let field = |k: &str| body[k].as_str().unwrap_or_default().to_string();
-            Ok(Err((field("error"), field("error_description"))))
-        }
+        self.post_form(&self.token_endpoint, form).await
     }
 
-    async fn post(&self, url: &str, form: &[(&str, &str)]) -> Result<Value, String> {
+    /// POSTs a form to an OAuth endpoint: `Ok(Ok(body))` on success, `Ok(Err((error,
+    /// description)))` for an OAuth error answer, `Err` when there is no usable answer.
+    async fn post_form(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+    ) -> Result<Result<Value, (String, String)>, String> {
         let response = self
             .http
             .post(url)
@@ -296,14 +287,12 @@ impl LoginClient {
         let bytes = response.bytes().await.map_err(|e| e.to_string())?;
         let body: Value = serde_json::from_slice(&bytes)
             .map_err(|_| format!("{url}: HTTP {status}, not JSON"))?;
-        if !status.is_success() {
-            return Err(format!(
-                "{url}: {} {}",
-                body["error"].as_str().unwrap_or("error"),
-                body["error_description"].as_str().unwrap_or_default()
-            ));
+        if status.is_success() {
+            Ok(Ok(body))
+        } else {
+            let field = |k: &str| body[k].as_str().unwrap_or_default().to_string();
+            Ok(Err((field("error"), field("error_description"))))
         }
-        Ok(body)
     }
 }
 

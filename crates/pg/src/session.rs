@@ -273,29 +273,25 @@ async fn startup<S: ClientStream>(
     let actor = signed_in.actor;
     let mut policy = SessionPolicy::default();
     if let Some(handle) = &resource.policy {
-        let decision = policy.connect(handle, &actor, &resource.target());
-        let (allowed, data) = match &decision {
-            Ok(d) => (
-                d.outcome == Outcome::Allow,
-                json!({"action": "connect", "outcome": d.outcome.as_str(), "policies": d.policies, "message": d.message}),
-            ),
+        let refusal = match policy.connect(handle, &actor, &resource.target()) {
+            Ok(d) if d.outcome == Outcome::Allow => None,
+            Ok(d) => Some((
+                json!({"outcome": d.outcome.as_str(), "policies": d.policies, "message": d.message}),
+                d.message.unwrap_or_default(),
+            )),
             // A policy that cannot be evaluated refuses: fail closed.
-            Err(e) => (
-                false,
-                json!({"action": "connect", "outcome": "deny", "error": e.to_string()}),
-            ),
+            Err(e) => Some((
+                json!({"outcome": "deny", "error": e.to_string()}),
+                "the access policy could not be evaluated".to_string(),
+            )),
         };
-        if !allowed {
-            let mut data = data;
+        if let Some((mut data, why)) = refusal {
+            data["action"] = "connect".into();
             data["client"] = peer.to_string().into();
             let event = resource.event(EventKind::PolicyDecision, Some(&actor), None, data);
             if let Err(e) = resource.ledger.append(&event, resource.durability).await {
                 tracing::error!(error = %e, "could not record a denied connection");
             }
-            let why = match decision {
-                Ok(d) => d.message.unwrap_or_default(),
-                Err(_) => "the access policy could not be evaluated".to_string(),
-            };
             fatal(
                 client,
                 "28000",

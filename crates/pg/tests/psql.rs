@@ -279,6 +279,30 @@ impl Gateway {
         stderr
     }
 
+    /// Stores a new managed agent key for `name` in the gateway's state store; returns its
+    /// id and the key.
+    async fn add_agent_key(
+        &self,
+        name: &str,
+        groups: &[&str],
+        expires_at: Option<i64>,
+    ) -> (String, String) {
+        let (id, key) = gatehouse_identity::new_managed_key().unwrap();
+        let stored = gatehouse_store::ManagedKey {
+            id: id.clone(),
+            name: name.into(),
+            kind: IdentityKind::Agent,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            key_hash: hash_key(&key),
+            created_at: gatehouse_identity::unix_now(),
+            expires_at,
+            revoked_at: None,
+            revoked_reason: None,
+        };
+        self.store.insert_key(&stored, "test").await.unwrap();
+        (id, key)
+    }
+
     /// Waits for sessions to record their end, closes the ledger and returns every entry.
     async fn entries(&self) -> Vec<Value> {
         // A client may exit before its session task has appended `session.end`: wait until
@@ -1327,32 +1351,15 @@ async fn a_resource_may_record_summaries_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_keys_sign_in_until_revoked_or_expired() {
-    use gatehouse_config::IdentityKind;
-    use gatehouse_identity::{new_managed_key, unix_now};
-    use gatehouse_store::ManagedKey;
+    use gatehouse_identity::unix_now;
 
     let gw = gateway(Durability::Sync).await;
-    let managed = |key: &str, id: &str, expires_at| ManagedKey {
-        id: id.to_string(),
-        name: "agent:reporting".into(),
-        kind: IdentityKind::Agent,
-        groups: vec!["analysts".into()],
-        key_hash: hash_key(key),
-        created_at: unix_now(),
-        expires_at,
-        revoked_at: None,
-        revoked_reason: None,
-    };
-    let (live_id, live) = new_managed_key().unwrap();
-    let (old_id, old) = new_managed_key().unwrap();
-    gw.store
-        .insert_key(&managed(&live, &live_id, Some(unix_now() + 3600)), "test")
-        .await
-        .unwrap();
-    gw.store
-        .insert_key(&managed(&old, &old_id, Some(unix_now() - 1)), "test")
-        .await
-        .unwrap();
+    let (live_id, live) = gw
+        .add_agent_key("agent:reporting", &["analysts"], Some(unix_now() + 3600))
+        .await;
+    let (old_id, old) = gw
+        .add_agent_key("agent:reporting", &["analysts"], Some(unix_now() - 1))
+        .await;
 
     let out = gw.psql("agent:reporting", &live, &["-c", "SELECT current_user"]);
     let (stdout, stderr) = text(&out);
@@ -1690,9 +1697,6 @@ async fn ci_tokens_are_mapped_to_service_identities_by_claim_rules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cedar_policies_decide_connect_and_each_statement_class() {
-    use gatehouse_identity::{new_managed_key, unix_now};
-    use gatehouse_store::ManagedKey;
-
     let policies = r#"
 @id("analysts-connect")
 permit (principal in Gatehouse::Group::"analysts", action == Gatehouse::Action::"connect", resource);
@@ -1750,24 +1754,7 @@ unless { context.tables.contains("public.allowed") };
     );
 
     // An identity in no permitted group may not even connect.
-    let (id, key) = new_managed_key().unwrap();
-    gw.store
-        .insert_key(
-            &ManagedKey {
-                id,
-                name: "agent:outsider".into(),
-                kind: IdentityKind::Agent,
-                groups: vec![],
-                key_hash: hash_key(&key),
-                created_at: unix_now(),
-                expires_at: None,
-                revoked_at: None,
-                revoked_reason: None,
-            },
-            "test",
-        )
-        .await
-        .unwrap();
+    let (_, key) = gw.add_agent_key("agent:outsider", &[], None).await;
     let out = gw.psql("agent:outsider", &key, &["-c", "SELECT 1"]);
     let (_, stderr) = text(&out);
     assert!(!out.status.success());

@@ -66,7 +66,7 @@ const provider = new Provider(issuer, {
     },
   ],
   // People sign in through the provider's development login page, which accepts any user
-  // name; the test drives it like a browser would (approve-device.mjs).
+  // name; the test drives it like a browser would (approve-in-browser.mjs).
   findAccount: (ctx, sub) => ({
     accountId: sub,
     claims: () => ({ sub, groups: ['analysts'] }),

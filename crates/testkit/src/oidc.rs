@@ -70,7 +70,7 @@ impl OidcProvider {
     /// client-credentials grant.
     pub fn token(&self, client: &str) -> Result<String, String> {
         let out = Command::new("curl")
-            .args(["-sS", "--fail-with-body", "-u"])
+            .args(["-sS", "--max-time", "20", "--fail-with-body", "-u"])
             .arg(format!("{client}:{client}-secret"))
             .args(["-d", "grant_type=client_credentials", "-d", "scope=db"])
             .arg(format!("{}/token", self.issuer()))
@@ -80,12 +80,12 @@ impl OidcProvider {
         if !out.status.success() {
             return Err(format!("token request failed: {body}"));
         }
-        let start = body
-            .find("\"access_token\":\"")
-            .ok_or_else(|| format!("no access_token in {body}"))?
-            + "\"access_token\":\"".len();
-        let end = body[start..].find('"').ok_or("unterminated token")? + start;
-        Ok(body[start..end].to_string())
+        let answer: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("not JSON ({e}): {body}"))?;
+        answer["access_token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("no access_token in {body}"))
     }
 
     /// A token made outside the provider (see `forge.mjs` for the modes) with `claims`.

@@ -1,9 +1,11 @@
-// Plays the person at the browser for a device-flow sign-in: opens the verification URL,
-// confirms the code, signs in on the provider's development login page and consents.
+// Plays the person at the browser for a sign-in: opens the link (a device flow's
+// verification URL, or an authorization URL), confirms a device code when asked, signs in
+// on the provider's development login page and consents, following redirects (also the
+// last one, to `gatehouse login --browser`'s loopback port).
 //
-//   node approve-device.mjs VERIFICATION_URI_COMPLETE USER_NAME
+//   node approve-in-browser.mjs LINK USER_NAME
 //
-// Exits 0 once the provider says the device is signed in.
+// Exits 0 once a page says the sign-in succeeded.
 
 const [start, user] = process.argv.slice(2);
 const origin = new URL(start).origin;
