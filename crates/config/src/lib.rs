@@ -14,9 +14,10 @@ pub use validate::TOKEN_ALGORITHMS;
 pub use error::{ConfigError, Problem};
 pub use gatehouse_core::Durability;
 pub use model::{
-    AdminConfig, ClaimRule, Config, CredentialsConfig, IdentityConfig, IdentityKind, IssuerConfig,
-    LedgerConfig, LogConfig, LogFormat, PolicyConfig, RecordingConfig, ResourceConfig,
-    ResourceKind, TargetTlsConfig, TlsConfig,
+    AdminConfig, ClaimRule, ColumnMaskConfig, Config, CredentialsConfig, DetectorSelection,
+    IdentityConfig, IdentityKind, IssuerConfig, LedgerConfig, LogConfig, LogFormat, MaskStrategy,
+    MaskingConfig, PatternConfig, PolicyConfig, RecordingConfig, ResourceConfig, ResourceKind,
+    TargetTlsConfig, TlsConfig,
 };
 pub use secret::{EnvLookup, Secret, process_env};
 pub use size::{ByteSize, ParseByteSizeError};

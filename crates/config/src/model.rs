@@ -3,6 +3,7 @@
 //! Every struct denies unknown keys: a misspelt key that is silently ignored leaves a default in
 //! force that the operator believes they changed.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -230,6 +231,9 @@ pub struct ResourceConfig {
     /// What of each session is kept beside its entries (result data).
     #[serde(default)]
     pub recording: RecordingConfig,
+    /// Sensitive values masked in results before they reach the client or the recording.
+    #[serde(default)]
+    pub masking: MaskingConfig,
     /// For access policy: `resource.environment` (e.g. "production").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
@@ -256,6 +260,130 @@ impl Default for RecordingConfig {
             max_session_bytes: ByteSize::mib(16),
         }
     }
+}
+
+/// `[resources.masking]`: what is masked in results. On by default with every built-in
+/// detector, so a resource added without thinking about masking still masks what looks
+/// sensitive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MaskingConfig {
+    pub enabled: bool,
+    /// Built-in content detectors run over every text value: `"all"` or a list of names
+    /// (`email`, `phone`, `payment_card`, `iban`, `us_ssn`, `ipv4`, `ipv6`, `jwt`,
+    /// `private_key`, `aws_access_key`, `aws_secret_key`, `github_token`, `gitlab_token`,
+    /// `slack_token`, `stripe_key`, `password`); `[]` for none.
+    pub detectors: DetectorSelection,
+    /// Strategy per detector kind (`email = "hash"`); the rest are redacted.
+    pub strategies: BTreeMap<String, MaskStrategy>,
+    /// Columns masked whole, whatever they contain.
+    pub columns: Vec<ColumnMaskConfig>,
+    /// User-defined detectors.
+    pub patterns: Vec<PatternConfig>,
+    /// Environment variable holding the key of the `hash` strategy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_env: Option<String>,
+    /// File holding that key (relative to the config file's folder once loaded). Without
+    /// either, a random key is created in the data directory on first start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for MaskingConfig {
+    fn default() -> Self {
+        MaskingConfig {
+            enabled: true,
+            detectors: DetectorSelection::All,
+            strategies: BTreeMap::new(),
+            columns: Vec::new(),
+            patterns: Vec::new(),
+            key_env: None,
+            key_file: None,
+        }
+    }
+}
+
+/// `detectors = "all"` or `detectors = ["email", ...]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "DetectorWords", into = "DetectorWords")]
+pub enum DetectorSelection {
+    All,
+    Only(Vec<String>),
+}
+
+/// How [`DetectorSelection`] is written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DetectorWords {
+    Word(String),
+    List(Vec<String>),
+}
+
+impl TryFrom<DetectorWords> for DetectorSelection {
+    type Error = String;
+    fn try_from(words: DetectorWords) -> Result<Self, String> {
+        match words {
+            DetectorWords::Word(w) if w == "all" => Ok(DetectorSelection::All),
+            DetectorWords::Word(w) => {
+                Err(format!("{w:?}: write \"all\" or a list of detector names"))
+            }
+            DetectorWords::List(names) => Ok(DetectorSelection::Only(names)),
+        }
+    }
+}
+
+impl From<DetectorSelection> for DetectorWords {
+    fn from(s: DetectorSelection) -> DetectorWords {
+        match s {
+            DetectorSelection::All => DetectorWords::Word("all".into()),
+            DetectorSelection::Only(names) => DetectorWords::List(names),
+        }
+    }
+}
+
+/// A masking strategy as written: `redact`, `hash`, `null`, `partial` or `partial:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MaskStrategy(pub gatehouse_mask::Strategy);
+
+impl TryFrom<String> for MaskStrategy {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse().map(MaskStrategy)
+    }
+}
+
+impl From<MaskStrategy> for String {
+    fn from(s: MaskStrategy) -> String {
+        s.0.to_string()
+    }
+}
+
+/// `[[resources.masking.columns]]`: one column (or a pattern of them) masked whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnMaskConfig {
+    /// `table.column` or `schema.table.column`; `*` and `?` match any run or one character.
+    pub column: String,
+    #[serde(default = "redact")]
+    pub strategy: MaskStrategy,
+    /// The name in redaction tokens and the ledger (default: the column part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// `[[resources.masking.patterns]]`: a user-defined detector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatternConfig {
+    pub name: String,
+    pub regex: String,
+    #[serde(default = "redact")]
+    pub strategy: MaskStrategy,
+}
+
+fn redact() -> MaskStrategy {
+    MaskStrategy(gatehouse_mask::Strategy::Redact)
 }
 
 /// `[resources.target_tls]`: how the gateway checks the target's certificate.
@@ -490,6 +618,9 @@ impl Config {
             }
             if let Some(tls) = resource.target_tls.as_mut() {
                 anchor(&mut tls.ca);
+            }
+            if let Some(file) = resource.masking.key_file.as_mut() {
+                anchor(file);
             }
         }
     }

@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::Path;
 
 use crate::error::Problem;
-use crate::model::CredentialsConfig;
+use crate::model::{CredentialsConfig, MaskingConfig};
 
 /// Looks up an environment variable; `std::env::var` is the real one.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Result<String, VarError>;
@@ -58,8 +58,8 @@ impl CredentialsConfig {
     /// [`CredentialsConfig::password`] with the environment supplied by the caller.
     pub fn password_with_env(&self, env: EnvLookup<'_>) -> Result<Secret, Problem> {
         match (&self.password_env, &self.password_file) {
-            (Some(name), None) => from_env(name, env),
-            (None, Some(path)) => from_file(path),
+            (Some(name), None) => from_env("password_env", name, env),
+            (None, Some(path)) => from_file("password_file", path),
             // Keyed on the credentials table itself (empty key): neither key alone is wrong.
             (Some(_), Some(_)) => Err(Problem::new(
                 "",
@@ -73,8 +73,30 @@ impl CredentialsConfig {
     }
 }
 
-fn from_env(name: &str, env: EnvLookup<'_>) -> Result<Secret, Problem> {
-    let problem = |message: String| Problem::new("password_env", message);
+impl MaskingConfig {
+    /// The key of the `hash` strategy from `key_env` or `key_file`; `None` when neither is
+    /// set (the gateway then keeps a generated key in its data directory). Problem keys are
+    /// relative to the masking table.
+    pub fn key_with_env(&self, env: EnvLookup<'_>) -> Result<Option<Secret>, Problem> {
+        match (&self.key_env, &self.key_file) {
+            (Some(name), None) => from_env("key_env", name, env).map(Some),
+            (None, Some(path)) => from_file("key_file", path).map(Some),
+            (Some(_), Some(_)) => Err(Problem::new(
+                "",
+                "has both key_env and key_file; keep at most one",
+            )),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// [`MaskingConfig::key_with_env`] with the process environment.
+    pub fn key(&self) -> Result<Option<Secret>, Problem> {
+        self.key_with_env(&process_env)
+    }
+}
+
+fn from_env(key: &str, name: &str, env: EnvLookup<'_>) -> Result<Secret, Problem> {
+    let problem = |message: String| Problem::new(key, message);
     // Checked first because the platform may refuse or misread such names.
     if name.is_empty() || name.contains(['=', '\0']) {
         return Err(problem(format!(
@@ -95,8 +117,8 @@ fn from_env(name: &str, env: EnvLookup<'_>) -> Result<Secret, Problem> {
     }
 }
 
-fn from_file(path: &Path) -> Result<Secret, Problem> {
-    let problem = |message: String| Problem::new("password_file", message);
+fn from_file(key: &str, path: &Path) -> Result<Secret, Problem> {
+    let problem = |message: String| Problem::new(key, message);
     let shown = path.display();
     let bytes = std::fs::read(path).map_err(|e| problem(format!("cannot read {shown}: {e}")))?;
     // Not `from_utf8`'s error text: it is harmless today, but nothing derived from the bytes

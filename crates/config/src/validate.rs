@@ -221,6 +221,7 @@ fn check_resources(resources: &[ResourceConfig], env: EnvLookup<'_>, problems: &
                 ));
             }
         }
+        check_masking(&resource.masking, &format!("{at}.masking"), env, problems);
         if let Err(found) = gatehouse_sql::validate_rules(&resource.rules) {
             for (j, key, problem) in found {
                 problems.push(Problem::new(format!("{at}.rules[{j}].{key}"), problem));
@@ -257,6 +258,74 @@ fn check_resources(resources: &[ResourceConfig], env: EnvLookup<'_>, problems: &
             format!("{name:?} is used by {} too", others.join(" and ")),
         ));
     }
+}
+
+fn check_masking(
+    masking: &crate::MaskingConfig,
+    at: &str,
+    env: EnvLookup<'_>,
+    problems: &mut Vec<Problem>,
+) {
+    let custom: Vec<&str> = masking.patterns.iter().map(|p| p.name.as_str()).collect();
+    if let crate::DetectorSelection::Only(names) = &masking.detectors {
+        for (j, name) in names.iter().enumerate() {
+            if gatehouse_mask::Kind::builtin(name).is_none() {
+                problems.push(Problem::new(
+                    format!("{at}.detectors[{j}]"),
+                    format!("{name:?} is not a built-in detector; {}", builtin_names()),
+                ));
+            }
+        }
+    }
+    for kind in masking.strategies.keys() {
+        if gatehouse_mask::Kind::builtin(kind).is_none() && !custom.contains(&kind.as_str()) {
+            problems.push(Problem::new(
+                format!("{at}.strategies.{kind}"),
+                format!(
+                    "{kind:?} is neither a built-in detector nor a pattern name; {}",
+                    builtin_names()
+                ),
+            ));
+        }
+    }
+    for (j, column) in masking.columns.iter().enumerate() {
+        if let Err(e) = gatehouse_mask::check_pattern(&column.column) {
+            problems.push(Problem::new(
+                format!("{at}.columns[{j}].column"),
+                e.to_string(),
+            ));
+        }
+    }
+    for (j, pattern) in masking.patterns.iter().enumerate() {
+        if !is_valid_name(&pattern.name) || gatehouse_mask::Kind::builtin(&pattern.name).is_some() {
+            problems.push(Problem::new(
+                format!("{at}.patterns[{j}].name"),
+                format!(
+                    "{:?} must be a name (a-z, 0-9, '_', '.', '-') that no built-in detector has",
+                    pattern.name
+                ),
+            ));
+        }
+        if let Err(e) =
+            gatehouse_mask::Detectors::select(&[], &[(pattern.name.clone(), pattern.regex.clone())])
+        {
+            problems.push(Problem::new(
+                format!("{at}.patterns[{j}].regex"),
+                e.to_string(),
+            ));
+        }
+    }
+    if let Err(p) = masking.key_with_env(env) {
+        problems.push(p.within(at));
+    }
+}
+
+fn builtin_names() -> String {
+    let names: Vec<&str> = gatehouse_mask::Kind::BUILTIN
+        .iter()
+        .map(|k| k.name())
+        .collect();
+    format!("the built-in ones are {}", names.join(", "))
 }
 
 fn check_identities(identities: &[crate::IdentityConfig], problems: &mut Vec<Problem>) {
@@ -563,6 +632,7 @@ mod tests {
             tls: None,
             target_tls: None,
             recording: Default::default(),
+            masking: Default::default(),
             environment: None,
             tags: Vec::new(),
         };

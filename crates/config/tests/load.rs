@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gatehouse_config::{
-    ByteSize, Config, ConfigError, Durability, LedgerConfig, LogFormat, Problem, RecordingConfig,
-    ResourceKind,
+    ByteSize, Config, ConfigError, DetectorSelection, Durability, LedgerConfig, LogFormat, Problem,
+    RecordingConfig, ResourceKind,
 };
+use gatehouse_mask::Strategy;
 
 const UNSET: &str = "GATEHOUSE_TEST_SURELY_UNSET_4711";
 
@@ -199,7 +200,7 @@ fn unknown_key_nested() {
     assert_eq!(
         load_error(&text),
         "gatehouse.toml:7:1: resources[1].port: unknown key; expected one of name, kind, durability, listen, \
-         target, database, credentials, rules, on_unparsed, tls, target_tls, recording, environment, tags"
+         target, database, credentials, rules, on_unparsed, tls, target_tls, recording, masking, environment, tags"
     );
 }
 
@@ -285,6 +286,72 @@ fn recording_settings_are_typed_and_checked() {
     assert_eq!(
         load_error(&text),
         "gatehouse.toml:5:1: resources[0].recording.result: unknown key; expected results or max_session_bytes"
+    );
+}
+
+#[test]
+fn masking_is_on_by_default_and_its_settings_are_checked() {
+    let (_dir, path) = write_config(PG);
+    let masking = Config::load(&path).unwrap().resources[0].masking.clone();
+    assert!(masking.enabled);
+    assert_eq!(masking.detectors, DetectorSelection::All);
+
+    let text = format!(
+        "{PG}[resources.masking]\ndetectors = [\"email\", \"us_ssn\"]\nkey_file = \"mask.key\"\n\
+         [resources.masking.strategies]\nemail = \"hash\"\nemployee = \"partial:2\"\n\
+         [[resources.masking.columns]]\ncolumn = \"public.customers.ssn\"\nstrategy = \"partial\"\n\
+         [[resources.masking.patterns]]\nname = \"employee\"\nregex = \"EMP-[0-9]{{6}}\"\n"
+    );
+    let (dir, path) = write_config(&text);
+    std::fs::write(dir.path().join("mask.key"), "k3y\n").unwrap();
+    let config = Config::load(&path).unwrap();
+    let masking = &config.resources[0].masking;
+    assert_eq!(
+        masking.detectors,
+        DetectorSelection::Only(vec!["email".into(), "us_ssn".into()])
+    );
+    assert_eq!(masking.strategies["email"].0, Strategy::Hash);
+    assert_eq!(
+        masking.columns[0].strategy.0,
+        Strategy::Partial { keep_last: 4 }
+    );
+    assert_eq!(
+        masking.key_file.as_deref(),
+        Some(dir.path().join("mask.key").as_path())
+    );
+    assert_eq!(masking.key().unwrap().unwrap().expose(), "k3y");
+
+    // Every mistake is named by its key.
+    let text = format!(
+        "{PG}[resources.masking]\ndetectors = [\"emails\"]\nkey_env = \"{UNSET}\"\n\
+         [resources.masking.strategies]\nnope = \"hash\"\n\
+         [[resources.masking.columns]]\ncolumn = \"ssn\"\n\
+         [[resources.masking.patterns]]\nname = \"email\"\nregex = \"(\"\n"
+    );
+    let (_dir, path) = write_config(&text);
+    let keys: Vec<String> = load_problems(&path).into_iter().map(|p| p.key).collect();
+    assert_eq!(
+        keys,
+        [
+            "resources[0].masking.detectors[0]",
+            "resources[0].masking.strategies.nope",
+            "resources[0].masking.columns[0].column",
+            "resources[0].masking.patterns[0].name",
+            "resources[0].masking.patterns[0].regex",
+            "resources[0].masking.key_env",
+        ]
+    );
+    let text = format!("{PG}[resources.masking.strategies]\nemail = \"blur\"\n");
+    assert!(
+        load_error(&text).contains("\"blur\" is not a masking strategy"),
+        "{}",
+        load_error(&text)
+    );
+    let text = format!("{PG}[resources.masking]\ndetectors = \"some\"\n");
+    assert!(
+        load_error(&text).contains("write \"all\" or a list"),
+        "{}",
+        load_error(&text)
     );
 }
 

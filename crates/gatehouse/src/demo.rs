@@ -73,6 +73,7 @@ pub async fn demo(args: DemoArgs, log_format: Option<LogFormat>) -> anyhow::Resu
             // The demo cluster listens on loopback only.
             target_tls: None,
             recording: Default::default(),
+            masking: Default::default(),
             environment: None,
             tags: Vec::new(),
         });

@@ -331,6 +331,54 @@ async fn record_key_events(store: Store, ledger: Ledger, mut stop: watch::Receiv
     }
 }
 
+/// The key of a resource's `hash` masking strategy: from `key_env`/`key_file`, else one
+/// generated on first start and kept (0600) in the data directory, so hashed values stay
+/// the same across restarts and joins over them keep working.
+fn masking_key(
+    config: &Config,
+    resource: &gatehouse_config::ResourceConfig,
+) -> anyhow::Result<Vec<u8>> {
+    if let Some(secret) = resource
+        .masking
+        .key()
+        .map_err(|p| anyhow::anyhow!("resources.{}.masking.{p}", resource.name))?
+    {
+        return Ok(secret.expose().as_bytes().to_vec());
+    }
+    let path = config.data_dir.join("mask.key");
+    match std::fs::read(&path) {
+        Ok(key) if key.len() >= 32 => return Ok(key),
+        Ok(_) => anyhow::bail!(
+            "{} is shorter than 32 bytes; remove it to make a new key",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
+    let mut key = vec![0u8; 32];
+    getrandom::fill(&mut key)
+        .map_err(|e| anyhow::anyhow!("no randomness for a masking key: {e}"))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(mut file) => {
+            file.write_all(&key)?;
+            file.sync_all()?;
+            Ok(key)
+        }
+        // Another resource (or process) made it first: use that one.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(std::fs::read(&path)?),
+        Err(e) => Err(anyhow::anyhow!("cannot create {}: {e}", path.display())),
+    }
+}
+
 /// Binds a listener for each PostgreSQL resource and serves it until `stop` turns true.
 async fn start_postgres(
     config: &Config,
@@ -351,12 +399,14 @@ async fn start_postgres(
         .iter()
         .filter(|r| r.kind == ResourceKind::Postgres)
     {
+        let mask_key = masking_key(config, r)?;
         let resource = PgResource::from_config(
             r,
             auth.clone(),
             ledger.clone(),
             cancels.clone(),
             policy.clone(),
+            &mask_key,
         )?;
         let addr = r
             .listen

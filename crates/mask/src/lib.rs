@@ -4,6 +4,7 @@
 //! protocol drivers can mask results on the data path and what is recorded is exactly
 //! what the client saw.
 
+pub mod columns;
 pub mod detect;
 
 use std::borrow::Cow;
@@ -12,12 +13,15 @@ use std::collections::BTreeMap;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+pub use columns::{ColumnRule, ColumnRules, check_pattern};
 pub use detect::{Detectors, Finding, Kind};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MaskError {
     #[error("pattern {name}: {message}")]
     Pattern { name: String, message: String },
+    #[error("column pattern {pattern:?} {message}")]
+    Column { pattern: String, message: String },
     #[error("the hashing key must not be empty")]
     EmptyKey,
 }
@@ -35,6 +39,37 @@ pub enum Strategy {
     Hash,
     /// No value at all (SQL NULL) for a whole column; inside text it redacts.
     Null,
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+
+    /// `redact`, `hash`, `null`, `partial` (keeps the last 4) or `partial:N`.
+    fn from_str(text: &str) -> Result<Strategy, String> {
+        match text {
+            "redact" => Ok(Strategy::Redact),
+            "hash" => Ok(Strategy::Hash),
+            "null" => Ok(Strategy::Null),
+            "partial" => Ok(Strategy::Partial { keep_last: 4 }),
+            other => match other.strip_prefix("partial:").map(str::parse::<usize>) {
+                Some(Ok(keep_last)) if keep_last <= 64 => Ok(Strategy::Partial { keep_last }),
+                _ => Err(format!(
+                    "{other:?} is not a masking strategy (redact, hash, null, partial or partial:N with N up to 64)"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Strategy::Redact => f.write_str("redact"),
+            Strategy::Hash => f.write_str("hash"),
+            Strategy::Null => f.write_str("null"),
+            Strategy::Partial { keep_last } => write!(f, "partial:{keep_last}"),
+        }
+    }
 }
 
 /// The result of masking one text.

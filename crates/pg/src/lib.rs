@@ -6,7 +6,9 @@
 //! (durable in `sync` mode) → forward; and on the way back: relay → summarise → `result`.
 
 mod cancel;
+pub mod catalog;
 mod error;
+pub mod masking;
 mod recording;
 mod session;
 pub mod tls;
@@ -60,6 +62,10 @@ pub struct PgResource {
     /// What policies see of this resource besides its name and kind.
     pub environment: Option<String>,
     pub tags: Vec<String>,
+    /// Masking of results; `None` when `[resources.masking] enabled = false`.
+    pub masking: Option<Arc<masking::MaskPolicy>>,
+    /// The target's catalog as masking reads it.
+    pub catalog: catalog::Catalog,
 }
 
 /// How the gateway reaches a target over TLS: the verifying client configuration and the
@@ -78,6 +84,7 @@ impl PgResource {
         ledger: Ledger,
         cancels: CancelMap,
         policy: Option<Arc<PolicyHandle>>,
+        mask_key: &[u8],
     ) -> Result<Self, PgError> {
         let missing =
             |key: &str| PgError::Config(format!("resources.{}.{key} is required", config.name));
@@ -125,6 +132,15 @@ impl PgResource {
             policy,
             environment: config.environment.clone(),
             tags: config.tags.clone(),
+            masking: match config.masking.enabled {
+                true => Some(Arc::new(
+                    masking::MaskPolicy::from_config(&config.masking, mask_key).map_err(|e| {
+                        PgError::Config(format!("resources.{}.masking: {e}", config.name))
+                    })?,
+                )),
+                false => None,
+            },
+            catalog: catalog::Catalog::new(),
         })
     }
 

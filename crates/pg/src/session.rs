@@ -18,8 +18,9 @@ use tokio::net::TcpStream;
 
 use crate::cancel::CancelTarget;
 use crate::error::PgError;
+use crate::masking::{MaskPolicy, ResultPlan, Rewriter, Shape, Source};
 use crate::recording::Recorder;
-use crate::tracker::{Expect, Tracker, Work};
+use crate::tracker::{Describes, Expect, Tracker, Work};
 use crate::upstream::{self, TargetStream};
 use crate::{PgResource, send};
 use gatehouse_policy::{SessionPolicy, decide_statement};
@@ -341,6 +342,25 @@ async fn startup<S: ClientStream>(
         }
     };
 
+    let masking = match &resource.masking {
+        Some(mask) => {
+            let clear_client = match &resource.policy {
+                Some(handle) => policy
+                    .unmask(handle, &actor, &resource.target())
+                    .is_ok_and(|d| d.outcome == Outcome::Allow),
+                None => false,
+            };
+            Some(SessionMasking {
+                policy: mask.clone(),
+                clear_client,
+                statements: HashMap::new(),
+                cursors: HashMap::new(),
+                plans: HashMap::new(),
+                generation: 0,
+            })
+        }
+        None => None,
+    };
     let session_id = new_session_id();
     let start = resource.event(
         EventKind::SessionStart,
@@ -358,6 +378,10 @@ async fn startup<S: ClientStream>(
             "recording": {
                 "results": resource.record_results.is_some(),
                 "max_session_bytes": resource.record_results,
+            },
+            "masking": match &masking {
+                Some(m) => json!({"client": if m.clear_client { "clear" } else { "masked" }, "recording": "masked"}),
+                None => json!("off"),
             },
         }),
     );
@@ -396,6 +420,7 @@ async fn startup<S: ClientStream>(
         totals: Totals::default(),
         started: Instant::now(),
         policy,
+        masking,
     }))
 }
 
@@ -436,6 +461,8 @@ async fn record_auth_failure(
 struct Prepared {
     sql: String,
     analysis: Analysis,
+    /// What masking reads of the statement, built the first time a result needs it.
+    source: std::sync::OnceLock<Arc<Source>>,
     /// `classes`, `commands`, `tables` and (when unparsed) `unparsed`, ready to copy into
     /// each `command` entry.
     summary: serde_json::Map<String, Value>,
@@ -479,7 +506,39 @@ impl Prepared {
             sql: sql.to_string(),
             analysis,
             summary,
+            source: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The statement as masking reads it; the lineage is read only where column rules
+    /// need it.
+    fn source(&self, with_lineage: bool) -> Arc<Source> {
+        self.source
+            .get_or_init(|| {
+                let mut relations: Vec<String> = Vec::new();
+                for t in self
+                    .analysis
+                    .statements
+                    .iter()
+                    .flat_map(|s| s.tables.iter())
+                {
+                    if !relations.contains(t) {
+                        relations.push(t.clone());
+                    }
+                }
+                Arc::new(Source {
+                    sql: self.sql.clone(),
+                    lineage: with_lineage.then(|| gatehouse_sql::lineage::lineage(&self.sql)),
+                    relations,
+                })
+            })
+            .clone()
+    }
+
+    fn is_ddl(&self) -> bool {
+        self.analysis
+            .classes()
+            .any(|c| c == gatehouse_sql::StatementClass::Ddl)
     }
 }
 
@@ -513,8 +572,8 @@ struct Session {
     /// Prepared statement name → SQL text and its analysis, parsed once at Parse time so
     /// the hot path (Bind/Execute) does no parsing.
     statements: HashMap<String, Arc<Prepared>>,
-    /// Portal name → statement name.
-    portals: HashMap<String, String>,
+    /// Portal name → statement name and the Bind's result formats.
+    portals: HashMap<String, (String, Vec<i16>)>,
     /// Recently seen statement text → its analysis (see `RECENT_STATEMENTS`).
     recent: HashMap<String, Arc<Prepared>>,
     /// After a refused Execute the rest of the pipeline is dropped until Sync, as the
@@ -524,7 +583,29 @@ struct Session {
     started: Instant,
     /// The access policy as this session last used it (see [`SessionPolicy`]).
     policy: SessionPolicy,
+    /// Masking of results; `None` when the resource masks nothing.
+    masking: Option<SessionMasking>,
 }
+
+/// A session's masking state.
+struct SessionMasking {
+    policy: Arc<MaskPolicy>,
+    /// Policy lets this client see clear values; the recording is masked all the same.
+    clear_client: bool,
+    /// Prepared statement → its RowDescription body, as described ahead of executions.
+    statements: HashMap<String, Vec<u8>>,
+    /// Cursor → the statement that declared it, for the rows FETCH returns.
+    cursors: HashMap<String, Arc<Source>>,
+    /// Plans by (description, formats, statement text), for the catalog generation.
+    plans: HashMap<PlanKey, Arc<ResultPlan>>,
+    generation: u64,
+}
+
+/// A RowDescription body, the Bind's formats and the statement text.
+type PlanKey = (Vec<u8>, Option<Vec<i16>>, String);
+
+/// How many result plans a session keeps.
+const PLANS_KEPT: usize = 128;
 
 impl Session {
     async fn relay<S: ClientStream>(mut self, mut client: S) {
@@ -616,11 +697,21 @@ impl Session {
                 while let Some(len) =
                     split_frame(&sbuf).map_err(|e| PgError::Target(format!("protocol: {e}")))?
                 {
-                    let frame = &sbuf[..len];
-                    to_client.extend_from_slice(frame);
-                    self.tracker
-                        .on_server(frame, &mut done, &mut to_client, &mut self.recorder);
-                    sbuf.advance(len);
+                    if self.masking.is_some() {
+                        let frame = sbuf.split_to(len);
+                        self.on_server_masked(&frame, &mut to_client, &mut done)
+                            .await;
+                    } else {
+                        let frame = &sbuf[..len];
+                        to_client.extend_from_slice(frame);
+                        self.tracker.on_server(
+                            frame,
+                            &mut done,
+                            &mut to_client,
+                            &mut self.recorder,
+                        );
+                        sbuf.advance(len);
+                    }
                 }
                 let sent = drain_into(client, &mut to_client).await;
                 self.record_results(&mut done);
@@ -663,7 +754,9 @@ impl Session {
                     match self.admit(&prepared, json!({"protocol": "simple"})).await {
                         Ok(index) => {
                             to_server.extend_from_slice(&frame);
-                            self.tracker.push(Expect::Query(Work::new(index)));
+                            let shape = self.shape(&prepared, None);
+                            self.tracker
+                                .push(Expect::Query(Work::new(index).with_shape(shape)));
                         }
                         Err((code, message)) => {
                             let mut refusal = Vec::new();
@@ -681,13 +774,18 @@ impl Session {
                     self.tracker.push(Expect::Parse);
                 }
                 Frontend::Bind { portal, statement } => {
+                    let formats = match self.masking {
+                        Some(_) => crate::masking::bind_formats(&frame),
+                        None => Vec::new(),
+                    };
                     self.portals
-                        .insert(portal.to_string(), statement.to_string());
+                        .insert(portal.to_string(), (statement.to_string(), formats));
                     to_server.extend_from_slice(&frame);
                     self.tracker.push(Expect::Bind);
                 }
                 Frontend::Execute { portal, .. } => {
-                    let statement = self.portals.get(portal).cloned().unwrap_or_default();
+                    let (statement, formats) =
+                        self.portals.get(portal).cloned().unwrap_or_default();
                     let prepared = self.statements.get(&statement).cloned().unwrap_or_else(|| {
                         // Unknown statement: the server will say so; record what we know.
                         Arc::new(Prepared::new(""))
@@ -697,7 +795,9 @@ impl Session {
                     match self.admit(&prepared, detail).await {
                         Ok(index) => {
                             to_server.extend_from_slice(&frame);
-                            self.tracker.push(Expect::Execute(Work::new(index)));
+                            let shape = self.shape(&prepared, Some((statement, formats)));
+                            self.tracker
+                                .push(Expect::Execute(Work::new(index).with_shape(shape)));
                         }
                         Err((code, message)) => {
                             let mut refusal = Vec::new();
@@ -708,13 +808,17 @@ impl Session {
                         }
                     }
                 }
-                Frontend::Describe { .. } => {
+                Frontend::Describe { kind, name } => {
                     to_server.extend_from_slice(&frame);
-                    self.tracker.push(Expect::Describe);
+                    self.tracker
+                        .push(Expect::Describe((kind == b'S').then(|| name.to_string())));
                 }
                 Frontend::Close { kind, name } => {
                     if kind == b'S' {
                         self.statements.remove(name);
+                        if let Some(m) = &mut self.masking {
+                            m.statements.remove(name);
+                        }
                     } else {
                         self.portals.remove(name);
                     }
@@ -914,6 +1018,233 @@ impl Session {
         }
     }
 
+    /// What masking needs to know of a statement about to run (nothing when off).
+    fn shape(&mut self, prepared: &Prepared, extended: Option<(String, Vec<i16>)>) -> Shape {
+        let Some(m) = &mut self.masking else {
+            return Shape::default();
+        };
+        let mut source = prepared.source(m.policy.has_rules());
+        if let Some(lineage) = &source.lineage {
+            if let Some(cursor) = &lineage.declares_cursor {
+                m.cursors.insert(cursor.clone(), source.clone());
+            } else if let Some(cursor) = &lineage.fetches_cursor {
+                // FETCH returns the declaring query's columns; an unknown cursor (declared
+                // before the gateway saw it, e.g. inside a function) has unknown lineage.
+                source = m.cursors.get(cursor).cloned().unwrap_or_else(|| {
+                    Arc::new(Source {
+                        sql: prepared.sql.clone(),
+                        lineage: Some(gatehouse_sql::lineage::Lineage {
+                            opaque: true,
+                            ..Default::default()
+                        }),
+                        relations: Vec::new(),
+                    })
+                });
+            }
+        }
+        let (statement, formats) = match extended {
+            Some((statement, formats)) => (Some(statement), Some(formats)),
+            None => (None, None),
+        };
+        Shape {
+            source: Some(source),
+            statement,
+            formats,
+            ddl: prepared.is_ddl(),
+            ..Shape::default()
+        }
+    }
+
+    /// One server frame with masking on: plans are made when results are described, the
+    /// frame is masked, the masked bytes are recorded, and the client gets them (or the
+    /// clear bytes when policy lets it see clear values).
+    async fn on_server_masked(
+        &mut self,
+        frame: &[u8],
+        to_client: &mut Vec<u8>,
+        done: &mut Vec<Work>,
+    ) {
+        match frame[0] {
+            b'T' => self.describe(frame).await,
+            b'D' => {
+                let needs_plan = self
+                    .tracker
+                    .front_work()
+                    .is_some_and(|w| w.shape.plan.is_none());
+                if needs_plan {
+                    self.plan_from_statement().await;
+                }
+            }
+            b'H' => self.plan_copy(frame).await,
+            _ => {}
+        }
+        let Some(m) = &self.masking else {
+            return;
+        };
+        let rewriter = Rewriter {
+            policy: &m.policy,
+            catalog: &self.resource.catalog,
+        };
+        let mut spare = crate::masking::MaskCounts::default();
+        let work = self.tracker.front_work();
+        let (plan, copy, counts) = match work {
+            Some(w) => (
+                w.shape.plan.clone(),
+                w.shape.copy.clone(),
+                &mut w.shape.counts,
+            ),
+            None => (None, None, &mut spare),
+        };
+        let masked = match frame[0] {
+            b'D' => rewriter.data_row(frame, plan.as_deref(), counts),
+            b'd' => match &copy {
+                Some(copy) => rewriter.copy_data(frame, copy, counts),
+                None => None,
+            },
+            b'E' | b'N' => rewriter.fields_message(frame, counts),
+            b'A' => rewriter.notification(frame, counts),
+            _ => None,
+        };
+        let clear_client = m.clear_client;
+        let recorded: &[u8] = masked.as_deref().unwrap_or(frame);
+        to_client.extend_from_slice(if clear_client { frame } else { recorded });
+        self.tracker
+            .on_server(recorded, done, to_client, &mut self.recorder);
+    }
+
+    /// A RowDescription: the plan of the result it describes, or (for a prepared
+    /// statement described ahead) the description kept for its executions.
+    async fn describe(&mut self, frame: &[u8]) {
+        match self.tracker.describes() {
+            Describes::Work(at, statement) => {
+                let Some(work) = self.tracker.work_at(at) else {
+                    return;
+                };
+                let (source, formats) = (work.shape.source.clone(), work.shape.formats.clone());
+                // A Describe of a portal reports the real formats, and so does a simple
+                // query; a statement's description has placeholders the Bind replaces.
+                let formats = if statement { formats } else { None };
+                let plan = self.build_plan(&frame[5..], formats, source).await;
+                if let Some(work) = self.tracker.work_at(at) {
+                    work.shape.plan = plan;
+                }
+            }
+            Describes::Statement(name) => {
+                if let Some(m) = &mut self.masking {
+                    m.statements.insert(name, frame[5..].to_vec());
+                }
+            }
+            Describes::Nothing => {}
+        }
+    }
+
+    /// The plan of an Execute whose statement was described earlier, with the Bind's formats.
+    async fn plan_from_statement(&mut self) {
+        let Some(work) = self.tracker.front_work() else {
+            return;
+        };
+        let (source, formats, statement) = (
+            work.shape.source.clone(),
+            work.shape.formats.clone(),
+            work.shape.statement.clone(),
+        );
+        let body = match (&self.masking, statement) {
+            (Some(m), Some(name)) => m.statements.get(&name).cloned(),
+            _ => None,
+        };
+        // Unknown shape: the plan stays empty and every value is masked whole.
+        let Some(body) = body else {
+            return;
+        };
+        let plan = self.build_plan(&body, formats, source).await;
+        if let Some(work) = self.tracker.front_work() {
+            work.shape.plan = plan;
+        }
+    }
+
+    /// A result's plan, from the session's cache or built after loading what the catalog
+    /// must say about it. A catalog that cannot be read leaves origins unresolved, which
+    /// masks them (see [`crate::masking::plan`]).
+    async fn build_plan(
+        &mut self,
+        body: &[u8],
+        formats: Option<Vec<i16>>,
+        source: Option<Arc<Source>>,
+    ) -> Option<Arc<ResultPlan>> {
+        let m = self.masking.as_mut()?;
+        let generation = self.resource.catalog.generation();
+        if m.generation != generation || m.plans.len() >= PLANS_KEPT {
+            m.plans.clear();
+            m.generation = generation;
+        }
+        let sql = source.as_ref().map(|s| s.sql.clone()).unwrap_or_default();
+        let key = (body.to_vec(), formats.clone(), sql);
+        if let Some(plan) = m.plans.get(&key) {
+            return Some(plan.clone());
+        }
+        let policy = m.policy.clone();
+        let fields = gatehouse_wire_pg::rows::row_description(body).ok()?;
+        let (relations, types, names) =
+            crate::masking::catalog_needs(&policy, &fields, source.as_deref());
+        if let Err(e) = self
+            .resource
+            .catalog
+            .load(&self.resource, &relations, &types, &names)
+            .await
+        {
+            tracing::warn!(session = %self.id, error = %e, "catalog lookup failed; unresolved columns are masked");
+        }
+        let plan = Arc::new(crate::masking::plan(
+            &policy,
+            &self.resource.catalog,
+            &fields,
+            formats.as_deref(),
+            source.as_deref(),
+        ));
+        if let Some(m) = self.masking.as_mut() {
+            m.plans.insert(key, plan.clone());
+        }
+        Some(plan)
+    }
+
+    /// A CopyOutResponse: how the rows of this COPY are masked.
+    async fn plan_copy(&mut self, frame: &[u8]) {
+        let Some(m) = &self.masking else {
+            return;
+        };
+        let policy = m.policy.clone();
+        let Ok((overall, columns)) = gatehouse_wire_pg::backend::copy_response(&frame[5..]) else {
+            return;
+        };
+        let Some(work) = self.tracker.front_work() else {
+            return;
+        };
+        let source = work.shape.source.clone();
+        if policy.has_rules() {
+            let names = source
+                .as_ref()
+                .map(|s| s.relations.clone())
+                .unwrap_or_default();
+            if let Err(e) = self
+                .resource
+                .catalog
+                .load(&self.resource, &[], &[], &names)
+                .await
+            {
+                tracing::warn!(session = %self.id, error = %e, "catalog lookup failed; unresolved columns are masked");
+            }
+        }
+        let copy = crate::masking::copy_plan(
+            &policy,
+            &self.resource.catalog,
+            source.as_deref(),
+            (overall, columns.len()),
+        );
+        if let Some(work) = self.tracker.front_work() {
+            work.shape.copy = Some(Arc::new(copy));
+        }
+    }
+
     fn record_results(&mut self, done: &mut Vec<Work>) {
         for work in done.drain(..) {
             self.record_result(work);
@@ -941,6 +1272,13 @@ impl Session {
         }
         if work.output.truncated > 0 {
             data["truncated_bytes"] = work.output.truncated.into();
+        }
+        if !work.shape.counts.is_empty() {
+            data["masked"] = work.shape.counts.to_json();
+        }
+        if work.shape.ddl {
+            // The catalog may have changed under the masking plans.
+            self.resource.catalog.invalidate();
         }
         let event = self.event(EventKind::Result, data);
         if let Err(e) = self

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use gatehouse_wire_pg::backend::{self, Backend};
 
+use crate::masking::Shape;
 use crate::recording::{Output, Recorder};
 
 /// One statement execution in flight.
@@ -23,6 +24,8 @@ pub struct Work {
     pub skipped: bool,
     /// What of its result data was recorded.
     pub output: Output,
+    /// How its results are masked, and what was.
+    pub shape: Shape,
 }
 
 impl Work {
@@ -36,8 +39,26 @@ impl Work {
             error: None,
             skipped: false,
             output: Output::default(),
+            shape: Shape::default(),
         }
     }
+
+    pub fn with_shape(mut self, shape: Shape) -> Self {
+        self.shape = shape;
+        self
+    }
+}
+
+/// Whose description a RowDescription is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Describes {
+    /// The statement at this place in the queue (a simple query, or the Execute right
+    /// after a Describe); true when it describes a prepared statement, whose formats are
+    /// only known from the Bind.
+    Work(usize, bool),
+    /// A prepared statement, described ahead of the Executes that will use it.
+    Statement(String),
+    Nothing,
 }
 
 /// What the server owes the client for a message sent to it.
@@ -45,7 +66,8 @@ impl Work {
 pub enum Expect {
     Parse,
     Bind,
-    Describe,
+    /// Describe of a statement (its name) or of a portal (`None`).
+    Describe(Option<String>),
     Close,
     Sync,
     /// Simple query or function call: done at ReadyForQuery.
@@ -187,7 +209,7 @@ impl Tracker {
                     b'3' => matches!(self.queue.front(), Some(Expect::Close)),
                     // RowDescription or NoData end a Describe; inside a simple query a
                     // RowDescription is just part of the results.
-                    b'T' | b'n' => matches!(self.queue.front(), Some(Expect::Describe)),
+                    b'T' | b'n' => matches!(self.queue.front(), Some(Expect::Describe(_))),
                     _ => false,
                 };
                 if expected {
@@ -247,7 +269,7 @@ impl Tracker {
     fn record(&mut self, frame: &[u8], recorder: &mut Recorder) {
         let owner = match self.queue.front() {
             Some(Expect::Query(_)) | Some(Expect::Execute(_)) => 0,
-            Some(Expect::Describe)
+            Some(Expect::Describe(_))
                 if frame[0] == b'T' && matches!(self.queue.get(1), Some(Expect::Execute(_))) =>
             {
                 1
@@ -259,7 +281,27 @@ impl Tracker {
         }
     }
 
-    fn front_work(&mut self) -> Option<&mut Work> {
+    /// Who a RowDescription arriving now describes.
+    pub fn describes(&self) -> Describes {
+        match self.queue.front() {
+            Some(Expect::Query(_)) | Some(Expect::Execute(_)) => Describes::Work(0, false),
+            Some(Expect::Describe(of)) if matches!(self.queue.get(1), Some(Expect::Execute(_))) => {
+                Describes::Work(1, of.is_some())
+            }
+            Some(Expect::Describe(Some(name))) => Describes::Statement(name.clone()),
+            _ => Describes::Nothing,
+        }
+    }
+
+    /// The statement at place `at` in the queue.
+    pub fn work_at(&mut self, at: usize) -> Option<&mut Work> {
+        match self.queue.get_mut(at) {
+            Some(Expect::Query(work)) | Some(Expect::Execute(work)) => Some(work),
+            _ => None,
+        }
+    }
+
+    pub fn front_work(&mut self) -> Option<&mut Work> {
         match self.queue.front_mut() {
             Some(Expect::Query(work)) | Some(Expect::Execute(work)) => Some(work),
             _ => None,
@@ -384,7 +426,7 @@ mod tests {
         let (t1, d1) = (msg(b'T', b"cols"), msg(b'D', b"\0\x01\0\0\0\x011"));
         t.push(Expect::Parse);
         t.push(Expect::Bind);
-        t.push(Expect::Describe);
+        t.push(Expect::Describe(None));
         t.push(Expect::Execute(Work::new(4)));
         t.push(Expect::Sync);
         t.push(Expect::Query(Work::new(5)));

@@ -96,6 +96,8 @@ struct Setup {
     issuers: Vec<gatehouse_config::IssuerConfig>,
     /// Cedar policy text (`None`: guardrails only).
     policy: Option<&'static str>,
+    /// `[resources.masking]` (`None`: masking off, so other tests see their data as is).
+    masking: Option<gatehouse_config::MaskingConfig>,
 }
 
 impl Default for Setup {
@@ -109,6 +111,7 @@ impl Default for Setup {
             record_cap: Some(16 << 20),
             issuers: Vec::new(),
             policy: None,
+            masking: None,
         }
     }
 }
@@ -151,6 +154,7 @@ async fn gateway_on(setup: Setup) -> Gateway {
         record_cap,
         issuers,
         policy,
+        masking,
     } = setup;
     let (pg, trusted_ca) = tokio::task::spawn_blocking(move || {
         let pg = PgCluster::start().unwrap();
@@ -226,6 +230,12 @@ async fn gateway_on(setup: Setup) -> Gateway {
         }),
         environment: Some("test".into()),
         tags: vec!["pii".into()],
+        masking: masking.map(|config| {
+            Arc::new(
+                gatehouse_pg::masking::MaskPolicy::from_config(&config, b"test-mask-key").unwrap(),
+            )
+        }),
+        catalog: gatehouse_pg::catalog::Catalog::new(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -1803,4 +1813,274 @@ unless { context.tables.contains("public.allowed") };
             .all(|s| s["actor"]["id"] == "alice")
     );
     let _ = gw.stop.send(true);
+}
+
+/// Values the masking tests plant: SSNs written without dashes (no detector recognises
+/// them, so only column lineage can catch them), a card number and an e-mail address.
+const PLANTED: [&str; 6] = [
+    "219099999",
+    "457555462",
+    "4111111111111111",
+    "5555555555554444",
+    "ada@example.com",
+    "grace@example.com",
+];
+
+fn masking_config() -> gatehouse_config::MaskingConfig {
+    gatehouse_config::MaskingConfig {
+        columns: vec![
+            gatehouse_config::ColumnMaskConfig {
+                column: "public.people.ssn".into(),
+                strategy: gatehouse_config::MaskStrategy(gatehouse_mask::Strategy::Redact),
+                label: None,
+            },
+            gatehouse_config::ColumnMaskConfig {
+                column: "people.card".into(),
+                strategy: gatehouse_config::MaskStrategy(gatehouse_mask::Strategy::Partial {
+                    keep_last: 4,
+                }),
+                label: Some("card".into()),
+            },
+        ],
+        ..Default::default()
+    }
+}
+
+/// A gateway with masking on and a `people` table (and a view over it) holding the
+/// planted values.
+async fn masking_gateway(policy: Option<&'static str>) -> Gateway {
+    let gw = gateway_on(Setup {
+        masking: Some(masking_config()),
+        policy,
+        ..Setup::default()
+    })
+    .await;
+    tokio::task::block_in_place(|| {
+        gw.pg.psql(
+            "appdb",
+            "SET ROLE app; \
+             CREATE TABLE people (id int primary key, name text, ssn text UNIQUE, card text, notes text, born date); \
+             INSERT INTO people VALUES \
+               (1, 'Ada', '219099999', '4111111111111111', 'reach me at ada@example.com', '1815-12-10'), \
+               (2, 'Grace', '457555462', '5555555555554444', 'grace@example.com after 5', '1906-12-09'); \
+             CREATE VIEW v_people AS SELECT id, ssn AS s, upper(name) AS n FROM people;",
+        )
+        .unwrap();
+    });
+    gw
+}
+
+/// Every file under `dir` (ledger segments and chunks): none may hold a planted value.
+fn assert_nothing_planted_under(dir: &Path) {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut files = 0;
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            files += 1;
+            let bytes = std::fs::read(&path).unwrap();
+            for secret in PLANTED {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{secret} is stored in {}",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(files > 0, "the ledger directory holds files");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masked_columns_do_not_escape_through_any_route_psql_can_take() {
+    let gw = masking_gateway(None).await;
+    // Each route tries to carry a masked column (or a detectable value) to the client.
+    let routes = [
+        "SELECT ssn, card, notes FROM people ORDER BY id",
+        "SELECT ssn AS x, card AS y FROM people ORDER BY id",
+        "SELECT * FROM people ORDER BY id",
+        "SELECT p.* FROM people p ORDER BY id",
+        "TABLE people",
+        "SELECT reverse(ssn) FROM people",
+        "SELECT replace(ssn, '9', 'x') FROM people",
+        "SELECT encode(convert_to(ssn, 'UTF8'), 'base64') FROM people",
+        "SELECT ssn || '' FROM people",
+        "SELECT substring(ssn, 1, 9) FROM people",
+        "SELECT ssn::bigint FROM people",
+        "SELECT CAST(ssn AS varchar(20)) FROM people",
+        "SELECT upper(ssn), lower(card) FROM people",
+        "SELECT CASE WHEN id > 0 THEN ssn ELSE 'none' END FROM people",
+        "SELECT coalesce(ssn, 'x') FROM people",
+        "SELECT max(ssn), min(card) FROM people",
+        "SELECT string_agg(ssn, ',') FROM people",
+        "SELECT array_agg(ssn) FROM people",
+        "SELECT json_agg(p) FROM people p",
+        "SELECT row_to_json(p) FROM people p",
+        "SELECT to_jsonb(p) - 'name' FROM people p",
+        "SELECT p FROM people p",
+        "SELECT (SELECT ssn FROM people ORDER BY id LIMIT 1)",
+        "SELECT ARRAY(SELECT ssn FROM people)",
+        "WITH x AS (SELECT ssn AS s FROM people) SELECT upper(s) FROM x",
+        "WITH x(a) AS (SELECT ssn FROM people), y AS (SELECT a AS b FROM x) SELECT b || '!' FROM y",
+        "SELECT t.a FROM (SELECT reverse(ssn) AS a FROM people) t",
+        "SELECT name FROM people UNION ALL SELECT ssn FROM people",
+        "SELECT 'x' UNION SELECT reverse(card) FROM people",
+        "SELECT s, n FROM v_people",
+        "SELECT lower(s) FROM v_people",
+        "UPDATE people SET name = name WHERE id = 1 RETURNING ssn, reverse(card)",
+        "COPY people TO STDOUT",
+        "COPY people (ssn, notes) TO STDOUT",
+        "COPY (SELECT reverse(ssn), notes FROM people) TO STDOUT",
+        "COPY people TO STDOUT (FORMAT csv)",
+        "BEGIN; DECLARE c CURSOR FOR SELECT reverse(ssn), notes FROM people; FETCH ALL FROM c; COMMIT",
+        "SELECT 'card ' || '4111 1111 1111 1111'",
+        "SELECT '123-45-6789'::int",
+        "DO $$ BEGIN RAISE NOTICE 'mail %', (SELECT notes FROM people WHERE id = 1); END $$",
+        "INSERT INTO people (id, name, ssn) SELECT 3, 'Eve', ssn FROM people WHERE id = 1",
+        "INSERT INTO people (id, name, ssn, card) VALUES (1, 'dup', 'x', 'y')",
+        "LISTEN ch; SELECT pg_notify('ch', notes) FROM people WHERE id = 1",
+    ];
+    for sql in routes {
+        let out = gw.psql("alice", KEY, &["-c", sql]);
+        let (stdout, stderr) = text(&out);
+        // psql quotes the client's own statement text under an error (`LINE 1: ...`):
+        // that is not data the gateway sent.
+        let seen: String = format!("{stdout}\n{stderr}")
+            .lines()
+            .filter(|l| !l.starts_with("LINE "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for secret in PLANTED
+            .iter()
+            .chain(["123-45-6789", "4111 1111 1111 1111"].iter())
+        {
+            assert!(
+                !seen.contains(secret),
+                "{secret} escaped through {sql:?}:\n{seen}"
+            );
+        }
+    }
+    // Ordinary values pass unchanged: ids, dates, times, UUIDs, prices, order numbers.
+    let ordinary = "SELECT id, name, born, '2026-11-23 13:45:10.123456+00'::timestamptz, \
+                    'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid, 19.99::numeric, 'ORD-2026-000123', \
+                    '+49 is a prefix', 'v1.2.3' FROM people ORDER BY id";
+    let through = text(&gw.psql("alice", KEY, &["-c", ordinary])).0;
+    let direct = tokio::task::block_in_place(|| gw.pg.psql("appdb", ordinary).unwrap());
+    assert_eq!(
+        through.trim(),
+        direct.trim(),
+        "ordinary values are untouched"
+    );
+    assert!(through.contains("Ada|1815-12-10"), "{through}");
+
+    // The value shapes: redaction names the rule, partial keeps the last four.
+    let shown = text(&gw.psql(
+        "alice",
+        KEY,
+        &["-c", "SELECT ssn, card, notes FROM people WHERE id = 1"],
+    ))
+    .0;
+    assert_eq!(shown.trim(), "[ssn]|************1111|reach me at [email]");
+    // Filters run on the clear values in the server; any output computed from a masked
+    // column is masked whole, even a boolean.
+    let counted = text(&gw.psql(
+        "alice",
+        KEY,
+        &["-c", "SELECT count(*) FROM people WHERE ssn LIKE '2%'"],
+    ))
+    .0;
+    assert_eq!(counted.trim(), "1");
+    let derived = text(&gw.psql(
+        "alice",
+        KEY,
+        &["-c", "SELECT ssn IS NULL FROM people WHERE id = 1"],
+    ))
+    .0;
+    assert_eq!(derived.trim(), "", "{derived}");
+    let masked_number = text(&gw.psql(
+        "alice",
+        KEY,
+        &["-c", "SELECT ssn::bigint FROM people WHERE id = 1"],
+    ))
+    .0;
+    assert_eq!(masked_number.trim(), "", "a masked number is sent as NULL");
+
+    // The ledger says what was masked, never the values, and the recording is masked.
+    let entries = gw.entries().await;
+    let results = of_kind(&entries, "result");
+    let masked: Vec<&&Value> = results
+        .iter()
+        .filter(|r| !r["data"]["masked"].is_null())
+        .collect();
+    assert!(
+        masked.len() >= routes.len() - 6,
+        "{} results with masking",
+        masked.len()
+    );
+    let first = results
+        .iter()
+        .find(|r| {
+            r["data"]["masked"]["rules"]["ssn"] == 2 && r["data"]["masked"]["rules"]["card"] == 2
+        })
+        .expect("a result counts the ssn and card values masked");
+    assert_eq!(first["data"]["masked"]["detectors"]["email"], 2, "{first}");
+    let start = &of_kind(&entries, "session.start")[0];
+    assert_eq!(start["data"]["masking"]["client"], "masked");
+    let _ = gw.stop.send(true);
+    let summary = verify_ledger(&gw.ledger_dir);
+    assert!(summary.ok && summary.outputs_matched > 0, "{summary:?}");
+    assert_nothing_planted_under(&gw.ledger_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_and_prepared_results_from_psycopg_are_masked() {
+    let gw = masking_gateway(None).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/drivers/psycopg_masking.py");
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=alice dbname=appdb password={KEY}",
+        gw.port
+    );
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&conninfo)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "psycopg failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("psycopg masking checks done"), "{stdout}");
+    for secret in PLANTED {
+        assert!(
+            !stdout.contains(secret),
+            "{secret} escaped to psycopg:\n{stdout}"
+        );
+    }
+    // Binary rows decoded fine: the masked tokens arrive as the driver's own types.
+    assert!(stdout.contains("'[ssn]'"), "{stdout}");
+    assert!(stdout.contains("[email]"), "{stdout}");
+    let _ = gw.stop.send(true);
+    assert_nothing_planted_under(&gw.ledger_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_may_show_clear_values_but_the_recording_stays_masked() {
+    let gw = masking_gateway(Some(
+        r#"permit (principal, action, resource);
+permit (principal in Gatehouse::Group::"analysts", action == Gatehouse::Action::"unmask", resource);"#,
+    ))
+    .await;
+    let out = gw.psql(
+        "alice",
+        KEY,
+        &["-c", "SELECT ssn, notes FROM people WHERE id = 1"],
+    );
+    assert_eq!(text(&out).0.trim(), "219099999|reach me at ada@example.com");
+    let entries = gw.entries().await;
+    let start = &of_kind(&entries, "session.start")[0];
+    assert_eq!(start["data"]["masking"]["client"], "clear");
+    let _ = gw.stop.send(true);
+    assert_nothing_planted_under(&gw.ledger_dir);
 }

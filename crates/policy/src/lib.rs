@@ -5,7 +5,8 @@
 //! The Cedar model (namespace `Gatehouse`, see [`DEFAULT_SCHEMA`]):
 //! - principals are `Identity` entities in `Group`s, with `kind` (human, agent, service);
 //! - resources are `Resource` entities with `kind` (postgres, ...);
-//! - actions are `connect` and one per statement class: `read`, `write`, `ddl`, `dcl`,
+//! - actions are `connect`, `unmask` (sees clear values where masking applies; the
+//!   recording stays masked) and one per statement class: `read`, `write`, `ddl`, `dcl`,
 //!   `transaction`, `utility` (`ddl`, `dcl` and `utility` are also `in` the action group
 //!   `admin`, so one policy can name all administrative work); statement actions carry `context.command` (`SELECT`,
 //!   `DROP TABLE`, ...), `context.tables` (as written, and unqualified ones also as
@@ -35,6 +36,7 @@ pub const DEFAULT_SCHEMA: &str = r#"namespace Gatehouse {
   entity Identity in [Group] { kind: String };
   entity Resource { kind: String, environment?: String, tags: Set<String> };
   action connect appliesTo { principal: Identity, resource: Resource, context: {} };
+  action unmask appliesTo { principal: Identity, resource: Resource, context: {} };
   action admin;
   action read, write, transaction appliesTo {
     principal: Identity,
@@ -283,6 +285,12 @@ impl PolicyEngine {
         self.decide(who, "connect", Context::empty())
     }
 
+    /// May the principal see clear values where masking rules apply? (The recording is
+    /// masked either way.)
+    pub fn unmask(&self, who: &Principal) -> Result<PolicyDecision, PolicyError> {
+        self.decide(who, "unmask", Context::empty())
+    }
+
     /// The decision for a message: each statement by its class, the strictest wins. Text
     /// the parser could not read is not decided here (`on_unparsed` decides it).
     pub fn statements(
@@ -472,6 +480,17 @@ impl SessionPolicy {
     ) -> Result<PolicyDecision, PolicyError> {
         let (engine, who) = self.current(handle, actor, resource);
         engine.connect(who?)
+    }
+
+    /// May `actor` see clear values on `resource`, under the policy in force?
+    pub fn unmask(
+        &mut self,
+        handle: &PolicyHandle,
+        actor: &Actor,
+        resource: &Target<'_>,
+    ) -> Result<PolicyDecision, PolicyError> {
+        let (engine, who) = self.current(handle, actor, resource);
+        engine.unmask(who?)
     }
 
     /// Cedar's decision for a message, under the policy in force.

@@ -1,9 +1,9 @@
 //! Messages a server sends: the few the gateway writes itself, and a light reading of the
 //! ones it summarises for the audit record (command tags, errors, row counts).
 
-use crate::frame::{DecodeError, parts};
+use crate::frame::{DecodeError, begin_frame, end_frame, parts};
 use crate::frontend::frame;
-use crate::{cstr, read_i16};
+use crate::{cstr, finished, put_cstr, read_count, read_i16, read_i32};
 
 /// `ErrorResponse` or `NoticeResponse` with severity, SQLSTATE code and message.
 fn fields_message(
@@ -14,24 +14,17 @@ fn fields_message(
     detail: Option<&str>,
     out: &mut Vec<u8>,
 ) {
-    let mut body = Vec::with_capacity(message.len() + 32);
-    for (field, value) in [
+    let fields = [
         (b'S', severity),
         (b'V', severity),
         (b'C', code),
         (b'M', message),
-    ] {
-        body.push(field);
-        body.extend_from_slice(value.replace('\0', " ").as_bytes());
-        body.push(0);
-    }
-    if let Some(detail) = detail {
-        body.push(b'D');
-        body.extend_from_slice(detail.replace('\0', " ").as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    frame(tag, &body, out);
+    ];
+    write_message_fields(
+        tag,
+        fields.into_iter().chain(detail.map(|d| (b'D', d))),
+        out,
+    );
 }
 
 /// Writes an `ErrorResponse` (severity `ERROR` or `FATAL`).
@@ -144,6 +137,95 @@ pub fn error_fields(mut body: &[u8]) -> Result<(&str, &str), DecodeError> {
     Ok((code, message))
 }
 
+/// Every field of an `ErrorResponse` or `NoticeResponse` ('E'/'N') body, in order: the field
+/// type byte (`S`, `C`, `M`, `D`, ...) and its value.
+///
+/// A value that is not UTF-8 (a server whose `client_encoding` is something else) is an
+/// error rather than a lossy conversion: rewriting it would change bytes the client sees.
+pub fn message_fields(body: &[u8]) -> Result<Vec<(u8, &str)>, DecodeError> {
+    // PostgreSQL sends about ten fields; this covers them without growing.
+    let mut fields = Vec::with_capacity(16);
+    let mut rest = body;
+    loop {
+        match rest.split_first() {
+            None => return Err(DecodeError::Malformed("field list lacks its final NUL")),
+            Some((0, tail)) => {
+                finished(tail)?;
+                return Ok(fields);
+            }
+            Some((&field, tail)) => {
+                let (value, tail) = cstr(tail)?;
+                fields.push((field, value));
+                rest = tail;
+            }
+        }
+    }
+}
+
+/// Writes an `ErrorResponse` (`tag` `b'E'`) or `NoticeResponse` (`b'N'`) with these fields.
+///
+/// A field type of 0 is skipped: it would end the list there. A NUL inside a value becomes
+/// a space.
+pub fn write_message_fields<'a>(
+    tag: u8,
+    fields: impl IntoIterator<Item = (u8, &'a str)>,
+    out: &mut Vec<u8>,
+) {
+    let start = begin_frame(tag, out);
+    for (field, value) in fields {
+        if field != 0 {
+            out.push(field);
+            put_cstr(out, value);
+        }
+    }
+    out.push(0);
+    end_frame(out, start);
+}
+
+/// A `NotificationResponse` ('A') body: the notifying backend's process id, the channel and
+/// the payload.
+pub fn notification(body: &[u8]) -> Result<(i32, &str, &str), DecodeError> {
+    let (pid, rest) = read_i32(body)?;
+    let (channel, rest) = cstr(rest)?;
+    let (payload, rest) = cstr(rest)?;
+    finished(rest)?;
+    Ok((pid, channel, payload))
+}
+
+/// Writes a `NotificationResponse` (a NUL inside a string becomes a space).
+pub fn write_notification(pid: i32, channel: &str, payload: &str, out: &mut Vec<u8>) {
+    let start = begin_frame(b'A', out);
+    out.extend_from_slice(&pid.to_be_bytes());
+    put_cstr(out, channel);
+    put_cstr(out, payload);
+    end_frame(out, start);
+}
+
+/// A `CopyOutResponse` ('H') or `CopyBothResponse` ('W') body (`CopyInResponse`, 'G', has the
+/// same layout): the overall format (0 text, 1 binary) and one format code per column.
+pub fn copy_response(body: &[u8]) -> Result<(i8, Vec<i16>), DecodeError> {
+    let (&overall, rest) = body
+        .split_first()
+        .ok_or(DecodeError::Malformed("message ends early"))?;
+    // Anything but 0 or 1 would leave the caller guessing how to read the data, and
+    // masking must not guess.
+    if overall > 1 {
+        return Err(DecodeError::Malformed("COPY format must be 0 or 1"));
+    }
+    let (count, mut rest) = read_count(rest)?;
+    let mut formats = Vec::with_capacity(count.min(rest.len() / 2));
+    for _ in 0..count {
+        let (format, r) = read_i16(rest)?;
+        if !(0..=1).contains(&format) {
+            return Err(DecodeError::Malformed("COPY column format must be 0 or 1"));
+        }
+        formats.push(format);
+        rest = r;
+    }
+    finished(rest)?;
+    Ok((overall as i8, formats))
+}
+
 /// Rows affected or returned according to a command tag (`SELECT 5`, `INSERT 0 3`, `COPY 7`).
 pub fn rows_from_tag(tag: &str) -> Option<u64> {
     let mut words = tag.split(' ');
@@ -197,6 +279,112 @@ mod tests {
         let mut cc = Vec::new();
         frame(b'C', b"SELECT 12\0", &mut cc);
         assert_eq!(parse(&cc).unwrap(), Backend::CommandComplete("SELECT 12"));
+    }
+
+    #[test]
+    fn message_fields_round_trip_in_order() {
+        let fields = [
+            (b'S', "ERROR"),
+            (b'V', "ERROR"),
+            (b'C', "23505"),
+            (
+                b'M',
+                "duplicate key value violates unique constraint \"users_email_key\"",
+            ),
+            (b'D', "Key (email)=(alice@example.com) already exists."),
+            (b's', "public"),
+            (b't', "users"),
+            (b'n', "users_email_key"),
+            (b'F', "nbtinsert.c"),
+            (b'L', "666"),
+            (b'R', "_bt_check_unique"),
+        ];
+        let mut out = Vec::new();
+        write_message_fields(b'E', fields, &mut out);
+        assert_eq!(crate::split_frame(&out), Ok(Some(out.len())));
+        assert_eq!(out[0], b'E');
+        assert_eq!(message_fields(&out[5..]).unwrap(), fields);
+        assert_eq!(
+            parse(&out).unwrap(),
+            Backend::Error {
+                code: "23505",
+                message: fields[3].1
+            }
+        );
+
+        let mut odd = Vec::new();
+        write_message_fields(b'N', [(0, "dropped"), (b'M', "a\0b")], &mut odd);
+        assert_eq!(odd, b"N\0\0\0\x0aMa b\0\0");
+        assert_eq!(message_fields(&odd[5..]).unwrap(), [(b'M', "a b")]);
+        assert_eq!(message_fields(b"\0").unwrap(), []);
+    }
+
+    #[test]
+    fn written_errors_keep_their_layout() {
+        let mut out = Vec::new();
+        error_response_detail("FATAL", "28000", "no\0access", "why", &mut out);
+        assert_eq!(
+            message_fields(&out[5..]).unwrap(),
+            [
+                (b'S', "FATAL"),
+                (b'V', "FATAL"),
+                (b'C', "28000"),
+                (b'M', "no access"),
+                (b'D', "why"),
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_message_fields_are_errors() {
+        let body = b"SERROR\0Mboom\0\0";
+        for cut in 0..body.len() {
+            assert!(message_fields(&body[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(message_fields(b"SERROR\0\0x").is_err(), "trailing bytes");
+        assert!(message_fields(b"").is_err());
+        // LATIN1 "é" from a server with another client_encoding.
+        assert!(message_fields(b"Mcaf\xe9\0\0").is_err());
+    }
+
+    #[test]
+    fn notifications_round_trip() {
+        let mut out = Vec::new();
+        write_notification(4242, "jobs", "{\"id\": 7}", &mut out);
+        assert_eq!(crate::split_frame(&out), Ok(Some(out.len())));
+        assert_eq!(out[0], b'A');
+        assert_eq!(
+            notification(&out[5..]).unwrap(),
+            (4242, "jobs", "{\"id\": 7}")
+        );
+        assert_eq!(notification(b"\0\0\0\x01c\0\0").unwrap(), (1, "c", ""));
+        let body = &out[5..];
+        for cut in 0..body.len() {
+            assert!(notification(&body[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = body.to_vec();
+        trailing.push(0);
+        assert!(notification(&trailing).is_err());
+        assert!(notification(b"\0\0\0\x01c\0\xff\0").is_err(), "not UTF-8");
+    }
+
+    #[test]
+    fn copy_responses_decode() {
+        assert_eq!(copy_response(b"\0\0\x02\0\0\0\0").unwrap(), (0, vec![0, 0]));
+        assert_eq!(copy_response(b"\x01\0\x01\0\x01").unwrap(), (1, vec![1]));
+        assert_eq!(copy_response(b"\0\0\0").unwrap(), (0, vec![]));
+        let body = b"\x01\0\x02\0\x01\0\x01";
+        for cut in 0..body.len() {
+            assert!(copy_response(&body[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(copy_response(b"\x01\0\x01\0\x01\0").is_err(), "trailing");
+        assert!(
+            copy_response(b"\x01\0\x01\0\x01\0\x01").is_err(),
+            "count too low"
+        );
+        assert!(copy_response(b"\x02\0\0").is_err(), "overall format 2");
+        assert!(copy_response(b"\0\0\x01\0\x02").is_err(), "column format 2");
+        assert!(copy_response(b"\0\xff\xff").is_err(), "negative count");
     }
 
     #[test]

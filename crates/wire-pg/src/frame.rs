@@ -127,6 +127,23 @@ pub fn parts(frame: &[u8]) -> (u8, &[u8]) {
     (frame[0], &frame[5..])
 }
 
+/// Starts a frame whose length is not known yet: writes the tag and a placeholder length and
+/// returns where the frame starts, for [`end_frame`]. Writing the body straight into `out`
+/// avoids building it in a separate buffer first.
+pub(crate) fn begin_frame(tag: u8, out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.push(tag);
+    out.extend_from_slice(&[0; 4]);
+    start
+}
+
+/// Sets the length of the frame begun at `start` to cover everything written since.
+pub(crate) fn end_frame(out: &mut [u8], start: usize) {
+    // The length counts itself but not the tag.
+    let len = out.len() - start - 1;
+    crate::patch_len(out, start + 1, len);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# What masking costs end to end, in one run: pgbench with a custom script that selects 20
+# customer rows (name, e-mail, phone, SSN, card, notes) per transaction, against
+#   direct           the target itself
+#   masking-off      the gateway (batched durability) with [resources.masking] enabled = false
+#   detectors        the gateway with the default masking: every built-in detector
+#   detectors+rules  the same plus column rules on ssn and card (catalog lookups, lineage)
+#
+#   bench/masking.sh            defaults: 8 clients, 15 s per run
+#   DURATION=30 CLIENTS=16 bench/masking.sh
+#
+# Installs PostgreSQL with apt-get when missing. The numbers in docs/BENCHMARKS.md come
+# from this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CLIENTS=${CLIENTS:-8}
+DURATION=${DURATION:-15}
+
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
+}
+pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+cargo build --release -p gatehouse >&2
+gatehouse=$PWD/target/release/gatehouse
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-masking.XXXXXX")
+chmod 755 "$work"
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+[ "$(id -u)" = 0 ] && chown postgres: "$work"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    as_pg "$pgbin/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+pg_port=$(free_port); p_off=$(free_port); p_det=$(free_port); p_rules=$(free_port); admin=$(free_port)
+
+echo -n superpw > "$work/pw"; [ "$(id -u)" = 0 ] && chown postgres: "$work/pw"
+as_pg "$pgbin/initdb" -D "$work/data" -U postgres --pwfile "$work/pw" --auth-host=scram-sha-256 \
+    --auth-local=trust -E UTF8 --locale=C --no-sync >/dev/null
+cat >> "$work/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $pg_port
+unix_socket_directories = '$work'
+fsync = off
+synchronous_commit = off
+CONF
+as_pg "$pgbin/pg_ctl" -D "$work/data" -l "$work/pg.log" -w start >/dev/null
+export PGHOST=127.0.0.1
+PGPASSWORD=superpw "$pgbin/psql" -q -p "$pg_port" -U postgres -c "CREATE ROLE app LOGIN PASSWORD 'apppw'" -c "CREATE DATABASE bench OWNER app"
+PGPASSWORD=apppw "$pgbin/psql" -q -p "$pg_port" -U app bench <<'SQL'
+CREATE TABLE customers (id int PRIMARY KEY, name text, email text, phone text, ssn text, card text, notes text, created timestamptz);
+INSERT INTO customers
+SELECT i, 'customer ' || i, 'user' || i || '@example.com', '(415) 555-' || lpad((i % 10000)::text, 4, '0'),
+       lpad((100000000 + i)::text, 9, '0'), '4111111111111111', 'order ORD-' || i || ' shipped', now()
+FROM generate_series(1, 100000) i;
+SQL
+# 20 rows per transaction, starting at a random id.
+cat > "$work/rows.sql" <<'SQL'
+\set start random(1, 99980)
+SELECT id, name, email, phone, ssn, card, notes, created FROM customers WHERE id BETWEEN :start AND :start + 19;
+SQL
+
+key=$("$gatehouse" keys generate --name bench | awk 'NR == 1 {print $NF}')
+hash=$(printf %s "$key" | "$gatehouse" keys hash)
+echo -n apppw > "$work/target-pw"
+resource() { # name port masking-toml
+    cat <<TOML
+[[resources]]
+name = "$1"
+kind = "postgres"
+durability = "batched"
+listen = "127.0.0.1:$2"
+target = "127.0.0.1:$pg_port"
+database = "bench"
+[resources.credentials]
+user = "app"
+password_file = "$work/target-pw"
+$3
+TOML
+}
+{
+    printf 'data_dir = "%s"\n[log]\nlevel = "warn"\n[admin]\nlisten = "127.0.0.1:%s"\n' "$work/gatehouse-data" "$admin"
+    resource masking-off "$p_off" $'[resources.masking]\nenabled = false'
+    resource detectors "$p_det" ""
+    resource detectors-rules "$p_rules" $'[[resources.masking.columns]]\ncolumn = "public.customers.ssn"\n[[resources.masking.columns]]\ncolumn = "customers.card"\nstrategy = "partial:4"'
+    printf '[[identities]]\nname = "bench"\nkind = "service"\nkey_hash = "%s"\n' "$hash"
+} > "$work/gatehouse.toml"
+"$gatehouse" serve --config "$work/gatehouse.toml" 2>"$work/gatehouse.log" &
+pids+=($!)
+for port in "$p_off" "$p_det" "$p_rules"; do
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+done
+
+echo "# $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ); pgbench -M prepared -c $CLIENTS -j 2 -T $DURATION, 20 rows x 8 columns per transaction"
+for t in "direct $pg_port app apppw" "masking-off $p_off bench $key" "detectors $p_det bench $key" "detectors+rules $p_rules bench $key"; do
+    read -r name port user pw <<<"$t"
+    tps=$(cd "$work" && PGPASSWORD=$pw "$pgbin/pgbench" -n -M prepared -f rows.sql -c "$CLIENTS" -j 2 -T "$DURATION" -p "$port" -U "$user" bench 2>&1 \
+        | awk '/^tps/ {print $3; exit}')
+    printf '%-16s tps %s\n' "$name" "$tps"
+done
+echo "# one masked row as each client sees it"
+for t in "masking-off $p_off" "detectors $p_det" "detectors+rules $p_rules"; do
+    read -r name port <<<"$t"
+    printf '%-16s %s\n' "$name" "$(PGPASSWORD=$key "$pgbin/psql" -X -A -t -p "$port" -U bench bench -c 'SELECT email, phone, ssn, card, notes FROM customers WHERE id = 7')"
+done

@@ -1,0 +1,955 @@
+//! Masking on the PostgreSQL data path: which result columns a rule masks whole (from the
+//! server's column origins, the catalog and the statement's lineage), and the rewriting of
+//! result, COPY, notification, error and notice messages. Pure: the catalog is read by the
+//! session before a plan is built, and the same rewritten bytes feed the client (unless
+//! policy lets it see clear values) and the recording.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use gatehouse_config::{DetectorSelection, MaskingConfig};
+use gatehouse_mask::{ColumnRule, ColumnRules, Detectors, Kind, MaskError, Masker, Strategy};
+use gatehouse_sql::lineage::{Lineage, Output, Sources};
+use gatehouse_wire_pg::rows::{self, FieldDescription};
+use gatehouse_wire_pg::types::{self, Leaf, TypeClass};
+use gatehouse_wire_pg::{backend, frontend};
+
+use crate::catalog::{Catalog, Relation};
+
+/// A resource's masking: detectors with their strategies, and column rules.
+#[derive(Debug)]
+pub struct MaskPolicy {
+    pub masker: Masker,
+    pub columns: ColumnRules,
+}
+
+impl MaskPolicy {
+    /// Builds the policy of `[resources.masking]`; `key` keys the `hash` strategy.
+    pub fn from_config(config: &MaskingConfig, key: &[u8]) -> Result<MaskPolicy, MaskError> {
+        let builtin: Vec<Kind> = match &config.detectors {
+            DetectorSelection::All => Kind::BUILTIN.to_vec(),
+            DetectorSelection::Only(names) => {
+                names.iter().filter_map(|n| Kind::builtin(n)).collect()
+            }
+        };
+        let custom: Vec<(String, String)> = config
+            .patterns
+            .iter()
+            .map(|p| (p.name.clone(), p.regex.clone()))
+            .collect();
+        let mut masker = Masker::new(Detectors::select(&builtin, &custom)?, key)?;
+        for pattern in &config.patterns {
+            masker = masker.with_strategy(&pattern.name, pattern.strategy.0);
+        }
+        for (kind, strategy) in &config.strategies {
+            masker = masker.with_strategy(kind, strategy.0);
+        }
+        let columns = ColumnRules::new(
+            config
+                .columns
+                .iter()
+                .map(|c| ColumnRule {
+                    pattern: c.column.clone(),
+                    strategy: c.strategy.0,
+                    label: c
+                        .label
+                        .clone()
+                        .unwrap_or_else(|| c.column.rsplit('.').next().unwrap_or("").to_string()),
+                })
+                .collect(),
+        )?;
+        Ok(MaskPolicy { masker, columns })
+    }
+
+    /// Whether lineage (and so the catalog) matters: only column rules need it.
+    pub fn has_rules(&self) -> bool {
+        !self.columns.is_empty()
+    }
+
+    fn tainted<'a>(
+        &'a self,
+        sources: &Sources,
+        views: &'a HashMap<String, Arc<str>>,
+    ) -> Option<Taint<'a>> {
+        for name in &sources.columns {
+            if let Some(rule) = self.columns.by_column_name(name) {
+                return Some(Taint::Rule(rule));
+            }
+            if let Some(label) = views.get(name) {
+                return Some(Taint::View(label.clone()));
+            }
+        }
+        sources
+            .relations
+            .iter()
+            .find_map(|r| self.columns.by_relation(r))
+            .map(Taint::Rule)
+    }
+}
+
+enum Taint<'a> {
+    Rule(&'a ColumnRule),
+    /// A column of a view computed from a masked column (the rule's label).
+    View(Arc<str>),
+}
+
+/// How one result column is masked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnMask {
+    /// Content detectors, as the type allows.
+    Content,
+    /// Masked whole by a column rule, whatever it holds.
+    Rule { strategy: Strategy, label: Arc<str> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnPlan {
+    pub mask: ColumnMask,
+    pub type_oid: u32,
+    pub format: i16,
+}
+
+/// How each column of one result is masked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResultPlan {
+    pub columns: Vec<ColumnPlan>,
+}
+
+/// What masking knows of one statement execution: where its columns come from, and (once
+/// described) how each is masked; and what was masked.
+#[derive(Debug, Clone, Default)]
+pub struct Shape {
+    pub source: Option<Arc<Source>>,
+    /// Extended protocol: the prepared statement executed, whose description the server
+    /// may have given before this execution.
+    pub statement: Option<String>,
+    /// The Bind's result formats.
+    pub formats: Option<Vec<i16>>,
+    pub plan: Option<Arc<ResultPlan>>,
+    pub copy: Option<Arc<CopyPlan>>,
+    pub counts: MaskCounts,
+    /// The statement changes the schema: the catalog is read afresh after it.
+    pub ddl: bool,
+}
+
+/// The statement behind a result, as masking reads it.
+#[derive(Debug, Default)]
+pub struct Source {
+    pub sql: String,
+    pub lineage: Option<Lineage>,
+    /// Relations the statement names (views among them are looked into).
+    pub relations: Vec<String>,
+}
+
+/// What was masked in one result: never the values, only how many by which rule or
+/// detector. Goes into the `result` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaskCounts {
+    pub rules: BTreeMap<String, u64>,
+    pub detectors: BTreeMap<String, u64>,
+    /// Values whose binary format could not be read, sent as NULL.
+    pub undecodable: u64,
+}
+
+impl MaskCounts {
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty() && self.detectors.is_empty() && self.undecodable == 0
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "values": self.rules.values().sum::<u64>() + self.detectors.values().sum::<u64>() + self.undecodable,
+            "rules": self.rules,
+            "detectors": self.detectors,
+        });
+        if self.undecodable > 0 {
+            v["undecodable"] = self.undecodable.into();
+        }
+        v
+    }
+
+    fn rule(&mut self, label: &str) {
+        *self.rules.entry(label.to_string()).or_insert(0) += 1;
+    }
+
+    fn add(&mut self, kinds: BTreeMap<String, u64>) {
+        for (k, n) in kinds {
+            *self.detectors.entry(k).or_insert(0) += n;
+        }
+    }
+}
+
+/// The relation OIDs, type OIDs and relation names a plan for `fields` needs from the
+/// catalog (so the session can load them first).
+pub fn catalog_needs(
+    policy: &MaskPolicy,
+    fields: &[FieldDescription<'_>],
+    source: Option<&Source>,
+) -> (Vec<u32>, Vec<u32>, Vec<String>) {
+    let types: Vec<u32> = fields.iter().map(|f| f.type_oid).collect();
+    if !policy.has_rules() {
+        return (Vec::new(), types, Vec::new());
+    }
+    let relations: Vec<u32> = fields
+        .iter()
+        .map(|f| f.table_oid)
+        .filter(|o| *o != 0)
+        .collect();
+    (
+        relations,
+        types,
+        source.map(|s| s.relations.clone()).unwrap_or_default(),
+    )
+}
+
+/// For each view among `names` (cached in `catalog`), the names of its columns computed
+/// from a masked column, with the rule's label.
+fn view_taints(
+    policy: &MaskPolicy,
+    catalog: &Catalog,
+    names: &[String],
+) -> HashMap<String, Arc<str>> {
+    let mut tainted = HashMap::new();
+    for name in names {
+        let Some(Some(oid)) = catalog.cached_name(name) else {
+            continue;
+        };
+        if let Some(Some(rel)) = catalog.cached_relation(oid) {
+            for (col, label) in view_columns(policy, &rel).into_iter().flatten() {
+                tainted.insert(col, label);
+            }
+        }
+    }
+    tainted
+}
+
+/// The masked columns of a view: per column in attribute order, its name and label when
+/// its definition computes it from a masked column. Tables give nothing.
+fn view_columns(policy: &MaskPolicy, rel: &Relation) -> Vec<Option<(String, Arc<str>)>> {
+    let Some(definition) = &rel.definition else {
+        return Vec::new();
+    };
+    let lineage = gatehouse_sql::lineage::lineage(definition);
+    let no_views = HashMap::new();
+    rel.ordered_columns()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, name, _))| {
+            let taint = match lineage.outputs.get(i) {
+                _ if lineage.opaque => policy.columns.by_relation(&rel.name).map(Taint::Rule),
+                Some(Output::Column(s)) | Some(Output::Star { sources: s, .. }) => {
+                    policy.tainted(s, &no_views)
+                }
+                None => None,
+            };
+            taint.map(|t| (name.to_string(), label_of(&t)))
+        })
+        .collect()
+}
+
+fn label_of(t: &Taint<'_>) -> Arc<str> {
+    match t {
+        Taint::Rule(rule) => rule.label.as_str().into(),
+        Taint::View(label) => label.clone(),
+    }
+}
+
+/// Builds the plan of a result described by `fields`. `formats` overrides the formats in
+/// `fields` (a statement's description has zeros; the Bind says what was asked for).
+/// Everything it needs from `catalog` must have been loaded; what is missing there counts
+/// as unresolved, and with column rules configured an unresolved origin is masked whole.
+pub fn plan(
+    policy: &MaskPolicy,
+    catalog: &Catalog,
+    fields: &[FieldDescription<'_>],
+    formats: Option<&[i16]>,
+    source: Option<&Source>,
+) -> ResultPlan {
+    let lineage = source.and_then(|s| s.lineage.as_ref());
+    let n = fields.len();
+    let format = |i: usize| match formats {
+        Some(f) => frontend::result_format(f, i),
+        None => fields[i].format,
+    };
+    let rules = policy.has_rules();
+    let views = if rules {
+        view_taints(
+            policy,
+            catalog,
+            source.map(|s| s.relations.as_slice()).unwrap_or_default(),
+        )
+    } else {
+        HashMap::new()
+    };
+    let targets = lineage.map(|l| align(l, n));
+    let columns = (0..n)
+        .map(|i| {
+            let field = &fields[i];
+            let mask = if !rules {
+                ColumnMask::Content
+            } else {
+                // A column the server traces to a table column is that column's value:
+                // its origin decides. Only computed columns need the statement's lineage.
+                let by_origin = origin_rule(policy, catalog, field);
+                let by_lineage = match &targets {
+                    _ if field.table_oid != 0 && field.column > 0 => None,
+                    Some(t) => match &t[i] {
+                        Target::Sources(s) => {
+                            policy.tainted(s, &views).map(|t| label_rule(policy, &t))
+                        }
+                        // Nothing is known of a computed column: mask it.
+                        Target::Unknown if field.table_oid == 0 => {
+                            Some((Strategy::Redact, Arc::from("unknown_lineage")))
+                        }
+                        Target::Unknown => None,
+                    },
+                    None => None,
+                };
+                match by_origin.or(by_lineage) {
+                    Some((strategy, label)) => ColumnMask::Rule { strategy, label },
+                    None => ColumnMask::Content,
+                }
+            };
+            ColumnPlan {
+                mask,
+                type_oid: field.type_oid,
+                format: format(i),
+            }
+        })
+        .collect();
+    ResultPlan { columns }
+}
+
+fn label_rule(policy: &MaskPolicy, t: &Taint<'_>) -> (Strategy, Arc<str>) {
+    match t {
+        Taint::Rule(rule) => (rule.strategy, rule.label.as_str().into()),
+        // A view column: the strategy of the rule called that, else redaction.
+        Taint::View(label) => {
+            let strategy = policy
+                .columns
+                .by_column_name(label)
+                .map(|r| r.strategy)
+                .unwrap_or(Strategy::Redact);
+            (strategy, label.clone())
+        }
+    }
+}
+
+/// The rule for a column the server says comes from a table (or view) column.
+fn origin_rule(
+    policy: &MaskPolicy,
+    catalog: &Catalog,
+    field: &FieldDescription<'_>,
+) -> Option<(Strategy, Arc<str>)> {
+    if field.table_oid == 0 || field.column <= 0 {
+        return None;
+    }
+    match catalog.cached_relation(field.table_oid) {
+        Some(Some(rel)) => {
+            let (name, _) = rel.columns.get(&field.column)?;
+            if let Some(rule) = policy.columns.find(&rel.schema, &rel.name, name) {
+                return Some((rule.strategy, rule.label.as_str().into()));
+            }
+            if rel.definition.is_some() {
+                let ordered = rel.ordered_columns();
+                let position = ordered.iter().position(|c| c.0 == field.column)?;
+                let (_, label) = view_columns(policy, &rel)
+                    .get(position)
+                    .cloned()
+                    .flatten()?;
+                return Some(label_rule(policy, &Taint::View(label)));
+            }
+            None
+        }
+        // The catalog could not say where it comes from: fail closed.
+        _ => Some((Strategy::Redact, Arc::from("unresolved"))),
+    }
+}
+
+/// What the statement's lineage says about one result column.
+enum Target<'a> {
+    Sources(&'a Sources),
+    Unknown,
+}
+
+/// Lines the statement's outputs up with the `n` result columns: outputs before the first
+/// `*` from the start, outputs after the last from the end; columns a `*` covers take the
+/// star's sources.
+fn align(lineage: &Lineage, n: usize) -> Vec<Target<'_>> {
+    if lineage.opaque {
+        return (0..n).map(|_| Target::Unknown).collect();
+    }
+    let outs = &lineage.outputs;
+    let first_star = outs.iter().position(|o| matches!(o, Output::Star { .. }));
+    let Some(first) = first_star else {
+        if outs.len() != n {
+            return (0..n).map(|_| Target::Unknown).collect();
+        }
+        return outs
+            .iter()
+            .map(|o| match o {
+                Output::Column(s) => Target::Sources(s),
+                Output::Star { sources, .. } => Target::Sources(sources),
+            })
+            .collect();
+    };
+    let last = outs
+        .iter()
+        .rposition(|o| matches!(o, Output::Star { .. }))
+        .unwrap_or(first);
+    let tail = outs.len() - last - 1;
+    if first + tail > n {
+        return (0..n).map(|_| Target::Unknown).collect();
+    }
+    // Sources of everything between the first and last star, for the columns they cover.
+    let middle: Vec<&Sources> = outs[first..=last]
+        .iter()
+        .map(|o| match o {
+            Output::Column(s) => s,
+            Output::Star { sources, .. } => sources,
+        })
+        .collect();
+    (0..n)
+        .map(|i| {
+            if i < first {
+                match &outs[i] {
+                    Output::Column(s) | Output::Star { sources: s, .. } => Target::Sources(s),
+                }
+            } else if i >= n - tail {
+                match &outs[outs.len() - (n - i)] {
+                    Output::Column(s) | Output::Star { sources: s, .. } => Target::Sources(s),
+                }
+            } else if middle.len() == 1 {
+                Target::Sources(middle[0])
+            } else {
+                // Several stars: which one covers this column is not known here; the
+                // column's origin (if any) still decides, and a computed one is masked.
+                Target::Unknown
+            }
+        })
+        .collect()
+}
+
+/// What masking did to one value.
+enum Change {
+    Keep,
+    Replace(Vec<u8>),
+    Null,
+}
+
+/// Rewrites result and notification messages of one session with one policy.
+pub struct Rewriter<'a> {
+    pub policy: &'a MaskPolicy,
+    pub catalog: &'a Catalog,
+}
+
+impl Rewriter<'_> {
+    /// A DataRow masked by `plan` (`None`: the shape is unknown, every value is masked
+    /// whole). Returns `None` when nothing changed.
+    pub fn data_row(
+        &self,
+        frame: &[u8],
+        plan: Option<&ResultPlan>,
+        counts: &mut MaskCounts,
+    ) -> Option<Vec<u8>> {
+        let body = &frame[5..];
+        let values = match rows::data_row(body) {
+            Ok(values) => values,
+            // Not a well-formed row: it cannot be masked, so it does not pass.
+            Err(_) => {
+                counts.undecodable += 1;
+                let mut out = Vec::new();
+                rows::write_data_row::<&[u8]>(std::iter::empty(), &mut out);
+                return Some(out);
+            }
+        };
+        let mut changes: Vec<Change> = Vec::new();
+        let mut kept: Vec<Option<&[u8]>> = Vec::with_capacity(values.remaining());
+        let mut any = false;
+        for (i, value) in values.enumerate() {
+            let Ok(value) = value else {
+                counts.undecodable += 1;
+                return Some(null_row(kept.len()));
+            };
+            let change = match (value, plan.and_then(|p| p.columns.get(i))) {
+                (None, _) => Change::Keep,
+                (Some(v), Some(col)) => self.value(col, v, counts),
+                (Some(_), None) => {
+                    counts.rule("unknown_shape");
+                    Change::Null
+                }
+            };
+            any |= !matches!(change, Change::Keep);
+            changes.push(change);
+            kept.push(value);
+        }
+        if !any {
+            return None;
+        }
+        let mut out = Vec::with_capacity(frame.len() + 16);
+        rows::write_data_row(
+            kept.iter().zip(changes.iter()).map(|(v, c)| match c {
+                Change::Keep => v.map(Cow::Borrowed),
+                Change::Replace(bytes) => Some(Cow::Borrowed(bytes.as_slice())),
+                Change::Null => None,
+            }),
+            &mut out,
+        );
+        Some(out)
+    }
+
+    fn value(&self, col: &ColumnPlan, value: &[u8], counts: &mut MaskCounts) -> Change {
+        let class = self.catalog.type_class(col.type_oid);
+        match &col.mask {
+            ColumnMask::Rule { strategy, label } => {
+                counts.rule(label);
+                self.whole(*strategy, label, class, col.format, value)
+            }
+            ColumnMask::Content if col.format == 0 => self.text_value(class, value, counts),
+            ColumnMask::Content => self.binary_value(class, value, counts, 0),
+        }
+    }
+
+    /// A value masked whole by a rule: the strategy's text where the type holds text,
+    /// NULL otherwise (a redaction token is not a valid number or date).
+    fn whole(
+        &self,
+        strategy: Strategy,
+        label: &str,
+        class: TypeClass,
+        format: i16,
+        value: &[u8],
+    ) -> Change {
+        let text = String::from_utf8_lossy(match (class, format) {
+            (TypeClass::Jsonb, 1) => value.get(1..).unwrap_or_default(),
+            _ => value,
+        });
+        let Some(masked) = self.policy.masker.mask_value(strategy, label, &text) else {
+            return Change::Null;
+        };
+        match class {
+            TypeClass::Text => Change::Replace(masked.into_bytes()),
+            TypeClass::Json | TypeClass::Jsonb => {
+                let json = serde_json::Value::String(masked).to_string();
+                if class == TypeClass::Jsonb && format == 1 {
+                    let mut out = vec![1u8];
+                    out.extend_from_slice(json.as_bytes());
+                    Change::Replace(out)
+                } else {
+                    Change::Replace(json.into_bytes())
+                }
+            }
+            _ => Change::Null,
+        }
+    }
+
+    /// A value in text format: every type's text goes through the detectors. Where the
+    /// type is not free text (a number holding a card number), a finding makes it NULL.
+    fn text_value(&self, class: TypeClass, value: &[u8], counts: &mut MaskCounts) -> Change {
+        let Ok(text) = std::str::from_utf8(value) else {
+            // Not UTF-8 (another client_encoding): look at it, but never rewrite it by
+            // halves.
+            let lossy = String::from_utf8_lossy(value);
+            let masked = self.policy.masker.mask_text(&lossy);
+            if masked.counts.is_empty() {
+                return Change::Keep;
+            }
+            counts.add(masked.counts);
+            return Change::Null;
+        };
+        if class == TypeClass::Bytea {
+            return self.bytea_text(text, counts);
+        }
+        let masked = self.policy.masker.mask_text(text);
+        if masked.counts.is_empty() {
+            return Change::Keep;
+        }
+        counts.add(masked.counts);
+        match class {
+            TypeClass::Scalar => Change::Null,
+            _ => Change::Replace(masked.text.into_owned().into_bytes()),
+        }
+    }
+
+    /// `bytea` in text format is `\x` and hex: the bytes are decoded and, when they are
+    /// text, masked and encoded again, so `convert_to(notes, 'UTF8')` is no way around.
+    fn bytea_text(&self, text: &str, counts: &mut MaskCounts) -> Change {
+        let Some(decoded) = text.strip_prefix("\\x").and_then(|h| hex::decode(h).ok()) else {
+            // The escape format (bytea_output = escape): looked at as it is.
+            let masked = self.policy.masker.mask_text(text);
+            if masked.counts.is_empty() {
+                return Change::Keep;
+            }
+            counts.add(masked.counts);
+            return Change::Null;
+        };
+        let Ok(inner) = std::str::from_utf8(&decoded) else {
+            return Change::Keep;
+        };
+        let masked = self.policy.masker.mask_text(inner);
+        if masked.counts.is_empty() {
+            return Change::Keep;
+        }
+        counts.add(masked.counts);
+        Change::Replace(format!("\\x{}", hex::encode(masked.text.as_bytes())).into_bytes())
+    }
+
+    fn binary_value(
+        &self,
+        class: TypeClass,
+        value: &[u8],
+        counts: &mut MaskCounts,
+        depth: usize,
+    ) -> Change {
+        match class {
+            TypeClass::Text | TypeClass::Json => self.text_value(TypeClass::Text, value, counts),
+            TypeClass::Jsonb => match value.split_first() {
+                Some((version, text)) => match self.text_value(TypeClass::Text, text, counts) {
+                    Change::Replace(bytes) => {
+                        let mut out = vec![*version];
+                        out.extend_from_slice(&bytes);
+                        Change::Replace(out)
+                    }
+                    other => other,
+                },
+                None => Change::Keep,
+            },
+            // Raw bytes: looked at as text when they are text.
+            TypeClass::Bytea => match std::str::from_utf8(value) {
+                Ok(_) => self.text_value(TypeClass::Text, value, counts),
+                Err(_) => Change::Keep,
+            },
+            TypeClass::Array | TypeClass::Record if depth < 8 => {
+                let mut out = Vec::new();
+                let mut leaf = |oid: u32, bytes: &[u8]| {
+                    let class = self.catalog.type_class(oid);
+                    match self.binary_value(class, bytes, counts, depth + 1) {
+                        Change::Keep => Leaf::Keep,
+                        Change::Replace(b) => Leaf::Replace(b),
+                        Change::Null => Leaf::Null,
+                    }
+                };
+                let walked = if class == TypeClass::Array {
+                    types::rewrite_binary_array(value, &mut leaf, &mut out)
+                } else {
+                    types::rewrite_binary_record(value, &mut leaf, &mut out)
+                };
+                match walked {
+                    Ok(true) => Change::Replace(out),
+                    Ok(false) => Change::Keep,
+                    Err(_) => {
+                        counts.undecodable += 1;
+                        Change::Null
+                    }
+                }
+            }
+            TypeClass::Scalar => Change::Keep,
+            // A user type not resolved, or nesting too deep: cannot be read, so not sent.
+            _ => {
+                counts.undecodable += 1;
+                Change::Null
+            }
+        }
+    }
+
+    /// An ErrorResponse or NoticeResponse with its texts masked. Constraint errors about a
+    /// table with masked columns lose the row and key values in their DETAIL, which
+    /// PostgreSQL fills with the very values a rule masks. `None` when nothing changed.
+    pub fn fields_message(&self, frame: &[u8], counts: &mut MaskCounts) -> Option<Vec<u8>> {
+        let tag = frame[0];
+        let Ok(fields) = backend::message_fields(&frame[5..]) else {
+            // Unreadable (not UTF-8): keep only what cannot leak.
+            let mut out = Vec::new();
+            backend::error_response(
+                if tag == b'E' { "ERROR" } else { "NOTICE" },
+                "XX000",
+                "gatehouse: the target sent a message that could not be checked for sensitive values",
+                &mut out,
+            );
+            if tag == b'N' {
+                out[0] = b'N';
+            }
+            return Some(out);
+        };
+        let table = fields.iter().find(|(f, _)| *f == b't').map(|(_, v)| *v);
+        let schema = fields.iter().find(|(f, _)| *f == b's').map(|(_, v)| *v);
+        let rule_table = table.is_some_and(|t| {
+            let name = match schema {
+                Some(s) => format!("{s}.{t}"),
+                None => t.to_string(),
+            };
+            self.policy.columns.by_relation(&name).is_some()
+        });
+        let mut changed = false;
+        let mut out_fields: Vec<(u8, Cow<'_, str>)> = Vec::with_capacity(fields.len());
+        for (field, value) in fields {
+            let masked: Cow<'_, str> = match field {
+                b'D' if rule_table
+                    && (value.starts_with("Failing row contains")
+                        || value.starts_with("Key (")) =>
+                {
+                    counts.rule("error_detail");
+                    Cow::Owned(redact_detail(value))
+                }
+                // Severity, code, positions, source locations and object names carry no data.
+                b'S' | b'V' | b'C' | b'P' | b'p' | b'F' | b'L' | b'R' | b's' | b't' | b'c'
+                | b'd' | b'n' => Cow::Borrowed(value),
+                _ => {
+                    let m = self.policy.masker.mask_text(value);
+                    counts.add(m.counts);
+                    m.text
+                }
+            };
+            changed |= matches!(masked, Cow::Owned(_));
+            out_fields.push((field, masked));
+        }
+        if !changed {
+            return None;
+        }
+        let mut out = Vec::with_capacity(frame.len());
+        backend::write_message_fields(
+            tag,
+            out_fields.iter().map(|(f, v)| (*f, v.as_ref())),
+            &mut out,
+        );
+        Some(out)
+    }
+
+    /// A NotificationResponse with its payload masked; `None` when nothing changed.
+    pub fn notification(&self, frame: &[u8], counts: &mut MaskCounts) -> Option<Vec<u8>> {
+        let (pid, channel, payload) = backend::notification(&frame[5..]).ok()?;
+        let masked = self.policy.masker.mask_text(payload);
+        if masked.counts.is_empty() {
+            return None;
+        }
+        counts.add(masked.counts);
+        let mut out = Vec::new();
+        backend::write_notification(pid, channel, &masked.text, &mut out);
+        Some(out)
+    }
+
+    /// One CopyData of COPY TO STDOUT in text format (one row per message, tab-separated,
+    /// `\N` for NULL) masked by `plan`. Other formats are looked at as a whole line by the
+    /// detectors, and a line of a COPY with masked columns that cannot be split is dropped
+    /// to a marker. `None` when nothing changed.
+    pub fn copy_data(
+        &self,
+        frame: &[u8],
+        copy: &CopyPlan,
+        counts: &mut MaskCounts,
+    ) -> Option<Vec<u8>> {
+        let body = &frame[5..];
+        let wrap = |bytes: &[u8]| {
+            let mut out = Vec::with_capacity(bytes.len() + 5);
+            frontend::frame(b'd', bytes, &mut out);
+            out
+        };
+        if copy.binary {
+            // The binary COPY format is not read here: with masking on it never passes.
+            counts.undecodable += 1;
+            return Some(wrap(b""));
+        }
+        let Ok(line) = std::str::from_utf8(body) else {
+            counts.undecodable += 1;
+            return Some(wrap(b"\n"));
+        };
+        let (content, newline) = match line.strip_suffix('\n') {
+            Some(c) => (c, "\n"),
+            None => (line, ""),
+        };
+        let has_rules = copy
+            .plan
+            .columns
+            .iter()
+            .any(|c| matches!(c.mask, ColumnMask::Rule { .. }));
+        if !copy.text_format {
+            let masked = self.policy.masker.mask_text(line);
+            if has_rules {
+                counts.rule("copy_csv_row");
+                return Some(wrap(b"[masked]\n"));
+            }
+            if masked.counts.is_empty() {
+                return None;
+            }
+            counts.add(masked.counts);
+            return Some(wrap(masked.text.as_bytes()));
+        }
+        let fields: Vec<&str> = content.split('\t').collect();
+        if has_rules && fields.len() != copy.plan.columns.len() {
+            counts.rule("copy_row_shape");
+            return Some(wrap(b"[masked]\n"));
+        }
+        let mut changed = false;
+        let mut out_fields: Vec<Cow<'_, str>> = Vec::with_capacity(fields.len());
+        for (i, field) in fields.iter().enumerate() {
+            let masked: Cow<'_, str> = match copy.plan.columns.get(i).map(|c| &c.mask) {
+                _ if *field == "\\N" => Cow::Borrowed(field),
+                Some(ColumnMask::Rule { strategy, label }) => {
+                    counts.rule(label);
+                    match self.policy.masker.mask_value(*strategy, label, field) {
+                        Some(v) => Cow::Owned(v.replace(['\t', '\n', '\\'], " ")),
+                        None => Cow::Borrowed("\\N"),
+                    }
+                }
+                _ => {
+                    let m = self.policy.masker.mask_text(field);
+                    counts.add(m.counts);
+                    m.text
+                }
+            };
+            changed |= matches!(masked, Cow::Owned(_)) || masked.as_ref() != *field;
+            out_fields.push(masked);
+        }
+        if !changed {
+            return None;
+        }
+        let mut text = out_fields.join("\t");
+        text.push_str(newline);
+        Some(wrap(text.as_bytes()))
+    }
+}
+
+/// How the rows of one COPY TO STDOUT are masked.
+#[derive(Debug, Clone, Default)]
+pub struct CopyPlan {
+    pub plan: ResultPlan,
+    /// Text format (as opposed to CSV): rows split on tabs.
+    pub text_format: bool,
+    pub binary: bool,
+}
+
+/// The plan of a COPY's columns: `COPY table` takes the table's columns from the
+/// catalog, `COPY (query)` the query's lineage (there is no origin to go by).
+pub fn copy_plan(
+    policy: &MaskPolicy,
+    catalog: &Catalog,
+    source: Option<&Source>,
+    formats: (i8, usize),
+) -> CopyPlan {
+    let (overall, count) = formats;
+    let lineage = source.and_then(|s| s.lineage.as_ref());
+    // CopyOutResponse says text for CSV too; the statement says which. Taken as CSV when
+    // the word appears anywhere, which errs towards the stricter handling.
+    let csv = source.is_none_or(|s| s.sql.to_ascii_lowercase().contains("csv"));
+    let mut columns = Vec::with_capacity(count);
+    let rules = policy.has_rules();
+    let views = if rules {
+        view_taints(
+            policy,
+            catalog,
+            source.map(|s| s.relations.as_slice()).unwrap_or_default(),
+        )
+    } else {
+        HashMap::new()
+    };
+    let outs = lineage.map(|l| l.outputs.as_slice()).unwrap_or_default();
+    let opaque = lineage.is_none_or(|l| l.opaque);
+    if let [
+        Output::Star {
+            relation: Some(rel),
+            ..
+        },
+    ] = outs
+    {
+        let table = catalog
+            .cached_name(rel)
+            .flatten()
+            .and_then(|oid| catalog.cached_relation(oid).flatten());
+        match table {
+            Some(table) => {
+                let view = view_columns(policy, &table);
+                for (i, (_, name, ty)) in table.ordered_columns().into_iter().enumerate() {
+                    let mask = match policy.columns.find(&table.schema, &table.name, name) {
+                        Some(rule) => ColumnMask::Rule {
+                            strategy: rule.strategy,
+                            label: rule.label.as_str().into(),
+                        },
+                        None => match view.get(i).cloned().flatten() {
+                            Some((_, label)) => {
+                                let (strategy, label) = label_rule(policy, &Taint::View(label));
+                                ColumnMask::Rule { strategy, label }
+                            }
+                            None => ColumnMask::Content,
+                        },
+                    };
+                    columns.push(ColumnPlan {
+                        mask,
+                        type_oid: ty,
+                        format: 0,
+                    });
+                }
+            }
+            None if rules => {
+                for _ in 0..count {
+                    columns.push(ColumnPlan {
+                        mask: ColumnMask::Rule {
+                            strategy: Strategy::Redact,
+                            label: "unresolved".into(),
+                        },
+                        type_oid: 25,
+                        format: 0,
+                    });
+                }
+            }
+            None => {}
+        }
+    } else {
+        for i in 0..count {
+            let mask = match outs.get(i) {
+                _ if !rules => ColumnMask::Content,
+                _ if opaque || outs.len() != count => ColumnMask::Rule {
+                    strategy: Strategy::Redact,
+                    label: "unknown_lineage".into(),
+                },
+                Some(Output::Column(s)) | Some(Output::Star { sources: s, .. }) => {
+                    match policy.tainted(s, &views) {
+                        Some(t) => {
+                            let (strategy, label) = label_rule(policy, &t);
+                            ColumnMask::Rule { strategy, label }
+                        }
+                        None => ColumnMask::Content,
+                    }
+                }
+                None => ColumnMask::Content,
+            };
+            columns.push(ColumnPlan {
+                mask,
+                type_oid: 25,
+                format: 0,
+            });
+        }
+    }
+    CopyPlan {
+        plan: ResultPlan { columns },
+        text_format: !csv,
+        binary: overall == 1,
+    }
+}
+
+fn null_row(n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    rows::write_data_row::<&[u8]>((0..n).map(|_| None), &mut out);
+    out
+}
+
+/// `Failing row contains (...)` / `Key (col)=(value) ...`: the values replaced.
+fn redact_detail(detail: &str) -> String {
+    if detail.starts_with("Failing row contains") {
+        return "Failing row contains (values masked by gatehouse).".into();
+    }
+    match detail.split_once(")=(") {
+        Some((key, _)) => format!("{key})=([masked]) (values masked by gatehouse)."),
+        None => "(detail masked by gatehouse)".into(),
+    }
+}
+
+/// Finds which client-supplied column formats apply: a Bind's result formats.
+pub fn bind_formats(frame: &[u8]) -> Vec<i16> {
+    frontend::bind_result_formats(&frame[5..]).unwrap_or_default()
+}
+
+/// Clear values for the client, masked for the recording: which bytes go where.
+pub fn is_masked_kind(tag: u8) -> bool {
+    matches!(tag, b'D' | b'd' | b'E' | b'N' | b'A')
+}

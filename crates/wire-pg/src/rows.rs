@@ -1,0 +1,328 @@
+//! Query results: `RowDescription` and `DataRow`, read in place and written back with correct
+//! lengths, so the gateway can rewrite (mask) values and copy nothing for rows it keeps.
+
+use crate::frame::{DecodeError, begin_frame, end_frame};
+use crate::{
+    cstr, finished, put_cstr, put_value, read_count, read_i16, read_i32, read_u32, read_value,
+};
+
+/// One column of a `RowDescription`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldDescription<'a> {
+    pub name: &'a str,
+    /// The table the column comes from, or 0 for a computed column.
+    pub table_oid: u32,
+    /// The column's attribute number in that table, or 0.
+    pub column: i16,
+    pub type_oid: u32,
+    /// `pg_type.typlen`: negative for variable-width types.
+    pub type_size: i16,
+    /// `pg_attribute.atttypmod`, e.g. the length of a `varchar(n)`; -1 when there is none.
+    pub type_modifier: i32,
+    /// 0 for text, 1 for binary. Zero (unknown yet) in the reply to Describe of a statement.
+    pub format: i16,
+}
+
+/// Reads a `RowDescription` ('T') body.
+pub fn row_description(body: &[u8]) -> Result<Vec<FieldDescription<'_>>, DecodeError> {
+    let (count, mut rest) = read_count(body)?;
+    // A field takes at least 19 bytes, so a count the body cannot hold reserves nothing.
+    let mut fields = Vec::with_capacity(count.min(rest.len() / 19));
+    for _ in 0..count {
+        let (name, r) = cstr(rest)?;
+        let (table_oid, r) = read_u32(r)?;
+        let (column, r) = read_i16(r)?;
+        let (type_oid, r) = read_u32(r)?;
+        let (type_size, r) = read_i16(r)?;
+        let (type_modifier, r) = read_i32(r)?;
+        let (format, r) = read_i16(r)?;
+        fields.push(FieldDescription {
+            name,
+            table_oid,
+            column,
+            type_oid,
+            type_size,
+            type_modifier,
+            format,
+        });
+        rest = r;
+    }
+    finished(rest)?;
+    Ok(fields)
+}
+
+/// Writes a `RowDescription` frame.
+///
+/// # Panics
+/// With more than 32,767 fields, which the message cannot count (PostgreSQL's own limit is 1,664).
+pub fn write_row_description(fields: &[FieldDescription<'_>], out: &mut Vec<u8>) {
+    let count = i16::try_from(fields.len()).expect("a RowDescription holds at most 32767 fields");
+    let start = begin_frame(b'T', out);
+    out.extend_from_slice(&count.to_be_bytes());
+    for field in fields {
+        put_cstr(out, field.name);
+        out.extend_from_slice(&field.table_oid.to_be_bytes());
+        out.extend_from_slice(&field.column.to_be_bytes());
+        out.extend_from_slice(&field.type_oid.to_be_bytes());
+        out.extend_from_slice(&field.type_size.to_be_bytes());
+        out.extend_from_slice(&field.type_modifier.to_be_bytes());
+        out.extend_from_slice(&field.format.to_be_bytes());
+    }
+    end_frame(out, start);
+}
+
+/// The column values of a `DataRow`, borrowed from its body: `None` is SQL NULL.
+///
+/// Each value is checked as it is read, in one pass and without allocating. Every error,
+/// trailing bytes included, is reported no later than with the last counted value, so a
+/// caller that reads them all sees it; after an error the iterator ends.
+#[derive(Debug, Clone)]
+pub struct DataRowIter<'a> {
+    rest: &'a [u8],
+    remaining: usize,
+}
+
+/// Reads a `DataRow` ('D') body.
+pub fn data_row(body: &[u8]) -> Result<DataRowIter<'_>, DecodeError> {
+    let (count, rest) = read_count(body)?;
+    // With no values there is no last one to report trailing bytes.
+    if count == 0 {
+        finished(rest)?;
+    }
+    Ok(DataRowIter {
+        rest,
+        remaining: count,
+    })
+}
+
+impl DataRowIter<'_> {
+    /// How many values are left to read, as the row counts them.
+    pub fn remaining(&self) -> usize {
+        self.remaining
+    }
+}
+
+impl<'a> Iterator for DataRowIter<'a> {
+    type Item = Result<Option<&'a [u8]>, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let item = read_value(self.rest).and_then(|(value, rest)| {
+            self.remaining -= 1;
+            self.rest = rest;
+            if self.remaining == 0 {
+                finished(rest)?;
+            }
+            Ok(value)
+        });
+        if item.is_err() {
+            self.remaining = 0;
+        }
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        // Fewer when an error ends the row early.
+        (0, Some(self.remaining))
+    }
+}
+
+/// Writes a `DataRow` frame from column values (`None` is SQL NULL).
+///
+/// Values go straight into `out` and the count and length are filled in afterwards, so no
+/// intermediate buffer is built. Any byte container works, e.g. `Option<&[u8]>` for kept
+/// values mixed with owned replacements through `Option<Cow<[u8]>>`.
+///
+/// # Panics
+/// With more than 32,767 values, which the message cannot count.
+pub fn write_data_row<V: AsRef<[u8]>>(
+    values: impl IntoIterator<Item = Option<V>>,
+    out: &mut Vec<u8>,
+) {
+    let start = begin_frame(b'D', out);
+    let count_at = out.len();
+    out.extend_from_slice(&[0, 0]);
+    let mut count = 0usize;
+    for value in values {
+        put_value(out, value.as_ref().map(AsRef::as_ref));
+        count += 1;
+    }
+    let count = i16::try_from(count).expect("a DataRow holds at most 32767 values");
+    out[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
+    end_frame(out, start);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::parts;
+    use crate::split_frame;
+    use std::borrow::Cow;
+
+    fn field(name: &str, type_oid: u32, format: i16) -> FieldDescription<'_> {
+        FieldDescription {
+            name,
+            table_oid: 16384,
+            column: 2,
+            type_oid,
+            type_size: -1,
+            type_modifier: -1,
+            format,
+        }
+    }
+
+    #[test]
+    fn row_descriptions_round_trip() {
+        let fields = [
+            field("email", 25, 0),
+            FieldDescription {
+                name: "n",
+                table_oid: 0,
+                column: 0,
+                type_oid: 23,
+                type_size: 4,
+                type_modifier: -1,
+                format: 1,
+            },
+        ];
+        let mut out = b"before".to_vec();
+        write_row_description(&fields, &mut out);
+        let frame = &out[6..];
+        assert_eq!(split_frame(frame), Ok(Some(frame.len())));
+        let (tag, body) = parts(frame);
+        assert_eq!(tag, b'T');
+        assert_eq!(row_description(body).unwrap(), fields);
+
+        let mut empty = Vec::new();
+        write_row_description(&[], &mut empty);
+        assert_eq!(empty, b"T\0\0\0\x06\0\0");
+        assert_eq!(row_description(&empty[5..]).unwrap(), []);
+    }
+
+    #[test]
+    fn row_description_matches_hand_encoding() {
+        // One column "a": table 0, attnum 0, int4, typlen 4, typmod -1, text format.
+        let body = b"\0\x01a\0\0\0\0\0\0\0\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0";
+        assert_eq!(
+            row_description(body).unwrap(),
+            [FieldDescription {
+                name: "a",
+                table_oid: 0,
+                column: 0,
+                type_oid: 23,
+                type_size: 4,
+                type_modifier: -1,
+                format: 0,
+            }]
+        );
+    }
+
+    #[test]
+    fn malformed_row_descriptions_are_errors() {
+        let mut out = Vec::new();
+        write_row_description(&[field("a", 25, 0), field("b", 25, 0)], &mut out);
+        let body = &out[5..];
+        for cut in 0..body.len() {
+            assert!(row_description(&body[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = body.to_vec();
+        trailing.push(0);
+        assert!(row_description(&trailing).is_err());
+        let mut too_many = body.to_vec();
+        too_many[1] = 3;
+        assert!(row_description(&too_many).is_err());
+        let mut too_few = body.to_vec();
+        too_few[1] = 1;
+        assert!(
+            row_description(&too_few).is_err(),
+            "second field is trailing"
+        );
+        assert!(row_description(b"\xff\xff").is_err(), "negative count");
+        let mut not_utf8 = body.to_vec();
+        not_utf8[2] = 0xff;
+        assert!(row_description(&not_utf8).is_err());
+    }
+
+    #[test]
+    fn data_rows_round_trip() {
+        let values: [Option<&[u8]>; 4] = [Some(b"alice"), None, Some(b""), Some(b"\0\x01")];
+        let mut out = Vec::new();
+        write_data_row(values, &mut out);
+        assert_eq!(split_frame(&out), Ok(Some(out.len())));
+        let (tag, body) = parts(&out);
+        assert_eq!(tag, b'D');
+        let row = data_row(body).unwrap();
+        assert_eq!(row.remaining(), 4);
+        assert_eq!(row.collect::<Result<Vec<_>, _>>().unwrap(), values);
+
+        // Rewriting a row: kept values borrowed, replacements owned.
+        let masked = data_row(body)
+            .unwrap()
+            .enumerate()
+            .map(|(i, v)| match (i, v.unwrap()) {
+                (0, v) => v.map(|_| Cow::Owned(b"*****".to_vec())),
+                (_, v) => v.map(Cow::Borrowed),
+            });
+        let mut rewritten = Vec::new();
+        write_data_row(masked, &mut rewritten);
+        assert_eq!(rewritten.len(), out.len());
+        let row = data_row(&rewritten[5..]).unwrap();
+        let row = row.collect::<Result<Vec<_>, _>>().unwrap();
+        assert_eq!(row[0], Some(&b"*****"[..]));
+        assert_eq!(row[1..], values[1..]);
+    }
+
+    #[test]
+    fn data_row_matches_hand_encoding() {
+        let mut out = Vec::new();
+        write_data_row([Some(&b"ab"[..]), None], &mut out);
+        assert_eq!(out, b"D\0\0\0\x10\0\x02\0\0\0\x02ab\xff\xff\xff\xff");
+        let mut empty = Vec::new();
+        write_data_row(std::iter::empty::<Option<&[u8]>>(), &mut empty);
+        assert_eq!(empty, b"D\0\0\0\x06\0\0");
+        assert_eq!(data_row(&empty[5..]).unwrap().count(), 0);
+        assert!(
+            data_row(b"\0\0x").is_err(),
+            "trailing bytes after no values"
+        );
+    }
+
+    /// Reads a whole row, as a caller that rewrites it does.
+    fn read_row(body: &[u8]) -> Result<Vec<Option<&[u8]>>, DecodeError> {
+        data_row(body)?.collect()
+    }
+
+    #[test]
+    fn malformed_data_rows_are_errors() {
+        let body = b"\0\x02\0\0\0\x02ab\xff\xff\xff\xff";
+        assert_eq!(read_row(body).unwrap(), [Some(&b"ab"[..]), None]);
+        for cut in 0..body.len() {
+            assert!(read_row(&body[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = body.to_vec();
+        trailing.push(b'x');
+        assert!(read_row(&trailing).is_err());
+        // Trailing bytes come with the last value, and the iterator ends after an error.
+        let mut row = data_row(&trailing).unwrap();
+        assert_eq!(row.next(), Some(Ok(Some(&b"ab"[..]))));
+        assert!(matches!(row.next(), Some(Err(_))));
+        assert_eq!(row.next(), None);
+        let mut too_many = body.to_vec();
+        too_many[1] = 3;
+        assert!(read_row(&too_many).is_err());
+        let mut too_few = body.to_vec();
+        too_few[1] = 1;
+        assert!(read_row(&too_few).is_err());
+        assert!(data_row(b"\xff\xff").is_err(), "negative count");
+        assert!(read_row(b"\0\x01\xff\xff\xff\xfe").is_err(), "length -2");
+        assert!(read_row(b"\0\x01\x80\0\0\0").is_err(), "length i32::MIN");
+        assert!(
+            read_row(b"\0\x01\0\0\0\x03ab").is_err(),
+            "value past the end"
+        );
+        assert!(read_row(b"\0\x01\x7f\xff\xff\xffab").is_err());
+        assert!(data_row(b"").is_err());
+    }
+}
