@@ -203,6 +203,18 @@ pub fn catalog_needs(
     )
 }
 
+/// The masked view columns a statement can refer to by name (none without column rules).
+fn statement_views(
+    policy: &MaskPolicy,
+    catalog: &Catalog,
+    source: Option<&Source>,
+) -> HashMap<String, Arc<str>> {
+    match (policy.has_rules(), source) {
+        (true, Some(source)) => view_taints(policy, catalog, &source.relations),
+        _ => HashMap::new(),
+    }
+}
+
 /// For each view among `names` (cached in `catalog`), the names of its columns computed
 /// from a masked column, with the rule's label.
 fn view_taints(
@@ -273,15 +285,7 @@ pub fn plan(
         None => fields[i].format,
     };
     let rules = policy.has_rules();
-    let views = if rules {
-        view_taints(
-            policy,
-            catalog,
-            source.map(|s| s.relations.as_slice()).unwrap_or_default(),
-        )
-    } else {
-        HashMap::new()
-    };
+    let views = statement_views(policy, catalog, source);
     let targets = lineage.map(|l| align(l, n));
     let columns = (0..n)
         .map(|i| {
@@ -834,15 +838,7 @@ pub fn copy_plan(
     let csv = source.is_none_or(|s| s.sql.to_ascii_lowercase().contains("csv"));
     let mut columns = Vec::with_capacity(count);
     let rules = policy.has_rules();
-    let views = if rules {
-        view_taints(
-            policy,
-            catalog,
-            source.map(|s| s.relations.as_slice()).unwrap_or_default(),
-        )
-    } else {
-        HashMap::new()
-    };
+    let views = statement_views(policy, catalog, source);
     let outs = lineage.map(|l| l.outputs.as_slice()).unwrap_or_default();
     let opaque = lineage.is_none_or(|l| l.opaque);
     if let [
