@@ -949,3 +949,148 @@ pub fn bind_formats(frame: &[u8]) -> Vec<i16> {
 pub fn is_masked_kind(tag: u8) -> bool {
     matches!(tag, b'D' | b'd' | b'E' | b'N' | b'A')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_mask::Strategy;
+    use gatehouse_wire_pg::rows::data_row;
+    use proptest::prelude::{any, prop, prop_assert, prop_assert_eq, proptest};
+
+    fn policy() -> MaskPolicy {
+        MaskPolicy::from_config(&MaskingConfig::default(), b"k").unwrap()
+    }
+
+    /// Built once: compiling the detectors per generated case would dominate the run.
+    static POLICY: std::sync::LazyLock<MaskPolicy> = std::sync::LazyLock::new(policy);
+
+    fn row(values: &[Option<Vec<u8>>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        rows::write_data_row(values.iter().map(|v| v.as_deref()), &mut out);
+        out
+    }
+
+    fn decoded(frame: &[u8]) -> Vec<Option<Vec<u8>>> {
+        data_row(&frame[5..])
+            .unwrap()
+            .map(|v| v.unwrap().map(<[u8]>::to_vec))
+            .collect()
+    }
+
+    proptest! {
+        /// Whatever the values and the plan, a masked row is a valid DataRow with the same
+        /// number of columns, and no planted address survives in it.
+        #[test]
+        fn masking_keeps_the_row_shape_and_never_lets_a_planted_value_through(
+            values in proptest::collection::vec(
+                proptest::option::of(("[a-z ]{0,12}", any::<bool>(), "[a-z ]{0,12}")),
+                0..12,
+            ),
+            binary in any::<bool>(),
+            rule_at in any::<Option<prop::sample::Index>>(),
+        ) {
+            let policy = &*POLICY;
+            let catalog = Catalog::new();
+            let values: Vec<Option<Vec<u8>>> = values
+                .into_iter()
+                .map(|v| v.map(|(a, plant, b)| {
+                    let mid = if plant { " secret.person@example.com " } else { " " };
+                    format!("{a}{mid}{b}").into_bytes()
+                }))
+                .collect();
+            let n = values.len();
+            let rule = rule_at.map(|i| i.index(n.max(1)));
+            let plan = ResultPlan {
+                columns: (0..n)
+                    .map(|i| ColumnPlan {
+                        mask: if Some(i) == rule {
+                            ColumnMask::Rule { strategy: Strategy::Hash, label: "x".into() }
+                        } else {
+                            ColumnMask::Content
+                        },
+                        type_oid: 25,
+                        format: i16::from(binary),
+                    })
+                    .collect(),
+            };
+            let frame = row(&values);
+            let rewriter = Rewriter { policy, catalog: &catalog };
+            let mut counts = MaskCounts::default();
+            let out = rewriter.data_row(&frame, Some(&plan), &mut counts).unwrap_or(frame.clone());
+            let got = decoded(&out);
+            prop_assert_eq!(got.len(), n);
+            for (before, after) in values.iter().zip(&got) {
+                prop_assert_eq!(before.is_none(), after.is_none());
+                if let Some(after) = after {
+                    prop_assert!(!String::from_utf8_lossy(after).contains("secret.person@example.com"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_shape_masks_every_value_and_numbers_become_null() {
+        let policy = policy();
+        let catalog = Catalog::new();
+        let rewriter = Rewriter {
+            policy: &policy,
+            catalog: &catalog,
+        };
+        let mut counts = MaskCounts::default();
+        let frame = row(&[Some(b"1".to_vec()), None]);
+        let out = rewriter.data_row(&frame, None, &mut counts).unwrap();
+        assert_eq!(decoded(&out), vec![None, None]);
+        assert_eq!(counts.rules["unknown_shape"], 1);
+
+        // A card number in an int8 column (text format) cannot be rewritten as a number.
+        let plan = ResultPlan {
+            columns: vec![ColumnPlan {
+                mask: ColumnMask::Content,
+                type_oid: 20,
+                format: 0,
+            }],
+        };
+        let frame = row(&[Some(b"4111111111111111".to_vec())]);
+        let out = rewriter.data_row(&frame, Some(&plan), &mut counts).unwrap();
+        assert_eq!(decoded(&out), vec![None]);
+        assert_eq!(counts.detectors["payment_card"], 1);
+    }
+
+    #[test]
+    fn constraint_details_about_masked_tables_lose_their_values() {
+        let mut config = MaskingConfig::default();
+        config.columns.push(gatehouse_config::ColumnMaskConfig {
+            column: "people.ssn".into(),
+            strategy: gatehouse_config::MaskStrategy(Strategy::Redact),
+            label: None,
+        });
+        let policy = MaskPolicy::from_config(&config, b"k").unwrap();
+        let catalog = Catalog::new();
+        let rewriter = Rewriter {
+            policy: &policy,
+            catalog: &catalog,
+        };
+        let mut frame = Vec::new();
+        backend::write_message_fields(
+            b'E',
+            [
+                (b'S', "ERROR"),
+                (b'C', "23505"),
+                (
+                    b'M',
+                    "duplicate key value violates unique constraint \"people_ssn_key\"",
+                ),
+                (b'D', "Key (ssn)=(219099999) already exists."),
+                (b's', "public"),
+                (b't', "people"),
+            ],
+            &mut frame,
+        );
+        let mut counts = MaskCounts::default();
+        let out = rewriter.fields_message(&frame, &mut counts).unwrap();
+        let fields = backend::message_fields(&out[5..]).unwrap();
+        let detail = fields.iter().find(|(f, _)| *f == b'D').unwrap().1;
+        assert_eq!(detail, "Key (ssn)=([masked]) (values masked by gatehouse).");
+        assert!(fields.contains(&(b'C', "23505")), "the code is kept");
+    }
+}
