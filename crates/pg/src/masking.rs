@@ -134,12 +134,80 @@ pub struct Shape {
 }
 
 /// The statement behind a result, as masking reads it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Source {
     pub sql: String,
     pub lineage: Option<Lineage>,
     /// Relations the statement names (views among them are looked into).
     pub relations: Vec<String>,
+    /// Plans already built for this statement's results, so a repeated statement costs a
+    /// comparison of its description, not a plan (see [`Source::plan`]).
+    pub plans: std::sync::Mutex<Vec<CachedPlan>>,
+}
+
+/// A plan and what it was built from.
+#[derive(Debug)]
+pub struct CachedPlan {
+    description: Vec<u8>,
+    formats: Option<Vec<i16>>,
+    /// The catalog generation it was built on; a newer catalog makes it stale.
+    generation: u64,
+    plan: Arc<ResultPlan>,
+}
+
+/// Plans kept per statement: one result shape each, rarely more (a multi-statement query,
+/// a portal described with different formats).
+const PLANS_PER_STATEMENT: usize = 4;
+
+impl Source {
+    pub fn new(sql: String, lineage: Option<Lineage>, relations: Vec<String>) -> Source {
+        Source {
+            sql,
+            lineage,
+            relations,
+            plans: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The plan built earlier for this description and these formats, unless the catalog
+    /// changed since.
+    pub fn plan(
+        &self,
+        description: &[u8],
+        formats: Option<&[i16]>,
+        generation: u64,
+    ) -> Option<Arc<ResultPlan>> {
+        let plans = self.plans.lock().expect("plan cache lock");
+        plans
+            .iter()
+            .find(|c| {
+                c.generation == generation
+                    && c.description == description
+                    && c.formats.as_deref() == formats
+            })
+            .map(|c| c.plan.clone())
+    }
+
+    /// Keeps a plan for [`Source::plan`].
+    pub fn keep(
+        &self,
+        description: &[u8],
+        formats: Option<Vec<i16>>,
+        generation: u64,
+        plan: Arc<ResultPlan>,
+    ) {
+        let mut plans = self.plans.lock().expect("plan cache lock");
+        plans.retain(|c| c.generation == generation);
+        if plans.len() >= PLANS_PER_STATEMENT {
+            plans.remove(0);
+        }
+        plans.push(CachedPlan {
+            description: description.to_vec(),
+            formats,
+            generation,
+            plan,
+        });
+    }
 }
 
 /// What was masked in one result: never the values, only how many by which rule or
@@ -938,16 +1006,6 @@ fn redact_detail(detail: &str) -> String {
         Some((key, _)) => format!("{key})=([masked]) (values masked by gatehouse)."),
         None => "(detail masked by gatehouse)".into(),
     }
-}
-
-/// Finds which client-supplied column formats apply: a Bind's result formats.
-pub fn bind_formats(frame: &[u8]) -> Vec<i16> {
-    frontend::bind_result_formats(&frame[5..]).unwrap_or_default()
-}
-
-/// Clear values for the client, masked for the recording: which bytes go where.
-pub fn is_masked_kind(tag: u8) -> bool {
-    matches!(tag, b'D' | b'd' | b'E' | b'N' | b'A')
 }
 
 #[cfg(test)]

@@ -355,8 +355,6 @@ async fn startup<S: ClientStream>(
                 clear_client,
                 statements: HashMap::new(),
                 cursors: HashMap::new(),
-                plans: HashMap::new(),
-                generation: 0,
             })
         }
         None => None,
@@ -492,13 +490,7 @@ impl Prepared {
                 .collect::<Vec<_>>()
                 .into(),
         );
-        let mut tables: Vec<&str> = Vec::new();
-        for t in analysis.statements.iter().flat_map(|s| s.tables.iter()) {
-            if !tables.contains(&t.as_str()) {
-                tables.push(t);
-            }
-        }
-        summary.insert("tables".into(), tables.into());
+        summary.insert("tables".into(), distinct_tables(&analysis).into());
         if let Some(why) = &analysis.unparsed {
             summary.insert("unparsed".into(), why.as_str().into());
         }
@@ -515,22 +507,11 @@ impl Prepared {
     fn source(&self, with_lineage: bool) -> Arc<Source> {
         self.source
             .get_or_init(|| {
-                let mut relations: Vec<String> = Vec::new();
-                for t in self
-                    .analysis
-                    .statements
-                    .iter()
-                    .flat_map(|s| s.tables.iter())
-                {
-                    if !relations.contains(t) {
-                        relations.push(t.clone());
-                    }
-                }
-                Arc::new(Source {
-                    sql: self.sql.clone(),
-                    lineage: with_lineage.then(|| gatehouse_sql::lineage::lineage(&self.sql)),
-                    relations,
-                })
+                Arc::new(Source::new(
+                    self.sql.clone(),
+                    with_lineage.then(|| gatehouse_sql::lineage::lineage(&self.sql)),
+                    distinct_tables(&self.analysis),
+                ))
             })
             .clone()
     }
@@ -540,6 +521,17 @@ impl Prepared {
             .classes()
             .any(|c| c == gatehouse_sql::StatementClass::Ddl)
     }
+}
+
+/// Every relation the statements name, once, in order of appearance.
+fn distinct_tables(analysis: &Analysis) -> Vec<String> {
+    let mut tables: Vec<String> = Vec::new();
+    for t in analysis.statements.iter().flat_map(|s| s.tables.iter()) {
+        if !tables.contains(t) {
+            tables.push(t.clone());
+        }
+    }
+    tables
 }
 
 /// How many distinct statement texts a session keeps analysed, and the longest text kept:
@@ -596,16 +588,7 @@ struct SessionMasking {
     statements: HashMap<String, Vec<u8>>,
     /// Cursor → the statement that declared it, for the rows FETCH returns.
     cursors: HashMap<String, Arc<Source>>,
-    /// Plans by (description, formats, statement text), for the catalog generation.
-    plans: HashMap<PlanKey, Arc<ResultPlan>>,
-    generation: u64,
 }
-
-/// A RowDescription body, the Bind's formats and the statement text.
-type PlanKey = (Vec<u8>, Option<Vec<i16>>, String);
-
-/// How many result plans a session keeps.
-const PLANS_KEPT: usize = 128;
 
 impl Session {
     async fn relay<S: ClientStream>(mut self, mut client: S) {
@@ -775,7 +758,8 @@ impl Session {
                 }
                 Frontend::Bind { portal, statement } => {
                     let formats = match self.masking {
-                        Some(_) => crate::masking::bind_formats(&frame),
+                        // A malformed Bind is refused by the server; no rows follow it.
+                        Some(_) => frontend::bind_result_formats(&frame[5..]).unwrap_or_default(),
                         None => Vec::new(),
                     };
                     self.portals
@@ -1031,14 +1015,14 @@ impl Session {
                 // FETCH returns the declaring query's columns; an unknown cursor (declared
                 // before the gateway saw it, e.g. inside a function) has unknown lineage.
                 source = m.cursors.get(cursor).cloned().unwrap_or_else(|| {
-                    Arc::new(Source {
-                        sql: prepared.sql.clone(),
-                        lineage: Some(gatehouse_sql::lineage::Lineage {
+                    Arc::new(Source::new(
+                        prepared.sql.clone(),
+                        Some(gatehouse_sql::lineage::Lineage {
                             opaque: true,
                             ..Default::default()
                         }),
-                        relations: Vec::new(),
-                    })
+                        Vec::new(),
+                    ))
                 });
             }
         }
@@ -1162,36 +1146,33 @@ impl Session {
         }
     }
 
-    /// A result's plan, from the session's cache or built after loading what the catalog
+    /// A result's plan, kept with its statement or built after loading what the catalog
     /// must say about it. A catalog that cannot be read leaves origins unresolved, which
-    /// masks them (see [`crate::masking::plan`]).
+    /// masks them (see [`crate::masking::plan`]); such a plan is not kept, so the next
+    /// result tries the catalog again.
     async fn build_plan(
         &mut self,
         body: &[u8],
         formats: Option<Vec<i16>>,
         source: Option<Arc<Source>>,
     ) -> Option<Arc<ResultPlan>> {
-        let m = self.masking.as_mut()?;
+        let policy = self.masking.as_ref()?.policy.clone();
         let generation = self.resource.catalog.generation();
-        if m.generation != generation || m.plans.len() >= PLANS_KEPT {
-            m.plans.clear();
-            m.generation = generation;
+        if let Some(plan) = source
+            .as_ref()
+            .and_then(|s| s.plan(body, formats.as_deref(), generation))
+        {
+            return Some(plan);
         }
-        let sql = source.as_ref().map(|s| s.sql.clone()).unwrap_or_default();
-        let key = (body.to_vec(), formats.clone(), sql);
-        if let Some(plan) = m.plans.get(&key) {
-            return Some(plan.clone());
-        }
-        let policy = m.policy.clone();
         let fields = gatehouse_wire_pg::rows::row_description(body).ok()?;
         let (relations, types, names) =
             crate::masking::catalog_needs(&policy, &fields, source.as_deref());
-        if let Err(e) = self
+        let loaded = self
             .resource
             .catalog
             .load(&self.resource, &relations, &types, &names)
-            .await
-        {
+            .await;
+        if let Err(e) = &loaded {
             tracing::warn!(session = %self.id, error = %e, "catalog lookup failed; unresolved columns are masked");
         }
         let plan = Arc::new(crate::masking::plan(
@@ -1201,8 +1182,8 @@ impl Session {
             formats.as_deref(),
             source.as_deref(),
         ));
-        if let Some(m) = self.masking.as_mut() {
-            m.plans.insert(key, plan.clone());
+        if let (Ok(()), Some(source)) = (loaded, &source) {
+            source.keep(body, formats, generation, plan.clone());
         }
         Some(plan)
     }

@@ -1870,6 +1870,14 @@ async fn masking_gateway(policy: Option<&'static str>) -> Gateway {
     gw
 }
 
+/// What alice's psql prints for `sql` through the gateway, trimmed.
+fn alice_sql(gw: &Gateway, sql: &str) -> String {
+    text(&gw.psql("alice", KEY, &["-c", sql]))
+        .0
+        .trim()
+        .to_string()
+}
+
 /// Every file under `dir` (ledger segments and chunks): none may hold a planted value.
 fn assert_nothing_planted_under(dir: &Path) {
     let mut stack = vec![dir.to_path_buf()];
@@ -1968,46 +1976,22 @@ async fn masked_columns_do_not_escape_through_any_route_psql_can_take() {
     let ordinary = "SELECT id, name, born, '2026-11-23 13:45:10.123456+00'::timestamptz, \
                     'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid, 19.99::numeric, 'ORD-2026-000123', \
                     '+49 is a prefix', 'v1.2.3' FROM people ORDER BY id";
-    let through = text(&gw.psql("alice", KEY, &["-c", ordinary])).0;
+    let through = alice_sql(&gw, ordinary);
     let direct = tokio::task::block_in_place(|| gw.pg.psql("appdb", ordinary).unwrap());
-    assert_eq!(
-        through.trim(),
-        direct.trim(),
-        "ordinary values are untouched"
-    );
+    assert_eq!(through, direct.trim(), "ordinary values are untouched");
     assert!(through.contains("Ada|1815-12-10"), "{through}");
 
     // The value shapes: redaction names the rule, partial keeps the last four.
-    let shown = text(&gw.psql(
-        "alice",
-        KEY,
-        &["-c", "SELECT ssn, card, notes FROM people WHERE id = 1"],
-    ))
-    .0;
-    assert_eq!(shown.trim(), "[ssn]|************1111|reach me at [email]");
+    let shown = alice_sql(&gw, "SELECT ssn, card, notes FROM people WHERE id = 1");
+    assert_eq!(shown, "[ssn]|************1111|reach me at [email]");
     // Filters run on the clear values in the server; any output computed from a masked
     // column is masked whole, even a boolean.
-    let counted = text(&gw.psql(
-        "alice",
-        KEY,
-        &["-c", "SELECT count(*) FROM people WHERE ssn LIKE '2%'"],
-    ))
-    .0;
-    assert_eq!(counted.trim(), "1");
-    let derived = text(&gw.psql(
-        "alice",
-        KEY,
-        &["-c", "SELECT ssn IS NULL FROM people WHERE id = 1"],
-    ))
-    .0;
-    assert_eq!(derived.trim(), "", "{derived}");
-    let masked_number = text(&gw.psql(
-        "alice",
-        KEY,
-        &["-c", "SELECT ssn::bigint FROM people WHERE id = 1"],
-    ))
-    .0;
-    assert_eq!(masked_number.trim(), "", "a masked number is sent as NULL");
+    let counted = alice_sql(&gw, "SELECT count(*) FROM people WHERE ssn LIKE '2%'");
+    assert_eq!(counted, "1");
+    let derived = alice_sql(&gw, "SELECT ssn IS NULL FROM people WHERE id = 1");
+    assert_eq!(derived, "", "{derived}");
+    let masked_number = alice_sql(&gw, "SELECT ssn::bigint FROM people WHERE id = 1");
+    assert_eq!(masked_number, "", "a masked number is sent as NULL");
 
     // The ledger says what was masked, never the values, and the recording is masked.
     let entries = gw.entries().await;
