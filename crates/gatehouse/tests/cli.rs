@@ -350,11 +350,7 @@ fn serve_reloads_the_policy_on_change_and_sighup_and_keeps_the_old_one_when_bad(
         "{changes:?}"
     );
     // SIGHUP reloads on demand (still the bad file: refused again, said again).
-    let hup = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    signal(&child, "HUP");
     let changes = wait_for(4);
     assert_eq!(
         (
@@ -368,11 +364,7 @@ fn serve_reloads_the_policy_on_change_and_sighup_and_keeps_the_old_one_when_bad(
         200,
         "still serving"
     );
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    signal(&child, "TERM");
     let mut logs = String::new();
     child
         .stderr
@@ -382,6 +374,15 @@ fn serve_reloads_the_policy_on_change_and_sighup_and_keeps_the_old_one_when_bad(
         .unwrap();
     assert!(child.wait().unwrap().success(), "{logs}");
     assert!(logs.contains("access policy NOT reloaded"), "{logs}");
+}
+
+/// Sends `sig` (`TERM`, `INT`, `HUP`) to a child process.
+fn signal(child: &std::process::Child, sig: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{sig}"), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{sig}");
 }
 
 #[test]
@@ -499,11 +500,7 @@ fn serve_answers_on_the_admin_api_and_signs_a_final_checkpoint_on_sigterm() {
         "{metrics}"
     );
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    signal(&child, "TERM");
     let mut logs = Vec::new();
     for line in BufReader::new(child.stderr.take().unwrap()).lines() {
         logs.push(line.unwrap());
@@ -672,11 +669,7 @@ fn demo_serves_postgres_through_the_gateway_and_verifies_itself() {
     assert!(table.starts_with("ID"), "{table}");
     assert!(table.contains(&id) && table.contains("revoked"), "{table}");
 
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    signal(&child, "INT");
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
     let mut logs = String::new();
@@ -979,11 +972,7 @@ fn login_by_device_flow_then_token_signs_psql_in_and_refreshes() {
     assert_eq!(mode, 0o600);
     assert!(psql(&second).status.success());
 
-    let status = Command::new("kill")
-        .args(["-TERM", &serve.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    signal(&serve, "TERM");
     assert!(serve.wait().unwrap().success());
     let mut starts = Vec::new();
     gatehouse_ledger::segment::scan(
