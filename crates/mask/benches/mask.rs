@@ -1,5 +1,7 @@
-//! Masking throughput: 1 MiB of ordinary result text (nothing to mask, the common case),
-//! and 1 MiB with a sensitive value about every 200 bytes. `cargo bench -p gatehouse-mask`.
+//! Masking throughput: result rows masked value by value as the gateway does (rows with
+//! and without sensitive values), 1 MiB of ordinary result text as one value (nothing to
+//! mask, the common case), and 1 MiB with a sensitive value about every 200 bytes.
+//! `cargo bench -p gatehouse-mask`.
 
 use divan::counter::BytesCount;
 use gatehouse_mask::{Detectors, Masker};
@@ -68,5 +70,90 @@ fn one_short_value(bencher: divan::Bencher) {
         m.mask_text(divan::black_box("customer 42 of region 7"))
             .counts
             .len()
+    });
+}
+
+/// Rows of a customers table in text format, as DataRow values: id, name, e-mail, phone,
+/// SSN, card, notes, a timestamp, a UUID and a price. Every second row holds the sensitive
+/// values; the others hold ordinary ones in the same columns.
+fn rows(n: usize) -> Vec<Vec<String>> {
+    (0..n)
+        .map(|i| {
+            let pii = i % 2 == 0;
+            vec![
+                i.to_string(),
+                format!("customer {i}"),
+                if pii {
+                    format!("user{i}@example.com")
+                } else {
+                    format!("user {i}")
+                },
+                if pii {
+                    format!("(415) 555-{:04}", i % 10_000)
+                } else {
+                    "n/a".into()
+                },
+                if pii {
+                    format!("{:03}-45-6789", 100 + i % 800)
+                } else {
+                    String::new()
+                },
+                if pii {
+                    "4111 1111 1111 1111".into()
+                } else {
+                    "expired".into()
+                },
+                format!("order ORD-{i} shipped to region {}", i % 17),
+                format!(
+                    "2026-11-23 13:{:02}:{:02}.{:06}+00",
+                    i % 60,
+                    (i * 7) % 60,
+                    i * 13 % 1_000_000
+                ),
+                format!("3f2504e0-4f89-11d3-9a0c-{i:012x}"),
+                format!("{}.{:02}", i % 10_000, i % 100),
+            ]
+        })
+        .collect()
+}
+
+/// 1,000 rows, half of them with sensitive values, each value masked on its own.
+#[divan::bench]
+fn rows_value_by_value(bencher: divan::Bencher) {
+    let rows = rows(1_000);
+    let bytes: usize = rows.iter().flatten().map(String::len).sum();
+    let m = masker();
+    bencher.counter(BytesCount::new(bytes)).bench(|| {
+        let mut masked = 0;
+        for row in &rows {
+            for value in row {
+                masked += m.mask_text(divan::black_box(value)).counts.len();
+            }
+        }
+        masked
+    });
+}
+
+/// One row with nothing to mask: the cost every ordinary row pays.
+#[divan::bench]
+fn one_clean_row(bencher: divan::Bencher) {
+    let row = rows(2).swap_remove(1);
+    let m = masker();
+    bencher.bench(|| {
+        row.iter()
+            .map(|v| m.mask_text(divan::black_box(v)).counts.len())
+            .sum::<usize>()
+    });
+}
+
+/// One row with an e-mail address, a phone number, an SSN and a card number.
+#[divan::bench]
+fn one_row_with_pii(bencher: divan::Bencher) {
+    let row = rows(1).swap_remove(0);
+    let m = masker();
+    bencher.bench(|| {
+        row.iter()
+            .map(|v| m.mask_text(divan::black_box(v)).counts.len())
+            .sum::<usize>()
     });
 }

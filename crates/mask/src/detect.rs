@@ -1,7 +1,12 @@
 //! Content detectors: what a sensitive value looks like, found in one pass over a text.
 //!
-//! All patterns are compiled into one `RegexSet`, which says in a single scan which of them
-//! occur at all; only those are then run to locate their matches. Every candidate is
+//! A short text (a result value) first gets a census: one pass over its bytes counts what
+//! the detectors need (digits, capitals, `@`, `.`, `:`, `-`, `_`, `=`), and a few then look
+//! for a run of their characters. A price or a name cannot hold a card number or an e-mail
+//! address, so most values are ruled out before any regex runs, and the rest run only the
+//! detectors still possible. A long text holds every kind of byte, so it goes to all
+//! patterns compiled into one `RegexSet`, which says in a single scan which of them occur
+//! at all; only those are then run to locate their matches. Every candidate is
 //! validated where the format allows (Luhn for cards, mod-97 for IBANs, the SSA's rules for
 //! SSNs, a real parse for IP addresses) so ordinary values — order ids, timestamps, UUIDs,
 //! prices — pass unchanged. A four-part dotted number that parses as an IPv4 address (a
@@ -10,6 +15,7 @@
 use std::ops::Range;
 
 use regex::{Regex, RegexSet};
+use regex_automata::dfa::{dense, regex::Regex as DfaRegex};
 
 use crate::MaskError;
 
@@ -90,8 +96,8 @@ impl Kind {
 
 /// One sensitive span in a text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    pub kind: Kind,
+pub struct Finding<'d> {
+    pub kind: &'d Kind,
     pub range: Range<usize>,
 }
 
@@ -107,10 +113,48 @@ enum Check {
     PhoneDigits,
 }
 
+/// What a text must hold for a detector to find anything in it: a necessary condition,
+/// checked on [`Census`] before the detector's regex runs. Each is derived from its
+/// pattern and check (see [`possible`]); a property test holds them to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Email,
+    Card,
+    Iban,
+    Ssn,
+    Phone,
+    Ipv4,
+    Ipv6,
+    Jwt,
+    PrivateKey,
+    AwsAccessKey,
+    AwsSecretKey,
+    GithubToken,
+    GitlabToken,
+    SlackToken,
+    StripeKey,
+    UrlPassword,
+    KeyValuePassword,
+    /// User-defined patterns: nothing is known about them, so they always run.
+    Anything,
+}
+
+impl Need {
+    fn bit(self) -> u32 {
+        1 << self as u32
+    }
+}
+
 struct Pattern {
     kind: Kind,
     regex: Regex,
+    /// The same pattern as fully built forward and reverse DFAs, for built-in patterns
+    /// whose whole match is the secret: on short values a search costs a third of the
+    /// lazy engine's (no cache to fetch, no strategy to choose). User patterns and those
+    /// needing a capture group use `regex` alone.
+    dfa: Option<DfaRegex>,
     check: Check,
+    need: Need,
     /// The capture group that is the secret (the rest is context), or 0 for the match.
     group: usize,
 }
@@ -119,6 +163,8 @@ struct Pattern {
 pub struct Detectors {
     set: RegexSet,
     patterns: Vec<Pattern>,
+    /// The needs of `patterns`, as [`Need::bit`]s.
+    needs: u32,
 }
 
 impl std::fmt::Debug for Detectors {
@@ -136,106 +182,392 @@ impl std::fmt::Debug for Detectors {
     }
 }
 
-/// (kind, pattern, check, secret group)
-const BUILTIN: &[(Kind, &str, Check, usize)] = &[
+// Word boundaries are ASCII ones (`(?-u:\b)`) and digits ASCII digits: the validators only
+// accept ASCII digits anyway, an ASCII boundary next to a non-ASCII letter still counts as
+// a boundary (so `é4111…` is caught), and the lazy DFA keeps running on non-ASCII text
+// instead of falling back to a slower engine as it must for Unicode boundaries. Names
+// matched case-insensitively are matched as ASCII (`(?i-u:aws)`): Unicode case folding
+// would let `ſ` (long s) stand for `s`, which the census's ASCII search would not expect.
+
+/// (kind, pattern, check, need, secret group)
+const BUILTIN: &[(Kind, &str, Check, Need, usize)] = &[
     (
         Kind::Email,
         r"[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,}",
         Check::None,
+        Need::Email,
         0,
     ),
     // Card numbers: 13 to 19 digits written together, in groups of four with one kind of
     // separator, or American Express's 4-6-5.
     (
         Kind::PaymentCard,
-        r"\b(?:\d{13,19}|\d{4}(?: \d{4}){2,3}(?: \d{1,3})?|\d{4}(?:-\d{4}){2,3}(?:-\d{1,3})?|\d{4}[ -]\d{6}[ -]\d{5})\b",
+        r"(?-u:\b)(?:[0-9]{13,19}|[0-9]{4}(?: [0-9]{4}){2,3}(?: [0-9]{1,3})?|[0-9]{4}(?:-[0-9]{4}){2,3}(?:-[0-9]{1,3})?|[0-9]{4}[ -][0-9]{6}[ -][0-9]{5})(?-u:\b)",
         Check::Luhn,
+        Need::Card,
         0,
     ),
     (
         Kind::Iban,
-        r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b",
+        r"(?-u:\b)[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}(?-u:\b)",
         Check::Mod97,
+        Need::Iban,
         0,
     ),
-    (Kind::UsSsn, r"\b\d{3}-\d{2}-\d{4}\b", Check::Ssn, 0),
+    (
+        Kind::UsSsn,
+        r"(?-u:\b)[0-9]{3}-[0-9]{2}-[0-9]{4}(?-u:\b)",
+        Check::Ssn,
+        Need::Ssn,
+        0,
+    ),
     // E.164, and the common national form (123) 456-7890 / 123-456-7890 / 123.456.7890.
     (
         Kind::Phone,
-        r"(?:\+[1-9]\d{7,14}\b|(?:\(\d{3}\)\s?|\b\d{3}[-.\s])\d{3}[-.\s]\d{4}\b)",
+        r"(?:\+[1-9][0-9]{7,14}(?-u:\b)|(?:\([0-9]{3}\)\s?|(?-u:\b)[0-9]{3}[-.\s])[0-9]{3}[-.\s][0-9]{4}(?-u:\b))",
         Check::PhoneDigits,
+        Need::Phone,
         0,
     ),
-    (Kind::Ipv4, r"\b(?:\d{1,3}\.){3}\d{1,3}\b", Check::Ipv4, 0),
+    (
+        Kind::Ipv4,
+        r"(?-u:\b)(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?-u:\b)",
+        Check::Ipv4,
+        Need::Ipv4,
+        0,
+    ),
     (
         Kind::Ipv6,
-        r"(?i)\b(?:[0-9a-f]{1,4}:){2,7}[0-9a-f]{0,4}(?::[0-9a-f]{1,4})*\b|(?i)::(?:[0-9a-f]{1,4}:){0,6}[0-9a-f]{1,4}\b",
+        r"(?i)(?-u:\b)(?:[0-9a-f]{1,4}:){2,7}[0-9a-f]{0,4}(?::[0-9a-f]{1,4})*(?-u:\b)|(?i)::(?:[0-9a-f]{1,4}:){0,6}[0-9a-f]{1,4}(?-u:\b)",
         Check::Ipv6,
+        Need::Ipv6,
         0,
     ),
     (
         Kind::Jwt,
-        r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*",
+        r"(?-u:\b)eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*",
         Check::None,
+        Need::Jwt,
         0,
     ),
     (
         Kind::PrivateKey,
         r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----",
         Check::None,
+        Need::PrivateKey,
         0,
     ),
     (
         Kind::AwsAccessKey,
-        r"\b(?:AKIA|ASIA|AROA|AIDA)[0-9A-Z]{16}\b",
+        r"(?-u:\b)(?:AKIA|ASIA|AROA|AIDA)[0-9A-Z]{16}(?-u:\b)",
         Check::None,
+        Need::AwsAccessKey,
         0,
     ),
     // A secret access key is 40 base64 characters: too common a shape to flag alone, so
     // only next to a name that says what it is.
     (
         Kind::AwsSecretKey,
-        r#"(?i)aws.{0,20}?(?:secret|private)?.{0,10}?key["']?\s*[:=]\s*["']?([A-Za-z0-9/+=]{40})\b"#,
+        r#"(?i-u:aws).{0,20}?(?i-u:secret|private)?.{0,10}?(?i-u:key)["']?\s*[:=]\s*["']?([A-Za-z0-9/+=]{40})(?-u:\b)"#,
         Check::None,
+        Need::AwsSecretKey,
         1,
     ),
     (
         Kind::GithubToken,
-        r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b",
+        r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})(?-u:\b)",
         Check::None,
+        Need::GithubToken,
         0,
     ),
     (
         Kind::GitlabToken,
-        r"\bglpat-[A-Za-z0-9_-]{20,}\b",
+        r"(?-u:\b)glpat-[A-Za-z0-9_-]{20,}(?-u:\b)",
         Check::None,
+        Need::GitlabToken,
         0,
     ),
     (
         Kind::SlackToken,
-        r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b",
+        r"(?-u:\b)xox[abposr]-[A-Za-z0-9-]{10,}(?-u:\b)",
         Check::None,
+        Need::SlackToken,
         0,
     ),
     (
         Kind::StripeKey,
-        r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}\b",
+        r"(?-u:\b)(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}(?-u:\b)",
         Check::None,
+        Need::StripeKey,
         0,
     ),
     (
         Kind::Password,
         r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:([^@\s/]+)@",
         Check::None,
+        Need::UrlPassword,
         1,
     ),
     (
         Kind::Password,
-        r#"(?i)\b(?:password|passwd|pwd)\s*=\s*([^;\s'"&]+)"#,
+        r#"(?i-u:\b(?:password|passwd|pwd))\s*=\s*([^;\s'"&]+)"#,
         Check::None,
+        Need::KeyValuePassword,
         1,
     ),
 ];
+
+/// Texts up to this long take the census and run their few possible detectors one by one;
+/// longer ones ask the `RegexSet`, whose one scan beats many when the census would rule out
+/// little (a long text holds every kind of byte).
+const SHORT: usize = 256;
+
+/// Counts of the bytes detectors care about, from one pass over a text.
+#[derive(Debug, Default, Clone, Copy)]
+struct Census {
+    len: usize,
+    digits: usize,
+    upper: usize,
+    dots: usize,
+    colons: usize,
+    dashes: usize,
+    underscores: usize,
+    at: usize,
+    equals: usize,
+}
+
+/// Each byte's class as one unit in its lane of a `u64`: eight lanes of eight bits, in
+/// the order of [`Census`]'s counts. Summing lanes keeps every count in a register (a table
+/// of counters would make each byte wait for the previous byte's store).
+const LANE: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = match c {
+            b'0'..=b'9' => 1,
+            b'A'..=b'Z' => 1 << 8,
+            b'.' => 1 << 16,
+            b':' => 1 << 24,
+            b'-' => 1 << 32,
+            b'_' => 1 << 40,
+            b'@' => 1 << 48,
+            b'=' => 1 << 56,
+            _ => 0,
+        };
+        b += 1;
+    }
+    t
+};
+
+impl Census {
+    fn of(text: &str) -> Census {
+        let mut census = Census {
+            len: text.len(),
+            ..Census::default()
+        };
+        // A lane holds up to 255, so at most 255 bytes are summed before unpacking.
+        for chunk in text.as_bytes().chunks(255) {
+            let lanes: u64 = chunk.iter().map(|&b| LANE[b as usize]).sum();
+            let lane = |n: u32| ((lanes >> (8 * n)) & 0xff) as usize;
+            census.digits += lane(0);
+            census.upper += lane(1);
+            census.dots += lane(2);
+            census.colons += lane(3);
+            census.dashes += lane(4);
+            census.underscores += lane(5);
+            census.at += lane(6);
+            census.equals += lane(7);
+        }
+        census
+    }
+}
+
+/// The needs ([`Need::bit`]) a text with this census may meet: never missing one whose
+/// detector would find something in the text. The counts rule out most texts; a few
+/// detectors then look for a run of the characters their matches are made of (a timestamp
+/// has 20 digits, but no 13 of them in one run of digits, spaces and dashes as a card
+/// number has). Written out rather than looped over, so each check is inlined.
+fn possible(c: &Census, text: &str) -> u32 {
+    let bytes = text.as_bytes();
+    let mut bits = Need::Anything.bit();
+    let mut may = |need: Need, holds: bool| {
+        if holds {
+            bits |= need.bit();
+        }
+    };
+    // local@domain.tld: a dot after an `@`.
+    may(
+        Need::Email,
+        c.at >= 1 && c.dots >= 1 && text.find('@').is_some_and(|at| text[at..].contains('.')),
+    );
+    // The Luhn check wants 13 to 19 digits, written with spaces or dashes between.
+    may(
+        Need::Card,
+        c.digits >= 13 && longest_run(bytes, Run::CARD) >= 13,
+    );
+    // Two capitals, two digits, and 15 to 34 capitals and digits (mod-97 check),
+    // optionally spaced.
+    may(
+        Need::Iban,
+        c.upper >= 2
+            && c.digits >= 2
+            && c.upper + c.digits >= 15
+            && longest_run(bytes, Run::IBAN) >= 15,
+    );
+    may(
+        Need::Ssn,
+        c.dashes >= 2 && c.digits >= 9 && longest_run(bytes, Run::SSN) >= 9,
+    );
+    // The check wants 10 to 15 digits.
+    may(
+        Need::Phone,
+        c.digits >= 10 && longest_run(bytes, Run::PHONE) >= 10,
+    );
+    may(
+        Need::Ipv4,
+        c.dots >= 3 && c.digits >= 4 && longest_run(bytes, Run::IPV4) >= 3,
+    );
+    may(
+        Need::Ipv6,
+        c.colons >= 2 && longest_run(bytes, Run::IPV6) >= 2,
+    );
+    may(
+        Need::Jwt,
+        c.dots >= 2 && c.len >= 18 && text.contains("eyJ"),
+    );
+    may(
+        Need::PrivateKey,
+        c.dashes >= 20 && text.contains("PRIVATE KEY"),
+    );
+    // Four capitals of the prefix, then 16 capitals or digits.
+    may(Need::AwsAccessKey, c.upper >= 4 && c.upper + c.digits >= 20);
+    // `aws`, `key`, `=` or `:`, 40 characters.
+    may(
+        Need::AwsSecretKey,
+        c.len >= 47 && c.equals + c.colons >= 1 && contains_ignore_case(text, b"aws"),
+    );
+    // `ghp_` and 36 more, or `github_pat_` and 22 more.
+    may(Need::GithubToken, c.underscores >= 1 && c.len >= 33);
+    may(
+        Need::GitlabToken,
+        c.dashes >= 1 && c.len >= 26 && text.contains("glpat-"),
+    );
+    may(
+        Need::SlackToken,
+        c.dashes >= 1 && c.len >= 15 && text.contains("xox"),
+    );
+    // `sk_live_` and 16 more.
+    may(Need::StripeKey, c.underscores >= 2 && c.len >= 24);
+    // scheme://user:password@
+    may(
+        Need::UrlPassword,
+        c.colons >= 2 && c.at >= 1 && text.contains("://"),
+    );
+    may(
+        Need::KeyValuePassword,
+        c.equals >= 1
+            && (contains_ignore_case(text, b"pwd") || contains_ignore_case(text, b"passw")),
+    );
+    bits
+}
+
+/// The runs [`possible`] looks for: which bytes a detector's match is made of, and which
+/// of them it counts. One bit per run in [`MEMBER`] and [`COUNTED`].
+struct Run;
+
+impl Run {
+    /// Digits, spaces and dashes; digits counted.
+    const CARD: u8 = 1;
+    /// Digits and dashes; digits counted.
+    const SSN: u8 = 2;
+    /// Digits, `+`, brackets, `-`, `.` and white space, which may be Unicode white space
+    /// (so any non-ASCII byte is a member); digits counted.
+    const PHONE: u8 = 4;
+    /// Digits and dots; dots counted.
+    const IPV4: u8 = 8;
+    /// Hex digits and colons; colons counted.
+    const IPV6: u8 = 16;
+    /// Capitals, digits and spaces; capitals and digits counted.
+    const IBAN: u8 = 32;
+}
+
+/// Which runs each byte may be part of.
+const MEMBER: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_digit() {
+            t[b] |= Run::CARD | Run::SSN | Run::PHONE | Run::IPV4 | Run::IPV6 | Run::IBAN;
+        }
+        if c.is_ascii_hexdigit() {
+            t[b] |= Run::IPV6;
+        }
+        if c.is_ascii_uppercase() {
+            t[b] |= Run::IBAN;
+        }
+        if c >= 0x80
+            || matches!(
+                c,
+                b'+' | b'(' | b')' | b'-' | b'.' | b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r'
+            )
+        {
+            t[b] |= Run::PHONE;
+        }
+        match c {
+            b' ' => t[b] |= Run::CARD | Run::IBAN,
+            b'-' => t[b] |= Run::CARD | Run::SSN,
+            b'.' => t[b] |= Run::IPV4,
+            b':' => t[b] |= Run::IPV6,
+            _ => {}
+        }
+        b += 1;
+    }
+    t
+};
+
+/// Which runs count each byte.
+const COUNTED: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_digit() {
+            t[b] |= Run::CARD | Run::SSN | Run::PHONE | Run::IBAN;
+        }
+        if c.is_ascii_uppercase() {
+            t[b] |= Run::IBAN;
+        }
+        match c {
+            b'.' => t[b] |= Run::IPV4,
+            b':' => t[b] |= Run::IPV6,
+            _ => {}
+        }
+        b += 1;
+    }
+    t
+};
+
+/// The most counted bytes in one run of member bytes of `run`.
+fn longest_run(bytes: &[u8], run: u8) -> usize {
+    let (mut best, mut current) = (0, 0);
+    for &b in bytes {
+        if MEMBER[b as usize] & run == 0 {
+            current = 0;
+        } else if COUNTED[b as usize] & run != 0 {
+            current += 1;
+            best = best.max(current);
+        }
+    }
+    best
+}
+
+fn contains_ignore_case(text: &str, needle: &[u8]) -> bool {
+    text.as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
 
 impl Detectors {
     /// The built-in detectors only.
@@ -252,7 +584,7 @@ impl Detectors {
     /// ones. With nothing selected, [`Detectors::find`] finds nothing.
     pub fn select(builtin: &[Kind], custom: &[(String, String)]) -> Result<Detectors, MaskError> {
         let mut patterns = Vec::new();
-        for (kind, source, check, group) in BUILTIN {
+        for (kind, source, check, need, group) in BUILTIN {
             if !builtin.contains(kind) {
                 continue;
             }
@@ -262,7 +594,9 @@ impl Detectors {
                     name: kind.name().to_string(),
                     message: e.to_string(),
                 })?,
+                dfa: (*group == 0).then(|| dfa(source)).flatten(),
                 check: *check,
+                need: *need,
                 group: *group,
             });
         }
@@ -273,7 +607,9 @@ impl Detectors {
                     name: name.clone(),
                     message: e.to_string(),
                 })?,
+                dfa: None,
                 check: Check::None,
+                need: Need::Anything,
                 group: 0,
             });
         }
@@ -283,54 +619,135 @@ impl Detectors {
                 message: e.to_string(),
             }
         })?;
-        Ok(Detectors { set, patterns })
+        let needs = patterns.iter().fold(0, |bits, p| bits | p.need.bit());
+        Ok(Detectors {
+            set,
+            patterns,
+            needs,
+        })
+    }
+
+    /// Whether user-defined patterns are among the detectors (nothing is known of what
+    /// they match, so no type of value can be assumed free of them).
+    pub fn has_custom(&self) -> bool {
+        self.patterns
+            .iter()
+            .any(|p| matches!(p.kind, Kind::Custom(_)))
     }
 
     /// Every sensitive span in `text`, in order, without overlaps (where two overlap the
     /// earlier wins, then the longer).
-    pub fn find(&self, text: &str) -> Vec<Finding> {
+    pub fn find(&self, text: &str) -> Vec<Finding<'_>> {
+        if text.len() > SHORT {
+            return self.find_unfiltered(text);
+        }
+        let census = Census::of(text);
+        // Most values stop here.
+        let possible = possible(&census, text);
+        if possible & self.needs == 0 {
+            return Vec::new();
+        }
+        let mut found = Vec::new();
+        for pattern in &self.patterns {
+            if possible & pattern.need.bit() != 0 {
+                self.locate(pattern, text, true, &mut found);
+            }
+        }
+        settle(found)
+    }
+
+    /// Every pattern the set reports present is run, without the census and with the
+    /// lazy engine only. Long texts are found this way, and the census and the DFAs are
+    /// tested against it.
+    pub(crate) fn find_unfiltered(&self, text: &str) -> Vec<Finding<'_>> {
         if self.patterns.is_empty() {
             return Vec::new();
         }
         let mut found = Vec::new();
         for index in self.set.matches(text).iter() {
-            let pattern = &self.patterns[index];
+            self.locate(&self.patterns[index], text, false, &mut found);
+        }
+        settle(found)
+    }
+
+    /// Every validated match of one pattern, with whether it was located by context.
+    /// With `fast`, a pattern's DFA is used where it has one.
+    fn locate<'d>(
+        &'d self,
+        pattern: &'d Pattern,
+        text: &str,
+        fast: bool,
+        found: &mut Vec<(bool, Finding<'d>)>,
+    ) {
+        let mut push = |range: Range<usize>| {
+            // Matches of these patterns start and end on character boundaries; were one
+            // not to, the whole text is the finding rather than none.
+            let range = if text.is_char_boundary(range.start) && text.is_char_boundary(range.end) {
+                range
+            } else {
+                0..text.len()
+            };
+            if valid(pattern.check, &text[range.clone()]) {
+                found.push((
+                    pattern.group > 0,
+                    Finding {
+                        kind: &pattern.kind,
+                        range,
+                    },
+                ));
+            }
+        };
+        if let Some(dfa) = pattern.dfa.as_ref().filter(|_| fast) {
+            for m in dfa.find_iter(text.as_bytes()) {
+                push(m.range());
+            }
+        } else if pattern.group == 0 {
+            for m in pattern.regex.find_iter(text) {
+                push(m.range());
+            }
+        } else {
             for caps in pattern.regex.captures_iter(text) {
-                let Some(m) = caps.get(pattern.group) else {
-                    continue;
-                };
-                if valid(pattern.check, m.as_str()) {
-                    found.push((
-                        pattern.group > 0,
-                        Finding {
-                            kind: pattern.kind.clone(),
-                            range: m.range(),
-                        },
-                    ));
+                if let Some(m) = caps.get(pattern.group) {
+                    push(m.range());
                 }
             }
         }
-        // Earlier first; at the same start a finding located by its context (the password
-        // of `user:password@host`) beats a generic shape (`password@host` looks like an
-        // e-mail address), then the longer one.
-        found.sort_by(|(ca, a), (cb, b)| {
-            a.range
-                .start
-                .cmp(&b.range.start)
-                .then(cb.cmp(ca))
-                .then(b.range.len().cmp(&a.range.len()))
-        });
-        let mut kept: Vec<Finding> = Vec::with_capacity(found.len());
-        for (_, f) in found {
-            if kept
-                .last()
-                .is_none_or(|last| f.range.start >= last.range.end)
-            {
-                kept.push(f);
-            }
-        }
-        kept
     }
+}
+
+/// A built-in pattern as dense DFAs, or `None` where they would be too large (the lazy
+/// engine then serves it).
+fn dfa(source: &str) -> Option<DfaRegex> {
+    DfaRegex::builder()
+        .dense(dense::Config::new().dfa_size_limit(Some(1 << 20)))
+        .build(source)
+        .ok()
+}
+
+/// Findings in order without overlaps. Earlier first; at the same start a finding located
+/// by its context (the password of `user:password@host`) beats a generic shape
+/// (`password@host` looks like an e-mail address), then the longer one.
+fn settle(mut found: Vec<(bool, Finding<'_>)>) -> Vec<Finding<'_>> {
+    if found.len() == 1 {
+        return found.into_iter().map(|(_, f)| f).collect();
+    }
+    found.sort_by(|(ca, a), (cb, b)| {
+        a.range
+            .start
+            .cmp(&b.range.start)
+            .then(cb.cmp(ca))
+            .then(b.range.len().cmp(&a.range.len()))
+    });
+    let mut kept: Vec<Finding<'_>> = Vec::with_capacity(found.len());
+    for (_, f) in found {
+        if kept
+            .last()
+            .is_none_or(|last| f.range.start >= last.range.end)
+        {
+            kept.push(f);
+        }
+    }
+    kept
 }
 
 fn valid(check: Check, text: &str) -> bool {
@@ -351,24 +768,24 @@ fn valid(check: Check, text: &str) -> bool {
 /// The Luhn checksum of a card number (separators ignored), which also rules out numbers
 /// made of one repeated digit (a zero-filled id passes Luhn).
 pub fn luhn(text: &str) -> bool {
-    let digits: Vec<u32> = text.chars().filter_map(|c| c.to_digit(10)).collect();
-    if !(13..=19).contains(&digits.len()) || digits.iter().all(|d| *d == digits[0]) {
-        return false;
-    }
-    let sum: u32 = digits
-        .iter()
+    let (mut count, mut sum, mut first, mut mixed) = (0, 0, None, false);
+    for d in text
+        .bytes()
         .rev()
-        .enumerate()
-        .map(|(i, &d)| {
-            if i % 2 == 1 {
-                let double = d * 2;
-                if double > 9 { double - 9 } else { double }
-            } else {
-                d
-            }
-        })
-        .sum();
-    sum.is_multiple_of(10)
+        .filter(u8::is_ascii_digit)
+        .map(|b| u32::from(b - b'0'))
+    {
+        sum += if count % 2 == 1 {
+            let double = d * 2;
+            if double > 9 { double - 9 } else { double }
+        } else {
+            d
+        };
+        mixed |= first.is_some_and(|f| f != d);
+        first = Some(d);
+        count += 1;
+    }
+    (13..=19).contains(&count) && mixed && sum.is_multiple_of(10)
 }
 
 /// ISO 13616: move the first four characters to the end, letters to numbers (A = 10),

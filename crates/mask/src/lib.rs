@@ -9,6 +9,7 @@ pub mod detect;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::ops::Deref;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -77,7 +78,40 @@ impl std::fmt::Display for Strategy {
 pub struct Masked<'a> {
     pub text: Cow<'a, str>,
     /// How many values of each kind were masked (what the ledger records; never the values).
-    pub counts: BTreeMap<String, u64>,
+    pub counts: Counts<'a>,
+}
+
+/// How many values of each kind (by name) were masked in one text, in the order first met.
+/// A short list, not a map: a text holds a few kinds at most, and nothing is allocated for
+/// the common text that holds none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts<'a>(Vec<(&'a str, u64)>);
+
+impl<'a> Counts<'a> {
+    fn add(&mut self, kind: &'a str) {
+        match self.0.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((kind, 1)),
+        }
+    }
+
+    /// The count of one kind, if any was masked.
+    pub fn get(&self, kind: &str) -> Option<u64> {
+        self.0.iter().find(|(k, _)| *k == kind).map(|(_, n)| *n)
+    }
+
+    /// Values masked, of every kind.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl<'a> Deref for Counts<'a> {
+    type Target = [(&'a str, u64)];
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 /// Detectors plus the strategy for each kind.
@@ -109,18 +143,24 @@ impl Masker {
         self
     }
 
+    /// Whether user-defined patterns are among the detectors: nothing is known of what
+    /// they match, so no type of value can be assumed free of them.
+    pub fn has_custom_patterns(&self) -> bool {
+        self.detectors.has_custom()
+    }
+
     /// Masks every sensitive value inside `text`. Text without findings is returned
     /// borrowed, untouched.
-    pub fn mask_text<'a>(&self, text: &'a str) -> Masked<'a> {
+    pub fn mask_text<'a>(&'a self, text: &'a str) -> Masked<'a> {
         let findings = self.detectors.find(text);
         if findings.is_empty() {
             return Masked {
                 text: Cow::Borrowed(text),
-                counts: BTreeMap::new(),
+                counts: Counts::default(),
             };
         }
         let mut out = String::with_capacity(text.len());
-        let mut counts = BTreeMap::new();
+        let mut counts = Counts::default();
         let mut at = 0;
         for f in findings {
             out.push_str(&text[at..f.range.start]);
@@ -130,12 +170,20 @@ impl Masker {
                 .copied()
                 .unwrap_or(self.default);
             let value = &text[f.range.clone()];
-            out.push_str(
-                &self
-                    .apply(strategy, f.kind.name(), value)
-                    .unwrap_or_else(|| redact(f.kind.name())),
-            );
-            *counts.entry(f.kind.name().to_string()).or_insert(0) += 1;
+            match strategy {
+                // Inside text, Null cannot remove a value from a string: it redacts.
+                Strategy::Redact | Strategy::Null => {
+                    out.push('[');
+                    out.push_str(f.kind.name());
+                    out.push(']');
+                }
+                _ => out.push_str(
+                    &self
+                        .apply(strategy, f.kind.name(), value)
+                        .unwrap_or_else(|| redact(f.kind.name())),
+                ),
+            }
+            counts.add(f.kind.name());
             at = f.range.end;
         }
         out.push_str(&text[at..]);

@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use gatehouse_config::{DetectorSelection, MaskingConfig};
-use gatehouse_mask::{ColumnRule, ColumnRules, Detectors, Kind, MaskError, Masker, Strategy};
+use gatehouse_mask::{
+    ColumnRule, ColumnRules, Counts, Detectors, Kind, MaskError, Masker, Strategy,
+};
 use gatehouse_sql::lineage::{Lineage, Output, Sources};
 use gatehouse_wire_pg::rows::{self, FieldDescription};
 use gatehouse_wire_pg::types::{self, Leaf, TypeClass};
@@ -22,6 +24,9 @@ use crate::catalog::{Catalog, Relation};
 pub struct MaskPolicy {
     pub masker: Masker,
     pub columns: ColumnRules,
+    /// Whether values of types whose text cannot hold a detector's finding (timestamps,
+    /// UUIDs, ...) skip the detectors: only when no user pattern could match them.
+    skip_inert: bool,
 }
 
 impl MaskPolicy {
@@ -59,7 +64,12 @@ impl MaskPolicy {
                 })
                 .collect(),
         )?;
-        Ok(MaskPolicy { masker, columns })
+        let skip_inert = !masker.has_custom_patterns();
+        Ok(MaskPolicy {
+            masker,
+            columns,
+            skip_inert,
+        })
     }
 
     /// Whether lineage (and so the catalog) matters: only column rules need it.
@@ -238,12 +248,23 @@ impl MaskCounts {
     }
 
     fn rule(&mut self, label: &str) {
-        *self.rules.entry(label.to_string()).or_insert(0) += 1;
+        bump(&mut self.rules, label, 1);
     }
 
-    fn add(&mut self, kinds: BTreeMap<String, u64>) {
-        for (k, n) in kinds {
-            *self.detectors.entry(k).or_insert(0) += n;
+    fn add(&mut self, kinds: Counts<'_>) {
+        for (kind, n) in kinds.iter() {
+            bump(&mut self.detectors, kind, *n);
+        }
+    }
+}
+
+/// Adds `n` to `key`'s count, allocating the key only the first time it is met (this runs
+/// once per masked value).
+fn bump(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
+    match map.get_mut(key) {
+        Some(count) => *count += n,
+        None => {
+            map.insert(key.to_string(), n);
         }
     }
 }
@@ -578,8 +599,11 @@ impl Rewriter<'_> {
                 counts.rule(label);
                 self.whole(*strategy, label, class, col.format, value)
             }
+            ColumnMask::Content if self.policy.skip_inert && types::text_is_inert(col.type_oid) => {
+                Change::Keep
+            }
             ColumnMask::Content if col.format == 0 => self.text_value(class, value, counts),
-            ColumnMask::Content => self.binary_value(class, value, counts, 0),
+            ColumnMask::Content => self.binary_value(col.type_oid, class, value, counts, 0),
         }
     }
 
@@ -669,6 +693,7 @@ impl Rewriter<'_> {
 
     fn binary_value(
         &self,
+        oid: u32,
         class: TypeClass,
         value: &[u8],
         counts: &mut MaskCounts,
@@ -696,7 +721,7 @@ impl Rewriter<'_> {
                 let mut out = Vec::new();
                 let mut leaf = |oid: u32, bytes: &[u8]| {
                     let class = self.catalog.type_class(oid);
-                    match self.binary_value(class, bytes, counts, depth + 1) {
+                    match self.binary_value(oid, class, bytes, counts, depth + 1) {
                         Change::Keep => Leaf::Keep,
                         Change::Replace(b) => Leaf::Replace(b),
                         Change::Null => Leaf::Null,
@@ -716,7 +741,19 @@ impl Rewriter<'_> {
                     }
                 }
             }
-            TypeClass::Scalar => Change::Keep,
+            // A number's digits are looked at (a card number kept as a bigint); a finding
+            // makes it NULL, as in text format.
+            TypeClass::Scalar => {
+                let Some(digits) = types::binary_integer_text(oid, value) else {
+                    return Change::Keep;
+                };
+                let masked = self.policy.masker.mask_text(&digits);
+                if masked.counts.is_empty() {
+                    return Change::Keep;
+                }
+                counts.add(masked.counts);
+                Change::Null
+            }
             // A user type not resolved, or nesting too deep: cannot be read, so not sent.
             _ => {
                 counts.undecodable += 1;
@@ -1112,6 +1149,78 @@ mod tests {
         let out = rewriter.data_row(&frame, Some(&plan), &mut counts).unwrap();
         assert_eq!(decoded(&out), vec![None]);
         assert_eq!(counts.detectors["payment_card"], 1);
+    }
+
+    fn one_column(type_oid: u32, format: i16) -> ResultPlan {
+        ResultPlan {
+            columns: vec![ColumnPlan {
+                mask: ColumnMask::Content,
+                type_oid,
+                format,
+            }],
+        }
+    }
+
+    #[test]
+    fn numbers_in_binary_are_read_as_digits() {
+        let policy = policy();
+        let catalog = Catalog::new();
+        let rewriter = Rewriter {
+            policy: &policy,
+            catalog: &catalog,
+        };
+        let mut counts = MaskCounts::default();
+        let card = 4_111_111_111_111_111i64.to_be_bytes().to_vec();
+        let frame = row(&[Some(card)]);
+        let out = rewriter.data_row(&frame, Some(&one_column(20, 1)), &mut counts);
+        assert_eq!(decoded(&out.unwrap()), vec![None]);
+        // An ordinary bigint passes untouched.
+        let frame = row(&[Some(42i64.to_be_bytes().to_vec())]);
+        assert!(
+            rewriter
+                .data_row(&frame, Some(&one_column(20, 1)), &mut counts)
+                .is_none()
+        );
+        assert_eq!(counts.detectors["payment_card"], 1);
+    }
+
+    #[test]
+    fn inert_types_skip_the_detectors_unless_user_patterns_exist() {
+        // No timestamp's text holds an e-mail address; this one stands for what a
+        // detector would find, to show the value is not looked at.
+        let frame = row(&[Some(b"ada@example.com".to_vec())]);
+        let catalog = Catalog::new();
+        let policy = policy();
+        let rewriter = Rewriter {
+            policy: &policy,
+            catalog: &catalog,
+        };
+        let mut counts = MaskCounts::default();
+        assert!(
+            rewriter
+                .data_row(&frame, Some(&one_column(1184, 0)), &mut counts)
+                .is_none()
+        );
+        // Text is looked at.
+        assert!(
+            rewriter
+                .data_row(&frame, Some(&one_column(25, 0)), &mut counts)
+                .is_some()
+        );
+
+        let mut config = MaskingConfig::default();
+        config.patterns.push(gatehouse_config::PatternConfig {
+            name: "ticket".into(),
+            regex: r"T-\d+".into(),
+            strategy: gatehouse_config::MaskStrategy(Strategy::Redact),
+        });
+        let policy = MaskPolicy::from_config(&config, b"k").unwrap();
+        let rewriter = Rewriter {
+            policy: &policy,
+            catalog: &catalog,
+        };
+        let out = rewriter.data_row(&frame, Some(&one_column(1184, 0)), &mut counts);
+        assert_eq!(decoded(&out.unwrap()), vec![None]);
     }
 
     #[test]

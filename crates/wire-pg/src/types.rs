@@ -73,6 +73,72 @@ pub fn builtin_class(oid: u32) -> TypeClass {
     }
 }
 
+/// Whether the text of a value of built-in type `oid` can never hold what a content
+/// detector looks for (an e-mail address, a card number, a token ...): booleans, small
+/// integers, floats, dates and times, intervals, UUIDs, transaction ids. Their output
+/// functions write a fixed shape of digits and punctuation, so scanning them only finds
+/// what is not there. `int8` and `numeric` are not among them: a card number fits in
+/// either.
+pub fn text_is_inert(oid: u32) -> bool {
+    // bool 16, int2 21, int4 23, oid 26, xid 28, cid 29, float4 700, float8 701, date 1082,
+    // time 1083, timestamp 1114, timestamptz 1184, interval 1186, timetz 1266, uuid 2950,
+    // pg_lsn 3220, xid8 5069.
+    matches!(
+        oid,
+        16 | 21
+            | 23
+            | 26
+            | 28
+            | 29
+            | 700
+            | 701
+            | 1082
+            | 1083
+            | 1114
+            | 1184
+            | 1186
+            | 1266
+            | 2950
+            | 3220
+            | 5069
+    )
+}
+
+/// The decimal digits of the integer part of an `int8` (OID 20) or `numeric` (OID 1700)
+/// value in binary format, for the detectors: a card number stored as a number arrives
+/// as bytes no text scan would see. `None` for other types or a malformed value.
+pub fn binary_integer_text(oid: u32, value: &[u8]) -> Option<String> {
+    match oid {
+        20 => Some(i64::from_be_bytes(value.try_into().ok()?).to_string()),
+        // numeric_send: Int16 ndigits, Int16 weight, Int16 sign, Int16 dscale, then ndigits
+        // base-10000 digits, the first `weight + 1` of them before the decimal point.
+        1700 => {
+            let word = |at: usize| -> Option<i16> {
+                Some(i16::from_be_bytes(value.get(at..at + 2)?.try_into().ok()?))
+            };
+            let ndigits = usize::try_from(word(0)?).ok()?;
+            let weight = word(2)?;
+            if value.len() != 8 + 2 * ndigits {
+                return None;
+            }
+            let mut text = String::new();
+            for group in 0..=i32::from(weight).max(-1) {
+                let digit = match usize::try_from(group).ok().filter(|g| *g < ndigits) {
+                    Some(g) => word(8 + 2 * g)?,
+                    None => 0,
+                };
+                if text.is_empty() {
+                    text = digit.to_string();
+                } else {
+                    text.push_str(&format!("{digit:04}"));
+                }
+            }
+            Some(if text.is_empty() { "0".into() } else { text })
+        }
+        _ => None,
+    }
+}
+
 /// What to do with one leaf value found inside an array or record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Leaf {
@@ -385,6 +451,34 @@ mod tests {
         let changed = rewrite_binary_record(value, &mut leaf, &mut out).unwrap();
         assert_eq!(changed, !out.is_empty());
         changed.then_some(out)
+    }
+
+    #[test]
+    fn integers_in_binary_read_as_their_digits() {
+        let card = 4_111_111_111_111_111i64;
+        assert_eq!(
+            binary_integer_text(20, &card.to_be_bytes()).as_deref(),
+            Some("4111111111111111")
+        );
+        // SELECT numeric_send(4111111111111111.25): ndigits 5, weight 3, sign 0, dscale 2,
+        // digits 4111 1111 1111 1111 2500.
+        let numeric = hex("0005000300000002100f04570457045709c4");
+        assert_eq!(
+            binary_integer_text(1700, &numeric).as_deref(),
+            Some("4111111111111111")
+        );
+        // SELECT numeric_send(12000000::numeric): ndigits 1, weight 1, digit 1200.
+        let trailing = hex("000100010000000004b0");
+        assert_eq!(
+            binary_integer_text(1700, &trailing).as_deref(),
+            Some("12000000")
+        );
+        // SELECT numeric_send(0.5): ndigits 1, weight -1, dscale 1, digit 5000.
+        let fraction = hex("0001ffff000000011388");
+        assert_eq!(binary_integer_text(1700, &fraction).as_deref(), Some("0"));
+        assert_eq!(binary_integer_text(1700, &[0, 1]), None);
+        assert_eq!(binary_integer_text(20, &[0; 4]), None);
+        assert_eq!(binary_integer_text(23, &[0; 4]), None);
     }
 
     #[test]
