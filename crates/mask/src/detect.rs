@@ -401,11 +401,13 @@ fn possible(c: &Census, text: &str) -> u32 {
         Need::Email,
         c.at >= 1 && c.dots >= 1 && text.find('@').is_some_and(|at| text[at..].contains('.')),
     );
-    // The Luhn check wants 13 to 19 digits, written with spaces or dashes between.
-    may(
-        Need::Card,
-        c.digits >= 13 && longest_run(bytes, Run::CARD) >= 13,
-    );
+    // Cards, SSNs and phone numbers: by the shape of their digit groups.
+    let shapes = if c.digits >= 9 {
+        DigitShapes::of(bytes)
+    } else {
+        DigitShapes::default()
+    };
+    may(Need::Card, c.digits >= 13 && shapes.card);
     // Two capitals, two digits, and 15 to 34 capitals and digits (mod-97 check),
     // optionally spaced.
     may(
@@ -415,15 +417,9 @@ fn possible(c: &Census, text: &str) -> u32 {
             && c.upper + c.digits >= 15
             && longest_run(bytes, Run::IBAN) >= 15,
     );
-    may(
-        Need::Ssn,
-        c.dashes >= 2 && c.digits >= 9 && longest_run(bytes, Run::SSN) >= 9,
-    );
+    may(Need::Ssn, c.dashes >= 2 && shapes.ssn);
     // The check wants 10 to 15 digits.
-    may(
-        Need::Phone,
-        c.digits >= 10 && longest_run(bytes, Run::PHONE) >= 10,
-    );
+    may(Need::Phone, c.digits >= 10 && shapes.phone);
     may(
         Need::Ipv4,
         c.dots >= 3 && c.digits >= 4 && longest_run(bytes, Run::IPV4) >= 3,
@@ -472,18 +468,63 @@ fn possible(c: &Census, text: &str) -> u32 {
     bits
 }
 
+/// Whether a text's groups of digits (maximal runs of ASCII digits) are shaped as a card
+/// number, an SSN or a phone number may be. Each pattern bounds its digits by a word
+/// boundary or a non-digit on both sides, so the groups its matches are made of are whole
+/// groups: an SSN is groups of exactly 3, 2 and 4 digits joined by single dashes, which no
+/// date, timestamp or UUID has.
+#[derive(Debug, Default, Clone, Copy)]
+struct DigitShapes {
+    /// 13 to 19 digits in one group; three groups of 4 one byte apart (`4111 1111 1111 1111`,
+    /// with dashes, or with a short fourth or fifth group); or 4, 6 and 5 one byte apart
+    /// (American Express).
+    card: bool,
+    /// Groups of 3, 2 and 4 joined by single dashes.
+    ssn: bool,
+    /// `+` and a group of 10 to 15 (E.164 as the check takes it); or groups of 3, 3 and 4, with up to four bytes
+    /// between the first two (`) ` where the space may be a three-byte Unicode one) and up
+    /// to three between the last two.
+    phone: bool,
+}
+
+impl DigitShapes {
+    fn of(bytes: &[u8]) -> DigitShapes {
+        let mut shapes = DigitShapes::default();
+        // The last two groups before this one, as byte ranges.
+        let mut last: [Option<(usize, usize)>; 2] = [None, None];
+        let mut i = 0;
+        while i < bytes.len() {
+            if !bytes[i].is_ascii_digit() {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            let len = i - start;
+            shapes.card |= (13..=19).contains(&len);
+            shapes.phone |= (10..=15).contains(&len) && start > 0 && bytes[start - 1] == b'+';
+            if let [Some(a), Some(b)] = last {
+                let lens = (a.1 - a.0, b.1 - b.0, len);
+                let gaps = (b.0 - a.1, start - b.1);
+                shapes.card |= gaps == (1, 1) && (lens == (4, 4, 4) || lens == (4, 6, 5));
+                shapes.ssn |=
+                    lens == (3, 2, 4) && gaps == (1, 1) && bytes[a.1] == b'-' && bytes[b.1] == b'-';
+                shapes.phone |=
+                    lens == (3, 3, 4) && (1..=4).contains(&gaps.0) && (1..=3).contains(&gaps.1);
+            }
+            last = [last[1], Some((start, i))];
+        }
+        shapes
+    }
+}
+
 /// The runs [`possible`] looks for: which bytes a detector's match is made of, and which
 /// of them it counts. One bit per run in [`MEMBER`] and [`COUNTED`].
 struct Run;
 
 impl Run {
-    /// Digits, spaces and dashes; digits counted.
-    const CARD: u8 = 1;
-    /// Digits and dashes; digits counted.
-    const SSN: u8 = 2;
-    /// Digits, `+`, brackets, `-`, `.` and white space, which may be Unicode white space
-    /// (so any non-ASCII byte is a member); digits counted.
-    const PHONE: u8 = 4;
     /// Digits and dots; dots counted.
     const IPV4: u8 = 8;
     /// Hex digits and colons; colons counted.
@@ -499,7 +540,7 @@ const MEMBER: [u8; 256] = {
     while b < 256 {
         let c = b as u8;
         if c.is_ascii_digit() {
-            t[b] |= Run::CARD | Run::SSN | Run::PHONE | Run::IPV4 | Run::IPV6 | Run::IBAN;
+            t[b] |= Run::IPV4 | Run::IPV6 | Run::IBAN;
         }
         if c.is_ascii_hexdigit() {
             t[b] |= Run::IPV6;
@@ -507,17 +548,8 @@ const MEMBER: [u8; 256] = {
         if c.is_ascii_uppercase() {
             t[b] |= Run::IBAN;
         }
-        if c >= 0x80
-            || matches!(
-                c,
-                b'+' | b'(' | b')' | b'-' | b'.' | b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r'
-            )
-        {
-            t[b] |= Run::PHONE;
-        }
         match c {
-            b' ' => t[b] |= Run::CARD | Run::IBAN,
-            b'-' => t[b] |= Run::CARD | Run::SSN,
+            b' ' => t[b] |= Run::IBAN,
             b'.' => t[b] |= Run::IPV4,
             b':' => t[b] |= Run::IPV6,
             _ => {}
@@ -534,7 +566,7 @@ const COUNTED: [u8; 256] = {
     while b < 256 {
         let c = b as u8;
         if c.is_ascii_digit() {
-            t[b] |= Run::CARD | Run::SSN | Run::PHONE | Run::IBAN;
+            t[b] |= Run::IBAN;
         }
         if c.is_ascii_uppercase() {
             t[b] |= Run::IBAN;
@@ -639,7 +671,7 @@ impl Detectors {
     /// earlier wins, then the longer).
     pub fn find(&self, text: &str) -> Vec<Finding<'_>> {
         if text.len() > SHORT {
-            return self.find_unfiltered(text);
+            return self.find_with_set(text, true);
         }
         let census = Census::of(text);
         // Most values stop here.
@@ -656,18 +688,24 @@ impl Detectors {
         settle(found)
     }
 
-    /// Every pattern the set reports present is run, without the census and with the
-    /// lazy engine only. Long texts are found this way, and the census and the DFAs are
-    /// tested against it.
-    pub(crate) fn find_unfiltered(&self, text: &str) -> Vec<Finding<'_>> {
+    /// Every pattern the set reports present is run, without the census. Long texts are
+    /// found this way.
+    fn find_with_set(&self, text: &str, fast: bool) -> Vec<Finding<'_>> {
         if self.patterns.is_empty() {
             return Vec::new();
         }
         let mut found = Vec::new();
         for index in self.set.matches(text).iter() {
-            self.locate(&self.patterns[index], text, false, &mut found);
+            self.locate(&self.patterns[index], text, fast, &mut found);
         }
         settle(found)
+    }
+
+    /// Without the census and with the lazy engine only: what the census and the DFAs are
+    /// tested against.
+    #[cfg(test)]
+    pub(crate) fn find_unfiltered(&self, text: &str) -> Vec<Finding<'_>> {
+        self.find_with_set(text, false)
     }
 
     /// Every validated match of one pattern, with whether it was located by context.
