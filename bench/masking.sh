@@ -96,11 +96,20 @@ for port in "$p_off" "$p_det" "$p_rules"; do
 done
 
 echo "# $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ); pgbench -M prepared -c $CLIENTS -j 2 -T $DURATION, 20 rows x 8 columns per transaction"
+# The gateway's CPU time (user + system, in clock ticks) so far.
+gw_ticks() { awk '{print $14 + $15}' "/proc/${pids[0]}/stat"; }
+hz=$(getconf CLK_TCK)
 for t in "direct $pg_port app apppw" "masking-off $p_off bench $key" "detectors $p_det bench $key" "detectors+rules $p_rules bench $key"; do
     read -r name port user pw <<<"$t"
-    tps=$(cd "$work" && PGPASSWORD=$pw "$pgbin/pgbench" -n -M prepared -f rows.sql -c "$CLIENTS" -j 2 -T "$DURATION" -p "$port" -U "$user" bench 2>&1 \
-        | awk '/^tps/ {print $3; exit}')
-    printf '%-16s tps %s\n' "$name" "$tps"
+    before=$(gw_ticks)
+    out=$(cd "$work" && PGPASSWORD=$pw "$pgbin/pgbench" -n -M prepared -f rows.sql -c "$CLIENTS" -j 2 -T "$DURATION" -p "$port" -U "$user" bench 2>&1)
+    ticks=$(($(gw_ticks) - before))
+    tps=$(awk '/^tps/ {print $3; exit}' <<<"$out")
+    txns=$(awk '/^number of transactions actually processed/ {print $NF; exit}' <<<"$out" | cut -d/ -f1)
+    # Gateway CPU per transaction: what masking adds, apart from how the cores are shared.
+    cpu=$(awk -v t="$ticks" -v hz="$hz" -v n="$txns" 'BEGIN {if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "-"}')
+    [ "$name" = direct ] && cpu="-"
+    printf '%-16s tps %-14s gateway cpu us/txn %s\n' "$name" "$tps" "$cpu"
 done
 echo "# one masked row as each client sees it"
 for t in "masking-off $p_off" "detectors $p_det" "detectors+rules $p_rules"; do

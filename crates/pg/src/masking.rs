@@ -557,13 +557,14 @@ impl Rewriter<'_> {
                 return Some(out);
             }
         };
-        let mut changes: Vec<Change> = Vec::new();
-        let mut kept: Vec<Option<&[u8]>> = Vec::with_capacity(values.remaining());
-        let mut any = false;
+        // Most rows change nothing: the changes (by column) are only kept once there is
+        // one, and the row is then written again from the frame.
+        let mut changes: Vec<(usize, Change)> = Vec::new();
+        let mut n = 0;
         for (i, value) in values.enumerate() {
             let Ok(value) = value else {
                 counts.undecodable += 1;
-                return Some(null_row(kept.len()));
+                return Some(null_row(i));
             };
             let change = match (value, plan.and_then(|p| p.columns.get(i))) {
                 (None, _) => Change::Keep,
@@ -573,19 +574,28 @@ impl Rewriter<'_> {
                     Change::Null
                 }
             };
-            any |= !matches!(change, Change::Keep);
-            changes.push(change);
-            kept.push(value);
+            if !matches!(change, Change::Keep) {
+                changes.push((i, change));
+            }
+            n = i + 1;
         }
-        if !any {
+        if changes.is_empty() {
             return None;
         }
         let mut out = Vec::with_capacity(frame.len() + 16);
+        let mut changed = changes.iter().peekable();
+        // Read once already; were it not to read again, nothing of it passes.
+        let Ok(values) = rows::data_row(body) else {
+            return Some(null_row(n));
+        };
         rows::write_data_row(
-            kept.iter().zip(changes.iter()).map(|(v, c)| match c {
-                Change::Keep => v.map(Cow::Borrowed),
-                Change::Replace(bytes) => Some(Cow::Borrowed(bytes.as_slice())),
-                Change::Null => None,
+            values.take(n).enumerate().map(|(i, v)| {
+                let v = v.ok().flatten();
+                match changed.next_if(|(at, _)| *at == i) {
+                    None => v.map(Cow::Borrowed),
+                    Some((_, Change::Replace(bytes))) => Some(Cow::Borrowed(bytes.as_slice())),
+                    Some((_, _)) => None,
+                }
             }),
             &mut out,
         );

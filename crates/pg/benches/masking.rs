@@ -1,0 +1,87 @@
+//! What masking costs per DataRow on the PostgreSQL data path: the rows of
+//! `bench/masking.sh` (id, name, e-mail, phone, SSN, card, notes, timestamp) in text
+//! format, rewritten by the default policy, with and without something to mask.
+//! `cargo bench -p gatehouse-pg --bench masking`.
+
+use gatehouse_config::MaskingConfig;
+use gatehouse_pg::catalog::Catalog;
+use gatehouse_pg::masking::{ColumnMask, ColumnPlan, MaskCounts, MaskPolicy, ResultPlan, Rewriter};
+use gatehouse_wire_pg::rows;
+
+fn main() {
+    divan::main();
+}
+
+fn frame(values: &[&str]) -> Vec<u8> {
+    let mut out = Vec::new();
+    rows::write_data_row(values.iter().map(|v| Some(v.as_bytes())), &mut out);
+    out
+}
+
+fn plan() -> ResultPlan {
+    // int4, then six text columns, then timestamptz.
+    let oids = [23, 25, 25, 25, 25, 25, 25, 1184];
+    ResultPlan {
+        columns: oids
+            .iter()
+            .map(|&type_oid| ColumnPlan {
+                mask: ColumnMask::Content,
+                type_oid,
+                format: 0,
+            })
+            .collect(),
+    }
+}
+
+fn bench_row(bencher: divan::Bencher, values: &[&str]) {
+    let policy = MaskPolicy::from_config(&MaskingConfig::default(), b"bench-key").unwrap();
+    let catalog = Catalog::new();
+    let rewriter = Rewriter {
+        policy: &policy,
+        catalog: &catalog,
+    };
+    let plan = plan();
+    let frame = frame(values);
+    bencher.bench_local(|| {
+        let mut counts = MaskCounts::default();
+        rewriter
+            .data_row(divan::black_box(&frame), Some(&plan), &mut counts)
+            .map(|f| f.len())
+    });
+}
+
+/// A row as `bench/masking.sh` selects it: e-mail, phone and card are masked.
+#[divan::bench]
+fn row_with_pii(bencher: divan::Bencher) {
+    bench_row(
+        bencher,
+        &[
+            "7",
+            "customer 7",
+            "user7@example.com",
+            "(415) 555-0007",
+            "100000007",
+            "4111111111111111",
+            "order ORD-7 shipped",
+            "2026-11-23 17:49:01.123456+00",
+        ],
+    );
+}
+
+/// The same columns with nothing to mask.
+#[divan::bench]
+fn clean_row(bencher: divan::Bencher) {
+    bench_row(
+        bencher,
+        &[
+            "7",
+            "customer 7",
+            "user 7",
+            "n/a",
+            "",
+            "expired",
+            "order ORD-7 shipped",
+            "2026-11-23 17:49:01.123456+00",
+        ],
+    );
+}
