@@ -12,7 +12,8 @@ use gatehouse_config::{DetectorSelection, MaskingConfig};
 use gatehouse_mask::{
     ColumnRule, ColumnRules, Counts, Detectors, Kind, MaskError, Masker, Strategy,
 };
-use gatehouse_sql::lineage::{Lineage, Output, Sources};
+use gatehouse_sql::lineage::{CopyFormat, CopyKind, Lineage, Output, Sources};
+use gatehouse_wire_pg::copy;
 use gatehouse_wire_pg::rows::{self, FieldDescription};
 use gatehouse_wire_pg::types::{self, Leaf, TypeClass};
 use gatehouse_wire_pg::{backend, frontend};
@@ -138,6 +139,8 @@ pub struct Shape {
     pub formats: Option<Vec<i16>>,
     pub plan: Option<Arc<ResultPlan>>,
     pub copy: Option<Arc<CopyPlan>>,
+    /// CopyData messages seen so far (the first may be a header line).
+    pub copy_rows: u64,
     pub counts: MaskCounts,
     /// The statement changes the schema: the catalog is read afresh after it.
     pub ddl: bool,
@@ -848,14 +851,16 @@ impl Rewriter<'_> {
         Some(out)
     }
 
-    /// One CopyData of COPY TO STDOUT in text format (one row per message, tab-separated,
-    /// `\N` for NULL) masked by `plan`. Other formats are looked at as a whole line by the
-    /// detectors, and a line of a COPY with masked columns that cannot be split is dropped
-    /// to a marker. `None` when nothing changed.
+    /// One CopyData of COPY TO STDOUT (the server sends one row per message) masked by
+    /// `copy`: text rows split on the delimiter, CSV rows parsed with their quoting, binary
+    /// rows read field by field. `first` says it is the COPY's first message (a header
+    /// line of column names, when the options ask for one). A row that cannot be read is
+    /// not passed on. `None` when nothing changed.
     pub fn copy_data(
         &self,
         frame: &[u8],
         copy: &CopyPlan,
+        first: bool,
         counts: &mut MaskCounts,
     ) -> Option<Vec<u8>> {
         let body = &frame[5..];
@@ -865,16 +870,17 @@ impl Rewriter<'_> {
             out
         };
         if copy.binary {
-            // The binary COPY format is not read here: with masking on it never passes.
-            counts.undecodable += 1;
-            return Some(wrap(b""));
+            return self.copy_binary(body, copy, counts).map(|b| wrap(&b));
         }
         let Ok(line) = std::str::from_utf8(body) else {
             counts.undecodable += 1;
             return Some(wrap(b"\n"));
         };
-        let (content, newline) = match line.strip_suffix('\n') {
-            Some(c) => (c, "\n"),
+        let (content, newline) = match line
+            .strip_suffix("\r\n")
+            .or_else(|| line.strip_suffix('\n'))
+        {
+            Some(c) => (c, &line[c.len()..]),
             None => (line, ""),
         };
         let has_rules = copy
@@ -882,59 +888,237 @@ impl Rewriter<'_> {
             .columns
             .iter()
             .any(|c| matches!(c.mask, ColumnMask::Rule { .. }));
-        if !copy.text_format {
-            let masked = self.policy.masker.mask_text(line);
-            if has_rules {
-                counts.rule("copy_csv_row");
+        let format = match &copy.format {
+            // Column names: looked at by the detectors like any text.
+            Some(format) if format.header && first => None,
+            Some(format) if format.delimiter.is_ascii() => Some(format),
+            _ => None,
+        };
+        let Some(format) = format else {
+            // The row cannot be split (options not read): whole, or not at all.
+            if has_rules && !(first && copy.format.as_ref().is_some_and(|f| f.header)) {
+                counts.rule("copy_unread_row");
                 return Some(wrap(b"[masked]\n"));
             }
+            let masked = self.policy.masker.mask_text(line);
             if masked.counts.is_empty() {
                 return None;
             }
             counts.add(masked.counts);
             return Some(wrap(masked.text.as_bytes()));
+        };
+        let masked = match format.kind {
+            CopyKind::Csv => self.copy_csv(content, copy, format, counts),
+            _ => self.copy_text(content, copy, format, counts),
+        };
+        match masked {
+            Ok(None) => None,
+            Ok(Some(mut row)) => {
+                row.extend_from_slice(newline.as_bytes());
+                Some(wrap(&row))
+            }
+            Err(()) => {
+                counts.rule("copy_row_shape");
+                Some(wrap(b"[masked]\n"))
+            }
         }
-        let fields: Vec<&str> = content.split('\t').collect();
-        if has_rules && fields.len() != copy.plan.columns.len() {
-            counts.rule("copy_row_shape");
-            return Some(wrap(b"[masked]\n"));
+    }
+
+    /// One value of a COPY row in text form: `None` to keep it, `Some(None)` for NULL,
+    /// `Some(Some(text))` for a replacement.
+    fn copy_value(
+        &self,
+        col: Option<&ColumnPlan>,
+        value: &str,
+        counts: &mut MaskCounts,
+    ) -> Option<Option<String>> {
+        match col.map(|c| &c.mask) {
+            Some(ColumnMask::Rule { strategy, label }) => {
+                counts.rule(label);
+                Some(self.policy.masker.mask_value(*strategy, label, value))
+            }
+            _ => {
+                let m = self.policy.masker.mask_text(value);
+                if m.counts.is_empty() {
+                    return None;
+                }
+                counts.add(m.counts);
+                Some(Some(m.text.into_owned()))
+            }
         }
+    }
+
+    /// A text-format row: fields split on the delimiter (inside values it is escaped), NULL
+    /// written as the NULL string. `Err` when a row of a table with rules has the wrong
+    /// number of fields.
+    fn copy_text(
+        &self,
+        content: &str,
+        copy: &CopyPlan,
+        format: &CopyFormat,
+        counts: &mut MaskCounts,
+    ) -> Result<Option<Vec<u8>>, ()> {
+        let delimiter = format.delimiter as char;
+        let fields: Vec<&str> = content.split(delimiter).collect();
+        if fields.len() != copy.plan.columns.len() && !copy.plan.columns.is_empty() {
+            return Err(());
+        }
+        let mut out = Vec::with_capacity(content.len() + 16);
         let mut changed = false;
-        let mut out_fields: Vec<Cow<'_, str>> = Vec::with_capacity(fields.len());
         for (i, field) in fields.iter().enumerate() {
-            let masked: Cow<'_, str> = match copy.plan.columns.get(i).map(|c| &c.mask) {
-                _ if *field == "\\N" => Cow::Borrowed(field),
-                Some(ColumnMask::Rule { strategy, label }) => {
-                    counts.rule(label);
-                    match self.policy.masker.mask_value(*strategy, label, field) {
-                        Some(v) => Cow::Owned(v.replace(['\t', '\n', '\\'], " ")),
-                        None => Cow::Borrowed("\\N"),
-                    }
-                }
-                _ => {
-                    let m = self.policy.masker.mask_text(field);
-                    counts.add(m.counts);
-                    m.text
-                }
+            if i > 0 {
+                out.push(format.delimiter);
+            }
+            let replaced = if *field == format.null {
+                None
+            } else {
+                self.copy_value(copy.plan.columns.get(i), field, counts)
             };
-            changed |= matches!(masked, Cow::Owned(_)) || masked.as_ref() != *field;
-            out_fields.push(masked);
+            changed |= replaced.is_some();
+            match replaced {
+                None => out.extend_from_slice(field.as_bytes()),
+                Some(None) => out.extend_from_slice(format.null.as_bytes()),
+                // A masked value with characters the format escapes loses them.
+                Some(Some(text)) => out.extend(text.bytes().map(|b| {
+                    if b == format.delimiter || matches!(b, b'\t' | b'\n' | b'\r' | b'\\') {
+                        b' '
+                    } else {
+                        b
+                    }
+                })),
+            }
+        }
+        Ok(changed.then_some(out))
+    }
+
+    /// A CSV row: fields parsed with their quotes; a masked value is written quoted, NULL as
+    /// the NULL string unquoted. `Err` when the row cannot be parsed or has the wrong
+    /// number of fields.
+    fn copy_csv(
+        &self,
+        content: &str,
+        copy: &CopyPlan,
+        format: &CopyFormat,
+        counts: &mut MaskCounts,
+    ) -> Result<Option<Vec<u8>>, ()> {
+        let fields = copy::csv_fields(content, format.delimiter, format.quote, format.escape)
+            .map_err(|_| ())?;
+        if fields.len() != copy.plan.columns.len() && !copy.plan.columns.is_empty() {
+            return Err(());
+        }
+        let mut out = Vec::with_capacity(content.len() + 16);
+        let mut changed = false;
+        for (i, field) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(format.delimiter);
+            }
+            let is_null = !field.quoted && field.value == format.null;
+            let replaced = if is_null {
+                None
+            } else {
+                self.copy_value(copy.plan.columns.get(i), &field.value, counts)
+            };
+            changed |= replaced.is_some();
+            match replaced {
+                None => out.extend_from_slice(&content.as_bytes()[field.raw.clone()]),
+                Some(None) => out.extend_from_slice(format.null.as_bytes()),
+                Some(Some(text)) => {
+                    copy::write_csv_quoted(&text, format.quote, format.escape, &mut out)
+                }
+            }
+        }
+        Ok(changed.then_some(out))
+    }
+
+    /// A binary-format CopyData: each field is masked as a binary result value of its
+    /// column's type; a rule makes it NULL (a redaction token is not a value of most
+    /// types). Where the type is not known (`COPY (query)`), a value that reads as text or
+    /// as a number holding something to mask is made NULL. Unreadable data becomes an
+    /// empty message, never passed on. `None` when nothing changed.
+    fn copy_binary(
+        &self,
+        body: &[u8],
+        copy: &CopyPlan,
+        counts: &mut MaskCounts,
+    ) -> Option<Vec<u8>> {
+        let Ok(chunk) = copy::binary_chunk(body) else {
+            counts.undecodable += 1;
+            return Some(Vec::new());
+        };
+        let mut changed = false;
+        let mut rows: Vec<Vec<Option<Cow<'_, [u8]>>>> = Vec::with_capacity(chunk.rows.len());
+        for row in &chunk.rows {
+            let mut out = Vec::with_capacity(row.len());
+            for (i, value) in row.iter().enumerate() {
+                let Some(value) = value else {
+                    out.push(None);
+                    continue;
+                };
+                let change = match copy.plan.columns.get(i) {
+                    Some(ColumnPlan {
+                        mask: ColumnMask::Rule { label, .. },
+                        ..
+                    }) => {
+                        counts.rule(label);
+                        Change::Null
+                    }
+                    Some(col) if col.type_oid != 0 => {
+                        let class = self.catalog.type_class(col.type_oid);
+                        self.binary_value(col.type_oid, class, value, counts, 0)
+                    }
+                    Some(_) => self.unknown_binary(value, counts),
+                    // Columns not planned: only rules could need them, and then they are
+                    // not known.
+                    None if self.policy.has_rules() => {
+                        counts.rule("unknown_shape");
+                        Change::Null
+                    }
+                    None => self.unknown_binary(value, counts),
+                };
+                changed |= !matches!(change, Change::Keep);
+                out.push(match change {
+                    Change::Keep => Some(Cow::Borrowed(*value)),
+                    Change::Replace(bytes) => Some(Cow::Owned(bytes)),
+                    Change::Null => None,
+                });
+            }
+            rows.push(out);
         }
         if !changed {
             return None;
         }
-        let mut text = out_fields.join("\t");
-        text.push_str(newline);
-        Some(wrap(text.as_bytes()))
+        let mut out = Vec::with_capacity(body.len());
+        copy::write_binary_chunk(chunk.header, rows, chunk.trailer, &mut out);
+        Some(out)
+    }
+
+    /// A binary value of a type not known: read as text, as an `int8` and as a `numeric`,
+    /// and made NULL when any reading holds something to mask.
+    fn unknown_binary(&self, value: &[u8], counts: &mut MaskCounts) -> Change {
+        let readings = [
+            std::str::from_utf8(value).ok().map(Cow::Borrowed),
+            types::binary_integer_text(20, value).map(Cow::Owned),
+            types::binary_integer_text(1700, value).map(Cow::Owned),
+        ];
+        for text in readings.into_iter().flatten() {
+            let masked = self.policy.masker.mask_text(&text);
+            if !masked.counts.is_empty() {
+                counts.add(masked.counts);
+                return Change::Null;
+            }
+        }
+        Change::Keep
     }
 }
 
 /// How the rows of one COPY TO STDOUT are masked.
 #[derive(Debug, Clone, Default)]
 pub struct CopyPlan {
+    /// The columns; a column's type is 0 where it is not known (`COPY (query)`).
     pub plan: ResultPlan,
-    /// Text format (as opposed to CSV): rows split on tabs.
-    pub text_format: bool,
+    /// The row format the statement's options set; `None` when they could not be read.
+    pub format: Option<CopyFormat>,
+    /// The server's CopyOutResponse says binary.
     pub binary: bool,
 }
 
@@ -948,9 +1132,8 @@ pub fn copy_plan(
 ) -> CopyPlan {
     let (overall, count) = formats;
     let lineage = source.and_then(|s| s.lineage.as_ref());
-    // CopyOutResponse says text for CSV too; the statement says which. Taken as CSV when
-    // the word appears anywhere, which errs towards the stricter handling.
-    let csv = source.is_none_or(|s| s.sql.to_ascii_lowercase().contains("csv"));
+    // CopyOutResponse says text for CSV too; the statement's options say which.
+    let format = lineage.and_then(|l| l.copy.clone());
     let mut columns = Vec::with_capacity(count);
     let rules = policy.has_rules();
     let views = statement_views(policy, catalog, source);
@@ -998,7 +1181,7 @@ pub fn copy_plan(
                             strategy: Strategy::Redact,
                             label: "unresolved".into(),
                         },
-                        type_oid: 25,
+                        type_oid: 0,
                         format: 0,
                     });
                 }
@@ -1026,14 +1209,14 @@ pub fn copy_plan(
             };
             columns.push(ColumnPlan {
                 mask,
-                type_oid: 25,
+                type_oid: 0,
                 format: 0,
             });
         }
     }
     CopyPlan {
         plan: ResultPlan { columns },
-        text_format: !csv,
+        format,
         binary: overall == 1,
     }
 }

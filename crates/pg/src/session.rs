@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 
 use crate::cancel::CancelTarget;
 use crate::error::PgError;
-use crate::masking::{MaskPolicy, ResultPlan, Rewriter, Shape, Source};
+use crate::masking::{CopyPlan, MaskPolicy, ResultPlan, Rewriter, Shape, Source};
 use crate::recording::Recorder;
 use crate::tracker::{Describes, Expect, Tracker, Work};
 use crate::upstream::{self, TargetStream};
@@ -1071,20 +1071,31 @@ impl Session {
         };
         let mut spare = crate::masking::MaskCounts::default();
         let work = self.tracker.front_work();
-        let (plan, copy, counts) = match work {
-            Some(w) => (
-                w.shape.plan.clone(),
-                w.shape.copy.clone(),
-                &mut w.shape.counts,
-            ),
-            None => (None, None, &mut spare),
+        let (plan, copy, first, counts) = match work {
+            Some(w) => {
+                let first = w.shape.copy_rows == 0;
+                if frame[0] == b'd' {
+                    w.shape.copy_rows += 1;
+                }
+                (
+                    w.shape.plan.clone(),
+                    w.shape.copy.clone(),
+                    first,
+                    &mut w.shape.counts,
+                )
+            }
+            None => (None, None, true, &mut spare),
         };
         let masked = match frame[0] {
             b'D' => rewriter.data_row(frame, plan.as_deref(), counts),
-            b'd' => match &copy {
-                Some(copy) => rewriter.copy_data(frame, copy, counts),
-                None => None,
-            },
+            // Without a plan (the CopyOutResponse could not be read) nothing is known of
+            // the rows: they are looked at whole.
+            b'd' => rewriter.copy_data(
+                frame,
+                copy.as_deref().unwrap_or(&CopyPlan::default()),
+                first,
+                counts,
+            ),
             b'E' | b'N' => rewriter.fields_message(frame, counts),
             b'A' => rewriter.notification(frame, counts),
             _ => None,

@@ -29,6 +29,47 @@ pub struct Lineage {
     pub declares_cursor: Option<String>,
     /// `FETCH ... FROM name` / `MOVE`: the cursor read; its outputs are the DECLARE's.
     pub fetches_cursor: Option<String>,
+    /// `COPY ... TO`: how the rows are written, from the statement's options (the server's
+    /// CopyOutResponse says text for CSV too). `None` for other statements, or when an
+    /// option's value cannot be read.
+    pub copy: Option<CopyFormat>,
+}
+
+/// The row format of a `COPY ... TO`, as its options set it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyFormat {
+    pub kind: CopyKind,
+    /// The field separator (one byte, as PostgreSQL requires).
+    pub delimiter: u8,
+    /// How NULL is written (`\N` in text, empty and unquoted in CSV).
+    pub null: String,
+    /// CSV's quote and escape characters.
+    pub quote: u8,
+    pub escape: u8,
+    /// CSV or text with a header line of column names first.
+    pub header: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyKind {
+    Text,
+    Csv,
+    Binary,
+}
+
+impl CopyFormat {
+    /// PostgreSQL's defaults for `kind`.
+    pub fn default_for(kind: CopyKind) -> CopyFormat {
+        let csv = kind == CopyKind::Csv;
+        CopyFormat {
+            kind,
+            delimiter: if csv { b',' } else { b'\t' },
+            null: if csv { String::new() } else { "\\N".into() },
+            quote: b'"',
+            escape: b'"',
+            header: false,
+        }
+    }
 }
 
 /// One item of a result's target list.
@@ -559,7 +600,7 @@ impl<'t> Reader<'t> {
                 self.note_cursor(&mut result.fetches_cursor, text(body, "portalname"));
                 None
             }
-            "CopyStmt" => self.copy_outputs(body),
+            "CopyStmt" => self.copy_outputs(body, result),
             // EXPLAIN, SHOW, CALL, DO, DDL, SET, transaction control...: no table data.
             _ => None,
         }
@@ -573,10 +614,11 @@ impl<'t> Reader<'t> {
         }
     }
 
-    fn copy_outputs(&self, body: &Value) -> Option<Vec<Col>> {
+    fn copy_outputs(&self, body: &Value, result: &mut Lineage) -> Option<Vec<Col>> {
         if body.get("is_from").and_then(Value::as_bool) == Some(true) {
             return None;
         }
+        result.copy = copy_format(items(body, "options"));
         if let Some(query) = body.get("query").filter(|q| !q.is_null()) {
             return Some(self.query_outputs(query, true));
         }
@@ -943,6 +985,68 @@ impl<'t> Reader<'t> {
 fn node(v: &Value) -> Option<(&str, &Value)> {
     let (kind, body) = v.get("node")?.as_object()?.iter().next()?;
     Some((kind.as_str(), body))
+}
+
+/// The format a COPY's options (`DefElem`s) set, or `None` when one cannot be read.
+fn copy_format(options: &[Value]) -> Option<CopyFormat> {
+    let mut named: Vec<(&str, Option<&Value>)> = Vec::new();
+    for option in options {
+        let ("DefElem", def) = node(option)? else {
+            return None;
+        };
+        named.push((
+            text(def, "defname"),
+            def.get("arg").filter(|a| !a.is_null()),
+        ));
+    }
+    let one_byte = |arg: Option<&Value>| -> Option<u8> {
+        match arg.and_then(sval)?.as_bytes() {
+            [b] => Some(*b),
+            _ => None,
+        }
+    };
+    let kind = match named.iter().find(|(n, _)| *n == "format") {
+        None => CopyKind::Text,
+        Some((_, arg)) => match arg.and_then(|a| sval(a))?.to_ascii_lowercase().as_str() {
+            "text" => CopyKind::Text,
+            "csv" => CopyKind::Csv,
+            "binary" => CopyKind::Binary,
+            _ => return None,
+        },
+    };
+    let mut format = CopyFormat::default_for(kind);
+    let mut escape = None;
+    for (name, arg) in named {
+        match name {
+            "delimiter" => format.delimiter = one_byte(arg)?,
+            "null" => format.null = arg.and_then(sval)?.to_string(),
+            "quote" => format.quote = one_byte(arg)?,
+            "escape" => escape = Some(one_byte(arg)?),
+            "header" => format.header = boolean(arg)?,
+            _ => {}
+        }
+    }
+    // ESCAPE defaults to the QUOTE character.
+    format.escape = escape.unwrap_or(format.quote);
+    Some(format)
+}
+
+/// An option's boolean value as PostgreSQL's `defGetBoolean` reads it: no value is true.
+fn boolean(arg: Option<&Value>) -> Option<bool> {
+    let Some(arg) = arg else {
+        return Some(true);
+    };
+    match node(arg)? {
+        ("Boolean", b) => Some(b.get("boolval").and_then(Value::as_bool).unwrap_or(false)),
+        ("Integer", i) => Some(i.get("ival").and_then(Value::as_i64).unwrap_or(0) != 0),
+        ("String", _) => match sval(arg)?.to_ascii_lowercase().as_str() {
+            "true" | "on" | "1" | "yes" => Some(true),
+            "false" | "off" | "0" | "no" => Some(false),
+            // `HEADER MATCH` is for COPY FROM only.
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// A list field (empty when absent).

@@ -602,3 +602,49 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn copy_options_say_how_rows_are_written() {
+    use gatehouse_sql::lineage::{CopyFormat, CopyKind};
+    let format = |sql: &str| lineage(sql).copy;
+    assert_eq!(
+        format("COPY people TO STDOUT"),
+        Some(CopyFormat::default_for(CopyKind::Text))
+    );
+    let csv = format(
+        "COPY people TO STDOUT WITH (FORMAT csv, HEADER, DELIMITER ';', QUOTE '''', NULL 'n/a')",
+    )
+    .unwrap();
+    assert_eq!(csv.kind, CopyKind::Csv);
+    assert_eq!((csv.delimiter, csv.quote, csv.escape), (b';', b'\'', b'\''));
+    assert_eq!(csv.null, "n/a");
+    assert!(csv.header);
+    // The old syntax.
+    let old = format("COPY (SELECT ssn FROM people) TO STDOUT CSV HEADER ESCAPE '\\'").unwrap();
+    assert_eq!(
+        (old.kind, old.header, old.escape, old.quote),
+        (CopyKind::Csv, true, b'\\', b'"')
+    );
+    assert_eq!(
+        format("COPY people TO STDOUT (FORMAT binary)")
+            .unwrap()
+            .kind,
+        CopyKind::Binary
+    );
+    assert_eq!(
+        format("COPY people TO STDOUT BINARY").unwrap().kind,
+        CopyKind::Binary
+    );
+    assert!(
+        !format("COPY people TO STDOUT (FORMAT csv, HEADER false)")
+            .unwrap()
+            .header
+    );
+    // A value that cannot be read, and statements that are not COPY TO.
+    assert_eq!(
+        format("COPY people TO STDOUT (FORMAT csv, DELIMITER ';;')"),
+        None
+    );
+    assert_eq!(format("COPY people FROM STDIN"), None);
+    assert_eq!(format("SELECT 1"), None);
+}

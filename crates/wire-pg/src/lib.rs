@@ -8,6 +8,7 @@
 //! from an invalid one (`Err`); buffering and sockets belong to the caller.
 
 pub mod backend;
+pub mod copy;
 pub mod frame;
 pub mod frontend;
 pub mod rows;
