@@ -22,6 +22,9 @@ pub const CACHE_TTL: Duration = Duration::from_secs(60);
 /// How long one catalog query may take before the lookup counts as failed.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How deep views over views are followed; deeper ones are masked by name only.
+pub const MAX_VIEW_DEPTH: usize = 8;
+
 /// A table, view or other relation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relation {
@@ -33,6 +36,9 @@ pub struct Relation {
     pub columns: HashMap<i16, (String, u32)>,
     /// The SELECT a view or materialized view stands for.
     pub definition: Option<String>,
+    /// The relations a view's definition reads (from `pg_depend`), loaded with it so a
+    /// view over a view is traced to the table behind both.
+    pub depends: Vec<u32>,
 }
 
 impl Relation {
@@ -238,9 +244,13 @@ impl Catalog {
             }
             self.cache().names.extend(found);
         }
-        relations.sort_unstable();
-        relations.dedup();
-        if !relations.is_empty() {
+        // Views bring the relations they read, loaded in the next round.
+        for _ in 0..=MAX_VIEW_DEPTH {
+            relations.sort_unstable();
+            relations.dedup();
+            if relations.is_empty() {
+                break;
+            }
             let list = join(&relations);
             let sql = format!(
                 "SELECT c.oid, n.nspname, c.relname, c.relkind, \
@@ -251,7 +261,8 @@ impl Catalog {
                  WHERE c.oid IN ({list})"
             );
             let mut found: HashMap<u32, Relation> = HashMap::new();
-            for row in query(conn, &sql).await? {
+            let rows = query(conn, &sql).await?;
+            for row in rows {
                 let text = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
                 let Ok(oid) = text(0).parse::<u32>() else {
                     continue;
@@ -262,16 +273,45 @@ impl Catalog {
                     kind: text(3).bytes().next().unwrap_or(b'r'),
                     columns: HashMap::new(),
                     definition: row.get(4).cloned().flatten(),
+                    depends: Vec::new(),
                 });
                 if let (Ok(num), Ok(ty)) = (text(5).parse::<i16>(), text(7).parse::<u32>()) {
                     rel.columns.insert(num, (text(6), ty));
                 }
             }
+            // What the views among them read: loaded next, down to a bounded depth.
+            let views: Vec<u32> = found
+                .iter()
+                .filter(|(_, r)| r.definition.is_some())
+                .map(|(oid, _)| *oid)
+                .collect();
+            if !views.is_empty() {
+                let sql = format!(
+                    "SELECT DISTINCT r.ev_class, d.refobjid FROM pg_rewrite r \
+                     JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid \
+                     AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.ev_class \
+                     WHERE r.ev_class IN ({})",
+                    join(&views)
+                );
+                for row in query(conn, &sql).await? {
+                    let oid = |i: usize| row.get(i).cloned().flatten()?.parse::<u32>().ok();
+                    if let (Some(view), Some(dep)) = (oid(0), oid(1))
+                        && let Some(rel) = found.get_mut(&view)
+                    {
+                        rel.depends.push(dep);
+                    }
+                }
+            }
+            let deps: Vec<u32> = found.values().flat_map(|r| r.depends.clone()).collect();
             let mut cache = self.cache();
             for oid in relations {
                 let rel = found.remove(&oid).map(Arc::new);
                 cache.relations.insert(oid, rel);
             }
+            relations = deps
+                .into_iter()
+                .filter(|d| !cache.relations.contains_key(d))
+                .collect();
         }
         if !types.is_empty() {
             let sql = format!(

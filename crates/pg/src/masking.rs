@@ -18,7 +18,7 @@ use gatehouse_wire_pg::rows::{self, FieldDescription};
 use gatehouse_wire_pg::types::{self, Leaf, TypeClass};
 use gatehouse_wire_pg::{backend, frontend};
 
-use crate::catalog::{Catalog, Relation};
+use crate::catalog::{Catalog, MAX_VIEW_DEPTH, Relation};
 
 /// A resource's masking: detectors with their strategies, and column rules.
 #[derive(Debug)]
@@ -314,13 +314,24 @@ fn view_taints(
     catalog: &Catalog,
     names: &[String],
 ) -> HashMap<String, Arc<str>> {
+    let oids = names
+        .iter()
+        .filter_map(|name| catalog.cached_name(name).flatten());
+    taints_of(policy, catalog, oids, 0)
+}
+
+/// The masked columns (by name, with their label) of the views among `oids`.
+fn taints_of(
+    policy: &MaskPolicy,
+    catalog: &Catalog,
+    oids: impl IntoIterator<Item = u32>,
+    depth: usize,
+) -> HashMap<String, Arc<str>> {
     let mut tainted = HashMap::new();
-    for name in names {
-        let Some(Some(oid)) = catalog.cached_name(name) else {
-            continue;
-        };
+    for oid in oids {
         if let Some(Some(rel)) = catalog.cached_relation(oid) {
-            for (col, label) in view_columns(policy, &rel).into_iter().flatten() {
+            let columns = view_columns_at(policy, catalog, &rel, depth);
+            for (col, label) in columns.into_iter().flatten() {
                 tainted.insert(col, label);
             }
         }
@@ -329,13 +340,31 @@ fn view_taints(
 }
 
 /// The masked columns of a view: per column in attribute order, its name and label when
-/// its definition computes it from a masked column. Tables give nothing.
-fn view_columns(policy: &MaskPolicy, rel: &Relation) -> Vec<Option<(String, Arc<str>)>> {
+/// its definition computes it from a masked column, directly or through the views it
+/// reads (followed down to [`MAX_VIEW_DEPTH`]). Tables give nothing.
+fn view_columns(
+    policy: &MaskPolicy,
+    catalog: &Catalog,
+    rel: &Relation,
+) -> Vec<Option<(String, Arc<str>)>> {
+    view_columns_at(policy, catalog, rel, 0)
+}
+
+fn view_columns_at(
+    policy: &MaskPolicy,
+    catalog: &Catalog,
+    rel: &Relation,
+    depth: usize,
+) -> Vec<Option<(String, Arc<str>)>> {
     let Some(definition) = &rel.definition else {
         return Vec::new();
     };
     let lineage = gatehouse_sql::lineage::lineage(definition);
-    let no_views = HashMap::new();
+    let inner = if depth < MAX_VIEW_DEPTH {
+        taints_of(policy, catalog, rel.depends.iter().copied(), depth + 1)
+    } else {
+        HashMap::new()
+    };
     rel.ordered_columns()
         .into_iter()
         .enumerate()
@@ -343,7 +372,7 @@ fn view_columns(policy: &MaskPolicy, rel: &Relation) -> Vec<Option<(String, Arc<
             let taint = match lineage.outputs.get(i) {
                 _ if lineage.opaque => policy.columns.by_relation(&rel.name).map(Taint::Rule),
                 Some(Output::Column(s)) | Some(Output::Star { sources: s, .. }) => {
-                    policy.tainted(s, &no_views)
+                    policy.tainted(s, &inner)
                 }
                 None => None,
             };
@@ -450,7 +479,7 @@ fn origin_rule(
             if rel.definition.is_some() {
                 let ordered = rel.ordered_columns();
                 let position = ordered.iter().position(|c| c.0 == field.column)?;
-                let (_, label) = view_columns(policy, &rel)
+                let (_, label) = view_columns(policy, catalog, &rel)
                     .get(position)
                     .cloned()
                     .flatten()?;
@@ -1152,7 +1181,7 @@ pub fn copy_plan(
             .and_then(|oid| catalog.cached_relation(oid).flatten());
         match table {
             Some(table) => {
-                let view = view_columns(policy, &table);
+                let view = view_columns(policy, catalog, &table);
                 for (i, (_, name, ty)) in table.ordered_columns().into_iter().enumerate() {
                     let mask = match policy.columns.find(&table.schema, &table.name, name) {
                         Some(rule) => ColumnMask::Rule {
