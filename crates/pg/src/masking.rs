@@ -1360,15 +1360,10 @@ mod tests {
         assert_eq!(counts.rules["unknown_shape"], 1);
 
         // A card number in an int8 column (text format) cannot be rewritten as a number.
-        let plan = ResultPlan {
-            columns: vec![ColumnPlan {
-                mask: ColumnMask::Content,
-                type_oid: 20,
-                format: 0,
-            }],
-        };
         let frame = row(&[Some(b"4111111111111111".to_vec())]);
-        let out = rewriter.data_row(&frame, Some(&plan), &mut counts).unwrap();
+        let out = rewriter
+            .data_row(&frame, Some(&one_column(20, 0)), &mut counts)
+            .unwrap();
         assert_eq!(decoded(&out), vec![None]);
         assert_eq!(counts.detectors["payment_card"], 1);
     }
