@@ -17,7 +17,7 @@ pub use model::{
     AdminConfig, ClaimRule, ColumnMaskConfig, Config, CredentialsConfig, DetectorSelection,
     IdentityConfig, IdentityKind, IssuerConfig, LedgerConfig, LogConfig, LogFormat, MaskStrategy,
     MaskingConfig, PatternConfig, PolicyConfig, RecordingConfig, ResourceConfig, ResourceKind,
-    TargetTlsConfig, TlsConfig,
+    ReviewsConfig, TargetTlsConfig, TlsConfig,
 };
 pub use secret::{EnvLookup, Secret, process_env};
 pub use size::{ByteSize, ParseByteSizeError};

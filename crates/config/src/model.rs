@@ -234,12 +234,44 @@ pub struct ResourceConfig {
     /// Sensitive values masked in results before they reach the client or the recording.
     #[serde(default)]
     pub masking: MaskingConfig,
+    /// Statements held for review: who may approve them, how many must, how long to wait.
+    #[serde(default)]
+    pub reviews: ReviewsConfig,
     /// For access policy: `resource.environment` (e.g. "production").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
     /// For access policy: `resource.tags`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+}
+
+/// `[resources.reviews]`: the approval of statements a rule (or a Cedar `@review` policy)
+/// holds. Without approvers no one can approve, so held statements are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReviewsConfig {
+    /// Groups whose members may approve or deny (never their own requests).
+    pub approvers: Vec<String>,
+    /// Approvals needed for a statement to run; any denial rejects it.
+    pub approvals: u32,
+    /// How long a held statement waits for its decision before it is refused.
+    #[serde(with = "crate::duration")]
+    pub timeout: Duration,
+    /// The admin API's address as approvers reach it, for the link in the client's notice
+    /// (default: `http://` and `[admin] listen`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_url: Option<String>,
+}
+
+impl Default for ReviewsConfig {
+    fn default() -> Self {
+        ReviewsConfig {
+            approvers: Vec::new(),
+            approvals: 1,
+            timeout: Duration::from_secs(600),
+            admin_url: None,
+        }
+    }
 }
 
 /// `[resources.recording]`: result data kept as content-addressed chunks.

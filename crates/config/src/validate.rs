@@ -222,6 +222,26 @@ fn check_resources(resources: &[ResourceConfig], env: EnvLookup<'_>, problems: &
             }
         }
         check_masking(&resource.masking, &format!("{at}.masking"), env, problems);
+        let reviews = &resource.reviews;
+        if !(1..=10).contains(&reviews.approvals) {
+            problems.push(Problem::new(
+                format!("{at}.reviews.approvals"),
+                format!("must be 1 to 10, not {}", reviews.approvals),
+            ));
+        }
+        if reviews.timeout < Duration::from_secs(1) || reviews.timeout > Duration::from_secs(86_400)
+        {
+            problems.push(Problem::new(
+                format!("{at}.reviews.timeout"),
+                "must be between 1s and 24h",
+            ));
+        }
+        if reviews.approvers.iter().any(|g| g.trim().is_empty()) {
+            problems.push(Problem::new(
+                format!("{at}.reviews.approvers"),
+                "must not hold an empty group name",
+            ));
+        }
         if let Err(found) = gatehouse_sql::validate_rules(&resource.rules) {
             for (j, key, problem) in found {
                 problems.push(Problem::new(format!("{at}.rules[{j}].{key}"), problem));
@@ -633,6 +653,7 @@ mod tests {
             target_tls: None,
             recording: Default::default(),
             masking: Default::default(),
+            reviews: Default::default(),
             environment: None,
             tags: Vec::new(),
         };

@@ -200,7 +200,7 @@ fn unknown_key_nested() {
     assert_eq!(
         load_error(&text),
         "gatehouse.toml:7:1: resources[1].port: unknown key; expected one of name, kind, durability, listen, \
-         target, database, credentials, rules, on_unparsed, tls, target_tls, recording, masking, environment, tags"
+         target, database, credentials, rules, on_unparsed, tls, target_tls, recording, masking, reviews, environment, tags"
     );
 }
 
@@ -663,4 +663,33 @@ fn target_tls_paths_are_relative_to_the_config_and_checked() {
     let tls = config.resources[0].target_tls.as_ref().unwrap();
     assert_eq!(tls.ca, ca);
     assert_eq!(tls.server_name, None);
+}
+
+#[test]
+fn reviews_default_to_ten_minutes_and_one_approval_and_are_checked() {
+    let (_dir, path) = write_config(PG);
+    let reviews = Config::load(&path).unwrap().resources[0].reviews.clone();
+    assert_eq!(reviews.approvals, 1);
+    assert_eq!(reviews.timeout, std::time::Duration::from_secs(600));
+    assert!(reviews.approvers.is_empty(), "no approvers unless configured");
+
+    let text = format!(
+        "{PG}[resources.reviews]\napprovers = [\"dba\", \"\"]\napprovals = 0\ntimeout = \"0s\"\n"
+    );
+    let (_dir, path) = write_config(&text);
+    let keys: Vec<String> = load_problems(&path).into_iter().map(|p| p.key).collect();
+    assert_eq!(
+        keys,
+        [
+            "resources[0].reviews.approvals",
+            "resources[0].reviews.timeout",
+            "resources[0].reviews.approvers",
+        ]
+    );
+    let text = format!("{PG}[resources.reviews]\napprover = [\"dba\"]\n");
+    assert!(
+        load_error(&text).contains("unknown key"),
+        "{}",
+        load_error(&text)
+    );
 }

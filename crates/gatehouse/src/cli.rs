@@ -60,6 +60,56 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// List, show, approve or deny statements held for review, through a running gateway's
+    /// admin API. Signs in as `--as NAME` with the key in GATEHOUSE_KEY (an API key or an
+    /// OIDC token), else with the token kept by `gatehouse login`.
+    Reviews(ReviewsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReviewsArgs {
+    /// The admin API, e.g. http://127.0.0.1:9180 [default: `[admin] listen` of --config].
+    #[arg(long, env = "GATEHOUSE_ADMIN_URL", global = true)]
+    pub admin: Option<String>,
+    /// The configuration file to take the admin address from.
+    #[arg(long, short, default_value = "gatehouse.toml", global = true)]
+    pub config: PathBuf,
+    /// Your identity's name.
+    #[arg(
+        long = "as",
+        value_name = "NAME",
+        env = "GATEHOUSE_USER",
+        global = true
+    )]
+    pub user: Option<String>,
+    #[command(subcommand)]
+    pub command: ReviewsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReviewsCommand {
+    /// Reviews waiting for a decision (`--all`: decided ones of the last hour too).
+    List {
+        #[arg(long)]
+        all: bool,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One review in full, as JSON.
+    Show { id: String },
+    /// Approve a held statement (never your own).
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Deny a held statement; the client gets your name and reason.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -74,6 +74,7 @@ pub async fn demo(args: DemoArgs, log_format: Option<LogFormat>) -> anyhow::Resu
             target_tls: None,
             recording: Default::default(),
             masking: Default::default(),
+            reviews: Default::default(),
             environment: None,
             tags: Vec::new(),
         });

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use std::sync::Arc;
 
+use gatehouse_approvals::Reviews;
 use gatehouse_config::{Config, ResourceKind};
 use gatehouse_core::{Durability, Event, EventKind};
 use gatehouse_identity::{ApiKeys, Authenticator};
@@ -162,18 +163,26 @@ pub(crate) async fn run_gateway(
     tracing::info!(address = %admin_addr, "admin API listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Managed API keys and their change log live in the state store beside the ledger.
+    let store = Store::open_in(&config.data_dir)
+        .await
+        .with_context(|| format!("opening the state store in {}", config.data_dir.display()))?;
+    // The store is read at every sign-in, so keys created or revoked from the CLI count at
+    // once.
+    let oidc = gatehouse_identity::oidc::Oidc::new(&config.issuers).map_err(anyhow::Error::msg)?;
+    let auth =
+        Authenticator::new(ApiKeys::new(&config.identities), Some(store.clone())).with_oidc(oidc);
+    let reviews = Reviews::default();
     let state = AdminState {
         ledger: ledger.clone(),
         metrics: Some(metrics),
+        auth: auth.clone(),
+        reviews: reviews.clone(),
     };
     let mut api_stop = stop_rx.clone();
     let api = tokio::spawn(gatehouse_server::serve(listener, state, async move {
         let _ = api_stop.wait_for(|s| *s).await;
     }));
-    // Managed API keys and their change log live in the state store beside the ledger.
-    let store = Store::open_in(&config.data_dir)
-        .await
-        .with_context(|| format!("opening the state store in {}", config.data_dir.display()))?;
     let key_events = tokio::spawn(record_key_events(
         store.clone(),
         ledger.clone(),
@@ -205,7 +214,14 @@ pub(crate) async fn run_gateway(
         }
         None => None,
     };
-    let postgres = start_postgres(config, &ledger, &store, policy, &stop_rx).await?;
+    let shared = Shared {
+        ledger: ledger.clone(),
+        auth,
+        reviews,
+        policy,
+        admin_url: format!("http://{admin_addr}"),
+    };
+    let postgres = start_postgres(config, &shared, &stop_rx).await?;
 
     started(&Running {
         ledger: ledger.clone(),
@@ -379,19 +395,22 @@ fn masking_key(
     }
 }
 
+/// What every resource's sessions share.
+struct Shared {
+    ledger: Ledger,
+    auth: Authenticator,
+    reviews: Reviews,
+    policy: Option<Arc<PolicyHandle>>,
+    /// Where approvers reach the admin API, unless a resource says otherwise.
+    admin_url: String,
+}
+
 /// Binds a listener for each PostgreSQL resource and serves it until `stop` turns true.
 async fn start_postgres(
     config: &Config,
-    ledger: &Ledger,
-    store: &Store,
-    policy: Option<Arc<PolicyHandle>>,
+    shared: &Shared,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<(String, SocketAddr)>> {
-    // The store is read at every sign-in, so keys created or revoked from the CLI count at
-    // once.
-    let store = store.clone();
-    let oidc = gatehouse_identity::oidc::Oidc::new(&config.issuers).map_err(anyhow::Error::msg)?;
-    let auth = Authenticator::new(ApiKeys::new(&config.identities), Some(store)).with_oidc(oidc);
     let cancels = CancelMap::default();
     let mut bound = Vec::new();
     for r in config
@@ -400,13 +419,18 @@ async fn start_postgres(
         .filter(|r| r.kind == ResourceKind::Postgres)
     {
         let mask_key = masking_key(config, r)?;
+        let mut r = r.clone();
+        if r.reviews.admin_url.is_none() {
+            r.reviews.admin_url = Some(shared.admin_url.clone());
+        }
         let resource = PgResource::from_config(
-            r,
-            auth.clone(),
-            ledger.clone(),
+            &r,
+            shared.auth.clone(),
+            shared.ledger.clone(),
             cancels.clone(),
-            policy.clone(),
+            shared.policy.clone(),
             &mask_key,
+            shared.reviews.clone(),
         )?;
         let addr = r
             .listen

@@ -100,6 +100,12 @@ async fn device(client: &LoginClient, scope: &str) -> anyhow::Result<login::Toke
 }
 
 pub async fn token() -> anyhow::Result<ExitCode> {
+    outln!("{}", current_token().await?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The kept token, refreshed first when it nears expiry.
+pub async fn current_token() -> anyhow::Result<String> {
     let path = login::token_path().map_err(anyhow::Error::msg)?;
     let mut tokens = login::load(&path).map_err(anyhow::Error::msg)?;
     let now = unix_now();
@@ -113,6 +119,5 @@ pub async fn token() -> anyhow::Result<ExitCode> {
             .map_err(anyhow::Error::msg)?;
         login::save(&path, &tokens).map_err(anyhow::Error::msg)?;
     }
-    outln!("{}", tokens.access_token);
-    Ok(ExitCode::SUCCESS)
+    Ok(tokens.access_token)
 }

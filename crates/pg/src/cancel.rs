@@ -10,6 +10,8 @@ pub struct CancelTarget {
     pub target: String,
     pub pid: i32,
     pub secret: i32,
+    /// Wakes the session when it holds a statement for review, so the cancel ends it.
+    pub held: Arc<tokio::sync::Notify>,
 }
 
 /// Shared table of live sessions' cancel keys.

@@ -18,6 +18,7 @@ mod upstream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use gatehouse_approvals::Reviews;
 use gatehouse_config::{ResourceConfig, Secret};
 use gatehouse_core::{Actor, Durability, Event, EventKind, ResourceRef};
 use gatehouse_identity::Authenticator;
@@ -66,6 +67,20 @@ pub struct PgResource {
     pub masking: Option<Arc<masking::MaskPolicy>>,
     /// The target's catalog as masking reads it.
     pub catalog: catalog::Catalog,
+    /// Reviews of held statements, shared with the admin API.
+    pub reviews: Reviews,
+    /// Who approves this resource's held statements, how many, how long to wait.
+    pub review: ReviewSettings,
+}
+
+/// `[resources.reviews]` as a session uses it.
+#[derive(Debug, Clone)]
+pub struct ReviewSettings {
+    pub approvers: Vec<String>,
+    pub approvals: u32,
+    pub timeout: std::time::Duration,
+    /// Where approvers reach the admin API (named in the client's notice).
+    pub admin_url: String,
 }
 
 /// How the gateway reaches a target over TLS: the verifying client configuration and the
@@ -85,6 +100,7 @@ impl PgResource {
         cancels: CancelMap,
         policy: Option<Arc<PolicyHandle>>,
         mask_key: &[u8],
+        reviews: Reviews,
     ) -> Result<Self, PgError> {
         let missing =
             |key: &str| PgError::Config(format!("resources.{}.{key} is required", config.name));
@@ -141,6 +157,17 @@ impl PgResource {
                 false => None,
             },
             catalog: catalog::Catalog::new(),
+            reviews,
+            review: ReviewSettings {
+                approvers: config.reviews.approvers.clone(),
+                approvals: config.reviews.approvals,
+                timeout: config.reviews.timeout,
+                admin_url: config
+                    .reviews
+                    .admin_url
+                    .clone()
+                    .unwrap_or_else(|| "http://<admin address>".into()),
+            },
         })
     }
 

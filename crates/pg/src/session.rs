@@ -7,14 +7,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use gatehouse_core::{Actor, Event, EventKind};
-use gatehouse_ledger::LedgerError;
+use gatehouse_approvals::{EntryRef, NewReview, Review, ReviewError, State, Verdict};
+use gatehouse_core::{Actor, Durability, Event, EventKind};
+use gatehouse_ledger::{LedgerError, Receipt};
 use gatehouse_wire_pg::backend;
 use gatehouse_wire_pg::frontend::{self, Frontend};
 use gatehouse_wire_pg::{StartupPacket, split_frame, split_startup};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use crate::cancel::CancelTarget;
 use crate::error::PgError;
@@ -186,11 +188,14 @@ async fn startup<S: ClientStream>(
                 client.write_all(b"N").await?
             }
             StartupPacket::Cancel { pid, secret } => {
-                if let Some(target) = resource.cancels.lookup(pid, secret)
-                    && let Err(e) =
+                if let Some(target) = resource.cancels.lookup(pid, secret) {
+                    // A held statement is not at the target yet: its review ends instead.
+                    target.held.notify_waiters();
+                    if let Err(e) =
                         upstream::cancel(&target.target, target.pid, target.secret).await
-                {
-                    tracing::warn!(error = %e, "forwarding a cancel request failed");
+                    {
+                        tracing::warn!(error = %e, "forwarding a cancel request failed");
+                    }
                 }
                 return Ok(None);
             }
@@ -388,10 +393,12 @@ async fn startup<S: ClientStream>(
         return Ok(None);
     }
 
+    let cancelled = Arc::new(Notify::new());
     let key = resource.cancels.register(CancelTarget {
         target: resource.target.clone(),
         pid: target.pid,
         secret: target.secret,
+        held: cancelled.clone(),
     });
     let mut out = Vec::new();
     backend::auth_ok(&mut out);
@@ -419,6 +426,9 @@ async fn startup<S: ClientStream>(
         started: Instant::now(),
         policy,
         masking,
+        cancelled,
+        held_input: BytesMut::new(),
+        client_gone: false,
     }))
 }
 
@@ -577,6 +587,19 @@ struct Session {
     policy: SessionPolicy,
     /// Masking of results; `None` when the resource masks nothing.
     masking: Option<SessionMasking>,
+    /// Woken by a CancelRequest with this session's key (ends a held statement's wait).
+    cancelled: Arc<Notify>,
+    /// Client bytes read while a statement was held, handled after it.
+    held_input: BytesMut,
+    /// The client left while a statement was held.
+    client_gone: bool,
+}
+
+/// The client and the pending output, lent to a statement that may be held.
+struct Io<'a, S> {
+    client: &'a mut S,
+    to_server: &'a mut Vec<u8>,
+    to_client: &'a mut Vec<u8>,
 }
 
 /// A session's masking state.
@@ -660,8 +683,13 @@ impl Session {
             };
             if client_read {
                 let terminate = self
-                    .handle_client_frames(&mut cbuf, &mut to_server, &mut to_client)
+                    .handle_client_frames(client, &mut cbuf, &mut to_server, &mut to_client)
                     .await?;
+                // What the client sent while a statement was held is handled next.
+                if !self.held_input.is_empty() {
+                    cbuf.extend_from_slice(&std::mem::take(&mut self.held_input));
+                    pending_client = true;
+                }
                 // Bytes go out before results are recorded: a result entry gates nothing,
                 // so building it stays off the statement's latency. It is recorded even
                 // when a send fails.
@@ -675,6 +703,9 @@ impl Session {
                 self.totals.bytes_to_client += sent?;
                 if terminate {
                     return Ok("client terminated the session".into());
+                }
+                if self.client_gone {
+                    return Ok("client closed the connection while a statement was held".into());
                 }
             } else {
                 while let Some(len) =
@@ -707,8 +738,9 @@ impl Session {
     }
 
     /// Handles every complete client frame in `buf`. Returns true on Terminate.
-    async fn handle_client_frames(
+    async fn handle_client_frames<S: ClientStream>(
         &mut self,
+        client: &mut S,
         buf: &mut BytesMut,
         to_server: &mut Vec<u8>,
         to_client: &mut Vec<u8>,
@@ -734,7 +766,15 @@ impl Session {
             match message {
                 Frontend::Query(sql) => {
                     let prepared = self.analysed(sql);
-                    match self.admit(&prepared, json!({"protocol": "simple"})).await {
+                    let io = Io {
+                        client: &mut *client,
+                        to_server: &mut *to_server,
+                        to_client: &mut *to_client,
+                    };
+                    match self
+                        .admit(&prepared, json!({"protocol": "simple"}), io)
+                        .await
+                    {
                         Ok(index) => {
                             to_server.extend_from_slice(&frame);
                             let shape = self.shape(&prepared, None);
@@ -776,7 +816,12 @@ impl Session {
                     });
                     let detail =
                         json!({"protocol": "extended", "statement": statement, "portal": portal});
-                    match self.admit(&prepared, detail).await {
+                    let io = Io {
+                        client: &mut *client,
+                        to_server: &mut *to_server,
+                        to_client: &mut *to_client,
+                    };
+                    match self.admit(&prepared, detail, io).await {
                         Ok(index) => {
                             to_server.extend_from_slice(&frame);
                             let shape = self.shape(&prepared, Some((statement, formats)));
@@ -824,8 +869,13 @@ impl Session {
                             unparsed: Some("a fast-path function call carries no SQL".into()),
                         },
                     );
+                    let io = Io {
+                        client: &mut *client,
+                        to_server: &mut *to_server,
+                        to_client: &mut *to_client,
+                    };
                     match self
-                        .admit(&prepared, json!({"protocol": "function_call"}))
+                        .admit(&prepared, json!({"protocol": "function_call"}), io)
                         .await
                     {
                         Ok(index) => {
@@ -875,12 +925,14 @@ impl Session {
     }
 
     /// Decides a statement and records the decision, write-ahead: the `command` entry is
-    /// appended (durable in `sync` mode) before an allowed statement may be forwarded.
-    /// Returns the entry's ledger index, or the SQLSTATE and message of the refusal.
-    async fn admit(
+    /// appended (durable in `sync` mode) before an allowed statement may be forwarded. A
+    /// statement held for review waits here for its decision ([`Session::hold`]). Returns
+    /// the entry's ledger index, or the SQLSTATE and message of the refusal.
+    async fn admit<S: ClientStream>(
         &mut self,
         prepared: &Prepared,
         mut detail: Value,
+        io: Io<'_, S>,
     ) -> Result<u64, (&'static str, String)> {
         let cedar = self.resource.policy.as_ref().map(|handle| {
             self.policy.statements(
@@ -901,34 +953,249 @@ impl Session {
             map.extend(prepared.summary.clone());
         }
         detail["decision"] = json!({"outcome": decision.outcome.as_str(), "rule": decision.rule, "policies": decision.policies});
-        let index = self
+        let receipt = self
             .audit(&prepared.sql, detail)
             .await
             .map_err(|m| ("58000", m))?;
         match decision.outcome {
-            Outcome::Allow => Ok(index),
+            Outcome::Allow => Ok(receipt.index),
             Outcome::Deny => {
                 self.totals.denied += 1;
                 let reason = decision.message.unwrap_or_default();
                 Err(("42501", format!("gatehouse: denied: {reason}")))
             }
             Outcome::Review => {
-                // Approvals come with their own issue; until then a review fails closed.
-                self.totals.denied += 1;
+                let rule = decision.rule.or_else(|| decision.policies.first().cloned());
                 let reason = decision.message.unwrap_or_default();
-                Err((
-                    "42501",
-                    format!(
-                        "gatehouse: this statement needs an approval ({reason}); approvals are not available yet, so it was not executed"
-                    ),
-                ))
+                let held = self.hold(&prepared.sql, &receipt, rule, reason, io).await;
+                if held.is_err() {
+                    self.totals.denied += 1;
+                }
+                held.map(|()| receipt.index)
             }
+        }
+    }
+
+    /// Holds a statement for review: opens the review (an `approval.request` entry naming
+    /// the command entry), tells the client how it can be approved, and waits — for the
+    /// approvers, the timeout, a CancelRequest or the client leaving — recording how it
+    /// ended. `Ok` once approved (its `executed` entry written before the statement is sent).
+    async fn hold<S: ClientStream>(
+        &mut self,
+        sql: &str,
+        command: &Receipt,
+        rule: Option<String>,
+        reason: String,
+        io: Io<'_, S>,
+    ) -> Result<(), (&'static str, String)> {
+        let settings = self.resource.review.clone();
+        if settings.approvers.is_empty() {
+            return Err((
+                "42501",
+                format!(
+                    "gatehouse: this statement needs an approval ({reason}), but resources.{}.reviews.approvers names no group that may give one, so it was not executed",
+                    self.resource.name
+                ),
+            ));
+        }
+        let command_ref = EntryRef {
+            index: command.index,
+            leaf: hex::encode(command.leaf_hash),
+        };
+        let new = NewReview {
+            resource: self.resource.name.clone(),
+            requester: self.actor.id.clone(),
+            session: self.id.clone(),
+            statement: sql.to_string(),
+            rule,
+            reason,
+            approvers: settings.approvers.clone(),
+            required: settings.approvals,
+            timeout: settings.timeout,
+        };
+        let ledger = self.resource.ledger.clone();
+        let request = self.event(EventKind::ApprovalRequest, Value::Null);
+        let opened = self
+            .resource
+            .reviews
+            .open(new, |review: &Review| {
+                let mut event = request;
+                event.data = json!({
+                    "review": review.id,
+                    "command": command_ref,
+                    "rule": review.rule,
+                    "reason": review.reason,
+                    "approvers": review.approvers,
+                    "required": review.required,
+                    "expires_at": review.expires_at,
+                });
+                async move {
+                    ledger
+                        .append(&event, Durability::Sync)
+                        .await
+                        .map(|r| EntryRef {
+                            index: r.index,
+                            leaf: hex::encode(r.leaf_hash),
+                        })
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .await;
+        let (review, mut changes) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                return Err((
+                    "58000",
+                    format!("gatehouse: the review could not be opened: {e}"),
+                ));
+            }
+        };
+        let id = review.id.clone();
+        let wait = humantime::format_duration(settings.timeout).to_string();
+        let mut notice = Vec::new();
+        backend::write_message_fields(
+            b'N',
+            [
+                (b'S', "NOTICE"),
+                (b'V', "NOTICE"),
+                (b'C', "00000"),
+                (
+                    b'M',
+                    format!("gatehouse: held for review {id}: {}", review.reason).as_str(),
+                ),
+                (
+                    b'D',
+                    format!(
+                        "Waiting up to {wait} for {} approval(s) from the group(s) {}.",
+                        review.required,
+                        review.approvers.join(", ")
+                    )
+                    .as_str(),
+                ),
+                (
+                    b'H',
+                    format!(
+                        "Approve with `gatehouse reviews approve {id}` or POST {}/api/reviews/{id}/approve.",
+                        settings.admin_url
+                    )
+                    .as_str(),
+                ),
+            ],
+            &mut notice,
+        );
+        io.to_client.extend_from_slice(&notice);
+        // What came before this statement goes out now; its results wait with the rest.
+        drain_into(&mut self.target, io.to_server)
+            .await
+            .map_err(|e| {
+                (
+                    "08006",
+                    format!("gatehouse: the target connection failed: {e}"),
+                )
+            })?;
+        let _ = drain_into(io.client, io.to_client).await;
+        let deadline = tokio::time::Instant::now() + settings.timeout;
+        let cancelled = self.cancelled.clone();
+        let ended = loop {
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        break State::Cancelled;
+                    }
+                    let now = changes.borrow_and_update().clone();
+                    match now.state {
+                        State::Approved => break State::Approved,
+                        State::Denied => {
+                            let denial = now.denial.unwrap_or(Verdict { by: "?".into(), at: 0, reason: None });
+                            let why = denial.reason.map(|r| format!(": {r}")).unwrap_or_default();
+                            return Err(("42501", format!("gatehouse: review {id} was denied by {}{why}", denial.by)));
+                        }
+                        State::Pending => {
+                            // Progress: who approved, and how many are still needed.
+                            let by = now.approvals.last().map(|a| a.by.as_str()).unwrap_or("?");
+                            let mut out = Vec::new();
+                            backend::notice_response(
+                                "00000",
+                                &format!(
+                                    "gatehouse: review {id} approved by {by} ({} of {} approvals)",
+                                    now.approvals.len(),
+                                    now.required
+                                ),
+                                &mut out,
+                            );
+                            let _ = drain_into(io.client, &mut out).await;
+                        }
+                        _ => break now.state,
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => break State::Expired,
+                _ = cancelled.notified() => break State::Cancelled,
+                read = io.client.read_buf(&mut self.held_input) => {
+                    // More from the client waits its turn; nothing, or an error, means
+                    // the client has gone.
+                    if !matches!(read, Ok(n) if n > 0) {
+                        self.client_gone = true;
+                        break State::Cancelled;
+                    }
+                }
+            }
+        };
+        let target = match ended {
+            State::Approved => State::Executed,
+            other => other,
+        };
+        let ledger = self.resource.ledger.clone();
+        let finished = self
+            .resource
+            .reviews
+            .finish(&id, target, |next: &Review| {
+                let event =
+                    gatehouse_approvals::decision_event(next, Some(self.actor.clone()), json!({}));
+                async move {
+                    ledger
+                        .append(&event, Durability::Sync)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .await;
+        match (target, finished) {
+            (State::Executed, Ok(_)) => Ok(()),
+            (State::Expired, Ok(_)) => Err((
+                "57014",
+                format!(
+                    "gatehouse: review {id} timed out after {wait} without a decision; the statement was not executed"
+                ),
+            )),
+            (State::Cancelled, Ok(_)) => Err((
+                "57014",
+                format!(
+                    "gatehouse: canceling statement due to user request (review {id} cancelled)"
+                ),
+            )),
+            // A decision came in between (a denial just before the timeout): it stands.
+            (
+                _,
+                Err(ReviewError::NotPending {
+                    state: State::Denied,
+                    ..
+                }),
+            ) => Err(("42501", format!("gatehouse: review {id} was denied"))),
+            (_, Err(e)) => Err((
+                "42501",
+                format!("gatehouse: review {id}: {e}; the statement was not executed"),
+            )),
+            (_, Ok(_)) => Err((
+                "42501",
+                format!("gatehouse: review {id} ended; the statement was not executed"),
+            )),
         }
     }
 
     /// Write-ahead audit: the `command` entry is appended (durable in `sync` mode) before the
     /// statement may be forwarded. Returns its ledger index, or the refusal message.
-    async fn audit(&mut self, sql: &str, mut detail: Value) -> Result<u64, String> {
+    async fn audit(&mut self, sql: &str, mut detail: Value) -> Result<Receipt, String> {
         let mut event = self.event(EventKind::Command, Value::Null);
         if sql.len() > INLINE_SQL {
             match self
@@ -963,7 +1230,7 @@ impl Session {
         {
             Ok(receipt) => {
                 self.totals.commands += 1;
-                Ok(receipt.index)
+                Ok(receipt)
             }
             Err(e) => {
                 self.totals.refused += 1;

@@ -236,6 +236,14 @@ async fn gateway_on(setup: Setup) -> Gateway {
             )
         }),
         catalog: gatehouse_pg::catalog::Catalog::new(),
+        reviews: gatehouse_approvals::Reviews::default(),
+        // No approvers: a statement held for review is refused.
+        review: gatehouse_pg::ReviewSettings {
+            approvers: Vec::new(),
+            approvals: 1,
+            timeout: std::time::Duration::from_secs(600),
+            admin_url: "http://127.0.0.1:1".into(),
+        },
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -1,5 +1,7 @@
-//! The admin HTTP API: health, the latest signed checkpoint, the verifier key and
-//! Prometheus metrics. Later issues add sessions, reviews and exports here.
+//! The admin HTTP API: health, the latest signed checkpoint, the verifier key,
+//! Prometheus metrics, and the reviews of held statements ([`reviews`]).
+
+pub mod reviews;
 
 use std::future::Future;
 
@@ -7,7 +9,9 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use gatehouse_approvals::Reviews;
+use gatehouse_identity::Authenticator;
 use gatehouse_ledger::Ledger;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -19,6 +23,9 @@ pub struct AdminState {
     pub ledger: Ledger,
     /// `None` when no metrics recorder is installed (tests); `/metrics` then says so.
     pub metrics: Option<PrometheusHandle>,
+    /// Signs in the callers of the reviews routes.
+    pub auth: Authenticator,
+    pub reviews: Reviews,
 }
 
 /// The admin API routes.
@@ -28,6 +35,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/ledger/checkpoint", get(checkpoint))
         .route("/api/ledger/pubkey", get(pubkey))
         .route("/metrics", get(metrics))
+        .route("/api/reviews", get(reviews::list))
+        .route("/api/reviews/{id}", get(reviews::show))
+        .route("/api/reviews/{id}/approve", post(reviews::approve))
+        .route("/api/reviews/{id}/deny", post(reviews::deny))
         .with_state(state)
 }
 
@@ -122,6 +133,8 @@ mod tests {
         let app = router(AdminState {
             ledger: ledger.clone(),
             metrics: Some(recorder.handle()),
+            auth: Authenticator::default(),
+            reviews: Reviews::default(),
         });
 
         let (code, body) = get_text(&app, "/healthz").await;

@@ -1,0 +1,377 @@
+//! Just-in-time approvals: the reviews of statements a rule holds, who may decide them,
+//! and how the waiting session learns the outcome.
+//!
+//! A review is opened by the session that holds the statement and decided by approvers
+//! through the admin API or the CLI. Every state change is recorded before it takes effect:
+//! [`Reviews::decide`] and [`Reviews::finish`] take the recording step (a ledger append) and
+//! apply the change only once it succeeded, while holding the registry's lock, so the
+//! ledger's order is the order things happened in and an approval that could not be
+//! recorded never lets a statement run. The rules of deciding ([`judge`]) are pure.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gatehouse_core::{Actor, Event, EventKind, ResourceRef};
+use serde::Serialize;
+use tokio::sync::{Mutex, watch};
+
+/// Where a review stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    Cancelled,
+    Executed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Approved => "approved",
+            State::Denied => "denied",
+            State::Expired => "expired",
+            State::Cancelled => "cancelled",
+            State::Executed => "executed",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A ledger entry a review refers to: its index and leaf hash (hex), so the reference is
+/// checkable against the tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EntryRef {
+    pub index: u64,
+    pub leaf: String,
+}
+
+/// One approver's act.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub by: String,
+    /// Unix milliseconds.
+    pub at: u64,
+    pub reason: Option<String>,
+}
+
+/// A held statement waiting for (or past) its decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Review {
+    pub id: String,
+    pub resource: String,
+    pub requester: String,
+    pub session: String,
+    /// The statement as the client sent it.
+    pub statement: String,
+    /// The rule (or Cedar policy) that asked for the review, and its message.
+    pub rule: Option<String>,
+    pub reason: String,
+    /// Groups whose members may decide.
+    pub approvers: Vec<String>,
+    /// Approvals needed; any denial rejects.
+    pub required: u32,
+    pub approvals: Vec<Verdict>,
+    pub denial: Option<Verdict>,
+    pub state: State,
+    /// Unix milliseconds.
+    pub requested_at: u64,
+    pub expires_at: u64,
+    /// The `approval.request` entry every later entry of this review refers to.
+    pub request: EntryRef,
+}
+
+/// What a session knows when it opens a review.
+#[derive(Debug, Clone)]
+pub struct NewReview {
+    pub resource: String,
+    pub requester: String,
+    pub session: String,
+    pub statement: String,
+    pub rule: Option<String>,
+    pub reason: String,
+    pub approvers: Vec<String>,
+    pub required: u32,
+    pub timeout: Duration,
+}
+
+/// Who is deciding.
+#[derive(Debug, Clone, Copy)]
+pub struct Approver<'a> {
+    pub name: &'a str,
+    pub groups: &'a [String],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReviewError {
+    #[error("there is no review {0}")]
+    NotFound(String),
+    #[error("review {id} is {state}, no longer pending")]
+    NotPending { id: String, state: State },
+    #[error("{0} asked for this review and cannot decide it")]
+    OwnRequest(String),
+    #[error("{name} may not decide review {id}: its approvers are the groups {groups:?}")]
+    NotAnApprover {
+        name: String,
+        id: String,
+        groups: Vec<String>,
+    },
+    #[error("{0} has already approved this review")]
+    AlreadyApproved(String),
+    #[error("the decision could not be recorded, so it was not taken: {0}")]
+    Record(String),
+}
+
+/// The review after `who` approves (`approve`) or denies it: the rules of deciding.
+/// The requester never decides their own request; only members of an approver group
+/// decide; one approval per person; the review is approved once `required` people have
+/// approved, and denied by any denial.
+pub fn judge(
+    review: &Review,
+    who: Approver<'_>,
+    approve: bool,
+    reason: Option<String>,
+    now: u64,
+) -> Result<Review, ReviewError> {
+    if review.state != State::Pending {
+        return Err(ReviewError::NotPending {
+            id: review.id.clone(),
+            state: review.state,
+        });
+    }
+    if who.name == review.requester {
+        return Err(ReviewError::OwnRequest(who.name.to_string()));
+    }
+    if !review.approvers.iter().any(|g| who.groups.contains(g)) {
+        return Err(ReviewError::NotAnApprover {
+            name: who.name.to_string(),
+            id: review.id.clone(),
+            groups: review.approvers.clone(),
+        });
+    }
+    if review.approvals.iter().any(|a| a.by == who.name) {
+        return Err(ReviewError::AlreadyApproved(who.name.to_string()));
+    }
+    let verdict = Verdict {
+        by: who.name.to_string(),
+        at: now,
+        reason,
+    };
+    let mut next = review.clone();
+    if approve {
+        next.approvals.push(verdict);
+        if next.approvals.len() >= review.required as usize {
+            next.state = State::Approved;
+        }
+    } else {
+        next.denial = Some(verdict);
+        next.state = State::Denied;
+    }
+    Ok(next)
+}
+
+struct Slot {
+    review: Review,
+    tx: watch::Sender<Review>,
+}
+
+/// How long decided reviews stay listed.
+const KEEP_DECIDED: Duration = Duration::from_secs(3600);
+
+/// The reviews of one gateway, shared by its sessions and its admin API.
+#[derive(Clone, Default)]
+pub struct Reviews {
+    slots: Arc<Mutex<HashMap<String, Slot>>>,
+}
+
+impl std::fmt::Debug for Reviews {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reviews")
+    }
+}
+
+impl Reviews {
+    /// Opens a review once `record` (given the review to be) has recorded the request and
+    /// returned its entry. The receiver sees every later change.
+    pub async fn open<F, Fut>(
+        &self,
+        new: NewReview,
+        record: F,
+    ) -> Result<(Review, watch::Receiver<Review>), ReviewError>
+    where
+        F: FnOnce(&Review) -> Fut,
+        Fut: Future<Output = Result<EntryRef, String>>,
+    {
+        let now = now_ms();
+        let mut review = Review {
+            id: new_id(),
+            resource: new.resource,
+            requester: new.requester,
+            session: new.session,
+            statement: new.statement,
+            rule: new.rule,
+            reason: new.reason,
+            approvers: new.approvers,
+            required: new.required.max(1),
+            approvals: Vec::new(),
+            denial: None,
+            state: State::Pending,
+            requested_at: now,
+            expires_at: now + u64::try_from(new.timeout.as_millis()).unwrap_or(u64::MAX / 2),
+            request: EntryRef {
+                index: 0,
+                leaf: String::new(),
+            },
+        };
+        let mut slots = self.slots.lock().await;
+        slots.retain(|_, s| {
+            s.review.state == State::Pending || s.review.requested_at + keep_ms() > now
+        });
+        review.request = record(&review).await.map_err(ReviewError::Record)?;
+        let (tx, rx) = watch::channel(review.clone());
+        slots.insert(
+            review.id.clone(),
+            Slot {
+                review: review.clone(),
+                tx,
+            },
+        );
+        Ok((review, rx))
+    }
+
+    /// Every review still known, newest first.
+    pub async fn list(&self) -> Vec<Review> {
+        let mut all: Vec<Review> = self
+            .slots
+            .lock()
+            .await
+            .values()
+            .map(|s| s.review.clone())
+            .collect();
+        all.sort_by_key(|r| std::cmp::Reverse(r.requested_at));
+        all
+    }
+
+    pub async fn get(&self, id: &str) -> Option<Review> {
+        self.slots.lock().await.get(id).map(|s| s.review.clone())
+    }
+
+    /// An approver's decision ([`judge`]), taken once `record` has recorded it.
+    pub async fn decide<F, Fut>(
+        &self,
+        id: &str,
+        who: Approver<'_>,
+        approve: bool,
+        reason: Option<String>,
+        record: F,
+    ) -> Result<Review, ReviewError>
+    where
+        F: FnOnce(&Review) -> Fut,
+        Fut: Future<Output = Result<(), String>>,
+    {
+        let mut slots = self.slots.lock().await;
+        let slot = slots
+            .get_mut(id)
+            .ok_or_else(|| ReviewError::NotFound(id.to_string()))?;
+        let next = judge(&slot.review, who, approve, reason, now_ms())?;
+        record(&next).await.map_err(ReviewError::Record)?;
+        slot.review = next.clone();
+        slot.tx.send_replace(next.clone());
+        Ok(next)
+    }
+
+    /// The session's own ends of a review: `Expired` or `Cancelled` while it is pending,
+    /// `Executed` once approved. Taken once `record` has recorded it.
+    pub async fn finish<F, Fut>(
+        &self,
+        id: &str,
+        state: State,
+        record: F,
+    ) -> Result<Review, ReviewError>
+    where
+        F: FnOnce(&Review) -> Fut,
+        Fut: Future<Output = Result<(), String>>,
+    {
+        let mut slots = self.slots.lock().await;
+        let slot = slots
+            .get_mut(id)
+            .ok_or_else(|| ReviewError::NotFound(id.to_string()))?;
+        let allowed = match state {
+            State::Executed => slot.review.state == State::Approved,
+            State::Expired | State::Cancelled => slot.review.state == State::Pending,
+            _ => false,
+        };
+        if !allowed {
+            return Err(ReviewError::NotPending {
+                id: id.to_string(),
+                state: slot.review.state,
+            });
+        }
+        let mut next = slot.review.clone();
+        next.state = state;
+        record(&next).await.map_err(ReviewError::Record)?;
+        slot.review = next.clone();
+        slot.tx.send_replace(next.clone());
+        Ok(next)
+    }
+}
+
+fn keep_ms() -> u64 {
+    KEEP_DECIDED.as_millis() as u64
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `r-` and ten hex digits: short enough to type, random so ids say nothing.
+fn new_id() -> String {
+    let mut raw = [0u8; 5];
+    if getrandom::fill(&mut raw).is_err() {
+        raw.copy_from_slice(&now_ms().to_be_bytes()[3..]);
+    }
+    format!("r-{}", hex::encode(raw))
+}
+
+/// An `approval.decision` entry: the review's new state, referring to its request entry
+/// by index and leaf hash, by `actor`, with `extra` fields (an approver's verdict and
+/// reason).
+pub fn decision_event(review: &Review, actor: Option<Actor>, extra: serde_json::Value) -> Event {
+    let mut data = serde_json::json!({
+        "review": review.id,
+        "state": review.state,
+        "approvals": review.approvals.len(),
+        "required": review.required,
+        "request": review.request,
+    });
+    if let (Some(map), serde_json::Value::Object(more)) = (data.as_object_mut(), extra) {
+        map.extend(more);
+    }
+    Event {
+        kind: EventKind::ApprovalDecision,
+        actor,
+        resource: Some(ResourceRef {
+            name: review.resource.clone(),
+            kind: "postgres".into(),
+        }),
+        session: Some(review.session.clone()),
+        data,
+        chunks: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,379 @@
+//! Just-in-time approvals end to end: `gatehouse serve` holds psql's statements for review,
+//! and other people decide them from other processes — `gatehouse reviews` and the admin
+//! API with curl — while the ledger records each step in order.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::*;
+use gatehouse_testkit::PgCluster;
+use serde_json::Value;
+
+const PEOPLE: [(&str, &str); 4] = [
+    ("alice", "devs"),
+    ("bob", "dba"),
+    ("carol", "dba"),
+    ("eve", "analysts"),
+];
+
+fn key(name: &str) -> String {
+    format!("{name}-key-0123456789")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    pg: PgCluster,
+    admin: u16,
+    /// Listen ports of the resources `pg` (one approval), `pg-two` (two) and `pg-short`
+    /// (a two-second timeout).
+    ports: [u16; 3],
+    serve: Child,
+}
+
+fn start() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = PgCluster::start().unwrap();
+    pg.create_app("app", "app-secret", "appdb").unwrap();
+    pg.psql(
+        "appdb",
+        "SET ROLE app; CREATE TABLE t1 (); CREATE TABLE t2 (); CREATE TABLE t3 (); \
+         CREATE TABLE t4 (); CREATE TABLE t5 ();",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("pg-password"), "app-secret").unwrap();
+    let admin = free_port();
+    let ports = [free_port(), free_port(), free_port()];
+    let mut config = format!("data_dir = \"data\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
+    for (name, port, approvals, timeout) in [
+        ("pg", ports[0], 1, "60s"),
+        ("pg-two", ports[1], 2, "60s"),
+        ("pg-short", ports[2], 1, "2s"),
+    ] {
+        config.push_str(&format!(
+            "[[resources]]\nname = \"{name}\"\nkind = \"postgres\"\nlisten = \"127.0.0.1:{port}\"\n\
+             target = \"127.0.0.1:{}\"\ndatabase = \"appdb\"\n\
+             [resources.credentials]\nuser = \"app\"\npassword_file = \"pg-password\"\n\
+             [resources.masking]\nenabled = false\n\
+             [resources.reviews]\napprovers = [\"dba\"]\napprovals = {approvals}\ntimeout = \"{timeout}\"\n\
+             [[resources.rules]]\nid = \"drops-need-review\"\naction = \"review\"\n\
+             commands = [\"DROP TABLE\"]\nmessage = \"dropping a table needs an approval\"\n",
+            pg.port
+        ));
+    }
+    for (name, group) in PEOPLE {
+        config.push_str(&format!(
+            "[[identities]]\nname = \"{name}\"\nkind = \"human\"\ngroups = [\"{group}\"]\nkey_hash = \"{}\"\n",
+            gatehouse_identity::hash_key(&key(name))
+        ));
+    }
+    let file = dir.path().join("gatehouse.toml");
+    std::fs::write(&file, config).unwrap();
+    let serve = gatehouse()
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while curl(&[&format!("http://127.0.0.1:{admin}/healthz")]).0 != 200 {
+        assert!(Instant::now() < deadline, "serve did not come up");
+        sleep(Duration::from_millis(100));
+    }
+    Setup {
+        dir,
+        pg,
+        admin,
+        ports,
+        serve,
+    }
+}
+
+/// `curl ARGS`: the HTTP status and body.
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl is installed by scripts/test");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.parse().unwrap_or(0), body.to_string())
+}
+
+impl Setup {
+    /// `psql -c SQL` as alice on the resource listening at `port`, in the background.
+    fn psql(&self, port: u16, sql: &str) -> Child {
+        Command::new(self.pg.bindir().join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "alice",
+                "-d",
+                "appdb",
+            ])
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGPASSWORD", key("alice"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// `gatehouse reviews ARGS` as `who`.
+    fn reviews(&self, who: &str, args: &[&str]) -> Output {
+        gatehouse()
+            .arg("reviews")
+            .args(args)
+            .args([
+                "--as",
+                who,
+                "--admin",
+                &format!("http://127.0.0.1:{}", self.admin),
+            ])
+            .env("GATEHOUSE_KEY", key(who))
+            .output()
+            .unwrap()
+    }
+
+    /// The id of the one pending review, waiting for it to appear.
+    fn pending(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.reviews("bob", &["list", "--json"]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            let lines: Vec<Value> = stdout(&out)
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            if let [one] = &lines[..] {
+                return one["id"].as_str().unwrap().to_string();
+            }
+            assert!(lines.len() < 2, "one review at a time: {lines:?}");
+            assert!(Instant::now() < deadline, "no review appeared");
+            sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn table_exists(&self, name: &str) -> bool {
+        self.pg
+            .psql(
+                "appdb",
+                &format!("SELECT to_regclass('{name}') IS NOT NULL"),
+            )
+            .unwrap()
+            == "t"
+    }
+}
+
+fn finished(child: Child) -> (bool, String) {
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), stderr(&out))
+}
+
+#[test]
+fn held_statements_run_only_once_approved_and_every_step_is_recorded() {
+    let s = start();
+    let [pg, pg_two, pg_short] = s.ports;
+
+    // Approved from another process with the CLI, after refusals of the requester and of
+    // someone outside the approver groups.
+    let psql = s.psql(pg, "DROP TABLE t1");
+    let id = s.pending();
+    let own = s.reviews("alice", &["approve", &id]);
+    assert!(!own.status.success());
+    assert!(
+        stderr(&own).contains("alice asked for this review and cannot decide it"),
+        "{}",
+        stderr(&own)
+    );
+    let outsider = s.reviews("eve", &["approve", &id]);
+    assert!(!outsider.status.success());
+    assert!(
+        stderr(&outsider).contains("eve may not decide review"),
+        "{}",
+        stderr(&outsider)
+    );
+    let listed = s.reviews("bob", &["list"]);
+    assert!(
+        stdout(&listed).contains(&id) && stdout(&listed).contains("DROP TABLE t1"),
+        "{}",
+        stdout(&listed)
+    );
+    let approved = s.reviews("bob", &["approve", &id, "--reason", "planned cleanup"]);
+    assert!(approved.status.success(), "{}", stderr(&approved));
+    assert!(stdout(&approved).contains(&format!("review {id} is approved (1 of 1 approvals)")));
+    let (ok, said) = finished(psql);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains(&format!(
+            "gatehouse: held for review {id}: dropping a table needs an approval"
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("gatehouse reviews approve {id}")),
+        "{said}"
+    );
+    assert!(!s.table_exists("t1"), "the approved DROP ran");
+    let first = id;
+
+    // Denied through the admin API, with a reason the client is told.
+    let psql = s.psql(pg, "DROP TABLE t2");
+    let id = s.pending();
+    let (code, body) = curl(&[
+        "-u",
+        &format!("bob:{}", key("bob")),
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        "{\"reason\":\"not during the freeze\"}",
+        &format!("http://127.0.0.1:{}/api/reviews/{id}/deny", s.admin),
+    ]);
+    assert_eq!(code, 200, "{body}");
+    let (ok, said) = finished(psql);
+    assert!(!ok);
+    assert!(
+        said.contains(&format!(
+            "review {id} was denied by bob: not during the freeze"
+        )),
+        "{said}"
+    );
+    assert!(s.table_exists("t2"));
+    // Without a valid sign-in the API refuses.
+    let (code, _) = curl(&[
+        "-u",
+        "bob:wrong",
+        &format!("http://127.0.0.1:{}/api/reviews", s.admin),
+    ]);
+    assert_eq!(code, 401);
+
+    // Nobody decides: the statement times out.
+    let psql = s.psql(pg_short, "DROP TABLE t3");
+    let (ok, said) = finished(psql);
+    assert!(!ok);
+    assert!(
+        said.contains("timed out after 2s without a decision"),
+        "{said}"
+    );
+    assert!(s.table_exists("t3"));
+
+    // Two approvals needed: the client hears of the first and runs after the second.
+    let psql = s.psql(pg_two, "DROP TABLE t4");
+    let id = s.pending();
+    let once = s.reviews("bob", &["approve", &id]);
+    assert!(
+        stdout(&once).contains("is pending (1 of 2 approvals)"),
+        "{}",
+        stdout(&once)
+    );
+    assert!(s.table_exists("t4"), "one approval of two runs nothing");
+    let twice = s.reviews("carol", &["approve", &id]);
+    assert!(twice.status.success(), "{}", stderr(&twice));
+    let (ok, said) = finished(psql);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains(&format!("review {id} approved by bob (1 of 2 approvals)")),
+        "{said}"
+    );
+    assert!(!s.table_exists("t4"));
+
+    // The client cancels (psql sends a CancelRequest on SIGINT).
+    let psql = s.psql(pg, "DROP TABLE t5");
+    let id = s.pending();
+    let sent = Command::new("kill")
+        .args(["-INT", &psql.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let (ok, said) = finished(psql);
+    assert!(!ok);
+    assert!(said.contains(&format!("review {id} cancelled")), "{said}");
+    assert!(s.table_exists("t5"));
+    let all = s.reviews("bob", &["list", "--all", "--json"]);
+    let cancelled: Value = stdout(&all)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(cancelled["state"], "cancelled");
+
+    let Setup { dir, serve, .. } = s;
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &serve.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(serve.wait_with_output().unwrap().status.success());
+    check_ledger(&dir.path().join("data"), &first);
+}
+
+/// The first review's entries: the command (decided `review`), the request naming it by
+/// index and leaf hash, then approved and executed naming the request — in that order,
+/// with hashes that match the entries they name.
+fn check_ledger(data: &Path, id: &str) {
+    let mut entries: Vec<(u64, [u8; 32], Value)> = Vec::new();
+    gatehouse_ledger::segment::scan(&gatehouse_ledger::Layout::new(data), |e| {
+        let v: Value = serde_json::from_slice(e.line).unwrap();
+        entries.push((e.index, gatehouse_ledger::merkle::leaf_hash(e.line), v));
+        Ok(())
+    })
+    .unwrap();
+    let by_index = |i: u64| entries.iter().find(|(n, _, _)| *n == i).unwrap();
+    let request = entries
+        .iter()
+        .find(|(_, _, v)| v["kind"] == "approval.request" && v["data"]["review"] == id)
+        .expect("the request is recorded");
+    let command_ref = &request.2["data"]["command"];
+    let command = by_index(command_ref["index"].as_u64().unwrap());
+    assert_eq!(command_ref["leaf"], hex(&command.1));
+    assert_eq!(command.2["kind"], "command");
+    assert_eq!(command.2["data"]["decision"]["outcome"], "review");
+    assert_eq!(command.2["data"]["sql"], "DROP TABLE t1");
+    let steps: Vec<&(u64, [u8; 32], Value)> = entries
+        .iter()
+        .filter(|(_, _, v)| v["kind"] == "approval.decision" && v["data"]["review"] == id)
+        .collect();
+    let states: Vec<&str> = steps
+        .iter()
+        .map(|(_, _, v)| v["data"]["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["approved", "executed"]);
+    assert_eq!(steps[0].2["actor"]["id"], "bob");
+    assert_eq!(steps[0].2["data"]["reason"], "planned cleanup");
+    for (index, _, v) in &steps {
+        assert_eq!(v["data"]["request"]["index"], request.0);
+        assert_eq!(v["data"]["request"]["leaf"], hex(&request.1));
+        assert!(*index > request.0 && request.0 > command.0, "in order");
+    }
+    assert!(steps[0].0 < steps[1].0, "approved before executed");
+    // The statement's result comes after its execution was recorded.
+    let result = entries
+        .iter()
+        .find(|(_, _, v)| v["kind"] == "result" && v["data"]["command"] == command.0)
+        .expect("the approved statement ran");
+    assert!(result.0 > steps[1].0);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

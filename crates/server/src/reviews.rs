@@ -1,0 +1,171 @@
+//! The reviews routes of the admin API: list and show reviews, approve or deny one. Every
+//! call signs in as an identity (HTTP Basic: the identity's name and its API key or OIDC
+//! token, as with psql); a failed sign-in is answered 401 and recorded.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use gatehouse_approvals::{Approver, Review, ReviewError, decision_event};
+use gatehouse_core::{Actor, Durability, Event, EventKind};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::AdminState;
+
+/// The body of an approval or denial (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A refusal as the API gives it: a status and a JSON body naming what was wrong.
+fn refuse(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, Json(json!({"error": message.into()}))).into_response()
+}
+
+/// The identity behind the request's `Authorization: Basic` header.
+async fn sign_in(state: &AdminState, headers: &HeaderMap) -> Result<Actor, Response> {
+    let challenge = || {
+        let mut r = refuse(
+            StatusCode::UNAUTHORIZED,
+            "sign in with HTTP Basic: your identity's name and its API key or OIDC token",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"gatehouse\""),
+        );
+        r
+    };
+    let Some(encoded) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+    else {
+        return Err(challenge());
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok());
+    let Some((name, key)) = decoded.as_deref().and_then(|d| d.split_once(':')) else {
+        return Err(challenge());
+    };
+    match state.auth.authenticate(name, key).await {
+        Ok(signed) => Ok(signed.actor),
+        Err(failure) => {
+            let event = Event::system(
+                EventKind::AuthFailure,
+                json!({"via": "admin-api", "user": name, "reason": failure.reason()}),
+            );
+            if let Err(e) = state.ledger.append(&event, Durability::Sync).await {
+                tracing::error!(error = %e, "could not record a failed admin API sign-in");
+            }
+            Err(challenge())
+        }
+    }
+}
+
+/// `GET /api/reviews`: every review still known, newest first.
+pub async fn list(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Err(r) = sign_in(&state, &headers).await {
+        return r;
+    }
+    Json(json!({"reviews": state.reviews.list().await})).into_response()
+}
+
+/// `GET /api/reviews/{id}`.
+pub async fn show(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = sign_in(&state, &headers).await {
+        return r;
+    }
+    match state.reviews.get(&id).await {
+        Some(review) => Json(review).into_response(),
+        None => refuse(StatusCode::NOT_FOUND, format!("there is no review {id}")),
+    }
+}
+
+/// `POST /api/reviews/{id}/approve`.
+pub async fn approve(
+    state: State<AdminState>,
+    headers: HeaderMap,
+    id: Path<String>,
+    body: Option<Json<DecisionBody>>,
+) -> Response {
+    decide(state, headers, id, body, true).await
+}
+
+/// `POST /api/reviews/{id}/deny`.
+pub async fn deny(
+    state: State<AdminState>,
+    headers: HeaderMap,
+    id: Path<String>,
+    body: Option<Json<DecisionBody>>,
+) -> Response {
+    decide(state, headers, id, body, false).await
+}
+
+async fn decide(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<DecisionBody>>,
+    approve: bool,
+) -> Response {
+    let actor = match sign_in(&state, &headers).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let reason = body
+        .and_then(|Json(b)| b.reason)
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty());
+    let who = Approver {
+        name: &actor.id,
+        groups: &actor.groups,
+    };
+    let ledger = state.ledger.clone();
+    let recorder = actor.clone();
+    let verdict = if approve { "approve" } else { "deny" };
+    let decided = state
+        .reviews
+        .decide(&id, who, approve, reason.clone(), |next: &Review| {
+            // The decision is in the ledger before it takes effect.
+            let event = decision_event(
+                next,
+                Some(recorder),
+                json!({"verdict": verdict, "reason": reason}),
+            );
+            async move {
+                ledger
+                    .append(&event, Durability::Sync)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await;
+    match decided {
+        Ok(review) => Json(review).into_response(),
+        Err(e) => {
+            let code = match e {
+                ReviewError::NotFound(_) => StatusCode::NOT_FOUND,
+                ReviewError::NotPending { .. } | ReviewError::AlreadyApproved(_) => {
+                    StatusCode::CONFLICT
+                }
+                ReviewError::OwnRequest(_) | ReviewError::NotAnApprover { .. } => {
+                    StatusCode::FORBIDDEN
+                }
+                ReviewError::Record(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            refuse(code, e.to_string())
+        }
+    }
+}
