@@ -671,7 +671,10 @@ fn reviews_default_to_ten_minutes_and_one_approval_and_are_checked() {
     let reviews = Config::load(&path).unwrap().resources[0].reviews.clone();
     assert_eq!(reviews.approvals, 1);
     assert_eq!(reviews.timeout, std::time::Duration::from_secs(600));
-    assert!(reviews.approvers.is_empty(), "no approvers unless configured");
+    assert!(
+        reviews.approvers.is_empty(),
+        "no approvers unless configured"
+    );
 
     let text = format!(
         "{PG}[resources.reviews]\napprovers = [\"dba\", \"\"]\napprovals = 0\ntimeout = \"0s\"\n"

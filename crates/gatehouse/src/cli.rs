@@ -68,7 +68,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ReviewsArgs {
-    /// The admin API, e.g. http://127.0.0.1:9180 [default: `[admin] listen` of --config].
+    /// The admin API, e.g. http://127.0.0.1:8080 [default: `[admin] listen` of --config].
     #[arg(long, env = "GATEHOUSE_ADMIN_URL", global = true)]
     pub admin: Option<String>,
     /// The configuration file to take the admin address from.
