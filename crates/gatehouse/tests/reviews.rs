@@ -50,7 +50,7 @@ fn start() -> Setup {
     pg.psql(
         "appdb",
         "SET ROLE app; CREATE TABLE t1 (); CREATE TABLE t2 (); CREATE TABLE t3 (); \
-         CREATE TABLE t4 (); CREATE TABLE t5 ();",
+         CREATE TABLE t4 (); CREATE TABLE t5 (); CREATE TABLE t6 ();",
     )
     .unwrap();
     std::fs::write(dir.path().join("pg-password"), "app-secret").unwrap();
@@ -314,6 +314,39 @@ fn held_statements_run_only_once_approved_and_every_step_is_recorded() {
         .find(|r| r["id"] == id.as_str())
         .unwrap();
     assert_eq!(cancelled["state"], "cancelled");
+
+    // psycopg (the extended protocol: Parse, Bind, Execute) held and approved through
+    // the admin API.
+    let script = "import sys, psycopg\n\
+                  with psycopg.connect(sys.argv[1], autocommit=True) as c:\n\
+                  \x20   c.execute('DROP TABLE t6')\n\
+                  print('psycopg done')\n";
+    let driver = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &format!(
+                "host=127.0.0.1 port={pg} user=alice dbname=appdb password={}",
+                key("alice")
+            ),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = s.pending();
+    let (code, body) = curl(&[
+        "-u",
+        &format!("carol:{}", key("carol")),
+        "-X",
+        "POST",
+        &format!("http://127.0.0.1:{}/api/reviews/{id}/approve", s.admin),
+    ]);
+    assert_eq!(code, 200, "{body}");
+    let out = driver.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("psycopg done"));
+    assert!(!s.table_exists("t6"));
 
     let Setup { dir, serve, .. } = s;
     assert!(
