@@ -63,6 +63,24 @@ pub struct Verdict {
     /// Unix milliseconds.
     pub at: u64,
     pub reason: Option<String>,
+    /// An approval that is also a grant: for this many milliseconds, later statements the
+    /// same rule holds, from the same identity on the same resource, run without a review.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_ms: Option<u64>,
+}
+
+/// Statements a rule would hold that run without a review until `until`: made by an
+/// approval given for a duration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Grant {
+    pub resource: String,
+    pub requester: String,
+    pub rule: Option<String>,
+    /// Unix milliseconds.
+    pub until: u64,
+    /// The review that granted it, and its request entry.
+    pub review: String,
+    pub request: EntryRef,
 }
 
 /// A held statement waiting for (or past) its decision.
@@ -84,6 +102,10 @@ pub struct Review {
     pub approvals: Vec<Verdict>,
     pub denial: Option<Verdict>,
     pub state: State,
+    /// Unix milliseconds until which the approval also lets later statements of the same
+    /// rule through (when every approval asked for a duration: the shortest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_until: Option<u64>,
     /// Unix milliseconds.
     pub requested_at: u64,
     pub expires_at: u64,
@@ -110,6 +132,16 @@ pub struct NewReview {
 pub struct Approver<'a> {
     pub name: &'a str,
     pub groups: &'a [String],
+}
+
+/// What an approver decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Approve; with a duration, also grant later statements of the same rule for that long.
+    Approve {
+        grant: Option<Duration>,
+    },
+    Deny,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,7 +171,7 @@ pub enum ReviewError {
 pub fn judge(
     review: &Review,
     who: Approver<'_>,
-    approve: bool,
+    decision: &Decision,
     reason: Option<String>,
     now: u64,
 ) -> Result<Review, ReviewError> {
@@ -162,20 +194,30 @@ pub fn judge(
     if review.approvals.iter().any(|a| a.by == who.name) {
         return Err(ReviewError::AlreadyApproved(who.name.to_string()));
     }
-    let verdict = Verdict {
+    let mut verdict = Verdict {
         by: who.name.to_string(),
         at: now,
         reason,
+        grant_ms: None,
     };
     let mut next = review.clone();
-    if approve {
-        next.approvals.push(verdict);
-        if next.approvals.len() >= review.required as usize {
-            next.state = State::Approved;
+    match decision {
+        Decision::Approve { grant } => {
+            verdict.grant_ms = grant.map(|g| u64::try_from(g.as_millis()).unwrap_or(u64::MAX / 2));
+            next.approvals.push(verdict);
+            if next.approvals.len() >= review.required as usize {
+                next.state = State::Approved;
+                // A grant only when every approver gave one, for the shortest of them.
+                let grants: Option<Vec<u64>> = next.approvals.iter().map(|a| a.grant_ms).collect();
+                next.grant_until = grants
+                    .and_then(|g| g.into_iter().min())
+                    .map(|ms| now.saturating_add(ms));
+            }
         }
-    } else {
-        next.denial = Some(verdict);
-        next.state = State::Denied;
+        Decision::Deny => {
+            next.denial = Some(verdict);
+            next.state = State::Denied;
+        }
     }
     Ok(next)
 }
@@ -192,6 +234,7 @@ const KEEP_DECIDED: Duration = Duration::from_secs(3600);
 #[derive(Clone, Default)]
 pub struct Reviews {
     slots: Arc<Mutex<HashMap<String, Slot>>>,
+    grants: Arc<std::sync::Mutex<Vec<Grant>>>,
 }
 
 impl std::fmt::Debug for Reviews {
@@ -226,6 +269,7 @@ impl Reviews {
             approvals: Vec::new(),
             denial: None,
             state: State::Pending,
+            grant_until: None,
             requested_at: now,
             expires_at: now + u64::try_from(new.timeout.as_millis()).unwrap_or(u64::MAX / 2),
             request: EntryRef {
@@ -266,12 +310,13 @@ impl Reviews {
         self.slots.lock().await.get(id).map(|s| s.review.clone())
     }
 
-    /// An approver's decision ([`judge`]), taken once `record` has recorded it.
+    /// An approver's decision ([`judge`]), taken once `record` has recorded it. An
+    /// approval given for a duration also makes a [`Grant`].
     pub async fn decide<F, Fut>(
         &self,
         id: &str,
         who: Approver<'_>,
-        approve: bool,
+        decision: &Decision,
         reason: Option<String>,
         record: F,
     ) -> Result<Review, ReviewError>
@@ -283,11 +328,41 @@ impl Reviews {
         let slot = slots
             .get_mut(id)
             .ok_or_else(|| ReviewError::NotFound(id.to_string()))?;
-        let next = judge(&slot.review, who, approve, reason, now_ms())?;
+        let next = judge(&slot.review, who, decision, reason, now_ms())?;
         record(&next).await.map_err(ReviewError::Record)?;
+        if let Some(until) = next.grant_until {
+            let mut grants = self.grants.lock().expect("grants lock");
+            let now = now_ms();
+            grants.retain(|g| g.until > now);
+            grants.push(Grant {
+                resource: next.resource.clone(),
+                requester: next.requester.clone(),
+                rule: next.rule.clone(),
+                until,
+                review: next.id.clone(),
+                request: next.request.clone(),
+            });
+        }
         slot.review = next.clone();
         slot.tx.send_replace(next.clone());
         Ok(next)
+    }
+
+    /// A grant in force for statements `rule` holds from `requester` on `resource`.
+    pub fn grant(&self, resource: &str, requester: &str, rule: Option<&str>) -> Option<Grant> {
+        let now = now_ms();
+        self.grants
+            .lock()
+            .expect("grants lock")
+            .iter()
+            .filter(|g| {
+                g.until > now
+                    && g.resource == resource
+                    && g.requester == requester
+                    && g.rule.as_deref() == rule
+            })
+            .max_by_key(|g| g.until)
+            .cloned()
     }
 
     /// The session's own ends of a review: `Expired` or `Cancelled` while it is pending,

@@ -16,6 +16,8 @@ fn new_review(required: u32) -> NewReview {
     }
 }
 
+const APPROVE: Decision = Decision::Approve { grant: None };
+
 fn dba() -> Vec<String> {
     vec!["dba".to_string()]
 }
@@ -46,7 +48,7 @@ async fn approvals_count_and_the_waiting_side_sees_each() {
         groups: &groups,
     };
     let after = reviews
-        .decide(&review.id, bob, true, None, |_| async { Ok(()) })
+        .decide(&review.id, bob, &APPROVE, None, |_| async { Ok(()) })
         .await
         .unwrap();
     assert_eq!((after.state, after.approvals.len()), (State::Pending, 1));
@@ -54,7 +56,7 @@ async fn approvals_count_and_the_waiting_side_sees_each() {
     assert_eq!(rx.borrow().approvals.len(), 1);
     // One approval per person.
     let again = reviews
-        .decide(&review.id, bob, true, None, |_| async { Ok(()) })
+        .decide(&review.id, bob, &APPROVE, None, |_| async { Ok(()) })
         .await;
     assert_eq!(again, Err(ReviewError::AlreadyApproved("bob".into())));
 
@@ -63,7 +65,7 @@ async fn approvals_count_and_the_waiting_side_sees_each() {
         groups: &groups,
     };
     let done = reviews
-        .decide(&review.id, carol, true, Some("ok".into()), |_| async {
+        .decide(&review.id, carol, &APPROVE, Some("ok".into()), |_| async {
             Ok(())
         })
         .await
@@ -88,7 +90,7 @@ async fn requesters_outsiders_and_late_deciders_are_refused() {
         groups: &groups,
     };
     let refused = reviews
-        .decide(&review.id, alice, true, None, |_| async { Ok(()) })
+        .decide(&review.id, alice, &APPROVE, None, |_| async { Ok(()) })
         .await;
     assert_eq!(refused, Err(ReviewError::OwnRequest("alice".into())));
 
@@ -98,7 +100,7 @@ async fn requesters_outsiders_and_late_deciders_are_refused() {
         groups: &others,
     };
     let refused = reviews
-        .decide(&review.id, eve, true, None, |_| async { Ok(()) })
+        .decide(&review.id, eve, &APPROVE, None, |_| async { Ok(()) })
         .await
         .unwrap_err();
     assert!(
@@ -113,15 +115,19 @@ async fn requesters_outsiders_and_late_deciders_are_refused() {
         groups: &groups,
     };
     let denied = reviews
-        .decide(&review.id, bob, false, Some("not now".into()), |_| async {
-            Ok(())
-        })
+        .decide(
+            &review.id,
+            bob,
+            &Decision::Deny,
+            Some("not now".into()),
+            |_| async { Ok(()) },
+        )
         .await
         .unwrap();
     assert_eq!(denied.state, State::Denied);
     assert_eq!(denied.denial.unwrap().reason.as_deref(), Some("not now"));
     let late = reviews
-        .decide(&review.id, bob, true, None, |_| async { Ok(()) })
+        .decide(&review.id, bob, &APPROVE, None, |_| async { Ok(()) })
         .await;
     assert!(matches!(
         late,
@@ -136,7 +142,7 @@ async fn requesters_outsiders_and_late_deciders_are_refused() {
         .await;
     assert!(run.is_err());
     let unknown = reviews
-        .decide("r-0000000000", bob, true, None, |_| async { Ok(()) })
+        .decide("r-0000000000", bob, &APPROVE, None, |_| async { Ok(()) })
         .await;
     assert_eq!(unknown, Err(ReviewError::NotFound("r-0000000000".into())));
 }
@@ -160,7 +166,7 @@ async fn nothing_changes_unless_it_was_recorded() {
         groups: &groups,
     };
     let failed = reviews
-        .decide(&review.id, bob, true, None, |next| {
+        .decide(&review.id, bob, &APPROVE, None, |next| {
             // The recording step sees the review as it will be.
             assert_eq!(next.state, State::Approved);
             async { Err("ledger down".to_string()) }
@@ -176,7 +182,7 @@ async fn nothing_changes_unless_it_was_recorded() {
         .unwrap();
     assert_eq!(expired.state, State::Expired);
     let late = reviews
-        .decide(&review.id, bob, true, None, |_| async { Ok(()) })
+        .decide(&review.id, bob, &APPROVE, None, |_| async { Ok(()) })
         .await;
     assert!(matches!(
         late,
@@ -185,4 +191,109 @@ async fn nothing_changes_unless_it_was_recorded() {
             ..
         })
     ));
+}
+
+#[tokio::test]
+async fn an_approval_for_a_duration_grants_the_same_rule_to_the_same_person() {
+    let reviews = Reviews::default();
+    let (review, _rx) = opened(&reviews, 2).await;
+    let groups = dba();
+    let bob = Approver {
+        name: "bob",
+        groups: &groups,
+    };
+    let carol = Approver {
+        name: "carol",
+        groups: &groups,
+    };
+    let hour = Decision::Approve {
+        grant: Some(Duration::from_secs(3600)),
+    };
+    let minute = Decision::Approve {
+        grant: Some(Duration::from_secs(60)),
+    };
+    reviews
+        .decide(&review.id, bob, &hour, None, |_| async { Ok(()) })
+        .await
+        .unwrap();
+    assert!(
+        reviews
+            .grant("pg-prod", "alice", Some("drops-need-review"))
+            .is_none()
+    );
+    let done = reviews
+        .decide(&review.id, carol, &minute, None, |_| async { Ok(()) })
+        .await
+        .unwrap();
+    // The shortest duration given.
+    let until = done.grant_until.unwrap();
+    assert!(
+        (59_000..=60_000).contains(&(until - done.approvals[1].at)),
+        "{until}"
+    );
+    let grant = reviews
+        .grant("pg-prod", "alice", Some("drops-need-review"))
+        .unwrap();
+    assert_eq!(
+        (grant.review.as_str(), grant.until),
+        (review.id.as_str(), until)
+    );
+    assert_eq!(grant.request.index, 7);
+    // Not for another person, resource or rule.
+    assert!(
+        reviews
+            .grant("pg-prod", "mallory", Some("drops-need-review"))
+            .is_none()
+    );
+    assert!(
+        reviews
+            .grant("pg-dev", "alice", Some("drops-need-review"))
+            .is_none()
+    );
+    assert!(
+        reviews
+            .grant("pg-prod", "alice", Some("other-rule"))
+            .is_none()
+    );
+
+    // An approval without a duration grants nothing.
+    let (plain, _rx) = opened(&reviews, 2).await;
+    reviews
+        .decide(&plain.id, bob, &hour, None, |_| async { Ok(()) })
+        .await
+        .unwrap();
+    let done = reviews
+        .decide(&plain.id, carol, &APPROVE, None, |_| async { Ok(()) })
+        .await
+        .unwrap();
+    assert_eq!((done.state, done.grant_until), (State::Approved, None));
+}
+
+#[tokio::test]
+async fn grants_end_by_themselves() {
+    let reviews = Reviews::default();
+    let (review, _rx) = opened(&reviews, 1).await;
+    let groups = dba();
+    let bob = Approver {
+        name: "bob",
+        groups: &groups,
+    };
+    let brief = Decision::Approve {
+        grant: Some(Duration::from_millis(200)),
+    };
+    reviews
+        .decide(&review.id, bob, &brief, None, |_| async { Ok(()) })
+        .await
+        .unwrap();
+    assert!(
+        reviews
+            .grant("pg-prod", "alice", Some("drops-need-review"))
+            .is_some()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        reviews
+            .grant("pg-prod", "alice", Some("drops-need-review"))
+            .is_none()
+    );
 }

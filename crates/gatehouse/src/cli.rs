@@ -103,6 +103,10 @@ pub enum ReviewsCommand {
         id: String,
         #[arg(long)]
         reason: Option<String>,
+        /// Also let later statements of the same rule, from the same identity on the same
+        /// resource, run without a review for this long (e.g. 2h; at most 7days).
+        #[arg(long = "for", value_name = "DURATION")]
+        grant: Option<String>,
     },
     /// Deny a held statement; the client gets your name and reason.
     Deny {

@@ -40,9 +40,9 @@ pub async fn run(args: ReviewsArgs) -> anyhow::Result<ExitCode> {
             call(reqwest::Method::GET, format!("/api/reviews/{id}")),
             "show the review",
         ),
-        ReviewsCommand::Approve { id, reason } => (
+        ReviewsCommand::Approve { id, reason, grant } => (
             call(reqwest::Method::POST, format!("/api/reviews/{id}/approve"))
-                .json(&serde_json::json!({"reason": reason})),
+                .json(&serde_json::json!({"reason": reason, "for": grant})),
             "approve",
         ),
         ReviewsCommand::Deny { id, reason } => (
@@ -119,6 +119,14 @@ pub async fn run(args: ReviewsArgs) -> anyhow::Result<ExitCode> {
                 body["state"].as_str().unwrap_or("?"),
                 body["required"]
             );
+            if let Some(until) = body["grant_until"].as_u64() {
+                let left =
+                    Duration::from_millis(until.saturating_sub(gatehouse_approvals::now_ms()));
+                outln!(
+                    "granted: the same rule lets this identity's statements through for {}",
+                    humantime::format_duration(Duration::from_secs(left.as_secs()))
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

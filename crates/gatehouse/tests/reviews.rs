@@ -50,7 +50,9 @@ fn start() -> Setup {
     pg.psql(
         "appdb",
         "SET ROLE app; CREATE TABLE t1 (); CREATE TABLE t2 (); CREATE TABLE t3 (); \
-         CREATE TABLE t4 (); CREATE TABLE t5 (); CREATE TABLE t6 ();",
+         CREATE TABLE t4 (); CREATE TABLE t5 (); CREATE TABLE t6 (); \
+         CREATE TABLE g1 (); CREATE TABLE g2 (); CREATE TABLE g3 (); CREATE TABLE g4 (); \
+         CREATE TABLE g5 ();",
     )
     .unwrap();
     std::fs::write(dir.path().join("pg-password"), "app-secret").unwrap();
@@ -348,6 +350,60 @@ fn held_statements_run_only_once_approved_and_every_step_is_recorded() {
     assert!(stdout(&out).contains("psycopg done"));
     assert!(!s.table_exists("t6"));
 
+    // An approval for a duration: alice's next DROP on the same resource runs without a
+    // review, one on another resource is still held.
+    let psql = s.psql(pg, "DROP TABLE g1");
+    let id = s.pending();
+    let granted = s.reviews("bob", &["approve", &id, "--for", "1h"]);
+    assert!(
+        stdout(&granted)
+            .contains("granted: the same rule lets this identity's statements through for"),
+        "{}",
+        stdout(&granted)
+    );
+    assert!(finished(psql).0);
+    let (ok, said) = finished(s.psql(pg, "DROP TABLE g2"));
+    assert!(ok, "{said}");
+    assert!(!said.contains("held for review"), "{said}");
+    assert!(!s.table_exists("g2"));
+    let (ok, said) = finished(s.psql(pg_short, "DROP TABLE g3"));
+    assert!(!ok && said.contains("held for review"), "{said}");
+    assert!(s.table_exists("g3"));
+    let granted_by = id;
+
+    // A grant ends by itself: both approvers give two seconds.
+    let psql = s.psql(pg_two, "DROP TABLE g4");
+    let id = s.pending();
+    assert!(
+        s.reviews("bob", &["approve", &id, "--for", "2s"])
+            .status
+            .success()
+    );
+    assert!(
+        s.reviews("carol", &["approve", &id, "--for", "2s"])
+            .status
+            .success()
+    );
+    assert!(finished(psql).0);
+    sleep(Duration::from_millis(2500));
+    let psql = s.psql(pg_two, "DROP TABLE g5");
+    let id = s.pending();
+    assert!(
+        s.reviews("bob", &["deny", &id, "--reason", "the grant ran out"])
+            .status
+            .success()
+    );
+    let (ok, said) = finished(psql);
+    assert!(!ok && said.contains("the grant ran out"), "{said}");
+    assert!(s.table_exists("g5"));
+    // A bad duration is named.
+    let bad = s.reviews("bob", &["approve", "r-0000000000", "--for", "soon"]);
+    assert!(
+        stderr(&bad).contains("\"soon\" is not a duration"),
+        "{}",
+        stderr(&bad)
+    );
+
     let Setup { dir, serve, .. } = s;
     assert!(
         Command::new("kill")
@@ -358,6 +414,24 @@ fn held_statements_run_only_once_approved_and_every_step_is_recorded() {
     );
     assert!(serve.wait_with_output().unwrap().status.success());
     check_ledger(&dir.path().join("data"), &first);
+    check_grant(&dir.path().join("data"), &granted_by);
+}
+
+/// The statement a grant let through names the review that granted it.
+fn check_grant(data: &Path, id: &str) {
+    let mut through = None;
+    gatehouse_ledger::segment::scan(&gatehouse_ledger::Layout::new(data), |e| {
+        let v: Value = serde_json::from_slice(e.line).unwrap();
+        if v["kind"] == "command" && v["data"]["sql"] == "DROP TABLE g2" {
+            through = Some(v);
+        }
+        Ok(())
+    })
+    .unwrap();
+    let decision = &through.expect("recorded")["data"]["decision"];
+    assert_eq!(decision["outcome"], "review");
+    assert_eq!(decision["grant"]["review"], id);
+    assert!(decision["grant"]["request"]["leaf"].as_str().unwrap().len() == 64);
 }
 
 /// The first review's entries: the command (decided `review`), the request naming it by

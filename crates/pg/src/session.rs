@@ -953,12 +953,30 @@ impl Session {
             map.extend(prepared.summary.clone());
         }
         detail["decision"] = json!({"outcome": decision.outcome.as_str(), "rule": decision.rule, "policies": decision.policies});
+        // An approval given for a duration lets the same rule's statements through: the
+        // entry names the review that granted it.
+        let grant = match decision.outcome {
+            Outcome::Review => self.resource.reviews.grant(
+                &self.resource.name,
+                &self.actor.id,
+                decision
+                    .rule
+                    .as_deref()
+                    .or(decision.policies.first().map(String::as_str)),
+            ),
+            _ => None,
+        };
+        if let Some(grant) = &grant {
+            detail["decision"]["grant"] =
+                json!({"review": grant.review, "request": grant.request, "until": grant.until});
+        }
         let receipt = self
             .audit(&prepared.sql, detail)
             .await
             .map_err(|m| ("58000", m))?;
         match decision.outcome {
             Outcome::Allow => Ok(receipt.index),
+            Outcome::Review if grant.is_some() => Ok(receipt.index),
             Outcome::Deny => {
                 self.totals.denied += 1;
                 let reason = decision.message.unwrap_or_default();
@@ -1106,7 +1124,7 @@ impl Session {
                     match now.state {
                         State::Approved => break State::Approved,
                         State::Denied => {
-                            let denial = now.denial.unwrap_or(Verdict { by: "?".into(), at: 0, reason: None });
+                            let denial = now.denial.unwrap_or(Verdict { by: "?".into(), at: 0, reason: None, grant_ms: None });
                             let why = denial.reason.map(|r| format!(": {r}")).unwrap_or_default();
                             return Err(("42501", format!("gatehouse: review {id} was denied by {}{why}", denial.by)));
                         }

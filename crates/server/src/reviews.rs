@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use gatehouse_approvals::{Approver, Review, ReviewError, decision_event};
+use gatehouse_approvals::{Approver, Decision, Review, ReviewError, decision_event};
 use gatehouse_core::{Actor, Durability, Event, EventKind};
 use serde::Deserialize;
 use serde_json::json;
@@ -20,7 +20,14 @@ use crate::AdminState;
 pub struct DecisionBody {
     #[serde(default)]
     pub reason: Option<String>,
+    /// Approve for a duration (`"2h"`): later statements of the same rule from the same
+    /// identity on the same resource run without a review until then.
+    #[serde(default, rename = "for")]
+    pub grant: Option<String>,
 }
+
+/// The longest grant an approval can give.
+const MAX_GRANT: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 
 /// A refusal as the API gives it: a status and a JSON body naming what was wrong.
 fn refuse(code: StatusCode, message: impl Into<String>) -> Response {
@@ -123,10 +130,38 @@ async fn decide(
         Ok(a) => a,
         Err(r) => return r,
     };
+    let body = body.map(|Json(b)| b).unwrap_or_default();
     let reason = body
-        .and_then(|Json(b)| b.reason)
+        .reason
         .map(|r| r.trim().to_string())
         .filter(|r| !r.is_empty());
+    let decision = match (approve, body.grant.as_deref()) {
+        (false, Some(_)) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "\"for\" goes with an approval, not a denial",
+            );
+        }
+        (false, None) => Decision::Deny,
+        (true, None) => Decision::Approve { grant: None },
+        (true, Some(text)) => match humantime::parse_duration(text) {
+            Ok(d) if d >= std::time::Duration::from_secs(1) && d <= MAX_GRANT => {
+                Decision::Approve { grant: Some(d) }
+            }
+            Ok(_) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("\"for\": {text:?} must be between 1s and 7days"),
+                );
+            }
+            Err(e) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("\"for\": {text:?} is not a duration ({e}); write e.g. \"2h\""),
+                );
+            }
+        },
+    };
     let who = Approver {
         name: &actor.id,
         groups: &actor.groups,
@@ -136,12 +171,12 @@ async fn decide(
     let verdict = if approve { "approve" } else { "deny" };
     let decided = state
         .reviews
-        .decide(&id, who, approve, reason.clone(), |next: &Review| {
+        .decide(&id, who, &decision, reason.clone(), |next: &Review| {
             // The decision is in the ledger before it takes effect.
             let event = decision_event(
                 next,
                 Some(recorder),
-                json!({"verdict": verdict, "reason": reason}),
+                json!({"verdict": verdict, "reason": reason, "grant_until": next.grant_until}),
             );
             async move {
                 ledger
