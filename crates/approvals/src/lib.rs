@@ -6,7 +6,10 @@
 //! [`Reviews::decide`] and [`Reviews::finish`] take the recording step (a ledger append) and
 //! apply the change only once it succeeded, while holding the registry's lock, so the
 //! ledger's order is the order things happened in and an approval that could not be
-//! recorded never lets a statement run. The rules of deciding ([`judge`]) are pure.
+//! recorded never lets a statement run. The rules of deciding ([`judge`]) are pure;
+//! [`notify`] tells approvers over webhooks.
+
+pub mod notify;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -16,8 +16,8 @@ pub use gatehouse_core::Durability;
 pub use model::{
     AdminConfig, ClaimRule, ColumnMaskConfig, Config, CredentialsConfig, DetectorSelection,
     IdentityConfig, IdentityKind, IssuerConfig, LedgerConfig, LogConfig, LogFormat, MaskStrategy,
-    MaskingConfig, PatternConfig, PolicyConfig, RecordingConfig, ResourceConfig, ResourceKind,
-    ReviewsConfig, TargetTlsConfig, TlsConfig,
+    MaskingConfig, NotifyConfig, NotifyFormat, PatternConfig, PolicyConfig, RecordingConfig,
+    ResourceConfig, ResourceKind, ReviewsConfig, TargetTlsConfig, TlsConfig,
 };
 pub use secret::{EnvLookup, Secret, process_env};
 pub use size::{ByteSize, ParseByteSizeError};

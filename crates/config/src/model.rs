@@ -261,6 +261,28 @@ pub struct ReviewsConfig {
     /// (default: `http://` and `[admin] listen`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_url: Option<String>,
+    /// Webhooks told of each new review (with retries; a failure never loses the review).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<NotifyConfig>,
+}
+
+/// `[[resources.reviews.notify]]`: one webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// `http://` or `https://` URL to POST to.
+    pub url: String,
+    /// `json` (the review as JSON) or `slack` (an incoming-webhook message).
+    #[serde(default)]
+    pub format: NotifyFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyFormat {
+    #[default]
+    Json,
+    Slack,
 }
 
 impl Default for ReviewsConfig {
@@ -270,6 +292,7 @@ impl Default for ReviewsConfig {
             approvals: 1,
             timeout: Duration::from_secs(600),
             admin_url: None,
+            notify: Vec::new(),
         }
     }
 }

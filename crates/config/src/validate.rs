@@ -236,6 +236,14 @@ fn check_resources(resources: &[ResourceConfig], env: EnvLookup<'_>, problems: &
                 "must be between 1s and 24h",
             ));
         }
+        for (n, hook) in reviews.notify.iter().enumerate() {
+            if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
+                problems.push(Problem::new(
+                    format!("{at}.reviews.notify[{n}].url"),
+                    format!("{:?} must be an http:// or https:// URL", hook.url),
+                ));
+            }
+        }
         if reviews.approvers.iter().any(|g| g.trim().is_empty()) {
             problems.push(Problem::new(
                 format!("{at}.reviews.approvers"),

@@ -677,7 +677,8 @@ fn reviews_default_to_ten_minutes_and_one_approval_and_are_checked() {
     );
 
     let text = format!(
-        "{PG}[resources.reviews]\napprovers = [\"dba\", \"\"]\napprovals = 0\ntimeout = \"0s\"\n"
+        "{PG}[resources.reviews]\napprovers = [\"dba\", \"\"]\napprovals = 0\ntimeout = \"0s\"\n\
+         [[resources.reviews.notify]]\nurl = \"ftp://hooks.example\"\n"
     );
     let (_dir, path) = write_config(&text);
     let keys: Vec<String> = load_problems(&path).into_iter().map(|p| p.key).collect();
@@ -686,6 +687,7 @@ fn reviews_default_to_ten_minutes_and_one_approval_and_are_checked() {
         [
             "resources[0].reviews.approvals",
             "resources[0].reviews.timeout",
+            "resources[0].reviews.notify[0].url",
             "resources[0].reviews.approvers",
         ]
     );

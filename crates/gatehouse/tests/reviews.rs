@@ -41,7 +41,27 @@ struct Setup {
     /// (a two-second timeout).
     ports: [u16; 3],
     serve: Child,
+    /// A webhook receiver: answers its first POST with 500 (so it is retried), records
+    /// `path body` lines in `hooks_file`.
+    receiver: Child,
+    hooks_file: std::path::PathBuf,
 }
+
+const RECEIVER: &str = r#"
+import http.server, sys
+count = 0
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        global count
+        count += 1
+        body = self.rfile.read(int(self.headers['content-length']))
+        if count == 1:
+            self.send_response(500); self.end_headers(); return
+        with open(sys.argv[2], 'ab') as f: f.write(self.path.encode() + b' ' + body + b'\n')
+        self.send_response(200); self.end_headers()
+    def log_message(self, *a): pass
+http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()
+"#;
 
 fn start() -> Setup {
     let dir = tempfile::tempdir().unwrap();
@@ -58,6 +78,17 @@ fn start() -> Setup {
     std::fs::write(dir.path().join("pg-password"), "app-secret").unwrap();
     let admin = free_port();
     let ports = [free_port(), free_port(), free_port()];
+    let hook = free_port();
+    let hooks_file = dir.path().join("hooks.log");
+    let receiver = Command::new("python3")
+        .args([
+            "-c",
+            RECEIVER,
+            &hook.to_string(),
+            hooks_file.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
     let mut config = format!("data_dir = \"data\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
     for (name, port, approvals, timeout) in [
         ("pg", ports[0], 1, "60s"),
@@ -74,6 +105,12 @@ fn start() -> Setup {
              commands = [\"DROP TABLE\"]\nmessage = \"dropping a table needs an approval\"\n",
             pg.port
         ));
+        if name == "pg" {
+            config.push_str(&format!(
+                "[[resources.reviews.notify]]\nurl = \"http://127.0.0.1:{hook}/json\"\n\
+                 [[resources.reviews.notify]]\nurl = \"http://127.0.0.1:{hook}/slack\"\nformat = \"slack\"\n"
+            ));
+        }
     }
     for (name, group) in PEOPLE {
         config.push_str(&format!(
@@ -100,6 +137,8 @@ fn start() -> Setup {
         admin,
         ports,
         serve,
+        receiver,
+        hooks_file,
     }
 }
 
@@ -197,6 +236,42 @@ fn held_statements_run_only_once_approved_and_every_step_is_recorded() {
     // someone outside the approver groups.
     let psql = s.psql(pg, "DROP TABLE t1");
     let id = s.pending();
+    // The webhooks heard of it, the one refused at first on a retry.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let hooks = loop {
+        let text = std::fs::read_to_string(&s.hooks_file).unwrap_or_default();
+        if text.lines().count() >= 2 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "webhooks not delivered: {text:?}"
+        );
+        sleep(Duration::from_millis(100));
+    };
+    let json_hook: Value = hooks
+        .lines()
+        .find_map(|l| l.strip_prefix("/json "))
+        .map(|b| serde_json::from_str(b).unwrap())
+        .unwrap();
+    assert_eq!(json_hook["event"], "review.requested");
+    assert_eq!(json_hook["review"]["id"], id.as_str());
+    assert_eq!(json_hook["review"]["statement"], "DROP TABLE t1");
+    assert_eq!(
+        json_hook["approve_url"],
+        format!("http://127.0.0.1:{}/api/reviews/{id}/approve", s.admin)
+    );
+    let slack: Value = hooks
+        .lines()
+        .find_map(|l| l.strip_prefix("/slack "))
+        .map(|b| serde_json::from_str(b).unwrap())
+        .unwrap();
+    let text = slack["text"].as_str().unwrap();
+    assert!(
+        text.contains("alice asks to run on *pg*")
+            && text.contains(&format!("gatehouse reviews approve {id}")),
+        "{text}"
+    );
     let own = s.reviews("alice", &["approve", &id]);
     assert!(!own.status.success());
     assert!(
@@ -404,7 +479,14 @@ fn held_statements_run_only_once_approved_and_every_step_is_recorded() {
         stderr(&bad)
     );
 
-    let Setup { dir, serve, .. } = s;
+    let Setup {
+        dir,
+        serve,
+        mut receiver,
+        ..
+    } = s;
+    let _ = receiver.kill();
+    let _ = receiver.wait();
     assert!(
         Command::new("kill")
             .args(["-TERM", &serve.id().to_string()])

@@ -81,6 +81,8 @@ pub struct ReviewSettings {
     pub timeout: std::time::Duration,
     /// Where approvers reach the admin API (named in the client's notice).
     pub admin_url: String,
+    /// Webhooks told of each new review.
+    pub notify: Vec<gatehouse_approvals::notify::Webhook>,
 }
 
 /// How the gateway reaches a target over TLS: the verifying client configuration and the
@@ -167,6 +169,22 @@ impl PgResource {
                     .admin_url
                     .clone()
                     .unwrap_or_else(|| "http://<admin address>".into()),
+                notify: config
+                    .reviews
+                    .notify
+                    .iter()
+                    .map(|n| gatehouse_approvals::notify::Webhook {
+                        url: n.url.clone(),
+                        format: match n.format {
+                            gatehouse_config::NotifyFormat::Json => {
+                                gatehouse_approvals::notify::Format::Json
+                            }
+                            gatehouse_config::NotifyFormat::Slack => {
+                                gatehouse_approvals::notify::Format::Slack
+                            }
+                        },
+                    })
+                    .collect(),
             },
         })
     }

@@ -1069,6 +1069,11 @@ impl Session {
             }
         };
         let id = review.id.clone();
+        gatehouse_approvals::notify::review_requested(
+            &settings.notify,
+            &review,
+            &settings.admin_url,
+        );
         let wait = humantime::format_duration(settings.timeout).to_string();
         let mut notice = Vec::new();
         backend::write_message_fields(

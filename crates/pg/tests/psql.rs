@@ -243,6 +243,7 @@ async fn gateway_on(setup: Setup) -> Gateway {
             approvals: 1,
             timeout: std::time::Duration::from_secs(600),
             admin_url: "http://127.0.0.1:1".into(),
+            notify: Vec::new(),
         },
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
