@@ -137,6 +137,8 @@ fn demo_rules() -> Vec<Rule> {
         missing_where: false,
         groups: Vec::new(),
         except_groups: Vec::new(),
+        approvals: None,
+        approvers: None,
     };
     vec![
         Rule {

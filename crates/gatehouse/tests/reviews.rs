@@ -72,7 +72,7 @@ fn start() -> Setup {
         "SET ROLE app; CREATE TABLE t1 (); CREATE TABLE t2 (); CREATE TABLE t3 (); \
          CREATE TABLE t4 (); CREATE TABLE t5 (); CREATE TABLE t6 (); \
          CREATE TABLE g1 (); CREATE TABLE g2 (); CREATE TABLE g3 (); CREATE TABLE g4 (); \
-         CREATE TABLE g5 ();",
+         CREATE TABLE g5 (); CREATE TABLE t7 (n int); INSERT INTO t7 VALUES (1);",
     )
     .unwrap();
     std::fs::write(dir.path().join("pg-password"), "app-secret").unwrap();
@@ -106,6 +106,11 @@ fn start() -> Setup {
             pg.port
         ));
         if name == "pg" {
+            // A rule of its own: two approvals, and analysts may give one.
+            config.push_str(
+                "[[resources.rules]]\nid = \"truncates\"\naction = \"review\"\n\
+                 commands = [\"TRUNCATE\"]\napprovals = 2\napprovers = [\"dba\", \"analysts\"]\n",
+            );
             config.push_str(&format!(
                 "[[resources.reviews.notify]]\nurl = \"http://127.0.0.1:{hook}/json\"\n\
                  [[resources.reviews.notify]]\nurl = \"http://127.0.0.1:{hook}/slack\"\nformat = \"slack\"\n"
@@ -424,6 +429,20 @@ fn held_statements_run_only_once_approved_and_every_step_is_recorded() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("psycopg done"));
     assert!(!s.table_exists("t6"));
+
+    // The rule's own approvers and count: eve (an analyst) may approve a TRUNCATE.
+    let psql = s.psql(pg, "TRUNCATE t7");
+    let id = s.pending();
+    let first_of_two = s.reviews("eve", &["approve", &id]);
+    assert!(
+        stdout(&first_of_two).contains("is pending (1 of 2 approvals)"),
+        "{}",
+        stderr(&first_of_two)
+    );
+    assert!(s.reviews("bob", &["approve", &id]).status.success());
+    let (ok, said) = finished(psql);
+    assert!(ok, "{said}");
+    assert_eq!(s.pg.psql("appdb", "SELECT count(*) FROM t7").unwrap(), "0");
 
     // An approval for a duration: alice's next DROP on the same resource runs without a
     // review, one on another resource is still held.

@@ -1006,7 +1006,21 @@ impl Session {
         reason: String,
         io: Io<'_, S>,
     ) -> Result<(), (&'static str, String)> {
-        let settings = self.resource.review.clone();
+        let mut settings = self.resource.review.clone();
+        // The holding rule may ask for other approvers or more approvals.
+        if let Some(held_by) = self
+            .resource
+            .rules
+            .iter()
+            .find(|r| rule.as_deref() == Some(r.id.as_str()))
+        {
+            if let Some(n) = held_by.approvals {
+                settings.approvals = n;
+            }
+            if let Some(groups) = &held_by.approvers {
+                settings.approvers = groups.clone();
+            }
+        }
         if settings.approvers.is_empty() {
             return Err((
                 "42501",

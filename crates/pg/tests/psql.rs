@@ -30,6 +30,8 @@ fn guardrails() -> Vec<Rule> {
         missing_where: false,
         groups: Vec::new(),
         except_groups: Vec::new(),
+        approvals: None,
+        approvers: None,
     };
     vec![
         Rule {

@@ -824,6 +824,8 @@ permit (principal, action, resource) when { principal.department == "finance" };
             missing_where: false,
             groups: Vec::new(),
             except_groups: Vec::new(),
+            approvals: None,
+            approvers: None,
         };
         let rules = [deny_drop];
         let decide = |who: &Actor, sql: &str| {

@@ -33,6 +33,14 @@ pub struct Rule {
     /// The rule never applies to principals in these groups.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub except_groups: Vec<String>,
+    /// For `review`: approvals this rule's statements need (default: the resource's
+    /// `reviews.approvals`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<u32>,
+    /// For `review`: groups that may approve this rule's statements (default: the
+    /// resource's `reviews.approvers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +229,33 @@ pub fn validate_rules(rules: &[Rule]) -> Result<(), Vec<(usize, String, String)>
         if rule.tables.iter().any(|t| t.trim().is_empty()) {
             problems.push((i, "tables".into(), "contains an empty pattern".into()));
         }
+        let reviews = rule.action == RuleAction::Review;
+        match rule.approvals {
+            Some(_) if !reviews => problems.push((
+                i,
+                "approvals".into(),
+                "only a review rule has approvals".into(),
+            )),
+            Some(n) if !(1..=10).contains(&n) => {
+                problems.push((i, "approvals".into(), format!("must be 1 to 10, not {n}")))
+            }
+            _ => {}
+        }
+        match &rule.approvers {
+            Some(_) if !reviews => problems.push((
+                i,
+                "approvers".into(),
+                "only a review rule has approvers".into(),
+            )),
+            Some(groups) if groups.is_empty() || groups.iter().any(|g| g.trim().is_empty()) => {
+                problems.push((
+                    i,
+                    "approvers".into(),
+                    "must name at least one group, none empty".into(),
+                ))
+            }
+            _ => {}
+        }
     }
     if problems.is_empty() {
         Ok(())
@@ -245,6 +280,8 @@ mod tests {
             missing_where: false,
             groups: Vec::new(),
             except_groups: Vec::new(),
+            approvals: None,
+            approvers: None,
         }
     }
 
@@ -381,5 +418,31 @@ mod tests {
         assert!(problems.iter().any(|(i, k, _)| *i == 5 && k == "id"));
         assert!(problems.iter().any(|(i, k, _)| *i == 5 && k == "tables"));
         assert!(validate_rules(&rules()).is_ok());
+
+        // Approvals and approvers belong to review rules, within bounds.
+        let approvals = |action, approvals, approvers: Option<Vec<String>>| {
+            validate_rules(&[Rule {
+                commands: vec!["TRUNCATE".into()],
+                approvals,
+                approvers,
+                ..rule("r", action)
+            }])
+        };
+        assert!(approvals(RuleAction::Review, Some(2), Some(vec!["dba".into()])).is_ok());
+        let keys = |r: Result<(), Vec<(usize, String, String)>>| -> Vec<String> {
+            r.unwrap_err().into_iter().map(|(_, k, _)| k).collect()
+        };
+        assert_eq!(
+            keys(approvals(
+                RuleAction::Deny,
+                Some(2),
+                Some(vec!["dba".into()])
+            )),
+            ["approvals", "approvers"]
+        );
+        assert_eq!(
+            keys(approvals(RuleAction::Review, Some(0), Some(Vec::new()))),
+            ["approvals", "approvers"]
+        );
     }
 }
