@@ -135,6 +135,9 @@ pub struct NewReview {
 pub struct Approver<'a> {
     pub name: &'a str,
     pub groups: &'a [String],
+    /// Access policy (a Cedar `permit` of action `approve` on the review's resource) lets
+    /// this identity decide, whatever its groups.
+    pub permitted: bool,
 }
 
 /// What an approver decides.
@@ -155,7 +158,9 @@ pub enum ReviewError {
     NotPending { id: String, state: State },
     #[error("{0} asked for this review and cannot decide it")]
     OwnRequest(String),
-    #[error("{name} may not decide review {id}: its approvers are the groups {groups:?}")]
+    #[error(
+        "{name} may not decide review {id}: its approvers are the groups {groups:?} and no policy permits {name} to approve"
+    )]
     NotAnApprover {
         name: String,
         id: String,
@@ -167,9 +172,9 @@ pub enum ReviewError {
     Record(String),
 }
 
-/// The review after `who` approves (`approve`) or denies it: the rules of deciding.
-/// The requester never decides their own request; only members of an approver group
-/// decide; one approval per person; the review is approved once `required` people have
+/// The review after `who` approves or denies it: the rules of deciding. The requester
+/// never decides their own request; only members of an approver group, or those access
+/// policy permits to `approve`, decide; one approval per person; the review is approved once `required` people have
 /// approved, and denied by any denial.
 pub fn judge(
     review: &Review,
@@ -187,7 +192,7 @@ pub fn judge(
     if who.name == review.requester {
         return Err(ReviewError::OwnRequest(who.name.to_string()));
     }
-    if !review.approvers.iter().any(|g| who.groups.contains(g)) {
+    if !who.permitted && !review.approvers.iter().any(|g| who.groups.contains(g)) {
         return Err(ReviewError::NotAnApprover {
             name: who.name.to_string(),
             id: review.id.clone(),

@@ -46,6 +46,7 @@ async fn approvals_count_and_the_waiting_side_sees_each() {
     let bob = Approver {
         name: "bob",
         groups: &groups,
+        permitted: false,
     };
     let after = reviews
         .decide(&review.id, bob, &APPROVE, None, |_| async { Ok(()) })
@@ -63,6 +64,7 @@ async fn approvals_count_and_the_waiting_side_sees_each() {
     let carol = Approver {
         name: "carol",
         groups: &groups,
+        permitted: false,
     };
     let done = reviews
         .decide(&review.id, carol, &APPROVE, Some("ok".into()), |_| async {
@@ -88,6 +90,7 @@ async fn requesters_outsiders_and_late_deciders_are_refused() {
     let alice = Approver {
         name: "alice",
         groups: &groups,
+        permitted: false,
     };
     let refused = reviews
         .decide(&review.id, alice, &APPROVE, None, |_| async { Ok(()) })
@@ -98,6 +101,7 @@ async fn requesters_outsiders_and_late_deciders_are_refused() {
     let eve = Approver {
         name: "eve",
         groups: &others,
+        permitted: false,
     };
     let refused = reviews
         .decide(&review.id, eve, &APPROVE, None, |_| async { Ok(()) })
@@ -113,6 +117,7 @@ async fn requesters_outsiders_and_late_deciders_are_refused() {
     let bob = Approver {
         name: "bob",
         groups: &groups,
+        permitted: false,
     };
     let denied = reviews
         .decide(
@@ -164,6 +169,7 @@ async fn nothing_changes_unless_it_was_recorded() {
     let bob = Approver {
         name: "bob",
         groups: &groups,
+        permitted: false,
     };
     let failed = reviews
         .decide(&review.id, bob, &APPROVE, None, |next| {
@@ -201,10 +207,12 @@ async fn an_approval_for_a_duration_grants_the_same_rule_to_the_same_person() {
     let bob = Approver {
         name: "bob",
         groups: &groups,
+        permitted: false,
     };
     let carol = Approver {
         name: "carol",
         groups: &groups,
+        permitted: false,
     };
     let hour = Decision::Approve {
         grant: Some(Duration::from_secs(3600)),
@@ -277,6 +285,7 @@ async fn grants_end_by_themselves() {
     let bob = Approver {
         name: "bob",
         groups: &groups,
+        permitted: false,
     };
     let brief = Decision::Approve {
         grant: Some(Duration::from_millis(200)),
@@ -296,4 +305,32 @@ async fn grants_end_by_themselves() {
             .grant("pg-prod", "alice", Some("drops-need-review"))
             .is_none()
     );
+}
+
+#[tokio::test]
+async fn policy_may_let_someone_outside_the_groups_decide() {
+    let reviews = Reviews::default();
+    let (review, _rx) = opened(&reviews, 1).await;
+    let none: Vec<String> = Vec::new();
+    let permitted = Approver {
+        name: "pat",
+        groups: &none,
+        permitted: true,
+    };
+    let done = reviews
+        .decide(&review.id, permitted, &APPROVE, None, |_| async { Ok(()) })
+        .await
+        .unwrap();
+    assert_eq!(done.state, State::Approved);
+    // Policy never lets the requester decide their own request.
+    let (review, _rx) = opened(&reviews, 1).await;
+    let alice = Approver {
+        name: "alice",
+        groups: &none,
+        permitted: true,
+    };
+    let own = reviews
+        .decide(&review.id, alice, &APPROVE, None, |_| async { Ok(()) })
+        .await;
+    assert_eq!(own, Err(ReviewError::OwnRequest("alice".into())));
 }

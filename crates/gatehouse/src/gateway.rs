@@ -16,7 +16,7 @@ use gatehouse_identity::{ApiKeys, Authenticator};
 use gatehouse_ledger::{Ledger, LedgerOptions};
 use gatehouse_pg::{CancelMap, PgResource};
 use gatehouse_policy::PolicyHandle;
-use gatehouse_server::AdminState;
+use gatehouse_server::{AdminState, ResourceFacts};
 use gatehouse_store::Store;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde_json::json;
@@ -173,16 +173,6 @@ pub(crate) async fn run_gateway(
     let auth =
         Authenticator::new(ApiKeys::new(&config.identities), Some(store.clone())).with_oidc(oidc);
     let reviews = Reviews::default();
-    let state = AdminState {
-        ledger: ledger.clone(),
-        metrics: Some(metrics),
-        auth: auth.clone(),
-        reviews: reviews.clone(),
-    };
-    let mut api_stop = stop_rx.clone();
-    let api = tokio::spawn(gatehouse_server::serve(listener, state, async move {
-        let _ = api_stop.wait_for(|s| *s).await;
-    }));
     let key_events = tokio::spawn(record_key_events(
         store.clone(),
         ledger.clone(),
@@ -214,6 +204,30 @@ pub(crate) async fn run_gateway(
         }
         None => None,
     };
+    let resources = config
+        .resources
+        .iter()
+        .map(|r| {
+            let facts = ResourceFacts {
+                kind: "postgres".into(),
+                environment: r.environment.clone(),
+                tags: r.tags.clone(),
+            };
+            (r.name.clone(), facts)
+        })
+        .collect();
+    let state = AdminState {
+        ledger: ledger.clone(),
+        metrics: Some(metrics),
+        auth: auth.clone(),
+        reviews: reviews.clone(),
+        policy: policy.clone(),
+        resources: Arc::new(resources),
+    };
+    let mut api_stop = stop_rx.clone();
+    let api = tokio::spawn(gatehouse_server::serve(listener, state, async move {
+        let _ = api_stop.wait_for(|s| *s).await;
+    }));
     let shared = Shared {
         ledger: ledger.clone(),
         auth,

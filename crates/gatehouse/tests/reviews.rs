@@ -14,12 +14,27 @@ use common::*;
 use gatehouse_testkit::PgCluster;
 use serde_json::Value;
 
-const PEOPLE: [(&str, &str); 4] = [
+const PEOPLE: [(&str, &str); 5] = [
     ("alice", "devs"),
     ("bob", "dba"),
     ("carol", "dba"),
     ("eve", "analysts"),
+    // In no approver group: access policy lets pat approve on `pg` only.
+    ("pat", "oncall"),
 ];
+
+const POLICIES: &str = r#"
+@id("work")
+permit (principal,
+        action in [Gatehouse::Action::"connect", Gatehouse::Action::"read",
+                   Gatehouse::Action::"write", Gatehouse::Action::"transaction",
+                   Gatehouse::Action::"admin"],
+        resource);
+@id("pat-approves-pg")
+permit (principal == Gatehouse::Identity::"pat",
+        action == Gatehouse::Action::"approve",
+        resource == Gatehouse::Resource::"pg");
+"#;
 
 fn key(name: &str) -> String {
     format!("{name}-key-0123456789")
@@ -72,7 +87,8 @@ fn start() -> Setup {
         "SET ROLE app; CREATE TABLE t1 (); CREATE TABLE t2 (); CREATE TABLE t3 (); \
          CREATE TABLE t4 (); CREATE TABLE t5 (); CREATE TABLE t6 (); \
          CREATE TABLE g1 (); CREATE TABLE g2 (); CREATE TABLE g3 (); CREATE TABLE g4 (); \
-         CREATE TABLE g5 (); CREATE TABLE t7 (n int); INSERT INTO t7 VALUES (1);",
+         CREATE TABLE g5 (); CREATE TABLE t7 (n int); INSERT INTO t7 VALUES (1); \
+         CREATE TABLE t8 (); CREATE TABLE t9 ();",
     )
     .unwrap();
     std::fs::write(dir.path().join("pg-password"), "app-secret").unwrap();
@@ -89,7 +105,11 @@ fn start() -> Setup {
         ])
         .spawn()
         .unwrap();
-    let mut config = format!("data_dir = \"data\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
+    std::fs::write(dir.path().join("policies.cedar"), POLICIES).unwrap();
+    let mut config = format!(
+        "data_dir = \"data\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+         [policy]\npolicies = \"policies.cedar\"\n"
+    );
     for (name, port, approvals, timeout) in [
         ("pg", ports[0], 1, "60s"),
         ("pg-two", ports[1], 2, "60s"),
@@ -429,6 +449,29 @@ fn held_statements_run_only_once_approved_and_every_step_is_recorded() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("psycopg done"));
     assert!(!s.table_exists("t6"));
+
+    // Access policy names an approver outside the groups, on one resource only.
+    let psql = s.psql(pg, "DROP TABLE t8");
+    let id = s.pending();
+    let by_policy = s.reviews("pat", &["approve", &id]);
+    assert!(by_policy.status.success(), "{}", stderr(&by_policy));
+    let (ok, said) = finished(psql);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("or those access policy permits to approve"),
+        "{said}"
+    );
+    assert!(!s.table_exists("t8"));
+    let psql = s.psql(pg_two, "DROP TABLE t9");
+    let id = s.pending();
+    let elsewhere = s.reviews("pat", &["approve", &id]);
+    assert!(
+        stderr(&elsewhere).contains("no policy permits pat to approve"),
+        "{}",
+        stderr(&elsewhere)
+    );
+    assert!(s.reviews("bob", &["deny", &id]).status.success());
+    assert!(!finished(psql).0);
 
     // The rule's own approvers and count: eve (an analyst) may approve a TRUNCATE.
     let psql = s.psql(pg, "TRUNCATE t7");

@@ -1021,11 +1021,12 @@ impl Session {
                 settings.approvers = groups.clone();
             }
         }
-        if settings.approvers.is_empty() {
+        // Without approver groups only access policy can name approvers.
+        if settings.approvers.is_empty() && self.resource.policy.is_none() {
             return Err((
                 "42501",
                 format!(
-                    "gatehouse: this statement needs an approval ({reason}), but resources.{}.reviews.approvers names no group that may give one, so it was not executed",
+                    "gatehouse: this statement needs an approval ({reason}), but resources.{}.reviews.approvers names no group that may give one and no access policy is configured, so it was not executed",
                     self.resource.name
                 ),
             ));
@@ -1103,9 +1104,16 @@ impl Session {
                 (
                     b'D',
                     format!(
-                        "Waiting up to {wait} for {} approval(s) from the group(s) {}.",
+                        "Waiting up to {wait} for {} approval(s) from {}.",
                         review.required,
-                        review.approvers.join(", ")
+                        match (review.approvers.is_empty(), self.resource.policy.is_some()) {
+                            (true, _) => "those access policy permits to approve".to_string(),
+                            (false, true) => format!(
+                                "the group(s) {} or those access policy permits to approve",
+                                review.approvers.join(", ")
+                            ),
+                            (false, false) => format!("the group(s) {}", review.approvers.join(", ")),
+                        }
                     )
                     .as_str(),
                 ),

@@ -6,7 +6,8 @@
 //! - principals are `Identity` entities in `Group`s, with `kind` (human, agent, service);
 //! - resources are `Resource` entities with `kind` (postgres, ...);
 //! - actions are `connect`, `unmask` (sees clear values where masking applies; the
-//!   recording stays masked) and one per statement class: `read`, `write`, `ddl`, `dcl`,
+//!   recording stays masked), `approve` (decides other people's held statements on the
+//!   resource) and one per statement class: `read`, `write`, `ddl`, `dcl`,
 //!   `transaction`, `utility` (`ddl`, `dcl` and `utility` are also `in` the action group
 //!   `admin`, so one policy can name all administrative work); statement actions carry `context.command` (`SELECT`,
 //!   `DROP TABLE`, ...), `context.tables` (as written, and unqualified ones also as
@@ -37,6 +38,7 @@ pub const DEFAULT_SCHEMA: &str = r#"namespace Gatehouse {
   entity Resource { kind: String, environment?: String, tags: Set<String> };
   action connect appliesTo { principal: Identity, resource: Resource, context: {} };
   action unmask appliesTo { principal: Identity, resource: Resource, context: {} };
+  action approve appliesTo { principal: Identity, resource: Resource, context: {} };
   action admin;
   action read, write, transaction appliesTo {
     principal: Identity,
@@ -291,6 +293,11 @@ impl PolicyEngine {
         self.decide(who, "unmask", Context::empty())
     }
 
+    /// May the principal approve or deny other people's held statements on the resource?
+    pub fn approve(&self, who: &Principal) -> Result<PolicyDecision, PolicyError> {
+        self.decide(who, "approve", Context::empty())
+    }
+
     /// The decision for a message: each statement by its class, the strictest wins. Text
     /// the parser could not read is not decided here (`on_unparsed` decides it).
     pub fn statements(
@@ -491,6 +498,17 @@ impl SessionPolicy {
     ) -> Result<PolicyDecision, PolicyError> {
         let (engine, who) = self.current(handle, actor, resource);
         engine.unmask(who?)
+    }
+
+    /// May `actor` decide reviews on `resource`, under the policy in force?
+    pub fn approve(
+        &mut self,
+        handle: &PolicyHandle,
+        actor: &Actor,
+        resource: &Target<'_>,
+    ) -> Result<PolicyDecision, PolicyError> {
+        let (engine, who) = self.current(handle, actor, resource);
+        engine.approve(who?)
     }
 
     /// Cedar's decision for a message, under the policy in force.

@@ -3,7 +3,9 @@
 
 pub mod reviews;
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
@@ -13,6 +15,7 @@ use axum::routing::{get, post};
 use gatehouse_approvals::Reviews;
 use gatehouse_identity::Authenticator;
 use gatehouse_ledger::Ledger;
+use gatehouse_policy::PolicyHandle;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -26,6 +29,18 @@ pub struct AdminState {
     /// Signs in the callers of the reviews routes.
     pub auth: Authenticator,
     pub reviews: Reviews,
+    /// The access policy, whose `approve` action also decides who may decide reviews.
+    pub policy: Option<Arc<PolicyHandle>>,
+    /// What policies see of each resource by name: its environment and tags.
+    pub resources: Arc<HashMap<String, ResourceFacts>>,
+}
+
+/// What access policy sees of a resource besides its name.
+#[derive(Clone, Debug, Default)]
+pub struct ResourceFacts {
+    pub kind: String,
+    pub environment: Option<String>,
+    pub tags: Vec<String>,
 }
 
 /// The admin API routes.
@@ -135,6 +150,8 @@ mod tests {
             metrics: Some(recorder.handle()),
             auth: Authenticator::default(),
             reviews: Reviews::default(),
+            policy: None,
+            resources: Arc::default(),
         });
 
         let (code, body) = get_text(&app, "/healthz").await;

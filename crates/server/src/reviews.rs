@@ -162,9 +162,13 @@ async fn decide(
             }
         },
     };
+    let Some(held) = state.reviews.get(&id).await else {
+        return refuse(StatusCode::NOT_FOUND, format!("there is no review {id}"));
+    };
     let who = Approver {
         name: &actor.id,
         groups: &actor.groups,
+        permitted: policy_permits(&state, &actor, &held.resource),
     };
     let ledger = state.ledger.clone();
     let recorder = actor.clone();
@@ -201,6 +205,27 @@ async fn decide(
                 ReviewError::Record(_) => StatusCode::SERVICE_UNAVAILABLE,
             };
             refuse(code, e.to_string())
+        }
+    }
+}
+
+/// Whether the access policy permits `actor` to `approve` on `resource`. A policy error
+/// (a custom schema without the action, say) permits nothing.
+fn policy_permits(state: &AdminState, actor: &Actor, resource: &str) -> bool {
+    let (Some(handle), Some(facts)) = (&state.policy, state.resources.get(resource)) else {
+        return false;
+    };
+    let target = gatehouse_policy::Target {
+        name: resource,
+        kind: &facts.kind,
+        environment: facts.environment.as_deref(),
+        tags: &facts.tags,
+    };
+    match gatehouse_policy::SessionPolicy::default().approve(handle, actor, &target) {
+        Ok(decision) => decision.outcome == gatehouse_sql::Outcome::Allow,
+        Err(e) => {
+            tracing::warn!(error = %e, "the approve action could not be decided; only approver groups count");
+            false
         }
     }
 }
