@@ -84,12 +84,18 @@ pub struct Grant {
     /// The review that granted it, and its request entry.
     pub review: String,
     pub request: EntryRef,
+    /// A grant of access (`connect`) rather than of a rule's statements.
+    pub access: bool,
 }
 
-/// A held statement waiting for (or past) its decision.
+/// A held statement, or an access request, waiting for (or past) its decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Review {
     pub id: String,
+    /// For an access request (no statement is held): how long access is asked for, in
+    /// milliseconds. Approved, it becomes a grant of `connect` for that long.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_ms: Option<u64>,
     pub resource: String,
     pub requester: String,
     pub session: String,
@@ -116,9 +122,11 @@ pub struct Review {
     pub request: EntryRef,
 }
 
-/// What a session knows when it opens a review.
+/// What a session (or an access request) knows when it opens a review.
 #[derive(Debug, Clone)]
 pub struct NewReview {
+    /// An access request for this long, rather than a held statement.
+    pub access: Option<Duration>,
     pub resource: String,
     pub requester: String,
     pub session: String,
@@ -215,8 +223,12 @@ pub fn judge(
             next.approvals.push(verdict);
             if next.approvals.len() >= review.required as usize {
                 next.state = State::Approved;
-                // A grant only when every approver gave one, for the shortest of them.
-                let grants: Option<Vec<u64>> = next.approvals.iter().map(|a| a.grant_ms).collect();
+                // An access request grants what it asked for; an approval of a statement
+                // grants only when every approver gave a duration, the shortest of them.
+                let grants: Option<Vec<u64>> = match review.access_ms {
+                    Some(ms) => Some(vec![ms]),
+                    None => next.approvals.iter().map(|a| a.grant_ms).collect(),
+                };
                 next.grant_until = grants
                     .and_then(|g| g.into_iter().min())
                     .map(|ms| now.saturating_add(ms));
@@ -266,6 +278,9 @@ impl Reviews {
         let now = now_ms();
         let mut review = Review {
             id: new_id(),
+            access_ms: new
+                .access
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)),
             resource: new.resource,
             requester: new.requester,
             session: new.session,
@@ -349,6 +364,7 @@ impl Reviews {
                 until,
                 review: next.id.clone(),
                 request: next.request.clone(),
+                access: next.access_ms.is_some(),
             });
         }
         slot.review = next.clone();
@@ -358,17 +374,26 @@ impl Reviews {
 
     /// A grant in force for statements `rule` holds from `requester` on `resource`.
     pub fn grant(&self, resource: &str, requester: &str, rule: Option<&str>) -> Option<Grant> {
+        self.find_grant(|g| {
+            !g.access
+                && g.resource == resource
+                && g.requester == requester
+                && g.rule.as_deref() == rule
+        })
+    }
+
+    /// A grant of access in force for `requester` on `resource`.
+    pub fn access_grant(&self, resource: &str, requester: &str) -> Option<Grant> {
+        self.find_grant(|g| g.access && g.resource == resource && g.requester == requester)
+    }
+
+    fn find_grant(&self, matches: impl Fn(&Grant) -> bool) -> Option<Grant> {
         let now = now_ms();
         self.grants
             .lock()
             .expect("grants lock")
             .iter()
-            .filter(|g| {
-                g.until > now
-                    && g.resource == resource
-                    && g.requester == requester
-                    && g.rule.as_deref() == rule
-            })
+            .filter(|g| g.until > now && matches(g))
             .max_by_key(|g| g.until)
             .cloned()
     }
@@ -450,7 +475,8 @@ pub fn decision_event(review: &Review, actor: Option<Actor>, extra: serde_json::
             name: review.resource.clone(),
             kind: "postgres".into(),
         }),
-        session: Some(review.session.clone()),
+        // An access request comes from no session.
+        session: (!review.session.is_empty()).then(|| review.session.clone()),
         data,
         chunks: Vec::new(),
     }

@@ -4,6 +4,7 @@ use super::*;
 
 fn new_review(required: u32) -> NewReview {
     NewReview {
+        access: None,
         resource: "pg-prod".into(),
         requester: "alice".into(),
         session: "s-1".into(),
@@ -333,4 +334,42 @@ async fn policy_may_let_someone_outside_the_groups_decide() {
         .decide(&review.id, alice, &APPROVE, None, |_| async { Ok(()) })
         .await;
     assert_eq!(own, Err(ReviewError::OwnRequest("alice".into())));
+}
+
+#[tokio::test]
+async fn an_approved_access_request_grants_connect_for_what_it_asked() {
+    let reviews = Reviews::default();
+    let ask = NewReview {
+        access: Some(Duration::from_secs(7200)),
+        statement: "access to pg-prod for 2h".into(),
+        rule: None,
+        ..new_review(1)
+    };
+    let (review, _rx) = reviews
+        .open(ask, |_| async {
+            Ok(EntryRef {
+                index: 3,
+                leaf: "cd".into(),
+            })
+        })
+        .await
+        .unwrap();
+    assert!(reviews.access_grant("pg-prod", "alice").is_none());
+    let groups = dba();
+    let bob = Approver {
+        name: "bob",
+        groups: &groups,
+        permitted: false,
+    };
+    let done = reviews
+        .decide(&review.id, bob, &APPROVE, None, |_| async { Ok(()) })
+        .await
+        .unwrap();
+    let until = done.grant_until.unwrap();
+    assert!((7_199_000..=7_200_000).contains(&(until - done.approvals[0].at)));
+    let grant = reviews.access_grant("pg-prod", "alice").unwrap();
+    assert!(grant.access && grant.until == until);
+    // It is not a grant of statements, nor for anyone else.
+    assert!(reviews.grant("pg-prod", "alice", None).is_none());
+    assert!(reviews.access_grant("pg-prod", "mallory").is_none());
 }

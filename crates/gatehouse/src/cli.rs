@@ -64,10 +64,14 @@ pub enum Command {
     /// admin API. Signs in as `--as NAME` with the key in GATEHOUSE_KEY (an API key or an
     /// OIDC token), else with the token kept by `gatehouse login`.
     Reviews(ReviewsArgs),
+    /// Ask for access to a resource you may not connect to, for a while: it goes to the
+    /// resource's approvers as a review and, approved, ends by itself.
+    Access(AccessArgs),
 }
 
+/// Where the admin API is and who signs in to it.
 #[derive(Debug, Args)]
-pub struct ReviewsArgs {
+pub struct ApiArgs {
     /// The admin API, e.g. http://127.0.0.1:8080 [default: `[admin] listen` of --config].
     #[arg(long, env = "GATEHOUSE_ADMIN_URL", global = true)]
     pub admin: Option<String>,
@@ -82,6 +86,38 @@ pub struct ReviewsArgs {
         global = true
     )]
     pub user: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AccessArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(subcommand)]
+    pub command: AccessCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccessCommand {
+    /// Ask for access: `gatehouse access request pg-prod --for 2h --reason "incident 4711"`.
+    Request {
+        /// The resource's name, as in the gateway's config.
+        resource: String,
+        /// How long (e.g. 2h; at most 7days).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+        /// Why; the approvers see it.
+        #[arg(long)]
+        reason: String,
+        /// Wait for the decision and exit 0 only if access was granted.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ReviewsArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
     #[command(subcommand)]
     pub command: ReviewsCommand,
 }

@@ -212,6 +212,15 @@ pub(crate) async fn run_gateway(
                 kind: "postgres".into(),
                 environment: r.environment.clone(),
                 tags: r.tags.clone(),
+                approvers: r.reviews.approvers.clone(),
+                approvals: r.reviews.approvals,
+                timeout: r.reviews.timeout,
+                notify: gatehouse_pg::webhooks(&r.reviews),
+                admin_url: r
+                    .reviews
+                    .admin_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{admin_addr}")),
             };
             (r.name.clone(), facts)
         })

@@ -72,6 +72,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Login(args) => login_cmd::login(args).await,
         Command::Token => login_cmd::token().await,
         Command::Reviews(args) => reviews_cmd::run(args).await,
+        Command::Access(args) => reviews_cmd::access(args).await,
         Command::Ledger { command } => {
             logging::init(cli.log_format.unwrap_or(LogFormat::Text), "warn", false)?;
             ledger_cmd::run(command).await

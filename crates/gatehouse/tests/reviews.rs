@@ -14,13 +14,15 @@ use common::*;
 use gatehouse_testkit::PgCluster;
 use serde_json::Value;
 
-const PEOPLE: [(&str, &str); 5] = [
+const PEOPLE: [(&str, &str); 6] = [
     ("alice", "devs"),
     ("bob", "dba"),
     ("carol", "dba"),
     ("eve", "analysts"),
     // In no approver group: access policy lets pat approve on `pg` only.
     ("pat", "oncall"),
+    // May not connect, unless an access request is approved.
+    ("vic", "contractors"),
 ];
 
 const POLICIES: &str = r#"
@@ -29,6 +31,10 @@ permit (principal,
         action in [Gatehouse::Action::"connect", Gatehouse::Action::"read",
                    Gatehouse::Action::"write", Gatehouse::Action::"transaction",
                    Gatehouse::Action::"admin"],
+        resource);
+@id("no-contractors")
+forbid (principal in Gatehouse::Group::"contractors",
+        action == Gatehouse::Action::"connect",
         resource);
 @id("pat-approves-pg")
 permit (principal == Gatehouse::Identity::"pat",
@@ -88,7 +94,7 @@ fn start() -> Setup {
          CREATE TABLE t4 (); CREATE TABLE t5 (); CREATE TABLE t6 (); \
          CREATE TABLE g1 (); CREATE TABLE g2 (); CREATE TABLE g3 (); CREATE TABLE g4 (); \
          CREATE TABLE g5 (); CREATE TABLE t7 (n int); INSERT INTO t7 VALUES (1); \
-         CREATE TABLE t8 (); CREATE TABLE t9 ();",
+         CREATE TABLE t8 (); CREATE TABLE t9 (); CREATE TABLE t10 ();",
     )
     .unwrap();
     std::fs::write(dir.path().join("pg-password"), "app-secret").unwrap();
@@ -182,19 +188,14 @@ fn curl(args: &[&str]) -> (u16, String) {
 impl Setup {
     /// `psql -c SQL` as alice on the resource listening at `port`, in the background.
     fn psql(&self, port: u16, sql: &str) -> Child {
+        self.psql_as("alice", port, sql)
+    }
+
+    fn psql_as(&self, who: &str, port: u16, sql: &str) -> Child {
         Command::new(self.pg.bindir().join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "alice",
-                "-d",
-                "appdb",
-            ])
-            .args(["-X", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .env("PGPASSWORD", key("alice"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", who])
+            .args(["-d", "appdb", "-X", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGPASSWORD", key(who))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -203,18 +204,18 @@ impl Setup {
 
     /// `gatehouse reviews ARGS` as `who`.
     fn reviews(&self, who: &str, args: &[&str]) -> Output {
-        gatehouse()
-            .arg("reviews")
+        self.cli(who, "reviews", args).output().unwrap()
+    }
+
+    /// `gatehouse COMMAND ARGS` as `who`, not started.
+    fn cli(&self, who: &str, command: &str, args: &[&str]) -> Command {
+        let admin = format!("http://127.0.0.1:{}", self.admin);
+        let mut cmd = gatehouse();
+        cmd.arg(command)
             .args(args)
-            .args([
-                "--as",
-                who,
-                "--admin",
-                &format!("http://127.0.0.1:{}", self.admin),
-            ])
-            .env("GATEHOUSE_KEY", key(who))
-            .output()
-            .unwrap()
+            .args(["--as", who, "--admin", &admin])
+            .env("GATEHOUSE_KEY", key(who));
+        cmd
     }
 
     /// The id of the one pending review, waiting for it to appear.
@@ -417,6 +418,23 @@ fn held_statements_run_only_once_approved_and_every_step_is_recorded() {
         .unwrap();
     assert_eq!(cancelled["state"], "cancelled");
 
+    // The client goes away (killed): the review is cancelled, nothing runs.
+    let mut psql = s.psql(pg, "DROP TABLE t10");
+    let id = s.pending();
+    psql.kill().unwrap();
+    psql.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let all = s.reviews("bob", &["show", &id]);
+        let now: Value = serde_json::from_str(&stdout(&all)).unwrap();
+        if now["state"] == "cancelled" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {}", now["state"]);
+        sleep(Duration::from_millis(100));
+    }
+    assert!(s.table_exists("t10"));
+
     // psycopg (the extended protocol: Parse, Bind, Execute) held and approved through
     // the admin API.
     let script = "import sys, psycopg\n\
@@ -486,6 +504,89 @@ fn held_statements_run_only_once_approved_and_every_step_is_recorded() {
     let (ok, said) = finished(psql);
     assert!(ok, "{said}");
     assert_eq!(s.pg.psql("appdb", "SELECT count(*) FROM t7").unwrap(), "0");
+
+    // Access requests: vic may not connect; asks for two seconds, gets them, and is out
+    // again after.
+    let (ok, said) = finished(s.psql_as("vic", pg, "SELECT 'vic in'"));
+    assert!(!ok && said.contains("vic may not connect to pg"), "{said}");
+    let asking = s
+        .cli(
+            "vic",
+            "access",
+            &[
+                "request",
+                "pg",
+                "--for",
+                "3s",
+                "--reason",
+                "incident 4711",
+                "--wait",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = s.pending();
+    let shown = s.reviews("bob", &["show", &id]);
+    assert!(
+        stdout(&shown).contains("incident 4711") && stdout(&shown).contains("access to pg for 3s"),
+        "{}",
+        stdout(&shown)
+    );
+    assert!(s.reviews("bob", &["approve", &id]).status.success());
+    let asked = asking.wait_with_output().unwrap();
+    assert!(
+        asked.status.success(),
+        "{}{}",
+        stdout(&asked),
+        stderr(&asked)
+    );
+    assert!(
+        stdout(&asked).contains("access to pg granted for 3s"),
+        "{}",
+        stdout(&asked)
+    );
+    let out = s
+        .psql_as("vic", pg, "SELECT 'vic in'")
+        .wait_with_output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("vic in"));
+    let access_review = id;
+    sleep(Duration::from_millis(3500));
+    let (ok, said) = finished(s.psql_as("vic", pg, "SELECT 'vic in'"));
+    assert!(
+        !ok && said.contains("vic may not connect to pg"),
+        "the grant ran out: {said}"
+    );
+    // A request without a reason, or for a resource that does not exist, is refused.
+    let bad = s
+        .cli(
+            "vic",
+            "access",
+            &["request", "pg", "--for", "1h", "--reason", " "],
+        )
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&bad).contains("say why access is needed"),
+        "{}",
+        stderr(&bad)
+    );
+    let bad = s
+        .cli(
+            "vic",
+            "access",
+            &["request", "pg-nope", "--for", "1h", "--reason", "x"],
+        )
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&bad).contains("there is no resource \"pg-nope\""),
+        "{}",
+        stderr(&bad)
+    );
 
     // An approval for a duration: alice's next DROP on the same resource runs without a
     // review, one on another resource is still held.
@@ -559,6 +660,22 @@ fn held_statements_run_only_once_approved_and_every_step_is_recorded() {
     assert!(serve.wait_with_output().unwrap().status.success());
     check_ledger(&dir.path().join("data"), &first);
     check_grant(&dir.path().join("data"), &granted_by);
+    check_access(&dir.path().join("data"), &access_review);
+}
+
+/// vic's session came in on the access grant, and says which.
+fn check_access(data: &Path, id: &str) {
+    let mut starts = Vec::new();
+    gatehouse_ledger::segment::scan(&gatehouse_ledger::Layout::new(data), |e| {
+        let v: Value = serde_json::from_slice(e.line).unwrap();
+        if v["kind"] == "session.start" && v["actor"]["id"] == "vic" {
+            starts.push(v);
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(starts.len(), 1, "vic got in once");
+    assert_eq!(starts[0]["data"]["access_grant"]["review"], id);
 }
 
 /// The statement a grant let through names the review that granted it.

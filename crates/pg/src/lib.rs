@@ -73,6 +73,24 @@ pub struct PgResource {
     pub review: ReviewSettings,
 }
 
+/// The webhooks of `[resources.reviews]`.
+pub fn webhooks(
+    config: &gatehouse_config::ReviewsConfig,
+) -> Vec<gatehouse_approvals::notify::Webhook> {
+    use gatehouse_approvals::notify::{Format, Webhook};
+    config
+        .notify
+        .iter()
+        .map(|n| Webhook {
+            url: n.url.clone(),
+            format: match n.format {
+                gatehouse_config::NotifyFormat::Json => Format::Json,
+                gatehouse_config::NotifyFormat::Slack => Format::Slack,
+            },
+        })
+        .collect()
+}
+
 /// `[resources.reviews]` as a session uses it.
 #[derive(Debug, Clone)]
 pub struct ReviewSettings {
@@ -169,22 +187,7 @@ impl PgResource {
                     .admin_url
                     .clone()
                     .unwrap_or_else(|| "http://<admin address>".into()),
-                notify: config
-                    .reviews
-                    .notify
-                    .iter()
-                    .map(|n| gatehouse_approvals::notify::Webhook {
-                        url: n.url.clone(),
-                        format: match n.format {
-                            gatehouse_config::NotifyFormat::Json => {
-                                gatehouse_approvals::notify::Format::Json
-                            }
-                            gatehouse_config::NotifyFormat::Slack => {
-                                gatehouse_approvals::notify::Format::Slack
-                            }
-                        },
-                    })
-                    .collect(),
+                notify: webhooks(&config.reviews),
             },
         })
     }

@@ -278,13 +278,21 @@ async fn startup<S: ClientStream>(
     };
     let actor = signed_in.actor;
     let mut policy = SessionPolicy::default();
+    // An approved access request lets in whom policy would not (until it runs out).
+    let mut access_grant = None;
     if let Some(handle) = &resource.policy {
         let refusal = match policy.connect(handle, &actor, &resource.target()) {
             Ok(d) if d.outcome == Outcome::Allow => None,
-            Ok(d) => Some((
-                json!({"outcome": d.outcome.as_str(), "policies": d.policies, "message": d.message}),
-                d.message.unwrap_or_default(),
-            )),
+            Ok(d) => {
+                access_grant = resource.reviews.access_grant(&resource.name, &actor.id);
+                match access_grant {
+                    Some(_) => None,
+                    None => Some((
+                        json!({"outcome": d.outcome.as_str(), "policies": d.policies, "message": d.message}),
+                        d.message.unwrap_or_default(),
+                    )),
+                }
+            }
             // A policy that cannot be evaluated refuses: fail closed.
             Err(e) => Some((
                 json!({"outcome": "deny", "error": e.to_string()}),
@@ -386,6 +394,7 @@ async fn startup<S: ClientStream>(
                 Some(m) => json!({"client": if m.clear_client { "clear" } else { "masked" }, "recording": "masked"}),
                 None => json!("off"),
             },
+            "access_grant": access_grant.as_ref().map(|g| json!({"review": g.review, "request": g.request, "until": g.until})),
         }),
     );
     if let Err(e) = resource.ledger.append(&start, resource.durability).await {
@@ -1036,6 +1045,7 @@ impl Session {
             leaf: hex::encode(command.leaf_hash),
         };
         let new = NewReview {
+            access: None,
             resource: self.resource.name.clone(),
             requester: self.actor.id.clone(),
             session: self.id.clone(),

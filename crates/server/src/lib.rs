@@ -35,12 +35,18 @@ pub struct AdminState {
     pub resources: Arc<HashMap<String, ResourceFacts>>,
 }
 
-/// What access policy sees of a resource besides its name.
+/// What the admin API knows of a resource: what access policy sees besides its name, and
+/// how its reviews go (for access requests).
 #[derive(Clone, Debug, Default)]
 pub struct ResourceFacts {
     pub kind: String,
     pub environment: Option<String>,
     pub tags: Vec<String>,
+    pub approvers: Vec<String>,
+    pub approvals: u32,
+    pub timeout: std::time::Duration,
+    pub notify: Vec<gatehouse_approvals::notify::Webhook>,
+    pub admin_url: String,
 }
 
 /// The admin API routes.
@@ -54,6 +60,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/reviews/{id}", get(reviews::show))
         .route("/api/reviews/{id}/approve", post(reviews::approve))
         .route("/api/reviews/{id}/deny", post(reviews::deny))
+        .route("/api/access", post(reviews::request_access))
         .with_state(state)
 }
 

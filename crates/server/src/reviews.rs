@@ -7,7 +7,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use gatehouse_approvals::{Approver, Decision, Review, ReviewError, decision_event};
+use gatehouse_approvals::{
+    Approver, Decision, EntryRef, NewReview, Review, ReviewError, State as ReviewState,
+    decision_event,
+};
 use gatehouse_core::{Actor, Durability, Event, EventKind};
 use serde::Deserialize;
 use serde_json::json;
@@ -228,4 +231,152 @@ fn policy_permits(state: &AdminState, actor: &Actor, resource: &str) -> bool {
             false
         }
     }
+}
+
+/// The body of an access request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessBody {
+    pub resource: String,
+    /// How long access is asked for (`"2h"`; at most 7 days).
+    #[serde(rename = "for")]
+    pub duration: String,
+    /// Why: approvers see it; required.
+    pub reason: String,
+}
+
+/// `POST /api/access`: asks for access (`connect`) to a resource for a while. It follows
+/// the review path — approvers, the resource's approvals and timeout, notifications —
+/// and, approved, lets the requester connect until it runs out though policy would not.
+pub async fn request_access(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Option<Json<AccessBody>>,
+) -> Response {
+    let actor = match sign_in(&state, &headers).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Some(Json(body)) = body else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "send {\"resource\": ..., \"for\": \"2h\", \"reason\": ...} as JSON",
+        );
+    };
+    let Some(facts) = state.resources.get(&body.resource) else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("there is no resource {:?}", body.resource),
+        );
+    };
+    let duration = match humantime::parse_duration(&body.duration) {
+        Ok(d) if d >= std::time::Duration::from_secs(1) && d <= MAX_GRANT => d,
+        Ok(_) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("\"for\": {:?} must be between 1s and 7days", body.duration),
+            );
+        }
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "\"for\": {:?} is not a duration ({e}); write e.g. \"2h\"",
+                    body.duration
+                ),
+            );
+        }
+    };
+    let reason = body.reason.trim().to_string();
+    if reason.is_empty() {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "\"reason\": say why access is needed",
+        );
+    }
+    if facts.approvers.is_empty() && state.policy.is_none() {
+        return refuse(
+            StatusCode::CONFLICT,
+            format!(
+                "resources.{}.reviews.approvers names no group that may approve access, and no access policy is configured",
+                body.resource
+            ),
+        );
+    }
+    let asked = humantime::format_duration(duration).to_string();
+    let new = NewReview {
+        access: Some(duration),
+        resource: body.resource.clone(),
+        requester: actor.id.clone(),
+        session: String::new(),
+        statement: format!("access to {} for {asked}", body.resource),
+        rule: None,
+        reason,
+        approvers: facts.approvers.clone(),
+        required: facts.approvals,
+        timeout: facts.timeout,
+    };
+    let ledger = state.ledger.clone();
+    let requester = actor.clone();
+    let opened = state
+        .reviews
+        .open(new, |review: &Review| {
+            let event = Event {
+                kind: EventKind::ApprovalRequest,
+                actor: Some(requester),
+                resource: Some(gatehouse_core::ResourceRef {
+                    name: review.resource.clone(),
+                    kind: "postgres".into(),
+                }),
+                session: None,
+                data: json!({
+                    "review": review.id,
+                    "access": {"for_ms": review.access_ms},
+                    "reason": review.reason,
+                    "approvers": review.approvers,
+                    "required": review.required,
+                    "expires_at": review.expires_at,
+                }),
+                chunks: Vec::new(),
+            };
+            async move {
+                ledger
+                    .append(&event, Durability::Sync)
+                    .await
+                    .map(|r| EntryRef {
+                        index: r.index,
+                        leaf: hex::encode(r.leaf_hash),
+                    })
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await;
+    let review = match opened {
+        Ok((review, _)) => review,
+        Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    gatehouse_approvals::notify::review_requested(&facts.notify, &review, &facts.admin_url);
+    // Undecided when its time is up, it expires (recorded like the rest).
+    let (reviews, ledger, id, timeout) = (
+        state.reviews.clone(),
+        state.ledger.clone(),
+        review.id.clone(),
+        facts.timeout,
+    );
+    tokio::spawn(async move {
+        tokio::time::sleep(timeout).await;
+        let _ = reviews
+            .finish(&id, ReviewState::Expired, |next: &Review| {
+                let event = decision_event(next, None, json!({}));
+                async move {
+                    ledger
+                        .append(&event, Durability::Sync)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .await;
+    });
+    (StatusCode::CREATED, Json(review)).into_response()
 }
