@@ -454,6 +454,19 @@ fn new_id() -> String {
     format!("r-{}", hex::encode(raw))
 }
 
+/// Appends `event` durably and returns the reference to it: the recording step the
+/// [`Reviews`] methods take, in the form they take it.
+pub async fn append(ledger: &gatehouse_ledger::Ledger, event: &Event) -> Result<EntryRef, String> {
+    ledger
+        .append(event, gatehouse_core::Durability::Sync)
+        .await
+        .map(|r| EntryRef {
+            index: r.index,
+            leaf: hex::encode(r.leaf_hash),
+        })
+        .map_err(|e| e.to_string())
+}
+
 /// An `approval.decision` entry: the review's new state, referring to its request entry
 /// by index and leaf hash, by `actor`, with `extra` fields (an approver's verdict and
 /// reason).

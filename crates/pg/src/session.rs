@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use gatehouse_approvals::{EntryRef, NewReview, Review, ReviewError, State, Verdict};
-use gatehouse_core::{Actor, Durability, Event, EventKind};
+use gatehouse_core::{Actor, Event, EventKind};
 use gatehouse_ledger::{LedgerError, Receipt};
 use gatehouse_wire_pg::backend;
 use gatehouse_wire_pg::frontend::{self, Frontend};
@@ -1072,16 +1072,7 @@ impl Session {
                     "required": review.required,
                     "expires_at": review.expires_at,
                 });
-                async move {
-                    ledger
-                        .append(&event, Durability::Sync)
-                        .await
-                        .map(|r| EntryRef {
-                            index: r.index,
-                            leaf: hex::encode(r.leaf_hash),
-                        })
-                        .map_err(|e| e.to_string())
-                }
+                async move { gatehouse_approvals::append(&ledger, &event).await }
             })
             .await;
         let (review, mut changes) = match opened {
@@ -1207,11 +1198,9 @@ impl Session {
                 let event =
                     gatehouse_approvals::decision_event(next, Some(self.actor.clone()), json!({}));
                 async move {
-                    ledger
-                        .append(&event, Durability::Sync)
+                    gatehouse_approvals::append(&ledger, &event)
                         .await
                         .map(|_| ())
-                        .map_err(|e| e.to_string())
                 }
             })
             .await;

@@ -8,8 +8,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use gatehouse_approvals::{
-    Approver, Decision, EntryRef, NewReview, Review, ReviewError, State as ReviewState,
-    decision_event,
+    Approver, Decision, NewReview, Review, ReviewError, State as ReviewState, decision_event,
 };
 use gatehouse_core::{Actor, Durability, Event, EventKind};
 use serde::Deserialize;
@@ -186,11 +185,9 @@ async fn decide(
                 json!({"verdict": verdict, "reason": reason, "grant_until": next.grant_until}),
             );
             async move {
-                ledger
-                    .append(&event, Durability::Sync)
+                gatehouse_approvals::append(&ledger, &event)
                     .await
                     .map(|_| ())
-                    .map_err(|e| e.to_string())
             }
         })
         .await;
@@ -339,16 +336,7 @@ pub async fn request_access(
                 }),
                 chunks: Vec::new(),
             };
-            async move {
-                ledger
-                    .append(&event, Durability::Sync)
-                    .await
-                    .map(|r| EntryRef {
-                        index: r.index,
-                        leaf: hex::encode(r.leaf_hash),
-                    })
-                    .map_err(|e| e.to_string())
-            }
+            async move { gatehouse_approvals::append(&ledger, &event).await }
         })
         .await;
     let review = match opened {
@@ -369,11 +357,9 @@ pub async fn request_access(
             .finish(&id, ReviewState::Expired, |next: &Review| {
                 let event = decision_event(next, None, json!({}));
                 async move {
-                    ledger
-                        .append(&event, Durability::Sync)
+                    gatehouse_approvals::append(&ledger, &event)
                         .await
                         .map(|_| ())
-                        .map_err(|e| e.to_string())
                 }
             })
             .await;
