@@ -16,6 +16,7 @@ use std::ops::Range;
 
 use regex::{Regex, RegexSet};
 use regex_automata::dfa::{dense, regex::Regex as DfaRegex};
+use regex_automata::{Anchored, Input};
 
 use crate::MaskError;
 
@@ -736,7 +737,16 @@ impl Detectors {
             }
         };
         if let Some(dfa) = pattern.dfa.as_ref().filter(|_| fast) {
-            for m in dfa.find_iter(text.as_bytes()) {
+            let bytes = text.as_bytes();
+            // A result value is often the match itself (an e-mail column): a search anchored
+            // at its start finds that in one forward pass, where an unanchored one needs a
+            // second, reverse pass for where the match starts. A match at 0 is the leftmost.
+            let mut from = 0;
+            if let Ok(Some(m)) = dfa.try_search(&Input::new(bytes).anchored(Anchored::Yes)) {
+                push(m.range());
+                from = m.end();
+            }
+            for m in dfa.find_iter(Input::new(bytes).range(from..)) {
                 push(m.range());
             }
         } else if pattern.group == 0 {
