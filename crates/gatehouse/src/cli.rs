@@ -67,6 +67,23 @@ pub enum Command {
     /// Ask for access to a resource you may not connect to, for a while: it goes to the
     /// resource's approvers as a review and, approved, ends by itself.
     Access(AccessArgs),
+    /// Replay a recorded session from the ledger, offline: who connected, each statement
+    /// with its decision and timing, the rows the client saw (masked as recorded),
+    /// approvals, the end. Without a session id, list the sessions.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The session (`s-...`, as in the ledger's entries and the gateway's log).
+    pub session: Option<String>,
+    /// The gateway's data directory (the one holding `ledger/`).
+    #[arg(long, default_value = "gatehouse-data")]
+    pub data_dir: PathBuf,
+    /// Replay in time: wait between steps as the session did, this many times faster
+    /// (1 = real time). Default: print at once.
+    #[arg(long)]
+    pub speed: Option<f64>,
 }
 
 /// Where the admin API is and who signs in to it.

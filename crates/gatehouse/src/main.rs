@@ -18,6 +18,7 @@ mod limits;
 mod logging;
 mod login_cmd;
 mod policy_cmd;
+mod replay_cmd;
 mod reviews_cmd;
 
 use std::process::ExitCode;
@@ -73,6 +74,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token => login_cmd::token().await,
         Command::Reviews(args) => reviews_cmd::run(args).await,
         Command::Access(args) => reviews_cmd::access(args).await,
+        Command::Replay(args) => replay_cmd::run(args).await,
         Command::Ledger { command } => {
             logging::init(cli.log_format.unwrap_or(LogFormat::Text), "warn", false)?;
             ledger_cmd::run(command).await

@@ -660,11 +660,72 @@ fn held_statements_run_only_once_approved_and_every_step_is_recorded() {
     assert!(serve.wait_with_output().unwrap().status.success());
     check_ledger(&dir.path().join("data"), &first);
     check_grant(&dir.path().join("data"), &granted_by);
-    check_access(&dir.path().join("data"), &access_review);
+    let vic_session = check_access(&dir.path().join("data"), &access_review);
+    check_replay(&dir.path().join("data"), &first, &vic_session);
 }
 
-/// vic's session came in on the access grant, and says which.
-fn check_access(data: &Path, id: &str) {
+/// `gatehouse replay` tells the first review's session and vic's session again.
+fn check_replay(data: &Path, id: &str, vic_session: &str) {
+    let data_arg = data.to_str().unwrap();
+    let listed = run(&["replay", "--data-dir", data_arg]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert!(stdout(&listed).contains(vic_session), "{}", stdout(&listed));
+
+    let mut session = None;
+    gatehouse_ledger::segment::scan(&gatehouse_ledger::Layout::new(data), |e| {
+        let v: Value = serde_json::from_slice(e.line).unwrap();
+        if v["kind"] == "command" && v["data"]["sql"] == "DROP TABLE t1" {
+            session = v["session"].as_str().map(str::to_string);
+        }
+        Ok(())
+    })
+    .unwrap();
+    let out = run(&["replay", &session.unwrap(), "--data-dir", data_arg]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let expected = [
+        "alice connected to pg from 127.0.0.1:".to_string(),
+        "alice=> DROP TABLE t1".into(),
+        "decision: review by rule drops-need-review".into(),
+        format!("held for review {id}: dropping a table needs an approval (needs 1 approval(s))"),
+        format!("review {id} approved by bob: planned cleanup"),
+        format!("review {id} executed by alice"),
+        "DROP TABLE (0 rows,".into(),
+        "session ended after".into(),
+    ];
+    let mut at = 0;
+    for want in &expected {
+        let found = text[at..]
+            .find(want.as_str())
+            .unwrap_or_else(|| panic!("{want:?} not in order in:\n{text}"));
+        at += found + want.len();
+    }
+    // Each line starts with its time in the session.
+    assert!(
+        text.lines().next().unwrap().starts_with("[+00:00.000] "),
+        "{text}"
+    );
+
+    let out = run(&["replay", vic_session, "--data-dir", data_arg]);
+    let text = stdout(&out);
+    assert!(text.contains("vic=> SELECT 'vic in'"), "{text}");
+    assert!(
+        text.contains("   ?column?") && text.contains("   vic in"),
+        "the row as vic saw it:\n{text}"
+    );
+    assert!(text.contains("SELECT 1 (1 rows,"), "{text}");
+
+    let missing = run(&["replay", "s-0000", "--data-dir", data_arg]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("no session s-0000"),
+        "{}",
+        stderr(&missing)
+    );
+}
+
+/// vic's session came in on the access grant, and says which. Returns its id.
+fn check_access(data: &Path, id: &str) -> String {
     let mut starts = Vec::new();
     gatehouse_ledger::segment::scan(&gatehouse_ledger::Layout::new(data), |e| {
         let v: Value = serde_json::from_slice(e.line).unwrap();
@@ -676,6 +737,7 @@ fn check_access(data: &Path, id: &str) {
     .unwrap();
     assert_eq!(starts.len(), 1, "vic got in once");
     assert_eq!(starts[0]["data"]["access_grant"]["review"], id);
+    starts[0]["session"].as_str().unwrap().to_string()
 }
 
 /// The statement a grant let through names the review that granted it.
