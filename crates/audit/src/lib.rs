@@ -1,6 +1,8 @@
-//! What an auditor reads out of the ledger. Today: [`replay`], a session told again from
-//! its entries and recorded result data. Pure: the caller reads the entries and chunks.
+//! What an auditor reads out of the ledger: [`replay`], a session told again from its
+//! entries and recorded result data, and [`export`], the entries of a window as JSON lines
+//! or CSV. Pure: the caller reads the entries and chunks.
 
+pub mod export;
 pub mod replay;
 
 pub use replay::{Replay, Step, replay};

@@ -71,6 +71,51 @@ pub enum Command {
     /// with its decision and timing, the rows the client saw (masked as recorded),
     /// approvals, the end. Without a session id, list the sessions.
     Replay(ReplayArgs),
+    /// Evidence for auditors, offline from the ledger.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Export the entries of a time window, filtered by identity or resource, as JSON lines
+    /// or CSV; each row carries its ledger index and leaf hash. (The verifiable bundle and
+    /// OCSF formats are not built yet.)
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per line: the entry as recorded, plus `leaf`.
+    Jsonl,
+    /// index, time, kind, identity, resource, session, summary, leaf.
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The gateway's data directory (the one holding `ledger/`).
+    #[arg(long, default_value = "gatehouse-data")]
+    pub data_dir: PathBuf,
+    /// From (inclusive): RFC 3339 (`2026-11-01T00:00:00Z`) or a duration ago (`24h`).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Until (exclusive): RFC 3339 or a duration ago.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only entries by this identity.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only entries about this resource.
+    #[arg(long)]
+    pub resource: Option<String>,
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Write here (replaced only once the export is complete) instead of stdout.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
