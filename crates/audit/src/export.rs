@@ -99,8 +99,8 @@ fn summary(entry: &Value) -> String {
             d["review"].as_str().unwrap_or("?"),
             d["state"].as_str().unwrap_or("requested")
         ),
-        "auth.failure" => format!("{}", d["reason"].as_str().unwrap_or("?")),
-        "session.end" => format!("{}", d["reason"].as_str().unwrap_or("")),
+        "auth.failure" => d["reason"].as_str().unwrap_or("?").to_string(),
+        "session.end" => d["reason"].as_str().unwrap_or("").to_string(),
         "policy.decision" => format!(
             "{} {}",
             d["action"].as_str().unwrap_or("?"),
