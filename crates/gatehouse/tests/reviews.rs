@@ -669,12 +669,10 @@ fn held_statements_run_only_once_approved_and_every_step_is_recorded() {
 /// entries' leaf hashes.
 fn check_export(data: &Path) {
     let data_arg = data.to_str().unwrap();
-    let mut leaves = std::collections::HashMap::new();
-    gatehouse_ledger::segment::scan(&gatehouse_ledger::Layout::new(data), |e| {
-        leaves.insert(e.index, hex(&gatehouse_ledger::merkle::leaf_hash(e.line)));
-        Ok(())
-    })
-    .unwrap();
+    let leaves: std::collections::HashMap<u64, String> = entries(data)
+        .into_iter()
+        .map(|(i, leaf, _)| (i, hex(&leaf)))
+        .collect();
     let out = run(&[
         "audit",
         "export",
@@ -775,16 +773,11 @@ fn check_replay(data: &Path, id: &str, vic_session: &str) {
     assert!(listed.status.success(), "{}", stderr(&listed));
     assert!(stdout(&listed).contains(vic_session), "{}", stdout(&listed));
 
-    let mut session = None;
-    gatehouse_ledger::segment::scan(&gatehouse_ledger::Layout::new(data), |e| {
-        let v: Value = serde_json::from_slice(e.line).unwrap();
-        if v["kind"] == "command" && v["data"]["sql"] == "DROP TABLE t1" {
-            session = v["session"].as_str().map(str::to_string);
-        }
-        Ok(())
-    })
-    .unwrap();
-    let out = run(&["replay", &session.unwrap(), "--data-dir", data_arg]);
+    let command = find(data, |v| {
+        v["kind"] == "command" && v["data"]["sql"] == "DROP TABLE t1"
+    });
+    let session = command.unwrap()["session"].as_str().unwrap().to_string();
+    let out = run(&["replay", &session, "--data-dir", data_arg]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     let expected = [
@@ -830,15 +823,11 @@ fn check_replay(data: &Path, id: &str, vic_session: &str) {
 
 /// vic's session came in on the access grant, and says which. Returns its id.
 fn check_access(data: &Path, id: &str) -> String {
-    let mut starts = Vec::new();
-    gatehouse_ledger::segment::scan(&gatehouse_ledger::Layout::new(data), |e| {
-        let v: Value = serde_json::from_slice(e.line).unwrap();
-        if v["kind"] == "session.start" && v["actor"]["id"] == "vic" {
-            starts.push(v);
-        }
-        Ok(())
-    })
-    .unwrap();
+    let starts: Vec<Value> = entries(data)
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .filter(|v| v["kind"] == "session.start" && v["actor"]["id"] == "vic")
+        .collect();
     assert_eq!(starts.len(), 1, "vic got in once");
     assert_eq!(starts[0]["data"]["access_grant"]["review"], id);
     starts[0]["session"].as_str().unwrap().to_string()
@@ -846,15 +835,9 @@ fn check_access(data: &Path, id: &str) -> String {
 
 /// The statement a grant let through names the review that granted it.
 fn check_grant(data: &Path, id: &str) {
-    let mut through = None;
-    gatehouse_ledger::segment::scan(&gatehouse_ledger::Layout::new(data), |e| {
-        let v: Value = serde_json::from_slice(e.line).unwrap();
-        if v["kind"] == "command" && v["data"]["sql"] == "DROP TABLE g2" {
-            through = Some(v);
-        }
-        Ok(())
-    })
-    .unwrap();
+    let through = find(data, |v| {
+        v["kind"] == "command" && v["data"]["sql"] == "DROP TABLE g2"
+    });
     let decision = &through.expect("recorded")["data"]["decision"];
     assert_eq!(decision["outcome"], "review");
     assert_eq!(decision["grant"]["review"], id);
@@ -865,13 +848,7 @@ fn check_grant(data: &Path, id: &str) {
 /// index and leaf hash, then approved and executed naming the request — in that order,
 /// with hashes that match the entries they name.
 fn check_ledger(data: &Path, id: &str) {
-    let mut entries: Vec<(u64, [u8; 32], Value)> = Vec::new();
-    gatehouse_ledger::segment::scan(&gatehouse_ledger::Layout::new(data), |e| {
-        let v: Value = serde_json::from_slice(e.line).unwrap();
-        entries.push((e.index, gatehouse_ledger::merkle::leaf_hash(e.line), v));
-        Ok(())
-    })
-    .unwrap();
+    let entries = entries(data);
     let by_index = |i: u64| entries.iter().find(|(n, _, _)| *n == i).unwrap();
     let request = entries
         .iter()
@@ -906,6 +883,26 @@ fn check_ledger(data: &Path, id: &str) {
         .find(|(_, _, v)| v["kind"] == "result" && v["data"]["command"] == command.0)
         .expect("the approved statement ran");
     assert!(result.0 > steps[1].0);
+}
+
+/// Every entry of the ledger in `data`: index, leaf hash, the entry.
+fn entries(data: &Path) -> Vec<(u64, [u8; 32], Value)> {
+    let mut all = Vec::new();
+    gatehouse_ledger::segment::scan(&gatehouse_ledger::Layout::new(data), |e| {
+        let v: Value = serde_json::from_slice(e.line).unwrap();
+        all.push((e.index, gatehouse_ledger::merkle::leaf_hash(e.line), v));
+        Ok(())
+    })
+    .unwrap();
+    all
+}
+
+/// The first entry `matches` takes.
+fn find(data: &Path, matches: impl Fn(&Value) -> bool) -> Option<Value> {
+    entries(data)
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .find(|v| matches(v))
 }
 
 fn hex(bytes: &[u8]) -> String {
