@@ -64,7 +64,7 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             let who = engine.principal(&actor, &resource)?;
             let out = match (&args.action, &args.sql) {
                 (Some(action), None) if action == "connect" => {
-                    let d = engine.connect(&who)?;
+                    let d = engine.action(&who, gatehouse_policy::Action::Connect)?;
                     json!({
                         "outcome": d.outcome.as_str(),
                         "policies": d.policies,

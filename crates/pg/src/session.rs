@@ -25,7 +25,7 @@ use crate::recording::Recorder;
 use crate::tracker::{Describes, Expect, Tracker, Work};
 use crate::upstream::{self, TargetStream};
 use crate::{PgResource, send};
-use gatehouse_policy::{SessionPolicy, decide_statement};
+use gatehouse_policy::{Action, SessionPolicy, decide_statement};
 use gatehouse_sql::{Analysis, Outcome, analyze};
 
 /// Sends everything in `buf` (if anything) and empties it; returns how many bytes went.
@@ -281,7 +281,7 @@ async fn startup<S: ClientStream>(
     // An approved access request lets in whom policy would not (until it runs out).
     let mut access_grant = None;
     if let Some(handle) = &resource.policy {
-        let refusal = match policy.connect(handle, &actor, &resource.target()) {
+        let refusal = match policy.action(handle, &actor, &resource.target(), Action::Connect) {
             Ok(d) if d.outcome == Outcome::Allow => None,
             Ok(d) => {
                 access_grant = resource.reviews.access_grant(&resource.name, &actor.id);
@@ -359,7 +359,7 @@ async fn startup<S: ClientStream>(
         Some(mask) => {
             let clear_client = match &resource.policy {
                 Some(handle) => policy
-                    .unmask(handle, &actor, &resource.target())
+                    .action(handle, &actor, &resource.target(), Action::Unmask)
                     .is_ok_and(|d| d.outcome == Outcome::Allow),
                 None => false,
             };

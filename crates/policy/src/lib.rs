@@ -282,20 +282,9 @@ impl PolicyEngine {
         })
     }
 
-    /// May the principal connect to its resource?
-    pub fn connect(&self, who: &Principal) -> Result<PolicyDecision, PolicyError> {
-        self.decide(who, "connect", Context::empty())
-    }
-
-    /// May the principal see clear values where masking rules apply? (The recording is
-    /// masked either way.)
-    pub fn unmask(&self, who: &Principal) -> Result<PolicyDecision, PolicyError> {
-        self.decide(who, "unmask", Context::empty())
-    }
-
-    /// May the principal approve or deny other people's held statements on the resource?
-    pub fn approve(&self, who: &Principal) -> Result<PolicyDecision, PolicyError> {
-        self.decide(who, "approve", Context::empty())
+    /// May the principal take `action` on its resource?
+    pub fn action(&self, who: &Principal, action: Action) -> Result<PolicyDecision, PolicyError> {
+        self.decide(who, action.name(), Context::empty())
     }
 
     /// The decision for a message: each statement by its class, the strictest wins. Text
@@ -469,6 +458,28 @@ pub fn decide_statement(
     decision
 }
 
+/// The actions decided on a resource without a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Open a session.
+    Connect,
+    /// See clear values where masking applies (the recording is masked either way).
+    Unmask,
+    /// Approve or deny other people's held statements and access requests.
+    Approve,
+}
+
+impl Action {
+    /// The action's name in the schema.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Connect => "connect",
+            Action::Unmask => "unmask",
+            Action::Approve => "approve",
+        }
+    }
+}
+
 /// What a session keeps of the policy: the engine it last decided with and its
 /// [`Principal`] for that engine, rebuilt only when a reload has put another engine in
 /// force, so a statement costs one authorization and not an entity build as well.
@@ -478,37 +489,16 @@ pub struct SessionPolicy {
 }
 
 impl SessionPolicy {
-    /// May `actor` connect to `resource`, under the policy in force?
-    pub fn connect(
+    /// May `actor` take `action` on `resource`, under the policy in force?
+    pub fn action(
         &mut self,
         handle: &PolicyHandle,
         actor: &Actor,
         resource: &Target<'_>,
+        action: Action,
     ) -> Result<PolicyDecision, PolicyError> {
         let (engine, who) = self.current(handle, actor, resource);
-        engine.connect(who?)
-    }
-
-    /// May `actor` see clear values on `resource`, under the policy in force?
-    pub fn unmask(
-        &mut self,
-        handle: &PolicyHandle,
-        actor: &Actor,
-        resource: &Target<'_>,
-    ) -> Result<PolicyDecision, PolicyError> {
-        let (engine, who) = self.current(handle, actor, resource);
-        engine.unmask(who?)
-    }
-
-    /// May `actor` decide reviews on `resource`, under the policy in force?
-    pub fn approve(
-        &mut self,
-        handle: &PolicyHandle,
-        actor: &Actor,
-        resource: &Target<'_>,
-    ) -> Result<PolicyDecision, PolicyError> {
-        let (engine, who) = self.current(handle, actor, resource);
-        engine.approve(who?)
+        engine.action(who?, action)
     }
 
     /// Cedar's decision for a message, under the policy in force.
@@ -650,7 +640,8 @@ when { principal.kind == "agent" };
 
     /// Cedar's connect decision for `who` on `on`.
     fn connect(e: &PolicyEngine, who: &Actor, on: &Target<'_>) -> PolicyDecision {
-        e.connect(&e.principal(who, on).unwrap()).unwrap()
+        e.action(&e.principal(who, on).unwrap(), Action::Connect)
+            .unwrap()
     }
 
     /// Cedar's decision for `sql` by `who` on [`PG`].
@@ -797,7 +788,7 @@ permit (principal, action, resource) when { principal.department == "finance" };
         assert_eq!(connect(&before, &ann, PG).outcome, Outcome::Allow);
 
         let mut session = SessionPolicy::default();
-        let allowed = session.connect(&handle, &ann, PG).unwrap();
+        let allowed = session.action(&handle, &ann, PG, Action::Connect).unwrap();
         assert_eq!(allowed.outcome, Outcome::Allow);
         std::fs::write(
             &path,
@@ -809,7 +800,7 @@ permit (principal, action, resource) when { principal.department == "finance" };
         assert!(!handle.changed());
         assert_eq!(connect(&handle.get(), &ann, PG).outcome, Outcome::Deny);
         // A session's cached entities follow the reload.
-        let after = session.connect(&handle, &ann, PG).unwrap();
+        let after = session.action(&handle, &ann, PG, Action::Connect).unwrap();
         assert_eq!(after.outcome, Outcome::Deny);
         // A decision already holding the old policy keeps it to its end.
         assert_eq!(connect(&before, &ann, PG).outcome, Outcome::Allow);

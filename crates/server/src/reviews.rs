@@ -221,7 +221,12 @@ fn policy_permits(state: &AdminState, actor: &Actor, resource: &str) -> bool {
         environment: facts.environment.as_deref(),
         tags: &facts.tags,
     };
-    match gatehouse_policy::SessionPolicy::default().approve(handle, actor, &target) {
+    match gatehouse_policy::SessionPolicy::default().action(
+        handle,
+        actor,
+        &target,
+        gatehouse_policy::Action::Approve,
+    ) {
         Ok(decision) => decision.outcome == gatehouse_sql::Outcome::Allow,
         Err(e) => {
             tracing::warn!(error = %e, "the approve action could not be decided; only approver groups count");
