@@ -19,6 +19,14 @@ fn new_review(required: u32) -> NewReview {
 
 const APPROVE: Decision = Decision::Approve { grant: None };
 
+fn approver<'a>(name: &'a str, groups: &'a [String], permitted: bool) -> Approver<'a> {
+    Approver {
+        name,
+        groups,
+        permitted,
+    }
+}
+
 fn dba() -> Vec<String> {
     vec!["dba".to_string()]
 }
@@ -44,11 +52,7 @@ async fn approvals_count_and_the_waiting_side_sees_each() {
     assert!(review.id.starts_with("r-") && review.id.len() == 12);
 
     let groups = dba();
-    let bob = Approver {
-        name: "bob",
-        groups: &groups,
-        permitted: false,
-    };
+    let bob = approver("bob", &groups, false);
     let after = reviews
         .decide(&review.id, bob, &APPROVE, None, |_| async { Ok(()) })
         .await
@@ -62,11 +66,7 @@ async fn approvals_count_and_the_waiting_side_sees_each() {
         .await;
     assert_eq!(again, Err(ReviewError::AlreadyApproved("bob".into())));
 
-    let carol = Approver {
-        name: "carol",
-        groups: &groups,
-        permitted: false,
-    };
+    let carol = approver("carol", &groups, false);
     let done = reviews
         .decide(&review.id, carol, &APPROVE, Some("ok".into()), |_| async {
             Ok(())
@@ -88,22 +88,14 @@ async fn requesters_outsiders_and_late_deciders_are_refused() {
     let reviews = Reviews::default();
     let (review, _rx) = opened(&reviews, 1).await;
     let groups = dba();
-    let alice = Approver {
-        name: "alice",
-        groups: &groups,
-        permitted: false,
-    };
+    let alice = approver("alice", &groups, false);
     let refused = reviews
         .decide(&review.id, alice, &APPROVE, None, |_| async { Ok(()) })
         .await;
     assert_eq!(refused, Err(ReviewError::OwnRequest("alice".into())));
 
     let others = vec!["analysts".to_string()];
-    let eve = Approver {
-        name: "eve",
-        groups: &others,
-        permitted: false,
-    };
+    let eve = approver("eve", &others, false);
     let refused = reviews
         .decide(&review.id, eve, &APPROVE, None, |_| async { Ok(()) })
         .await
@@ -115,11 +107,7 @@ async fn requesters_outsiders_and_late_deciders_are_refused() {
         "{refused}"
     );
 
-    let bob = Approver {
-        name: "bob",
-        groups: &groups,
-        permitted: false,
-    };
+    let bob = approver("bob", &groups, false);
     let denied = reviews
         .decide(
             &review.id,
@@ -167,11 +155,7 @@ async fn nothing_changes_unless_it_was_recorded() {
 
     let (review, rx) = opened(&reviews, 1).await;
     let groups = dba();
-    let bob = Approver {
-        name: "bob",
-        groups: &groups,
-        permitted: false,
-    };
+    let bob = approver("bob", &groups, false);
     let failed = reviews
         .decide(&review.id, bob, &APPROVE, None, |next| {
             // The recording step sees the review as it will be.
@@ -205,16 +189,8 @@ async fn an_approval_for_a_duration_grants_the_same_rule_to_the_same_person() {
     let reviews = Reviews::default();
     let (review, _rx) = opened(&reviews, 2).await;
     let groups = dba();
-    let bob = Approver {
-        name: "bob",
-        groups: &groups,
-        permitted: false,
-    };
-    let carol = Approver {
-        name: "carol",
-        groups: &groups,
-        permitted: false,
-    };
+    let bob = approver("bob", &groups, false);
+    let carol = approver("carol", &groups, false);
     let hour = Decision::Approve {
         grant: Some(Duration::from_secs(3600)),
     };
@@ -283,11 +259,7 @@ async fn grants_end_by_themselves() {
     let reviews = Reviews::default();
     let (review, _rx) = opened(&reviews, 1).await;
     let groups = dba();
-    let bob = Approver {
-        name: "bob",
-        groups: &groups,
-        permitted: false,
-    };
+    let bob = approver("bob", &groups, false);
     let brief = Decision::Approve {
         grant: Some(Duration::from_millis(200)),
     };
@@ -313,11 +285,7 @@ async fn policy_may_let_someone_outside_the_groups_decide() {
     let reviews = Reviews::default();
     let (review, _rx) = opened(&reviews, 1).await;
     let none: Vec<String> = Vec::new();
-    let permitted = Approver {
-        name: "pat",
-        groups: &none,
-        permitted: true,
-    };
+    let permitted = approver("pat", &none, true);
     let done = reviews
         .decide(&review.id, permitted, &APPROVE, None, |_| async { Ok(()) })
         .await
@@ -325,11 +293,7 @@ async fn policy_may_let_someone_outside_the_groups_decide() {
     assert_eq!(done.state, State::Approved);
     // Policy never lets the requester decide their own request.
     let (review, _rx) = opened(&reviews, 1).await;
-    let alice = Approver {
-        name: "alice",
-        groups: &none,
-        permitted: true,
-    };
+    let alice = approver("alice", &none, true);
     let own = reviews
         .decide(&review.id, alice, &APPROVE, None, |_| async { Ok(()) })
         .await;
@@ -356,11 +320,7 @@ async fn an_approved_access_request_grants_connect_for_what_it_asked() {
         .unwrap();
     assert!(reviews.access_grant("pg-prod", "alice").is_none());
     let groups = dba();
-    let bob = Approver {
-        name: "bob",
-        groups: &groups,
-        permitted: false,
-    };
+    let bob = approver("bob", &groups, false);
     let done = reviews
         .decide(&review.id, bob, &APPROVE, None, |_| async { Ok(()) })
         .await

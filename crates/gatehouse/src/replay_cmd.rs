@@ -19,13 +19,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     {
         anyhow::bail!("--speed must be a positive number (1 = real time), not {speed}");
     }
-    let layout = Layout::new(&args.data_dir);
-    if !layout.root().exists() {
-        anyhow::bail!(
-            "{}: no ledger here (pass the gateway's data directory with --data-dir)",
-            args.data_dir.display()
-        );
-    }
+    let layout = ledger_in(&args.data_dir)?;
     let wanted = args.session.clone();
     let scanned = tokio::task::spawn_blocking(move || read(&layout, wanted.as_deref())).await??;
     let Some(session) = args.session else {
@@ -58,6 +52,18 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         eprintln!("gatehouse replay: {problem}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The ledger in `data_dir`, which must hold one.
+fn ledger_in(data_dir: &std::path::Path) -> anyhow::Result<Layout> {
+    let layout = Layout::new(data_dir);
+    if !layout.root().exists() {
+        anyhow::bail!(
+            "{}: no ledger here (pass the gateway's data directory with --data-dir)",
+            data_dir.display()
+        );
+    }
+    Ok(layout)
 }
 
 /// What a scan of the ledger found.
@@ -182,13 +188,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     {
         anyhow::bail!("--since must come before --until");
     }
-    let layout = Layout::new(&args.data_dir);
-    if !layout.root().exists() {
-        anyhow::bail!(
-            "{}: no ledger here (pass the gateway's data directory with --data-dir)",
-            args.data_dir.display()
-        );
-    }
+    let layout = ledger_in(&args.data_dir)?;
     let format = args.format;
     let output = args.output.clone();
     let (taken, scanned) = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64)> {

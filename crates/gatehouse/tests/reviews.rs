@@ -202,6 +202,14 @@ impl Setup {
             .unwrap()
     }
 
+    /// `POST` of a JSON `body` to the admin API at `path`, signed in as `who`.
+    fn post(&self, who: &str, path: &str, body: &str) -> (u16, String) {
+        let url = format!("http://127.0.0.1:{}{path}", self.admin);
+        let user = format!("{who}:{}", key(who));
+        let json = "content-type: application/json";
+        curl(&["-u", &user, "-X", "POST", "-H", json, "-d", body, &url])
+    }
+
     /// `gatehouse reviews ARGS` as `who`.
     fn reviews(&self, who: &str, args: &[&str]) -> Output {
         self.cli(who, "reviews", args).output().unwrap()
@@ -339,17 +347,11 @@ fn held_statements_run_only_once_approved_and_every_step_is_recorded() {
     // Denied through the admin API, with a reason the client is told.
     let psql = s.psql(pg, "DROP TABLE t2");
     let id = s.pending();
-    let (code, body) = curl(&[
-        "-u",
-        &format!("bob:{}", key("bob")),
-        "-X",
-        "POST",
-        "-H",
-        "content-type: application/json",
-        "-d",
+    let (code, body) = s.post(
+        "bob",
+        &format!("/api/reviews/{id}/deny"),
         "{\"reason\":\"not during the freeze\"}",
-        &format!("http://127.0.0.1:{}/api/reviews/{id}/deny", s.admin),
-    ]);
+    );
     assert_eq!(code, 200, "{body}");
     let (ok, said) = finished(psql);
     assert!(!ok);
@@ -455,13 +457,7 @@ fn held_statements_run_only_once_approved_and_every_step_is_recorded() {
         .spawn()
         .unwrap();
     let id = s.pending();
-    let (code, body) = curl(&[
-        "-u",
-        &format!("carol:{}", key("carol")),
-        "-X",
-        "POST",
-        &format!("http://127.0.0.1:{}/api/reviews/{id}/approve", s.admin),
-    ]);
+    let (code, body) = s.post("carol", &format!("/api/reviews/{id}/approve"), "{}");
     assert_eq!(code, 200, "{body}");
     let out = driver.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));

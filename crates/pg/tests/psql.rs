@@ -1071,16 +1071,7 @@ async fn tls_is_offered_verified_and_required() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg_binary_cursors_copy_and_pipelines_work_through_the_gateway() {
     let gw = gateway(Durability::Batched).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/drivers/psycopg_check.py");
-    let conninfo = format!(
-        "host=127.0.0.1 port={} user=alice dbname=appdb password={KEY}",
-        gw.port
-    );
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(&conninfo)
-        .output()
-        .unwrap();
+    let out = psycopg(&gw, "psycopg_check.py");
     let (stdout, stderr) = text(&out);
     assert!(
         out.status.success(),
@@ -1883,6 +1874,22 @@ async fn masking_gateway(policy: Option<&'static str>) -> Gateway {
 }
 
 /// What alice's psql prints for `sql` through the gateway, trimmed.
+/// Runs the driver script `tests/drivers/NAME` against the gateway as alice.
+fn psycopg(gw: &Gateway, name: &str) -> Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/drivers")
+        .join(name);
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=alice dbname=appdb password={KEY}",
+        gw.port
+    );
+    Command::new("python3")
+        .arg(&script)
+        .arg(&conninfo)
+        .output()
+        .unwrap()
+}
+
 fn alice_sql(gw: &Gateway, sql: &str) -> String {
     text(&gw.psql("alice", KEY, &["-c", sql]))
         .0
@@ -2108,16 +2115,7 @@ async fn masked_copy_output_loads_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_and_prepared_results_from_psycopg_are_masked() {
     let gw = masking_gateway(None).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/drivers/psycopg_masking.py");
-    let conninfo = format!(
-        "host=127.0.0.1 port={} user=alice dbname=appdb password={KEY}",
-        gw.port
-    );
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(&conninfo)
-        .output()
-        .unwrap();
+    let out = psycopg(&gw, "psycopg_masking.py");
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "psycopg failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("psycopg masking checks done"), "{stdout}");
