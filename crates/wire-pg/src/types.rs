@@ -104,17 +104,12 @@ pub fn text_is_inert(oid: u32) -> bool {
     )
 }
 
-/// An `int8` in binary format (8 bytes, big-endian), or `None` when it is not 8 bytes.
-pub fn binary_int8(value: &[u8]) -> Option<i64> {
-    Some(i64::from_be_bytes(value.try_into().ok()?))
-}
-
 /// The decimal digits of the integer part of an `int8` (OID 20) or `numeric` (OID 1700)
 /// value in binary format, for the detectors: a card number stored as a number arrives
 /// as bytes no text scan would see. `None` for other types or a malformed value.
 pub fn binary_integer_text(oid: u32, value: &[u8]) -> Option<String> {
     match oid {
-        20 => Some(binary_int8(value)?.to_string()),
+        20 => Some(i64::from_be_bytes(value.try_into().ok()?).to_string()),
         // numeric_send: Int16 ndigits, Int16 weight, Int16 sign, Int16 dscale, then ndigits
         // base-10000 digits, the first `weight + 1` of them before the decimal point.
         1700 => {
