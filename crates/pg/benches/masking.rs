@@ -1,7 +1,7 @@
 //! What masking costs per DataRow on the PostgreSQL data path: the rows of
 //! `bench/masking.sh` (id, name, e-mail, phone, SSN, card, notes, timestamp) in text
 //! format, rewritten by the default policy, with and without something to mask.
-//! `cargo bench -p gatehouse-pg --bench masking`.
+//! Also a row of binary bigints. `cargo bench -p gatehouse-pg --bench masking`.
 
 use gatehouse_config::MaskingConfig;
 use gatehouse_pg::catalog::Catalog;
@@ -84,4 +84,36 @@ fn clean_row(bencher: divan::Bencher) {
             "2026-11-23 17:49:01.123456+00",
         ],
     );
+}
+
+/// Eight bigints in binary format (ids, counters): each one's digits are looked at for a
+/// card number kept as a number.
+#[divan::bench]
+fn binary_bigint_row(bencher: divan::Bencher) {
+    let policy = MaskPolicy::from_config(&MaskingConfig::default(), b"bench-key").unwrap();
+    let catalog = Catalog::new();
+    let rewriter = Rewriter {
+        policy: &policy,
+        catalog: &catalog,
+    };
+    let plan = ResultPlan {
+        columns: (0..8)
+            .map(|_| ColumnPlan {
+                mask: ColumnMask::Content,
+                type_oid: 20,
+                format: 1,
+            })
+            .collect(),
+    };
+    let values: Vec<[u8; 8]> = (0..8i64)
+        .map(|i| (1_000_000 + i * 7919).to_be_bytes())
+        .collect();
+    let mut frame = Vec::new();
+    rows::write_data_row(values.iter().map(|v| Some(&v[..])), &mut frame);
+    bencher.bench_local(|| {
+        let mut counts = MaskCounts::default();
+        rewriter
+            .data_row(divan::black_box(&frame), Some(&plan), &mut counts)
+            .map(|f| f.len())
+    });
 }
