@@ -3,6 +3,8 @@
 //! or CSV. Pure: the caller reads the entries and chunks.
 
 pub mod export;
+pub mod ocsf;
 pub mod replay;
+pub mod report;
 
 pub use replay::{Replay, Step, replay};
