@@ -20,6 +20,8 @@ pub enum ProofError {
     WrongLength,
     #[error("the proof does not lead to the expected root")]
     RootMismatch,
+    #[error("a subtree does not start on a multiple of its width")]
+    Misaligned,
     #[error("a compact range of size {size} needs {expected} hashes, not {got}")]
     BadRange {
         size: u64,
@@ -89,6 +91,26 @@ impl CompactRange {
         self.size += 1;
     }
 
+    /// Appends a perfect subtree of `2^height` leaves given by its root. The range must end
+    /// on a multiple of the subtree's width (the subtree is aligned), as the subtrees of
+    /// [`aligned_subtrees`] are; otherwise the result would not be a tree this log makes.
+    pub fn push_subtree(&mut self, root: Hash, height: u32) -> Result<(), ProofError> {
+        let width = 1u64.checked_shl(height).ok_or(ProofError::Misaligned)?;
+        if !self.size.is_multiple_of(width) {
+            return Err(ProofError::Misaligned);
+        }
+        let mut hash = root;
+        let mut level = height;
+        while (self.size >> level) & 1 == 1 {
+            let left = self.hashes.pop().expect("one hash per set bit");
+            hash = node_hash(&left, &hash);
+            level += 1;
+        }
+        self.hashes.push(hash);
+        self.size += width;
+        Ok(())
+    }
+
     pub fn size(&self) -> u64 {
         self.size
     }
@@ -106,6 +128,24 @@ impl CompactRange {
         };
         iter.fold(*last, |acc, left| node_hash(left, &acc))
     }
+}
+
+/// The aligned perfect subtrees that cover leaves `begin..end`, left to right, as
+/// `(first leaf, height)`: each starts on a multiple of its width and is as wide as that
+/// allows. With the compact range of `0..begin`, their roots are what it takes to prove a
+/// run of leaves `begin..end'` against the root of a tree of size `end`.
+pub fn aligned_subtrees(begin: u64, end: u64) -> Vec<(u64, u32)> {
+    let mut out = Vec::new();
+    let mut at = begin;
+    while at < end {
+        let mut height = if at == 0 { 63 } else { at.trailing_zeros() };
+        while height > 0 && (1u64 << height) > end - at {
+            height -= 1;
+        }
+        out.push((at, height));
+        at += 1u64 << height;
+    }
+    out
 }
 
 /// MTH(D[n]) of RFC 6962 §2.1.
@@ -336,6 +376,32 @@ mod tests {
             assert_eq!(back, range);
         }
         assert!(CompactRange::from_parts(3, vec![[0; 32]]).is_err());
+    }
+
+    #[test]
+    fn a_run_of_leaves_with_its_left_range_and_right_subtrees_gives_the_root() {
+        let all = leaves(37);
+        for size in 0..=all.len() {
+            let root = root_from_leaves(&all[..size]);
+            for begin in 0..=size {
+                for end in begin..=size {
+                    let mut range = CompactRange::new();
+                    all[..begin].iter().for_each(|l| range.push(*l));
+                    all[begin..end].iter().for_each(|l| range.push(*l));
+                    for (first, height) in aligned_subtrees(end as u64, size as u64) {
+                        let width = 1usize << height;
+                        let first = first as usize;
+                        let sub = subtree_root(&all[first..first + width]);
+                        range.push_subtree(sub, height).unwrap();
+                    }
+                    assert_eq!(range.size(), size as u64);
+                    assert_eq!(range.root(), root, "size {size}, run {begin}..{end}");
+                }
+            }
+        }
+        let mut odd = CompactRange::new();
+        odd.push(all[0]);
+        assert_eq!(odd.push_subtree(all[1], 1), Err(ProofError::Misaligned));
     }
 
     #[test]
