@@ -473,6 +473,7 @@ pub async fn append(ledger: &gatehouse_ledger::Ledger, event: &Event) -> Result<
 pub fn decision_event(review: &Review, actor: Option<Actor>, extra: serde_json::Value) -> Event {
     let mut data = serde_json::json!({
         "review": review.id,
+        "requester": review.requester,
         "state": review.state,
         "approvals": review.approvals.len(),
         "required": review.required,

@@ -12,7 +12,9 @@ pub struct Filter {
     pub since: Option<u64>,
     /// Unix microseconds, exclusive.
     pub until: Option<u64>,
-    /// The acting identity (`actor.id`).
+    /// The identity: who acted (`actor.id`), the name claimed in a failed sign-in, or
+    /// whose request an approval decides — so an auditor following one person sees the
+    /// attempts to sign in as them and the decisions on their requests.
     pub user: Option<String>,
     /// The resource's name.
     pub resource: Option<String>,
@@ -24,10 +26,12 @@ impl Filter {
         let ts = entry["ts"].as_u64().unwrap_or(0);
         self.since.is_none_or(|s| ts >= s)
             && self.until.is_none_or(|u| ts < u)
-            && self
-                .user
-                .as_deref()
-                .is_none_or(|u| entry["actor"]["id"].as_str() == Some(u))
+            && self.user.as_deref().is_none_or(|u| {
+                let named = |v: &Value| v.as_str() == Some(u);
+                named(&entry["actor"]["id"])
+                    || (entry["kind"] == "auth.failure" && named(&entry["data"]["user"]))
+                    || (entry["kind"] == "approval.decision" && named(&entry["data"]["requester"]))
+            })
             && self
                 .resource
                 .as_deref()
@@ -178,6 +182,20 @@ mod tests {
             }
             .matches(&e)
         );
+        let failed = json!({"kind": "auth.failure", "data": {"user": "alice"}});
+        let decided = json!({"kind": "approval.decision", "actor": {"id": "bob"},
+                             "data": {"requester": "alice"}});
+        for e in [failed, decided] {
+            let alice = Filter {
+                user: Some("alice".into()),
+                ..Filter::default()
+            };
+            let bob = Filter {
+                user: Some("carol".into()),
+                ..Filter::default()
+            };
+            assert!(alice.matches(&e) && !bob.matches(&e), "{e}");
+        }
         assert!(
             !Filter {
                 resource: Some("pg-prod".into()),

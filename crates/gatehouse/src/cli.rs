@@ -80,22 +80,37 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Export the entries of a time window, filtered by identity or resource, as JSON lines
-    /// or CSV; each row carries its ledger index and leaf hash. (The verifiable bundle and
-    /// OCSF formats are not built yet.)
+    /// Export the entries of a time window, filtered by identity or resource. The default
+    /// format, `bundle`, can be checked offline for completeness with `verify-export`;
+    /// JSON lines, OCSF and CSV rows carry each entry's ledger index and leaf hash.
     Export(ExportArgs),
+    /// Check an evidence bundle offline against the ledger's public key: the signed
+    /// checkpoint, the proof linking the entries to it, the window's edges, the filter
+    /// re-applied and the recorded data. Exits 1 and names what is wrong if anything is.
+    VerifyExport(VerifyExportArgs),
+    /// Write the auditor's report of a window as one self-contained HTML file: the
+    /// ledger's verification, a summary per SOC 2 criterion, activity charts, sessions,
+    /// privileged commands with their approval chains, denials, masking and changes.
+    Report(ReportArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ExportFormat {
+    /// Evidence bundle: the window's entries with the proof of their completeness, the
+    /// signed checkpoint and the matching entries' recorded data.
+    Bundle,
     /// One JSON object per line: the entry as recorded, plus `leaf`.
     Jsonl,
+    /// OCSF 1.3.0 events, one per line (Authentication, Datastore Activity, User Access
+    /// Management, Account Change, ...), each carrying its ledger index and leaf hash.
+    Ocsf,
     /// index, time, kind, identity, resource, session, summary, leaf.
     Csv,
 }
 
+/// The entries an export or report takes.
 #[derive(Debug, Args)]
-pub struct ExportArgs {
+pub struct WindowArgs {
     /// The gateway's data directory (the one holding `ledger/`).
     #[arg(long, default_value = "gatehouse-data")]
     pub data_dir: PathBuf,
@@ -111,11 +126,51 @@ pub struct ExportArgs {
     /// Only entries about this resource.
     #[arg(long)]
     pub resource: Option<String>,
-    #[arg(long, value_enum)]
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub window: WindowArgs,
+    #[arg(long, value_enum, default_value = "bundle")]
     pub format: ExportFormat,
+    /// Bundle only: reduce the window's entries that the filter does not take to their
+    /// hashes. Their place stays proven, but the filter can no longer be re-applied to
+    /// them, so completeness rests on the exporter's word for those.
+    #[arg(long)]
+    pub withhold_others: bool,
     /// Write here (replaced only once the export is complete) instead of stdout.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub window: WindowArgs,
+    /// The ledger's verifier key (`name+id+key`) or `@FILE`, for an independent check.
+    /// Default: the key in the data directory, which cannot catch a forger who replaced it.
+    #[arg(long)]
+    pub pubkey: Option<String>,
+    /// The report's title.
+    #[arg(long, default_value = "Gatehouse access evidence")]
+    pub title: String,
+    /// The HTML file to write.
+    #[arg(long, short, default_value = "report.html")]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyExportArgs {
+    /// The bundle written by `gatehouse audit export`.
+    pub file: PathBuf,
+    /// The ledger's verifier key (`name+id+key`, as printed by `gatehouse ledger pubkey`),
+    /// or `@FILE`. Take it from the gateway's operator, not from the bundle's sender.
+    #[arg(long)]
+    pub pubkey: String,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

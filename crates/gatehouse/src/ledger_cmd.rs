@@ -59,7 +59,7 @@ pub async fn run(command: LedgerCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// Reads a key given inline or as `@FILE`.
-fn read_key(arg: &str) -> anyhow::Result<String> {
+pub(crate) fn read_key(arg: &str) -> anyhow::Result<String> {
     match arg.strip_prefix('@') {
         Some(path) => Ok(std::fs::read_to_string(path)
             .with_context(|| format!("reading the verifier key from {path}"))?

@@ -8,6 +8,7 @@ macro_rules! outln {
     };
 }
 
+mod audit_cmd;
 mod bench;
 mod cli;
 mod demo;
@@ -75,9 +76,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reviews(args) => reviews_cmd::run(args).await,
         Command::Access(args) => reviews_cmd::access(args).await,
         Command::Replay(args) => replay_cmd::run(args).await,
-        Command::Audit {
-            command: cli::AuditCommand::Export(args),
-        } => replay_cmd::export(args).await,
+        Command::Audit { command } => audit_cmd::run(command).await,
         Command::Ledger { command } => {
             logging::init(cli.log_format.unwrap_or(LogFormat::Text), "warn", false)?;
             ledger_cmd::run(command).await

@@ -1,5 +1,4 @@
-//! `gatehouse replay` and `gatehouse audit export`: a recorded session told again, and the
-//! entries of a window exported, offline from the ledger.
+//! `gatehouse replay`: a recorded session told again, offline from the ledger.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -10,8 +9,7 @@ use gatehouse_core::ChunkRef;
 use gatehouse_ledger::Layout;
 use serde_json::Value;
 
-use crate::cli::{ExportArgs, ExportFormat, ReplayArgs};
-use gatehouse_audit::export::{self, Filter};
+use crate::cli::ReplayArgs;
 
 pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if let Some(speed) = args.speed
@@ -55,7 +53,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The ledger in `data_dir`, which must hold one.
-fn ledger_in(data_dir: &std::path::Path) -> anyhow::Result<Layout> {
+pub(crate) fn ledger_in(data_dir: &std::path::Path) -> anyhow::Result<Layout> {
     let layout = Layout::new(data_dir);
     if !layout.root().exists() {
         anyhow::bail!(
@@ -154,93 +152,4 @@ fn list(sessions: &BTreeMap<String, (Value, u64)>) {
             first["ts"]
         );
     }
-}
-
-/// `gatehouse audit export`.
-pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let now = std::time::SystemTime::now();
-    let at = |flag: &str, value: &Option<String>| -> anyhow::Result<Option<u64>> {
-        let Some(text) = value else {
-            return Ok(None);
-        };
-        let time = match humantime::parse_rfc3339_weak(text) {
-            Ok(t) => t,
-            Err(_) => match humantime::parse_duration(text) {
-                Ok(ago) => now - ago,
-                Err(_) => anyhow::bail!(
-                    "--{flag} {text:?}: write a time (2026-11-01T00:00:00Z) or a duration ago (24h)"
-                ),
-            },
-        };
-        let us = time
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        Ok(Some(us))
-    };
-    let filter = Filter {
-        since: at("since", &args.since)?,
-        until: at("until", &args.until)?,
-        user: args.user.clone(),
-        resource: args.resource.clone(),
-    };
-    if let (Some(s), Some(u)) = (filter.since, filter.until)
-        && s >= u
-    {
-        anyhow::bail!("--since must come before --until");
-    }
-    let layout = ledger_in(&args.data_dir)?;
-    let format = args.format;
-    let output = args.output.clone();
-    let (taken, scanned) = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64)> {
-        use std::io::{IsTerminal, Write};
-        let progress = std::io::stderr().is_terminal();
-        let mut out: Vec<u8> = Vec::new();
-        if format == ExportFormat::Csv {
-            out.extend_from_slice(export::CSV_HEADER.as_bytes());
-            out.push(b'\n');
-        }
-        let (mut taken, mut scanned) = (0u64, 0u64);
-        gatehouse_ledger::segment::scan(&layout, |e| {
-            scanned += 1;
-            if progress && scanned.is_multiple_of(50_000) {
-                eprint!("\rscanned {scanned} entries, exported {taken}");
-            }
-            let v: Value = serde_json::from_slice(e.line).unwrap_or(Value::Null);
-            if !filter.matches(&v) {
-                return Ok(());
-            }
-            let leaf = hex::encode(gatehouse_ledger::merkle::leaf_hash(e.line));
-            let row = match format {
-                ExportFormat::Jsonl => export::jsonl(&v, &leaf),
-                ExportFormat::Csv => export::csv(&v, &leaf),
-            };
-            out.extend_from_slice(row.as_bytes());
-            out.push(b'\n');
-            taken += 1;
-            Ok(())
-        })
-        .context("reading the ledger")?;
-        if progress && scanned >= 50_000 {
-            eprintln!("\rscanned {scanned} entries, exported {taken}");
-        }
-        match output {
-            // Written beside the target and renamed: an interrupted export replaces nothing.
-            Some(path) => {
-                let tmp = path.with_extension("partial");
-                let mut file = std::fs::File::create(&tmp)
-                    .with_context(|| format!("cannot write {}", tmp.display()))?;
-                file.write_all(&out)?;
-                file.sync_all()?;
-                std::fs::rename(&tmp, &path)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-            }
-            None => crate::write_stdout(&String::from_utf8_lossy(&out)),
-        }
-        Ok((taken, scanned))
-    })
-    .await??;
-    if args.output.is_some() {
-        eprintln!("exported {taken} of {scanned} entries");
-    }
-    Ok(ExitCode::SUCCESS)
 }

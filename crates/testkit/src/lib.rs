@@ -1,7 +1,8 @@
 //! Real servers for tests: a throwaway PostgreSQL cluster on a free loopback port with
 //! SCRAM authentication, started with `initdb` and `pg_ctl` and removed on drop; and a
-//! real OpenID Provider under node (`oidc`).
+//! real OpenID Provider under node (`oidc`); headless Chromium for pages (`browser`).
 
+pub mod browser;
 mod oidc;
 
 pub use oidc::{OidcProvider, oidc_dir};
