@@ -1,8 +1,10 @@
 //! Just-in-time approvals end to end: `gatehouse serve` holds psql's statements for review,
 //! and other people decide them from other processes — `gatehouse reviews` and the admin
-//! API with curl — while the ledger records each step in order.
+//! API with curl — while the ledger records each step in order. The auditor's evidence
+//! (bundles, OCSF, the report) is then drawn from that ledger (`evidence`).
 
 mod common;
+mod evidence;
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -659,6 +661,7 @@ fn held_statements_run_only_once_approved_and_every_step_is_recorded() {
     let vic_session = check_access(&dir.path().join("data"), &access_review);
     check_replay(&dir.path().join("data"), &first, &vic_session);
     check_export(&dir.path().join("data"));
+    evidence::check_evidence(&dir.path().join("data"));
 }
 
 /// `gatehouse audit export`: filters by identity, resource and window; rows carry the
@@ -686,7 +689,10 @@ fn check_export(data: &Path) {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert!(rows.iter().all(|r| r["actor"]["id"] == "alice"));
+    // Alice's own entries, and the decisions others took on her requests.
+    assert!(rows.iter().all(|r| r["actor"]["id"] == "alice"
+        || (r["kind"] == "approval.decision" && r["data"]["requester"] == "alice")));
+    assert!(rows.iter().any(|r| r["actor"]["id"] == "bob"));
     assert!(
         rows.iter()
             .any(|r| r["kind"] == "command" && r["data"]["sql"] == "DROP TABLE t1")
