@@ -535,7 +535,9 @@ impl<'a> Model<'a> {
                 "target.failure" => m.target_failures.push(event(kind)),
                 "config.change" => m.config_changes.push(event(kind)),
                 "key.created" | "key.revoked" => m.key_changes.push(event(kind)),
-                "ledger.open" | "ledger.recovery" => m.ledger_events.push(event(kind)),
+                "ledger.open" | "ledger.recovery" | "ledger.prune" => {
+                    m.ledger_events.push(event(kind))
+                }
                 _ => {}
             }
         }
@@ -1848,6 +1850,17 @@ fn changes(out: &mut String, m: &Model) {
             format!(
                 "<span class=\"badge warn\">recovery</span> <code>{}</code>",
                 esc(&e.data.to_string())
+            )
+        } else if e.kind == "ledger.prune" {
+            let n = |k: &str| e.data[k].as_u64().unwrap_or(0);
+            format!(
+                "<span class=\"badge warn\">retention</span> entries {}..{} (from {} to {}) pruned to their hashes, {} recorded data chunks removed ({})",
+                n("first"),
+                n("end"),
+                esc(&time(n("first_ts"))),
+                esc(&time(n("last_ts"))),
+                e.data["chunks"].as_array().map_or(0, Vec::len),
+                esc(e.data["reason"].as_str().unwrap_or("retention"))
             )
         } else {
             "opened (a gateway run began)".to_string()

@@ -194,6 +194,11 @@ pub struct LedgerConfig {
     pub retry_interval: Duration,
     /// Larger payloads must be stored as chunks.
     pub max_entry_size: ByteSize,
+    /// Keep entry bodies and recorded data this many days; older segments are pruned to
+    /// their leaf hashes (the tree, checkpoints and proofs still verify) and each pruning
+    /// is recorded. Unset: keep everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
 }
 
 /// One `[[resources]]` entry: a target reachable through the gateway.
@@ -540,6 +545,7 @@ impl Default for LedgerConfig {
             segment_size: ByteSize::mib(64),
             retry_interval: Duration::from_secs(1),
             max_entry_size: ByteSize::MIB,
+            retention_days: None,
         }
     }
 }

@@ -53,6 +53,14 @@ impl Config {
 }
 
 fn check_ledger(ledger: &LedgerConfig, problems: &mut Vec<Problem>) {
+    if let Some(days) = ledger.retention_days
+        && !(1..=36_500).contains(&days)
+    {
+        problems.push(Problem::new(
+            "ledger.retention_days",
+            format!("{days} is not between 1 and 36500 days (leave it out to keep everything)"),
+        ));
+    }
     if let Err(why) = check_origin(&ledger.origin) {
         problems.push(Problem::new(
             "ledger.origin",

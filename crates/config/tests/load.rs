@@ -115,6 +115,7 @@ fn empty_file_gives_defaults() {
             segment_size: ByteSize::mib(64),
             retry_interval: Duration::from_secs(1),
             max_entry_size: ByteSize::mib(1),
+            retention_days: None,
         }
     );
     assert!(config.resources.is_empty());
@@ -139,6 +140,7 @@ checkpoint_interval = "250ms"
 batched_window = "100us"
 segment_size = 2097152
 max_entry_size = "64 KiB"
+retention_days = 400
 [[resources]]
 name = "api"
 kind = "http"
@@ -156,7 +158,16 @@ listen = "[::1]:0"
     assert_eq!(config.ledger.batched_window, Duration::from_micros(100));
     assert_eq!(config.ledger.segment_size.bytes(), 2 << 20);
     assert_eq!(config.ledger.max_entry_size, ByteSize::kib(64));
+    assert_eq!(config.ledger.retention_days, Some(400));
     assert_eq!(config.resources[0].durability, Durability::Batched);
+}
+
+#[test]
+fn retention_must_be_a_sensible_number_of_days() {
+    assert_eq!(
+        load_error("[ledger]\nretention_days = 0\n"),
+        "gatehouse.toml: ledger.retention_days: 0 is not between 1 and 36500 days (leave it out to keep everything)"
+    );
 }
 
 #[test]
@@ -189,7 +200,7 @@ fn unknown_key_nested() {
     assert_eq!(
         load_error(text),
         "gatehouse.toml:7:1: ledger.segment_sise: unknown key; expected one of origin, checkpoint_interval, \
-         heartbeat_interval, batched_window, segment_size, retry_interval, max_entry_size"
+         heartbeat_interval, batched_window, segment_size, retry_interval, max_entry_size, retention_days"
     );
     let text = format!("{PG}[resources.credentials]\nuser = \"u\"\npasword_env = \"X\"\n");
     assert_eq!(

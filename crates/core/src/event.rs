@@ -52,6 +52,10 @@ pub enum EventKind {
     /// The ledger found an unclean shutdown or a torn tail and repaired it.
     #[serde(rename = "ledger.recovery")]
     LedgerRecovery,
+    /// Retention pruned old segments: their entries' bodies and recorded data went, their
+    /// leaf hashes stayed.
+    #[serde(rename = "ledger.prune")]
+    LedgerPrune,
     /// Synthetic load written by `gatehouse ledger bench`.
     #[serde(rename = "bench")]
     Bench,
@@ -77,6 +81,7 @@ impl EventKind {
             EventKind::Heartbeat => "heartbeat",
             EventKind::LedgerOpen => "ledger.open",
             EventKind::LedgerRecovery => "ledger.recovery",
+            EventKind::LedgerPrune => "ledger.prune",
             EventKind::Bench => "bench",
         }
     }

@@ -12,6 +12,7 @@ use gatehouse_audit::bundle::{self, Builder, Query, Verified};
 use gatehouse_audit::export::{self, Filter};
 use gatehouse_ledger::Layout;
 use gatehouse_ledger::checkpoint::read_checkpoint_log;
+use gatehouse_ledger::segment::Visit;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
@@ -140,7 +141,6 @@ impl Sink {
 async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let filter = filter(&args.window)?;
     let layout = ledger_in(&args.window.data_dir)?;
-    let to_file = args.output.is_some();
     let summary = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
         let mut sink = Sink::open(args.output.as_deref())?;
         let bar = progress(&layout);
@@ -156,9 +156,8 @@ async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         Ok(summary)
     })
     .await??;
-    if to_file {
-        eprintln!("{summary}");
-    }
+    // On stderr, so a piped export stays clean.
+    eprintln!("{summary}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -177,7 +176,16 @@ fn export_rows(
     // statement behind a result), so the mapper sees every entry, in order.
     let mut ocsf = gatehouse_audit::ocsf::Mapper::new();
     let mut write_error = None;
-    gatehouse_ledger::segment::scan(layout, |e| {
+    let mut pruned: Option<(u64, u64)> = None;
+    gatehouse_ledger::segment::scan_with(layout, |visit| {
+        let e = match visit {
+            Visit::Entry(e) => e,
+            Visit::Pruned(index, _) => {
+                let (first, _) = pruned.unwrap_or((index, index));
+                pruned = Some((first, index + 1));
+                return Ok(());
+            }
+        };
         scanned += 1;
         bar.inc(e.line.len() as u64 + 1);
         let v: Value = serde_json::from_slice(e.line).unwrap_or(Value::Null);
@@ -210,7 +218,13 @@ fn export_rows(
     } else {
         "of"
     };
-    Ok(format!("exported {taken} {what} {scanned} entries"))
+    let mut summary = format!("exported {taken} {what} {scanned} entries");
+    if let Some((first, end)) = pruned {
+        summary.push_str(&format!(
+            "; entries {first}..{end} were pruned by retention (only their hashes are left) and are not in this export"
+        ));
+    }
+    Ok(summary)
 }
 
 fn export_bundle(
@@ -267,22 +281,28 @@ pub(crate) fn plan_bundle(
     let mut builder = Builder::new(Query::from(filter), withhold_others, size);
     let mut unsigned = 0u64;
     let mut failed = None;
-    gatehouse_ledger::segment::scan(layout, |e| {
-        bar.inc(e.line.len() as u64 + 1);
-        if e.index >= size {
-            unsigned += 1;
-            return Ok(());
-        }
-        if failed.is_none()
-            && let Err(err) = builder.entry(e.index, e.line)
+    gatehouse_ledger::segment::scan_with(layout, |visit| {
+        let (index, fed) = match visit {
+            Visit::Entry(e) => {
+                bar.inc(e.line.len() as u64 + 1);
+                if e.index >= size {
+                    unsigned += 1;
+                    return Ok(());
+                }
+                (e.index, builder.entry(e.index, e.line))
+            }
+            Visit::Pruned(index, leaf) => (index, builder.pruned(index, leaf)),
+        };
+        if let Err(err) = fed
+            && failed.is_none()
         {
-            failed = Some(err);
+            failed = Some(anyhow::anyhow!("entry {index}: {err}"));
         }
         Ok(())
     })
     .context("reading the ledger")?;
     if let Some(err) = failed {
-        return Err(err.into());
+        return Err(err);
     }
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -467,6 +467,21 @@ pub enum LedgerCommand {
     /// Open and close a ledger: repairs a crash tail and records the recovery, like a
     /// gateway start would.
     Recover(DataDirArg),
+    /// Prune entries older than a duration to their leaf hashes (what `[ledger]
+    /// retention_days` does in a running gateway, every hour): their bodies and recorded
+    /// data go, the tree stays, so checkpoints, proofs and exports still verify. The
+    /// pruning is recorded in the ledger. Needs the gateway stopped (it holds the ledger).
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// The gateway's data directory (the one holding `ledger/`).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Keep this much history: `90d`, `2weeks`, `36h`. Whole segments older than this go.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub older_than: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -178,6 +178,9 @@ pub(crate) async fn run_gateway(
         ledger.clone(),
         stop_rx.clone(),
     ));
+    if let Some(days) = config.ledger.retention_days {
+        tokio::spawn(retention(ledger.clone(), days, stop_rx.clone()));
+    }
     let policy = match &config.policy {
         Some(p) => {
             let handle = PolicyHandle::load(&p.policies, p.schema.as_deref())
@@ -329,6 +332,42 @@ async fn watch_policy(handle: Arc<PolicyHandle>, ledger: Ledger, mut stop: watch
 /// Moves key changes from the store's outbox into the ledger, every second and once more
 /// when `stop` turns true. A change is marked recorded only after its entry is durable; a
 /// crash in between records it again on the next run (with the same `seq`), never loses it.
+/// Prunes what is older than `days` when the gateway starts and every hour after. A
+/// pruning that fails is logged and tried again at the next round; nothing is lost by
+/// waiting.
+async fn retention(ledger: Ledger, days: u32, mut stop: watch::Receiver<bool>) {
+    let keep = Duration::from_secs(u64::from(days) * 86_400);
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let ledger = ledger.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            let cutoff = std::time::SystemTime::now() - keep;
+            let cutoff_us = cutoff
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            ledger.prune(cutoff_us, &format!("retention_days = {days}"))
+        })
+        .await;
+        match pruned {
+            Ok(Ok(Some(plan))) => tracing::info!(
+                first = plan.first,
+                end = plan.end,
+                segments = plan.segments.len(),
+                chunks = plan.chunks.len(),
+                bytes = plan.bytes,
+                "retention pruned old ledger entries (their hashes stay)"
+            ),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "retention could not prune the ledger"),
+            Err(e) => tracing::error!(error = %e, "retention task failed"),
+        }
+    }
+}
+
 async fn record_key_events(store: Store, ledger: Ledger, mut stop: watch::Receiver<bool>) {
     loop {
         let stopping = *stop.borrow();

@@ -36,6 +36,34 @@ pub async fn run(command: LedgerCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         LedgerCommand::VerifyProof(args) => verify_proof_cmd(args),
+        LedgerCommand::Prune(args) => {
+            if !Layout::new(&args.data_dir).root().exists() {
+                anyhow::bail!("{}: no ledger here", args.data_dir.display());
+            }
+            let cutoff = std::time::SystemTime::now() - args.older_than;
+            let cutoff_us = cutoff
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            let why = format!(
+                "gatehouse ledger prune --older-than {}",
+                humantime::format_duration(args.older_than)
+            );
+            let plan = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let (ledger, _) = Ledger::open(&args.data_dir, LedgerOptions::default())?;
+                let plan = ledger.prune(cutoff_us, &why);
+                ledger.close()?;
+                Ok(plan?)
+            })
+            .await??;
+            match plan {
+                Some(plan) => outln!("{}", serde_json::to_string(&plan)?),
+                None => outln!(
+                    "{}",
+                    json!({"pruned": null, "note": "nothing is that old yet (the segment being written is never pruned)"})
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         LedgerCommand::Recover(DataDirArg { data_dir }) => {
             let (ledger, report) = tokio::task::spawn_blocking({
                 let data_dir = data_dir.clone();

@@ -1072,3 +1072,131 @@ fn login_in_a_browser_uses_pkce_and_a_loopback_redirect() {
     assert_eq!(claims["aud"], "gatehouse");
     assert_eq!(claims["iss"], provider.issuer().as_str());
 }
+
+/// Retention from the CLI: old segments are pruned to their hashes, the pruning is an
+/// entry, `ledger verify` still passes, and exports say what was pruned while their
+/// bundles still verify.
+#[test]
+fn pruned_ledgers_still_verify_and_exports_say_what_was_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let data_arg = data.to_str().unwrap();
+    fill(data, 400);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let between = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+    fill(data, 400);
+    let key = pubkey(data);
+
+    let out = run(&[
+        "ledger",
+        "prune",
+        "--data-dir",
+        data_arg,
+        "--older-than",
+        "1s",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan = last_json(&out);
+    let end = plan["end"].as_u64().expect("something was pruned");
+    assert_eq!(plan["first"], 0);
+    assert!(
+        end > 0 && !plan["segments"].as_array().unwrap().is_empty(),
+        "{plan}"
+    );
+    assert!(
+        data.join("ledger/segments")
+            .read_dir()
+            .unwrap()
+            .any(|f| { f.unwrap().path().extension().is_some_and(|e| e == "pruned") })
+    );
+    // Twice is nothing more (what was left is newer, or the segment being written).
+    let again = run(&[
+        "ledger",
+        "prune",
+        "--data-dir",
+        data_arg,
+        "--older-than",
+        "1h",
+    ]);
+    assert!(last_json(&again)["pruned"].is_null(), "{}", stdout(&again));
+
+    let out = verify(data, &key);
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert_eq!(last_json(&out)["pruned_entries"], end);
+
+    // The whole log: the pruned entries are in the bundle as hashes, and said so.
+    let bundle = data.join("all.bundle");
+    let out = run(&[
+        "audit",
+        "export",
+        "--data-dir",
+        data_arg,
+        "-o",
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("{end} pruned by retention")),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&[
+        "audit",
+        "verify-export",
+        bundle.to_str().unwrap(),
+        "--pubkey",
+        &key,
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let v = last_json(&out);
+    assert_eq!(v["counts"]["pruned"], end);
+    assert!(
+        v["notes"].to_string().contains("pruned by retention"),
+        "{v}"
+    );
+    let text = std::fs::read_to_string(&bundle).unwrap();
+    assert!(text.contains("\"why\":\"pruned\""));
+    assert!(
+        text.contains("\\\"kind\\\":\\\"ledger.prune\\\""),
+        "the pruning entry is in the log"
+    );
+
+    // A window after the pruned part is whole; a plain export names the pruned range.
+    let out = run(&[
+        "audit",
+        "export",
+        "--data-dir",
+        data_arg,
+        "--since",
+        &between,
+        "-o",
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&[
+        "audit",
+        "verify-export",
+        bundle.to_str().unwrap(),
+        "--pubkey",
+        &key,
+        "--json",
+    ]);
+    let v = last_json(&out);
+    assert!(out.status.success() && v["window_complete"] == true, "{v}");
+    assert_eq!(v["counts"]["pruned"], 0, "{v}");
+    let out = run(&[
+        "audit",
+        "export",
+        "--data-dir",
+        data_arg,
+        "--format",
+        "jsonl",
+    ]);
+    assert!(out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("entries 0..{end} were pruned by retention")),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -46,6 +46,10 @@ impl Layout {
     pub fn segment(&self, first_index: u64) -> PathBuf {
         self.segments().join(format!("{first_index:020}.seg"))
     }
+    /// What is left of segment `first_index` after retention pruned it: its leaf hashes.
+    pub fn pruned(&self, first_index: u64) -> PathBuf {
+        self.segments().join(format!("{first_index:020}.pruned"))
+    }
     pub fn checkpoints(&self) -> PathBuf {
         self.root.join("checkpoints.log")
     }
@@ -66,8 +70,17 @@ impl Layout {
 
 /// Parses a segment file name (`00000000000000000042.seg`) into its first index.
 pub fn segment_first_index(path: &Path) -> Option<u64> {
+    first_index_with(path, ".seg")
+}
+
+/// Parses a pruned segment's file name (`00000000000000000042.pruned`).
+pub fn pruned_first_index(path: &Path) -> Option<u64> {
+    first_index_with(path, ".pruned")
+}
+
+fn first_index_with(path: &Path, suffix: &str) -> Option<u64> {
     let name = path.file_name()?.to_str()?;
-    let digits = name.strip_suffix(".seg")?;
+    let digits = name.strip_suffix(suffix)?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -87,6 +100,8 @@ mod tests {
             Path::new("/d/ledger/segments/00000000000000000042.seg")
         );
         assert_eq!(segment_first_index(&path), Some(42));
+        assert_eq!(pruned_first_index(&layout.pruned(42)), Some(42));
+        assert_eq!(segment_first_index(&layout.pruned(42)), None);
         assert_eq!(segment_first_index(Path::new("42.seg")), None);
         assert_eq!(segment_first_index(Path::new(".prep.tmp")), None);
     }

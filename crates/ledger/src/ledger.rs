@@ -28,6 +28,7 @@ use crate::error::{IoContext, LedgerError};
 use crate::fsutil::write_atomic;
 use crate::layout::Layout;
 use crate::merkle::{CompactRange, Hash, leaf_hash};
+use crate::prune::{self, PrunePlan};
 use crate::segment::{self, SegmentWriter};
 
 /// Tunables of a ledger; the gateway fills them from the `[ledger]` config section.
@@ -250,10 +251,13 @@ impl Ledger {
         let mut tree = CompactRange::new();
         let mut signed_root = (signed_size == 0).then(|| tree.root());
         let mut unsigned_leaves = Vec::new();
-        let end = segment::scan(&layout, |entry| {
-            let leaf = leaf_hash(entry.line);
+        let end = segment::scan_with(&layout, |visit| {
+            let (index, leaf) = match visit {
+                segment::Visit::Entry(entry) => (entry.index, leaf_hash(entry.line)),
+                segment::Visit::Pruned(index, leaf) => (index, leaf),
+            };
             tree.push(leaf);
-            if entry.index >= signed_size {
+            if index >= signed_size {
                 unsigned_leaves.push(leaf);
             }
             if tree.size() == signed_size {
@@ -433,6 +437,33 @@ impl Ledger {
             });
         }
         Ok(body)
+    }
+
+    /// Prunes the segments whose entries are all older than `cutoff_ts` (see
+    /// [`crate::prune`]). The pruning is recorded first, as a synced `ledger.prune` entry
+    /// naming the index range, times, segments and chunks; a pruning that cannot be
+    /// recorded is not done. Blocks: call it from a blocking thread. Returns what was pruned, or `None` when nothing was old
+    /// enough. `why` says what asked for it (e.g. `retention_days = 90`).
+    pub fn prune(&self, cutoff_ts: u64, why: &str) -> Result<Option<PrunePlan>, LedgerError> {
+        // Only what a checkpoint signs is pruned; sign one over everything so far first.
+        let shared = &self.handle.shared;
+        shared.sync_all()?;
+        shared.sign()?;
+        let signed = self.status().checkpoint.map_or(0, |c| c.checkpoint.size);
+        let plan = prune::plan(self.layout(), cutoff_ts, signed)?;
+        if plan.is_empty() {
+            return Ok(None);
+        }
+        let mut data = serde_json::to_value(&plan)
+            .map_err(|e| LedgerError::Corrupt(format!("prune plan: {e}")))?;
+        data["reason"] = why.into();
+        data["entries"] = (plan.end - plan.first).into();
+        self.append_blocking(
+            &Event::system(EventKind::LedgerPrune, data),
+            Durability::Sync,
+        )?;
+        prune::apply(self.layout(), &plan)?;
+        Ok(Some(plan))
     }
 
     /// Stores a large payload as a durable chunk; put its reference in the event's `chunks`.
@@ -957,7 +988,7 @@ fn recovery_event(report: &OpenReport, last_ts: Option<u64>, opts: &LedgerOption
     Event::system(EventKind::LedgerRecovery, data)
 }
 
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)

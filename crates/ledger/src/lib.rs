@@ -14,6 +14,7 @@ mod ledger;
 pub mod merkle;
 mod outputs;
 pub mod proof;
+pub mod prune;
 pub mod segment;
 pub mod verify;
 

@@ -44,15 +44,30 @@ pub fn prove_inclusion(data_dir: &Path, index: u64) -> Result<InclusionProof, Le
     }
     let mut leaves: Vec<Hash> = Vec::with_capacity(cp.size as usize);
     let mut entry = None;
-    segment::scan(&layout, |e| {
-        if e.index < cp.size {
-            leaves.push(leaf_hash(e.line));
-        }
-        if e.index == index {
-            entry = Some(String::from_utf8_lossy(e.line).into_owned());
+    segment::scan_with(&layout, |visit| {
+        let (i, leaf) = match visit {
+            segment::Visit::Entry(e) => {
+                if e.index == index {
+                    entry = Some(String::from_utf8_lossy(e.line).into_owned());
+                }
+                (e.index, leaf_hash(e.line))
+            }
+            segment::Visit::Pruned(i, leaf) => (i, leaf),
+        };
+        if i < cp.size {
+            leaves.push(leaf);
         }
         Ok(())
     })?;
+    let Some(entry) = entry else {
+        return Err(LedgerError::Corrupt(format!(
+            "entry {index} was pruned by retention: its leaf hash {} is still in the tree, its content is gone",
+            leaves
+                .get(index as usize)
+                .map(hex::encode)
+                .unwrap_or_default()
+        )));
+    };
     if (leaves.len() as u64) < cp.size {
         return Err(LedgerError::Corrupt(format!(
             "the newest checkpoint covers {} entries but only {} are readable",
@@ -65,7 +80,7 @@ pub fn prove_inclusion(data_dir: &Path, index: u64) -> Result<InclusionProof, Le
     Ok(InclusionProof {
         index,
         size: cp.size,
-        entry: entry.unwrap_or_default(),
+        entry,
         leaf_hash: hex::encode(leaves[index as usize]),
         proof: path.iter().map(hex::encode).collect(),
         checkpoint: note.clone(),

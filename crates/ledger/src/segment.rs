@@ -17,13 +17,15 @@ use gatehouse_core::EntryHeader;
 
 use crate::error::{IoContext, LedgerError};
 use crate::fsutil::sync_dir;
-use crate::layout::{Layout, segment_first_index};
+use crate::layout::{Layout, pruned_first_index, segment_first_index};
 
 /// One segment file on disk.
 #[derive(Debug, Clone)]
 pub struct SegmentFile {
     pub path: PathBuf,
     pub first_index: u64,
+    /// Retention pruned it: only its entries' leaf hashes are left ([`crate::prune`]).
+    pub pruned: bool,
 }
 
 /// Lists segment files in index order; other files in the folder are ignored.
@@ -38,10 +40,22 @@ pub fn list_segments(layout: &Layout) -> Result<Vec<SegmentFile>, LedgerError> {
     for item in read {
         let path = item.at(&dir)?.path();
         if let Some(first_index) = segment_first_index(&path) {
-            out.push(SegmentFile { path, first_index });
+            out.push(SegmentFile {
+                path,
+                first_index,
+                pruned: false,
+            });
+        } else if let Some(first_index) = pruned_first_index(&path) {
+            out.push(SegmentFile {
+                path,
+                first_index,
+                pruned: true,
+            });
         }
     }
-    out.sort_by_key(|s| s.first_index);
+    // A crash while pruning can leave a segment beside its hashes; the entries win.
+    out.sort_by_key(|s| (s.first_index, s.pruned));
+    out.dedup_by_key(|s| s.first_index);
     Ok(out)
 }
 
@@ -150,7 +164,8 @@ pub struct ScanEnd {
     pub defect: Option<Defect>,
 }
 
-/// Reads every segment in order, calling `visit` for each valid entry.
+/// Reads every segment in order, calling `visit` for each valid entry; entries retention
+/// has pruned are skipped (see [`scan_with`] for a scan that needs their hashes).
 ///
 /// Stops at the first defect. A defect in a segment that is not the last one, or a gap
 /// between segments, is returned as [`LedgerError::Corrupt`]; a defect in the last segment
@@ -158,6 +173,26 @@ pub struct ScanEnd {
 pub fn scan(
     layout: &Layout,
     mut visit: impl FnMut(&RawEntry<'_>) -> Result<(), LedgerError>,
+) -> Result<ScanEnd, LedgerError> {
+    scan_with(layout, |v| match v {
+        Visit::Entry(e) => visit(e),
+        Visit::Pruned(..) => Ok(()),
+    })
+}
+
+/// What [`scan_with`] finds at each index: an entry, or the leaf hash of one that
+/// retention has pruned.
+#[derive(Debug)]
+pub enum Visit<'s, 'a> {
+    Entry(&'s RawEntry<'a>),
+    Pruned(u64, crate::merkle::Hash),
+}
+
+/// [`scan`] that also visits the entries retention has pruned, in order with the others:
+/// what rebuilding the tree needs.
+pub fn scan_with(
+    layout: &Layout,
+    mut visit: impl FnMut(Visit<'_, '_>) -> Result<(), LedgerError>,
 ) -> Result<ScanEnd, LedgerError> {
     let segments = list_segments(layout)?;
     let mut next_index = 0u64;
@@ -174,6 +209,31 @@ pub fn scan(
                 seg.first_index,
                 next_index
             )));
+        }
+        if seg.pruned {
+            let p = crate::prune::read_pruned(&seg.path)?;
+            if p.header.first != seg.first_index {
+                return Err(LedgerError::Corrupt(format!(
+                    "{}: says it holds entries from {} but is named for {}",
+                    seg.path.display(),
+                    p.header.first,
+                    seg.first_index
+                )));
+            }
+            for leaf in p.leaves {
+                visit(Visit::Pruned(next_index, leaf))?;
+                next_index += 1;
+            }
+            last_ts = Some(p.header.last_ts);
+            if is_last {
+                return Ok(ScanEnd {
+                    entries: next_index,
+                    last_ts,
+                    last_segment: None,
+                    defect: None,
+                });
+            }
+            continue;
         }
         buf.clear();
         File::open(&seg.path)
@@ -222,7 +282,7 @@ fn scan_segment(
     is_last: bool,
     next_index: &mut u64,
     last_ts: &mut Option<u64>,
-    visit: &mut impl FnMut(&RawEntry<'_>) -> Result<(), LedgerError>,
+    visit: &mut impl FnMut(Visit<'_, '_>) -> Result<(), LedgerError>,
 ) -> Result<(u64, Option<Defect>), LedgerError> {
     let mut pos = 0usize;
     let defect_at = |pos: usize, index: u64, kind: DefectKind| {
@@ -299,7 +359,7 @@ fn scan_segment(
             segment: &seg.path,
             offset: pos as u64,
         };
-        visit(&entry)?;
+        visit(Visit::Entry(&entry))?;
         *last_ts = Some(entry.header.ts);
         *next_index += 1;
         pos += len + 1;

@@ -39,6 +39,8 @@ pub struct VerifySummary {
     /// Entries after the newest checkpoint (written after the last signature).
     pub unsigned_entries: u64,
     pub chunks: u64,
+    /// Entries whose bodies retention pruned: their leaf hashes still lead to the roots.
+    pub pruned_entries: u64,
     /// Results whose recorded data was found and matched the hash their entry committed to.
     pub outputs_matched: u64,
     /// Results whose data the gateway recorded as lost (its chunk could not be written).
@@ -131,7 +133,16 @@ pub fn verify(
     };
     check_at(&tree, &mut next_cp, &mut prev_size)?;
     let mut outputs = OutputCheck::default();
-    let end = segment::scan(&layout, |entry| {
+    let mut pruned = 0u64;
+    let end = segment::scan_with(&layout, |visit| {
+        let entry = match visit {
+            segment::Visit::Entry(entry) => entry,
+            segment::Visit::Pruned(_, leaf) => {
+                pruned += 1;
+                tree.push(leaf);
+                return check_at(&tree, &mut next_cp, &mut prev_size);
+            }
+        };
         let kind = entry.header.kind.as_str();
         let mut recording_chunk = None;
         for chunk in &entry.header.chunks {
@@ -182,6 +193,7 @@ pub fn verify(
         signed_entries: signed,
         unsigned_entries: tree.size() - signed,
         chunks,
+        pruned_entries: pruned,
         outputs_matched: outputs.matched,
         outputs_lost: outputs.lost,
         outputs_incomplete: unsettled.incomplete,

@@ -324,3 +324,106 @@ fn entries_changed_under_the_signer_stop_the_ledger_from_opening() {
         "{err}"
     );
 }
+
+/// Retention: old segments keep only their leaf hashes; the pruning is an entry of its
+/// own; every checkpoint and proof made before still verifies, the ledger reopens, and the
+/// recorded data only the pruned entries used is gone.
+#[test]
+fn pruning_keeps_the_tree_and_every_checkpoint_verifiable() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::new(dir.path());
+    let (ledger, _) = Ledger::open(dir.path(), opts()).unwrap();
+    let chunk = |text: &str| gatehouse_ledger::chunks::put_chunk(&layout, text.as_bytes()).unwrap();
+    // Old entries, two of them with recorded data: one only they use, one shared with a
+    // later entry.
+    let (old_only, shared) = (chunk("old rows"), chunk("shared rows"));
+    for n in 0..600 {
+        let mut e = event(n);
+        if n == 10 {
+            e.chunks = vec![old_only.clone(), shared.clone()];
+        }
+        ledger.append_blocking(&e, Durability::Batched).unwrap();
+    }
+    let early = ledger.close().unwrap().expect("a checkpoint").note;
+    let (ledger, _) = Ledger::open(dir.path(), opts()).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    let cutoff = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let mut later = event(1000);
+    later.chunks = vec![shared.clone()];
+    ledger.append_blocking(&later, Durability::Sync).unwrap();
+    for n in 0..300 {
+        ledger
+            .append_blocking(&event(2000 + n), Durability::Batched)
+            .unwrap();
+    }
+    let before = lines(dir.path());
+
+    let plan = ledger
+        .prune(cutoff, "test")
+        .unwrap()
+        .expect("segments old enough");
+    assert_eq!(plan.first, 0);
+    assert!(plan.end > 100 && plan.end <= 602, "{plan:?}");
+    assert_eq!(
+        plan.chunks,
+        vec![old_only.sha256.clone()],
+        "the shared chunk stays"
+    );
+    assert!(!layout.chunk(&old_only.sha256).exists());
+    assert!(layout.chunk(&shared.sha256).exists());
+    // Nothing more is old enough: a second pruning does nothing.
+    assert!(ledger.prune(cutoff, "test").unwrap().is_none());
+    ledger.close().unwrap();
+
+    // The pruned entries are gone from reads, their place is not; the pruning is recorded.
+    let after = lines(dir.path());
+    let kept = before.len() - plan.end as usize;
+    assert_eq!(after[..kept], before[plan.end as usize..]);
+    let prune_entry = after
+        .iter()
+        .find(|l| l.contains("\"kind\":\"ledger.prune\""))
+        .expect("a ledger.prune entry");
+    assert!(
+        prune_entry.contains(&format!("\"end\":{}", plan.end)),
+        "{prune_entry}"
+    );
+    let summary = verify(
+        dir.path(),
+        &TrustedKey::FromDataDir,
+        &[gatehouse_ledger::EarlierCheckpoint {
+            label: "the checkpoint from before".into(),
+            note: early,
+        }],
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(summary.pruned_entries, plan.end);
+    assert_eq!(summary.entries, plan.end + after.len() as u64);
+
+    // Proofs: a kept entry's still works, a pruned one's says so.
+    let proof = gatehouse_ledger::prove_inclusion(dir.path(), plan.end + 5).unwrap();
+    let vkey = fs::read_to_string(layout.verifier_key()).unwrap();
+    gatehouse_ledger::check_inclusion(&proof, vkey.trim()).unwrap();
+    let err = gatehouse_ledger::prove_inclusion(dir.path(), 3)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pruned by retention"), "{err}");
+
+    // The ledger reopens on the pruned tree and goes on.
+    let (ledger, report) = Ledger::open(dir.path(), opts()).unwrap();
+    assert_eq!(report.entries, summary.entries);
+    ledger.append_blocking(&event(9), Durability::Sync).unwrap();
+    ledger.close().unwrap();
+    assert_eq!(verify_ok(dir.path()).pruned_entries, plan.end);
+
+    // A pruned file with a changed hash fails verification.
+    let pruned = layout.pruned(0);
+    let mut bytes = fs::read(&pruned).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&pruned, bytes).unwrap();
+    assert!(verify(dir.path(), &TrustedKey::FromDataDir, &[], |_| {}).is_err());
+}

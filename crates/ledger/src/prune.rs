@@ -1,0 +1,216 @@
+//! Retention: old segments give up their entry bodies and recorded data, keeping only
+//! their leaf hashes, so the tree — and every checkpoint, proof and export made before —
+//! still verifies.
+//!
+//! A pruned segment `NNN.seg` becomes `NNN.pruned`: one JSON header line saying which
+//! entries it held and when, then each entry's 32-byte leaf hash. Only whole segments
+//! that are entirely older than the cutoff, signed by a checkpoint, and not the segment
+//! being written are pruned. Chunks go only when no kept entry refers to them (chunks are
+//! content-addressed, so two entries may share one).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IoContext, LedgerError};
+use crate::fsutil::{sync_dir, write_atomic};
+use crate::layout::Layout;
+use crate::merkle::{Hash, leaf_hash};
+use crate::segment::{self, SegmentFile};
+
+/// The header line of a `.pruned` file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrunedHeader {
+    /// Always `1`; a later layout would change it.
+    pub pruned: u32,
+    pub first: u64,
+    pub count: u64,
+    /// Times of the first and last entry it held (unix microseconds).
+    pub first_ts: u64,
+    pub last_ts: u64,
+    /// When it was pruned.
+    pub pruned_at: u64,
+}
+
+/// A pruned segment as read back: its header and its entries' leaf hashes, in order.
+#[derive(Debug, Clone)]
+pub struct PrunedSegment {
+    pub header: PrunedHeader,
+    pub leaves: Vec<Hash>,
+}
+
+/// Reads a `.pruned` file, checking that it holds as many hashes as it says.
+pub fn read_pruned(path: &Path) -> Result<PrunedSegment, LedgerError> {
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .at(path)?;
+    let corrupt = |why: String| LedgerError::Corrupt(format!("{}: {why}", path.display()));
+    let newline = memchr::memchr(b'\n', &bytes).ok_or_else(|| corrupt("no header line".into()))?;
+    let header: PrunedHeader = serde_json::from_slice(&bytes[..newline])
+        .map_err(|e| corrupt(format!("not a pruned-segment header: {e}")))?;
+    let body = &bytes[newline + 1..];
+    if header.pruned != 1 || body.len() as u64 != header.count * 32 {
+        return Err(corrupt(format!(
+            "holds {} bytes of hashes where {} entries need {}",
+            body.len(),
+            header.count,
+            header.count * 32
+        )));
+    }
+    let leaves = body
+        .chunks_exact(32)
+        .map(|c| Hash::try_from(c).expect("32-byte chunks"))
+        .collect();
+    Ok(PrunedSegment { header, leaves })
+}
+
+/// What one pruning will do, worked out before anything is changed (and recorded in the
+/// ledger before it is done).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PrunePlan {
+    /// Entries before this time are old enough to go.
+    pub cutoff_ts: u64,
+    /// Index range pruned: `first..end`.
+    pub first: u64,
+    pub end: u64,
+    pub first_ts: u64,
+    pub last_ts: u64,
+    /// Segment files that become `.pruned`.
+    pub segments: Vec<String>,
+    /// Chunk files that no kept entry refers to.
+    pub chunks: Vec<String>,
+    /// Bytes the segments and chunks take now.
+    pub bytes: u64,
+    #[serde(skip)]
+    work: Vec<(SegmentFile, PrunedSegment)>,
+}
+
+impl PrunePlan {
+    pub fn is_empty(&self) -> bool {
+        self.work.is_empty()
+    }
+}
+
+/// Works out which segments to prune: whole segments whose entries are all older than
+/// `cutoff_ts`, below `signed_size` (covered by a checkpoint), never the last segment.
+pub fn plan(layout: &Layout, cutoff_ts: u64, signed_size: u64) -> Result<PrunePlan, LedgerError> {
+    let segments = segment::list_segments(layout)?;
+    let now = crate::ledger::now_us();
+    let mut plan = PrunePlan {
+        cutoff_ts,
+        ..PrunePlan::default()
+    };
+    // Each unpruned segment's leaves, times and chunks, read in one pass.
+    let mut current: Option<(SegmentFile, PrunedSegment, Vec<String>)> = None;
+    let mut doomed_chunks = BTreeSet::new();
+    let mut kept_chunks = BTreeSet::new();
+    let last = segments.last().map(|s| s.first_index);
+    let mut closed: Vec<(SegmentFile, PrunedSegment, Vec<String>)> = Vec::new();
+    segment::scan(layout, |e| {
+        let starts = current
+            .as_ref()
+            .is_none_or(|(seg, _, _)| seg.path.as_path() != e.segment);
+        if starts {
+            if let Some(done) = current.take() {
+                closed.push(done);
+            }
+            let seg = segments
+                .iter()
+                .find(|s| s.path.as_path() == e.segment)
+                .cloned()
+                .expect("scanned segments are listed");
+            let header = PrunedHeader {
+                pruned: 1,
+                first: e.index,
+                count: 0,
+                first_ts: e.header.ts,
+                last_ts: e.header.ts,
+                pruned_at: now,
+            };
+            current = Some((
+                seg,
+                PrunedSegment {
+                    header,
+                    leaves: Vec::new(),
+                },
+                Vec::new(),
+            ));
+        }
+        let (_, p, chunks) = current.as_mut().expect("set above");
+        p.header.count += 1;
+        p.header.last_ts = e.header.ts;
+        p.leaves.push(leaf_hash(e.line));
+        chunks.extend(e.header.chunks.iter().map(|c| c.sha256.clone()));
+        Ok(())
+    })?;
+    if let Some(done) = current.take() {
+        closed.push(done);
+    }
+    let mut pruning = true;
+    for (seg, p, chunks) in closed {
+        let end = p.header.first + p.header.count;
+        // Segments are in time order: once one must stay, all later ones stay too.
+        pruning = pruning
+            && Some(seg.first_index) != last
+            && p.header.last_ts < cutoff_ts
+            && end <= signed_size;
+        if pruning {
+            if plan.work.is_empty() {
+                plan.first = p.header.first;
+                plan.first_ts = p.header.first_ts;
+            }
+            plan.end = end;
+            plan.last_ts = p.header.last_ts;
+            plan.bytes += seg.path.metadata().map_or(0, |m| m.len());
+            plan.segments.push(file_name(&seg.path));
+            doomed_chunks.extend(chunks);
+            plan.work.push((seg, p));
+        } else {
+            kept_chunks.extend(chunks);
+        }
+    }
+    for chunk in doomed_chunks.difference(&kept_chunks) {
+        let path = layout.chunk(chunk);
+        if let Ok(meta) = path.metadata() {
+            plan.bytes += meta.len();
+            plan.chunks.push(chunk.clone());
+        }
+    }
+    Ok(plan)
+}
+
+/// Carries out a plan: each segment's `.pruned` file is written and synced before the
+/// segment is removed, so a crash leaves either the segment or its hashes (or both, which
+/// the scan accepts, preferring the entries).
+pub fn apply(layout: &Layout, plan: &PrunePlan) -> Result<(), LedgerError> {
+    for (seg, pruned) in &plan.work {
+        let mut bytes = serde_json::to_vec(&pruned.header)
+            .map_err(|e| LedgerError::Corrupt(format!("pruned header: {e}")))?;
+        bytes.push(b'\n');
+        for leaf in &pruned.leaves {
+            bytes.extend_from_slice(leaf);
+        }
+        write_atomic(&layout.pruned(seg.first_index), &bytes, 0o644)?;
+        fs::remove_file(&seg.path).at(&seg.path)?;
+    }
+    sync_dir(&layout.segments())?;
+    for chunk in &plan.chunks {
+        let path = layout.chunk(chunk);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LedgerError::io(path, e)),
+        }
+    }
+    Ok(())
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
