@@ -201,6 +201,10 @@ impl LedgerKey {
 /// Why a stored checkpoint note cannot be trusted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NoteProblem {
+    #[error(
+        "{0:?} is not a verifier key (expected name+id+key, as `gatehouse ledger pubkey` prints)"
+    )]
+    BadKey(String),
     #[error("malformed signed note")]
     Malformed,
     #[error("the note carries no signature")]
@@ -215,7 +219,7 @@ pub enum NoteProblem {
 
 /// Checks a checkpoint note against a verifier key and returns what it says.
 pub fn verify_note(note: &str, vkey: &str) -> Result<Checkpoint, NoteProblem> {
-    let verifier = StandardVerifier::new(vkey).map_err(|_| NoteProblem::Malformed)?;
+    let verifier = StandardVerifier::new(vkey).map_err(|_| NoteProblem::BadKey(vkey.into()))?;
     // `name+id`; the base64 key after the second '+' may itself contain '+'.
     let expected = vkey.splitn(3, '+').take(2).collect::<Vec<_>>().join("+");
     let sig_block = note.rsplit_once("\n\n").map(|(_, sigs)| sigs).unwrap_or("");
