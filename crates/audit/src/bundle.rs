@@ -451,6 +451,12 @@ struct ChunkRecord {
 /// the range covers the window, the filter re-applied, and every matching entry's data.
 /// The error names the first thing that is wrong.
 pub fn verify(input: impl BufRead, vkey: &str) -> Result<Verified, AuditError> {
+    verify_with(input, vkey, true)
+}
+
+/// [`verify`]; without `keep`, the matching entries and their data are checked and
+/// counted but not kept, so a bundle of any size verifies in little memory.
+pub fn verify_with(input: impl BufRead, vkey: &str, keep: bool) -> Result<Verified, AuditError> {
     let bad = AuditError::Bundle;
     let mut records = Records {
         lines: input.lines(),
@@ -560,7 +566,9 @@ pub fn verify(input: impl BufRead, vkey: &str) -> Result<Verified, AuditError> {
                             wanted_chunks.push((index, c));
                         }
                     }
-                    entries.push((value, hex::encode(leaf)));
+                    if keep {
+                        entries.push((value, hex::encode(leaf)));
+                    }
                 } else {
                     counts.excluded += 1;
                 }
@@ -685,6 +693,7 @@ pub fn verify(input: impl BufRead, vkey: &str) -> Result<Verified, AuditError> {
 
     // The recorded data of the matching entries.
     let mut chunks = BTreeMap::new();
+    let mut sizes = BTreeMap::new();
     while let Some((n, record)) = records.next()? {
         let c: ChunkRecord = serde_json::from_value(record["chunk"].clone())
             .map_err(|e| bad(format!("line {n}: expected a chunk ({e})")))?;
@@ -697,12 +706,15 @@ pub fn verify(input: impl BufRead, vkey: &str) -> Result<Verified, AuditError> {
                 c.sha256
             )));
         }
-        chunks.insert(c.sha256, data);
+        sizes.insert(c.sha256.clone(), c.size);
+        if keep {
+            chunks.insert(c.sha256, data);
+        }
     }
     let mut distinct = BTreeSet::new();
     for (i, c) in &wanted_chunks {
-        match chunks.get(&c.sha256) {
-            Some(data) if data.len() as u64 == c.size => {
+        match sizes.get(&c.sha256) {
+            Some(size) if *size == c.size => {
                 distinct.insert(c.sha256.clone());
             }
             _ => {

@@ -316,7 +316,7 @@ fn verify_export(args: &VerifyExportArgs) -> anyhow::Result<ExitCode> {
     let key = crate::ledger_cmd::read_key(&args.pubkey)?;
     let file =
         File::open(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
-    match bundle::verify(BufReader::new(file), &key) {
+    match bundle::verify_with(BufReader::new(file), &key, false) {
         Ok(v) => {
             if args.json {
                 outln!("{}", serde_json::to_string(&v)?);
