@@ -107,6 +107,20 @@ pub struct Counts {
     pub chunks: u64,
 }
 
+impl std::fmt::Display for Counts {
+    /// `12 match, 30 do not, 2 withheld as hashes, 5 pruned by retention; 3 recorded data chunks`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} match, {} do not", self.matched, self.excluded)?;
+        if self.withheld > 0 {
+            write!(f, ", {} withheld as hashes", self.withheld)?;
+        }
+        if self.pruned > 0 {
+            write!(f, ", {} pruned by retention", self.pruned)?;
+        }
+        write!(f, "; {} recorded data chunks", self.chunks)
+    }
+}
+
 /// One entry of the range as the builder keeps it.
 #[derive(Debug, Clone)]
 enum Item {

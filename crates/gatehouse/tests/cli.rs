@@ -1126,28 +1126,14 @@ fn pruned_ledgers_still_verify_and_exports_say_what_was_pruned() {
 
     // The whole log: the pruned entries are in the bundle as hashes, and said so.
     let bundle = data.join("all.bundle");
-    let out = run(&[
-        "audit",
-        "export",
-        "--data-dir",
-        data_arg,
-        "-o",
-        bundle.to_str().unwrap(),
-    ]);
+    let out = audit_export(data, &bundle, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(&format!("{end} pruned by retention")),
         "{}",
         stderr(&out)
     );
-    let out = run(&[
-        "audit",
-        "verify-export",
-        bundle.to_str().unwrap(),
-        "--pubkey",
-        &key,
-        "--json",
-    ]);
+    let out = verify_export(&bundle, &key);
     assert!(out.status.success(), "{}", stdout(&out));
     let v = last_json(&out);
     assert_eq!(v["counts"]["pruned"], end);
@@ -1163,25 +1149,9 @@ fn pruned_ledgers_still_verify_and_exports_say_what_was_pruned() {
     );
 
     // A window after the pruned part is whole; a plain export names the pruned range.
-    let out = run(&[
-        "audit",
-        "export",
-        "--data-dir",
-        data_arg,
-        "--since",
-        &between,
-        "-o",
-        bundle.to_str().unwrap(),
-    ]);
+    let out = audit_export(data, &bundle, &["--since", &between]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = run(&[
-        "audit",
-        "verify-export",
-        bundle.to_str().unwrap(),
-        "--pubkey",
-        &key,
-        "--json",
-    ]);
+    let out = verify_export(&bundle, &key);
     let v = last_json(&out);
     assert!(out.status.success() && v["window_complete"] == true, "{v}");
     assert_eq!(v["counts"]["pruned"], 0, "{v}");

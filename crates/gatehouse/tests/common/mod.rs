@@ -67,3 +67,29 @@ pub fn verify(dir: &Path, key: &str) -> Output {
         key,
     ])
 }
+
+/// `gatehouse audit export` of `data` into `file` (a bundle unless `extra` says otherwise).
+pub fn audit_export(data: &Path, file: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "audit",
+        "export",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "-o",
+        file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// `gatehouse audit verify-export FILE --pubkey KEY --json`.
+pub fn verify_export(file: &Path, key: &str) -> Output {
+    run(&[
+        "audit",
+        "verify-export",
+        file.to_str().unwrap(),
+        "--pubkey",
+        key,
+        "--json",
+    ])
+}

@@ -4,7 +4,6 @@
 //! Chromium with its figures checked against the ledger.
 
 use std::path::Path;
-use std::process::Output;
 
 use gatehouse_testkit::browser::{chromium, element_text, figure, run_chromium};
 use serde_json::Value;
@@ -35,30 +34,6 @@ fn concerns(v: &Value, user: &str) -> bool {
 fn rfc3339(us: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us);
     humantime::format_rfc3339_micros(t).to_string()
-}
-
-fn export(data: &Path, file: &Path, filter: &[&str]) -> Output {
-    let mut args = vec![
-        "audit",
-        "export",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "-o",
-        file.to_str().unwrap(),
-    ];
-    args.extend_from_slice(filter);
-    run(&args)
-}
-
-fn verify_export(file: &Path, key: &str) -> Output {
-    run(&[
-        "audit",
-        "verify-export",
-        file.to_str().unwrap(),
-        "--pubkey",
-        key,
-        "--json",
-    ])
 }
 
 pub fn check_evidence(data: &Path) {
@@ -98,7 +73,7 @@ fn check_bundles(data: &Path, work: &Path, key: &str, all: &[(u64, String, Value
     ];
     for (n, (filter, takes)) in filters.iter().enumerate() {
         let file = work.join(format!("bundle-{n}.jsonl"));
-        let out = export(data, &file, filter);
+        let out = audit_export(data, &file, filter);
         assert!(out.status.success(), "{filter:?}: {}", stderr(&out));
         assert!(stderr(&out).contains("bundle: entries"), "{}", stderr(&out));
         let out = verify_export(&file, key);
