@@ -135,9 +135,12 @@ enum Item {
     },
 }
 
-/// Collects a bundle while the caller scans the ledger in index order.
+/// Collects a bundle while the caller scans the ledger in index order. The range's entry
+/// records are written to `items` as they come (a file for a large window), so memory
+/// does not grow with the window; [`Plan::write_head`], those records, then
+/// [`Plan::write_tail`] make the bundle.
 #[derive(Debug)]
-pub struct Builder {
+pub struct Builder<W> {
     query: Query,
     withhold_others: bool,
     size: u64,
@@ -146,7 +149,7 @@ pub struct Builder {
     left: CompactRange,
     /// The last entry seen before the window: the range's first if the window follows.
     before: Option<(u64, Item)>,
-    held: Vec<Item>,
+    items: W,
     first: Option<u64>,
     /// Set once the entry showing the window's end is held.
     end: Option<u64>,
@@ -182,14 +185,13 @@ pub struct Plan {
     /// The chunks of the matching entries, each once, in first-use order.
     pub chunks: Vec<ChunkRef>,
     left: Vec<Hash>,
-    items: Vec<Item>,
     right: Vec<Hash>,
 }
 
-impl Builder {
+impl<W: Write> Builder<W> {
     /// A bundle of `query` proven against a checkpoint of `checkpoint_size` entries; only
-    /// entries below that size may be fed.
-    pub fn new(query: Query, withhold_others: bool, checkpoint_size: u64) -> Self {
+    /// entries below that size may be fed. The range's records go to `items`.
+    pub fn new(query: Query, withhold_others: bool, checkpoint_size: u64, items: W) -> Self {
         Builder {
             query,
             withhold_others,
@@ -197,7 +199,7 @@ impl Builder {
             next: 0,
             left: CompactRange::new(),
             before: None,
-            held: Vec::new(),
+            items,
             first: None,
             end: None,
             right: RightHashes::default(),
@@ -277,14 +279,14 @@ impl Builder {
         if self.first.is_none() {
             // The window starts here; the entry before it shows where.
             match self.before.take() {
-                Some((i, prev)) => self.hold_first(i, prev),
+                Some((i, prev)) => self.hold_first(i, prev)?,
                 None => self.first = Some(index),
             }
         }
         let (it, value) = item();
         let after = ts.is_some_and(|ts| self.query.until.is_some_and(|u| ts >= u));
         if after {
-            self.held.push(it);
+            self.hold(&it)?;
             self.end = Some(index + 1);
             self.right.plan = aligned_subtrees(index + 1, self.size);
             return Ok(());
@@ -300,29 +302,30 @@ impl Builder {
                             self.chunks.push(c);
                         }
                     }
-                    self.held.push(Item::Whole { line, leaf });
+                    self.hold(&Item::Whole { line, leaf })?;
                 } else if self.withhold_others {
                     self.counts.withheld += 1;
-                    self.held.push(Item::Hashed {
+                    self.hold(&Item::Hashed {
                         index,
                         leaf,
                         why: "withheld",
-                    });
+                    })?;
                 } else {
                     self.counts.excluded += 1;
-                    self.held.push(Item::Whole { line, leaf });
+                    self.hold(&Item::Whole { line, leaf })?;
                 }
             }
             (it, _) => {
                 self.counts.pruned += 1;
-                self.held.push(it);
+                self.hold(&it)?;
             }
         }
         Ok(())
     }
 
-    /// Ends the scan; every entry below the checkpoint size must have been fed.
-    pub fn finish(mut self, created: u64, generator: &str) -> Result<Plan, AuditError> {
+    /// Ends the scan; every entry below the checkpoint size must have been fed. Returns
+    /// the plan and the sink holding the range's records.
+    pub fn finish(mut self, created: u64, generator: &str) -> Result<(Plan, W), AuditError> {
         if self.next != self.size {
             return Err(AuditError::Ledger(format!(
                 "the checkpoint covers {} entries but only {} were read",
@@ -333,7 +336,7 @@ impl Builder {
             // Nothing in the window: the bundle holds the last entry before it, which shows
             // that the signed log has nothing later.
             if let Some((i, prev)) = self.before.take() {
-                self.hold_first(i, prev);
+                self.hold_first(i, prev)?;
             } else {
                 self.first = Some(self.size);
             }
@@ -341,7 +344,7 @@ impl Builder {
         let first = self.first.unwrap_or(0);
         let end = self.end.unwrap_or(self.size);
         self.counts.chunks = self.chunks.len() as u64;
-        Ok(Plan {
+        let plan = Plan {
             manifest: Manifest {
                 query: self.query,
                 created,
@@ -353,20 +356,36 @@ impl Builder {
             },
             chunks: self.chunks,
             left: self.left.hashes().to_vec(),
-            items: self.held,
             right: self.right.roots,
-        })
+        };
+        self.items
+            .flush()
+            .map_err(|e| AuditError::Io(e.to_string()))?;
+        Ok((plan, self.items))
     }
-}
 
-impl Builder {
     /// Makes the last entry before the window the range's first.
-    fn hold_first(&mut self, index: u64, item: Item) {
+    fn hold_first(&mut self, index: u64, item: Item) -> Result<(), AuditError> {
         if matches!(item, Item::Hashed { .. }) {
             self.counts.pruned += 1;
         }
         self.first = Some(index);
-        self.held.push(item);
+        self.hold(&item)
+    }
+
+    /// Writes one record of the range.
+    fn hold(&mut self, item: &Item) -> Result<(), AuditError> {
+        let record = match item {
+            Item::Whole { line, leaf } => json!({"entry": line, "leaf": hex::encode(leaf)}),
+            Item::Hashed { index, leaf, why } => {
+                json!({"hashed": {"i": index, "leaf": hex::encode(leaf), "why": why}})
+            }
+        };
+        serde_json::to_writer(&mut self.items, &record)
+            .map_err(|e| AuditError::Io(e.to_string()))?;
+        self.items
+            .write_all(b"\n")
+            .map_err(|e| AuditError::Io(e.to_string()))
     }
 }
 
@@ -377,39 +396,57 @@ fn item_leaf(item: &Item) -> Hash {
 }
 
 impl Plan {
-    /// Writes the bundle. `chunk` reads a chunk's bytes; one that cannot be read fails the
+    /// The bundle's first records: the manifest, the checkpoint note and the hashes
+    /// before the range.
+    pub fn write_head(&self, note: &str, out: &mut impl Write) -> Result<(), AuditError> {
+        record(
+            out,
+            &json!({"bundle": TAG, "version": VERSION, "manifest": self.manifest}),
+        )?;
+        record(out, &json!({ "checkpoint": note }))?;
+        record(out, &json!({ "left": hexes(&self.left) }))
+    }
+
+    /// The bundle's last records: the hashes after the range and the matching entries'
+    /// recorded data. `chunk` reads a chunk's bytes; one that cannot be read fails the
     /// export, since the bundle would not verify without it.
-    pub fn write(
+    pub fn write_tail(
         &self,
-        note: &str,
         mut chunk: impl FnMut(&ChunkRef) -> Result<Vec<u8>, String>,
         out: &mut impl Write,
     ) -> Result<(), AuditError> {
-        let mut line = |v: Value| -> Result<(), AuditError> {
-            serde_json::to_writer(&mut *out, &v).map_err(|e| AuditError::Io(e.to_string()))?;
-            out.write_all(b"\n")
-                .map_err(|e| AuditError::Io(e.to_string()))
-        };
-        line(json!({"bundle": TAG, "version": VERSION, "manifest": self.manifest}))?;
-        line(json!({ "checkpoint": note }))?;
-        line(json!({ "left": hexes(&self.left) }))?;
-        for item in &self.items {
-            line(match item {
-                Item::Whole { line, leaf } => json!({"entry": line, "leaf": hex::encode(leaf)}),
-                Item::Hashed { index, leaf, why } => {
-                    json!({"hashed": {"i": index, "leaf": hex::encode(leaf), "why": why}})
-                }
-            })?;
-        }
-        line(json!({ "right": hexes(&self.right) }))?;
+        record(out, &json!({ "right": hexes(&self.right) }))?;
         for c in &self.chunks {
             let data = chunk(c).map_err(|e| {
                 AuditError::Ledger(format!("chunk {} cannot be read: {e}", c.sha256))
             })?;
-            line(json!({"chunk": {"sha256": c.sha256, "size": c.size, "data": B64.encode(data)}}))?;
+            record(
+                out,
+                &json!({"chunk": {"sha256": c.sha256, "size": c.size, "data": B64.encode(data)}}),
+            )?;
         }
         Ok(())
     }
+
+    /// The whole bundle, with the range's records held in memory.
+    pub fn write(
+        &self,
+        note: &str,
+        items: &[u8],
+        chunk: impl FnMut(&ChunkRef) -> Result<Vec<u8>, String>,
+        out: &mut impl Write,
+    ) -> Result<(), AuditError> {
+        self.write_head(note, out)?;
+        out.write_all(items)
+            .map_err(|e| AuditError::Io(e.to_string()))?;
+        self.write_tail(chunk, out)
+    }
+}
+
+fn record(out: &mut impl Write, value: &Value) -> Result<(), AuditError> {
+    serde_json::to_writer(&mut *out, value).map_err(|e| AuditError::Io(e.to_string()))?;
+    out.write_all(b"\n")
+        .map_err(|e| AuditError::Io(e.to_string()))
 }
 
 fn hexes(hashes: &[Hash]) -> Vec<String> {
@@ -860,7 +897,7 @@ mod tests {
     }
 
     fn export(log: &Log, query: &Query, withhold: bool, pruned_below: u64) -> String {
-        let mut b = Builder::new(query.clone(), withhold, log.lines.len() as u64);
+        let mut b = Builder::new(query.clone(), withhold, log.lines.len() as u64, Vec::new());
         for (i, line) in log.lines.iter().enumerate() {
             let i = i as u64;
             if i < pruned_below {
@@ -869,10 +906,11 @@ mod tests {
                 b.entry(i, line.as_bytes()).unwrap();
             }
         }
-        let plan = b.finish(1, "test").unwrap();
+        let (plan, items) = b.finish(1, "test").unwrap();
         let mut out = Vec::new();
         plan.write(
             &log.note,
+            &items,
             |c| log.chunks.get(&c.sha256).cloned().ok_or("gone".into()),
             &mut out,
         )

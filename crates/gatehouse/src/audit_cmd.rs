@@ -2,7 +2,7 @@
 //! window in each format, and the offline check of an evidence bundle.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -234,10 +234,22 @@ fn export_bundle(
     sink: &mut Sink,
     bar: &ProgressBar,
 ) -> anyhow::Result<String> {
-    let (plan, note, unsigned) = plan_bundle(layout, filter, withhold_others, bar)?;
+    // The range's records wait in an unnamed temporary file (gone when closed) until the
+    // manifest, which comes first, knows the counts.
+    let spill = tempfile::tempfile().context("creating a temporary file for the export")?;
+    let (plan, note, unsigned, spill) = plan_bundle(
+        layout,
+        filter,
+        withhold_others,
+        bar,
+        std::io::BufWriter::new(spill),
+    )?;
     bar.set_message("writing");
-    plan.write(
-        &note,
+    let mut spill = spill.into_inner().map_err(|e| e.into_error())?;
+    spill.seek(std::io::SeekFrom::Start(0))?;
+    plan.write_head(&note, &mut sink.out)?;
+    std::io::copy(&mut spill, &mut sink.out).context("writing the export")?;
+    plan.write_tail(
         |c| gatehouse_ledger::chunks::read_chunk(layout, c),
         &mut sink.out,
     )?;
@@ -253,16 +265,18 @@ fn export_bundle(
     Ok(summary)
 }
 
-/// Scans the ledger into a bundle plan against the newest checkpoint; returns the plan,
-/// the checkpoint note and how many entries came after it.
-pub(crate) fn plan_bundle(
+/// Scans the ledger into a bundle plan against the newest checkpoint, the range's records
+/// into `items`; returns the plan, the checkpoint note, how many entries came after it, and
+/// `items`.
+pub(crate) fn plan_bundle<W: Write>(
     layout: &Layout,
     filter: &Filter,
     withhold_others: bool,
     bar: &ProgressBar,
-) -> anyhow::Result<(bundle::Plan, String, u64)> {
+    items: W,
+) -> anyhow::Result<(bundle::Plan, String, u64, W)> {
     let (note, size) = newest_checkpoint(layout)?;
-    let mut builder = Builder::new(Query::from(filter), withhold_others, size);
+    let mut builder = Builder::new(Query::from(filter), withhold_others, size, items);
     let mut unsigned = 0u64;
     let mut failed = None;
     gatehouse_ledger::segment::scan_with(layout, |visit| {
@@ -292,7 +306,8 @@ pub(crate) fn plan_bundle(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
     let generator = format!("gatehouse {}", env!("CARGO_PKG_VERSION"));
-    Ok((builder.finish(created, &generator)?, note, unsigned))
+    let (plan, items) = builder.finish(created, &generator)?;
+    Ok((plan, note, unsigned, items))
 }
 
 /// `gatehouse audit verify-export`.
@@ -380,15 +395,18 @@ async fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let output = args.output.clone();
     let (html, figures, verification) = tokio::task::spawn_blocking(move || {
         let bar = progress(&layout);
-        let built = plan_bundle(&layout, &filter, false, &bar).and_then(|(plan, note, _)| {
-            let mut bytes = Vec::new();
-            plan.write(
-                &note,
-                |c| gatehouse_ledger::chunks::read_chunk(&layout, c),
-                &mut bytes,
-            )?;
-            Ok(bundle::verify(bytes.as_slice(), &key)?)
-        });
+        let built = plan_bundle(&layout, &filter, false, &bar, Vec::new()).and_then(
+            |(plan, note, _, items)| {
+                let mut bytes = Vec::new();
+                plan.write(
+                    &note,
+                    &items,
+                    |c| gatehouse_ledger::chunks::read_chunk(&layout, c),
+                    &mut bytes,
+                )?;
+                Ok(bundle::verify(bytes.as_slice(), &key)?)
+            },
+        );
         bar.finish_and_clear();
         let (verification, entries) = match built {
             Ok(v) => (
