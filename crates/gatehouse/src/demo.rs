@@ -246,5 +246,9 @@ fn print_banner(dir: &str, running: &Running, key: &str) {
     outln!("  curl http://{admin}/metrics");
     outln!("  {gatehouse} ledger verify --data-dir {dir} --pubkey '{vkey}'");
     outln!("  {gatehouse} ledger proof --data-dir {dir} --index 3");
+    outln!("  {gatehouse} replay --data-dir {dir}");
+    outln!("  {gatehouse} audit report --data-dir {dir} -o report.html");
+    outln!("  {gatehouse} audit export --data-dir {dir} -o evidence.bundle");
+    outln!("  {gatehouse} audit verify-export evidence.bundle --pubkey '{vkey}'");
     outln!("\nPress Ctrl-C to stop (the ledger then signs a final checkpoint).\n");
 }

@@ -135,21 +135,31 @@ fn list(sessions: &BTreeMap<String, (Value, u64)>) {
         outln!("no sessions recorded");
         return;
     }
+    let width =
+        |f: &dyn Fn(&Value) -> usize| sessions.values().map(|(v, _)| f(v)).max().unwrap_or(0);
+    let who = width(&|v| v["actor"]["id"].as_str().map_or(1, str::len)).max(8);
+    let res = width(&|v| v["resource"]["name"].as_str().map_or(1, str::len)).max(8);
     outln!(
-        "{:<20} {:<14} {:<12} {:>8}  STARTED (unix us)",
+        "{:<20} {:<who$} {:<res$} {:>8}  STARTED",
         "SESSION",
         "IDENTITY",
         "RESOURCE",
         "COMMANDS"
     );
     for (id, (first, commands)) in sessions {
+        let started = first["ts"].as_u64().map_or("?".to_string(), |us| {
+            humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_micros(us),
+            )
+            .to_string()
+        });
         outln!(
-            "{:<20} {:<14} {:<12} {:>8}  {}",
+            "{:<20} {:<who$} {:<res$} {:>8}  {}",
             id,
             first["actor"]["id"].as_str().unwrap_or("?"),
             first["resource"]["name"].as_str().unwrap_or("?"),
             commands,
-            first["ts"]
+            started
         );
     }
 }
