@@ -17,6 +17,7 @@ use std::ops::Range;
 use regex::{Regex, RegexSet};
 use regex_automata::dfa::{dense, regex::Regex as DfaRegex};
 use regex_automata::{Anchored, Input};
+use smallvec::SmallVec;
 
 use crate::MaskError;
 
@@ -95,6 +96,13 @@ impl Kind {
     }
 }
 
+/// The findings in one text: almost always none or one, so two are kept without
+/// allocating.
+pub type Findings<'d> = SmallVec<[Finding<'d>; 2]>;
+
+/// Candidates before overlaps are settled, with whether each was located by context.
+type Candidates<'d> = SmallVec<[(bool, Finding<'d>); 4]>;
+
 /// One sensitive span in a text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding<'d> {
@@ -166,6 +174,9 @@ pub struct Detectors {
     patterns: Vec<Pattern>,
     /// The needs of `patterns`, as [`Need::bit`]s.
     needs: u32,
+    /// Each pattern's need bit, in order: scanned instead of the patterns themselves,
+    /// which are large (their compiled automata), so ruling one out touches one word.
+    need_bits: Vec<u32>,
 }
 
 impl std::fmt::Debug for Detectors {
@@ -653,10 +664,12 @@ impl Detectors {
             }
         })?;
         let needs = patterns.iter().fold(0, |bits, p| bits | p.need.bit());
+        let need_bits = patterns.iter().map(|p| p.need.bit()).collect();
         Ok(Detectors {
             set,
             patterns,
             needs,
+            need_bits,
         })
     }
 
@@ -670,7 +683,7 @@ impl Detectors {
 
     /// Every sensitive span in `text`, in order, without overlaps (where two overlap the
     /// earlier wins, then the longer).
-    pub fn find(&self, text: &str) -> Vec<Finding<'_>> {
+    pub fn find(&self, text: &str) -> Findings<'_> {
         if text.len() > SHORT {
             return self.find_with_set(text, true);
         }
@@ -678,11 +691,11 @@ impl Detectors {
         // Most values stop here.
         let possible = possible(&census, text);
         if possible & self.needs == 0 {
-            return Vec::new();
+            return Findings::new();
         }
-        let mut found = Vec::new();
-        for pattern in &self.patterns {
-            if possible & pattern.need.bit() != 0 {
+        let mut found = Candidates::new();
+        for (pattern, need) in self.patterns.iter().zip(&self.need_bits) {
+            if possible & need != 0 {
                 self.locate(pattern, text, true, &mut found);
             }
         }
@@ -691,11 +704,11 @@ impl Detectors {
 
     /// Every pattern the set reports present is run, without the census. Long texts are
     /// found this way.
-    fn find_with_set(&self, text: &str, fast: bool) -> Vec<Finding<'_>> {
+    fn find_with_set(&self, text: &str, fast: bool) -> Findings<'_> {
         if self.patterns.is_empty() {
-            return Vec::new();
+            return Findings::new();
         }
-        let mut found = Vec::new();
+        let mut found = Candidates::new();
         for index in self.set.matches(text).iter() {
             self.locate(&self.patterns[index], text, fast, &mut found);
         }
@@ -705,7 +718,7 @@ impl Detectors {
     /// Without the census and with the lazy engine only: what the census and the DFAs are
     /// tested against.
     #[cfg(test)]
-    pub(crate) fn find_unfiltered(&self, text: &str) -> Vec<Finding<'_>> {
+    pub(crate) fn find_unfiltered(&self, text: &str) -> Findings<'_> {
         self.find_with_set(text, false)
     }
 
@@ -716,7 +729,7 @@ impl Detectors {
         pattern: &'d Pattern,
         text: &str,
         fast: bool,
-        found: &mut Vec<(bool, Finding<'d>)>,
+        found: &mut Candidates<'d>,
     ) {
         let mut push = |range: Range<usize>| {
             // Matches of these patterns start and end on character boundaries; were one
@@ -746,8 +759,11 @@ impl Detectors {
                 push(m.range());
                 from = m.end();
             }
-            for m in dfa.find_iter(Input::new(bytes).range(from..)) {
-                push(m.range());
+            // A match to the end (the value is the secret) leaves nothing to search.
+            if from < bytes.len() || from == 0 {
+                for m in dfa.find_iter(Input::new(bytes).range(from..)) {
+                    push(m.range());
+                }
             }
         } else if pattern.group == 0 {
             for m in pattern.regex.find_iter(text) {
@@ -775,9 +791,11 @@ fn dfa(source: &str) -> Option<DfaRegex> {
 /// Findings in order without overlaps. Earlier first; at the same start a finding located
 /// by its context (the password of `user:password@host`) beats a generic shape
 /// (`password@host` looks like an e-mail address), then the longer one.
-fn settle(mut found: Vec<(bool, Finding<'_>)>) -> Vec<Finding<'_>> {
-    if found.len() == 1 {
-        return found.into_iter().map(|(_, f)| f).collect();
+fn settle(mut found: Candidates<'_>) -> Findings<'_> {
+    if found.len() <= 1 {
+        let mut one = Findings::new();
+        one.extend(found.pop().map(|(_, f)| f));
+        return one;
     }
     found.sort_by(|(ca, a), (cb, b)| {
         a.range
@@ -786,11 +804,11 @@ fn settle(mut found: Vec<(bool, Finding<'_>)>) -> Vec<Finding<'_>> {
             .then(cb.cmp(ca))
             .then(b.range.len().cmp(&a.range.len()))
     });
-    let mut kept: Vec<Finding<'_>> = Vec::with_capacity(found.len());
+    let mut kept = Findings::new();
     for (_, f) in found {
         if kept
             .last()
-            .is_none_or(|last| f.range.start >= last.range.end)
+            .is_none_or(|last: &Finding<'_>| f.range.start >= last.range.end)
         {
             kept.push(f);
         }

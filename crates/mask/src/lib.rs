@@ -13,9 +13,10 @@ use std::ops::Deref;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use smallvec::SmallVec;
 
 pub use columns::{ColumnRule, ColumnRules, check_pattern};
-pub use detect::{Detectors, Finding, Kind};
+pub use detect::{Detectors, Finding, Findings, Kind};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MaskError {
@@ -85,7 +86,7 @@ pub struct Masked<'a> {
 /// A short list, not a map: a text holds a few kinds at most, and nothing is allocated for
 /// the common text that holds none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counts<'a>(Vec<(&'a str, u64)>);
+pub struct Counts<'a>(SmallVec<[(&'a str, u64); 2]>);
 
 impl<'a> Counts<'a> {
     fn add(&mut self, kind: &'a str) {
@@ -152,45 +153,62 @@ impl Masker {
     /// Masks every sensitive value inside `text`. Text without findings is returned
     /// borrowed, untouched.
     pub fn mask_text<'a>(&'a self, text: &'a str) -> Masked<'a> {
-        let findings = self.detectors.find(text);
+        let findings = self.find(text);
         if findings.is_empty() {
             return Masked {
                 text: Cow::Borrowed(text),
                 counts: Counts::default(),
             };
         }
-        let mut out = String::with_capacity(text.len());
+        let mut out = Vec::with_capacity(text.len());
+        let counts = self.write_masked(text, &findings, &mut out);
+        // Only whole characters were replaced, by ASCII, so this is UTF-8.
+        let text = String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        Masked {
+            text: Cow::Owned(text),
+            counts,
+        }
+    }
+
+    /// The sensitive spans in `text` (the first half of [`Masker::mask_text`], for callers
+    /// that write the masked text into a buffer of their own).
+    pub fn find<'a>(&'a self, text: &str) -> Findings<'a> {
+        self.detectors.find(text)
+    }
+
+    /// Appends `text` to `out` with each of `findings` (from [`Masker::find`] on the same
+    /// text) masked by its kind's strategy; returns how many of each kind were masked.
+    pub fn write_masked<'a>(
+        &'a self,
+        text: &str,
+        findings: &[Finding<'a>],
+        out: &mut Vec<u8>,
+    ) -> Counts<'a> {
         let mut counts = Counts::default();
         let mut at = 0;
         for f in findings {
-            out.push_str(&text[at..f.range.start]);
-            let strategy = self
-                .strategies
-                .get(f.kind.name())
-                .copied()
-                .unwrap_or(self.default);
-            let value = &text[f.range.clone()];
+            out.extend_from_slice(&text.as_bytes()[at..f.range.start]);
+            let name = f.kind.name();
+            let strategy = self.strategies.get(name).copied().unwrap_or(self.default);
             match strategy {
                 // Inside text, Null cannot remove a value from a string: it redacts.
                 Strategy::Redact | Strategy::Null => {
-                    out.push('[');
-                    out.push_str(f.kind.name());
-                    out.push(']');
+                    out.push(b'[');
+                    out.extend_from_slice(name.as_bytes());
+                    out.push(b']');
                 }
-                _ => out.push_str(
-                    &self
-                        .apply(strategy, f.kind.name(), value)
-                        .unwrap_or_else(|| redact(f.kind.name())),
+                _ => out.extend_from_slice(
+                    self.apply(strategy, name, &text[f.range.clone()])
+                        .unwrap_or_else(|| redact(name))
+                        .as_bytes(),
                 ),
             }
-            counts.add(f.kind.name());
+            counts.add(name);
             at = f.range.end;
         }
-        out.push_str(&text[at..]);
-        Masked {
-            text: Cow::Owned(out),
-            counts,
-        }
+        out.extend_from_slice(&text.as_bytes()[at..]);
+        counts
     }
 
     /// A whole value masked by `strategy` (column rules); `None` for [`Strategy::Null`].

@@ -589,16 +589,31 @@ impl Rewriter<'_> {
                 return Some(out);
             }
         };
-        // Most rows change nothing: the changes (by column) are only kept once there is
-        // one, and the row is then written again from the frame.
-        let mut changes: Vec<(usize, Change)> = Vec::new();
-        let mut n = 0;
+        // Most rows change nothing: the frame is copied only from the first value that
+        // changes.
+        let mut row = rows::RowRewrite::new(frame);
         for (i, value) in values.enumerate() {
             let Ok(value) = value else {
                 counts.undecodable += 1;
                 return Some(null_row(i));
             };
-            let change = match (value, plan.and_then(|p| p.columns.get(i))) {
+            let column = plan.and_then(|p| p.columns.get(i));
+            // The common case, text in text format, is masked straight into the row.
+            if let (Some(v), Some(col)) = (value, column)
+                && let Some(text) = self.plain_text(col, v)
+            {
+                let masker = &self.policy.masker;
+                let findings = masker.find(text);
+                if findings.is_empty() {
+                    row.keep(value);
+                } else {
+                    row.replace_with(value, |out| {
+                        counts.add(masker.write_masked(text, &findings, out));
+                    });
+                }
+                continue;
+            }
+            let change = match (value, column) {
                 (None, _) => Change::Keep,
                 (Some(v), Some(col)) => self.value(col, v, counts),
                 (Some(_), None) => {
@@ -606,32 +621,22 @@ impl Rewriter<'_> {
                     Change::Null
                 }
             };
-            if !matches!(change, Change::Keep) {
-                changes.push((i, change));
+            match change {
+                Change::Keep => row.keep(value),
+                Change::Replace(bytes) => row.replace(value, Some(&bytes)),
+                Change::Null => row.replace(value, None),
             }
-            n = i + 1;
         }
-        if changes.is_empty() {
-            return None;
-        }
-        let mut out = Vec::with_capacity(frame.len() + 16);
-        let mut changed = changes.iter().peekable();
-        // Read once already; were it not to read again, nothing of it passes.
-        let Ok(values) = rows::data_row(body) else {
-            return Some(null_row(n));
-        };
-        rows::write_data_row(
-            values.take(n).enumerate().map(|(i, v)| {
-                let v = v.ok().flatten();
-                match changed.next_if(|(at, _)| *at == i) {
-                    None => v.map(Cow::Borrowed),
-                    Some((_, Change::Replace(bytes))) => Some(Cow::Borrowed(bytes.as_slice())),
-                    Some((_, _)) => None,
-                }
-            }),
-            &mut out,
-        );
-        Some(out)
+        row.finish()
+    }
+
+    /// `value` as text when its column is looked at by content, in text format, of a
+    /// type that holds text, and it is UTF-8.
+    fn plain_text<'v>(&self, col: &ColumnPlan, value: &'v [u8]) -> Option<&'v str> {
+        let plain = matches!(col.mask, ColumnMask::Content)
+            && col.format == 0
+            && self.catalog.type_class(col.type_oid) == TypeClass::Text;
+        plain.then(|| std::str::from_utf8(value).ok()).flatten()
     }
 
     fn value(&self, col: &ColumnPlan, value: &[u8], counts: &mut MaskCounts) -> Change {

@@ -154,6 +154,75 @@ pub fn write_data_row<V: AsRef<[u8]>>(
     end_frame(out, start);
 }
 
+/// A `DataRow` rewritten value by value, copying nothing while values are kept: the
+/// frame is copied up to the first value that changes, and from there on value by value.
+/// Feed every value the row holds, in order, with [`RowRewrite::keep`] or
+/// [`RowRewrite::replace`].
+#[derive(Debug)]
+pub struct RowRewrite<'a> {
+    /// The whole frame, tag and length included.
+    frame: &'a [u8],
+    out: Option<Vec<u8>>,
+    /// Where the next value (its length field) starts in `frame`.
+    at: usize,
+}
+
+impl<'a> RowRewrite<'a> {
+    /// `frame` is the whole `DataRow` frame whose values are about to be fed.
+    pub fn new(frame: &'a [u8]) -> Self {
+        // Tag, length, value count.
+        RowRewrite {
+            frame,
+            out: None,
+            at: 1 + 4 + 2,
+        }
+    }
+
+    /// The next value stays as it is (`value` as the row's reader returned it).
+    pub fn keep(&mut self, value: Option<&[u8]>) {
+        let raw = 4 + value.map_or(0, <[u8]>::len);
+        if let Some(out) = &mut self.out {
+            out.extend_from_slice(&self.frame[self.at..self.at + raw]);
+        }
+        self.at += raw;
+    }
+
+    /// The next value becomes `with` (`None`: NULL).
+    pub fn replace(&mut self, value: Option<&[u8]>, with: Option<&[u8]>) {
+        let (frame, at) = (self.frame, self.at);
+        let out = self.out.get_or_insert_with(|| {
+            let mut out = Vec::with_capacity(frame.len() + 32);
+            out.extend_from_slice(&frame[..at]);
+            out
+        });
+        put_value(out, with);
+        self.at += 4 + value.map_or(0, <[u8]>::len);
+    }
+
+    /// The next value becomes what `write` appends; its length is filled in after.
+    pub fn replace_with(&mut self, value: Option<&[u8]>, write: impl FnOnce(&mut Vec<u8>)) {
+        let (frame, at) = (self.frame, self.at);
+        let out = self.out.get_or_insert_with(|| {
+            let mut out = Vec::with_capacity(frame.len() + 32);
+            out.extend_from_slice(&frame[..at]);
+            out
+        });
+        let len_at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        write(out);
+        let len = out.len() - len_at - 4;
+        crate::patch_len(out, len_at, len);
+        self.at += 4 + value.map_or(0, <[u8]>::len);
+    }
+
+    /// The rewritten frame, or `None` when every value was kept.
+    pub fn finish(self) -> Option<Vec<u8>> {
+        let mut out = self.out?;
+        end_frame(&mut out, 0);
+        Some(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,5 +393,44 @@ mod tests {
         );
         assert!(read_row(b"\0\x01\x7f\xff\xff\xffab").is_err());
         assert!(data_row(b"").is_err());
+    }
+
+    #[test]
+    fn rewriting_copies_only_what_changes_and_keeps_lengths_right() {
+        let values: [Option<&[u8]>; 4] = [Some(b"7"), None, Some(b"ada@example.com"), Some(b"")];
+        let mut frame = Vec::new();
+        write_data_row(values, &mut frame);
+        let mut kept = RowRewrite::new(&frame);
+        values.iter().for_each(|v| kept.keep(*v));
+        assert_eq!(kept.finish(), None);
+        for at in 0..values.len() {
+            for with in [None, Some(&b"[email]"[..]), Some(&b""[..])] {
+                let mut expected = values;
+                expected[at] = with;
+                let mut want = Vec::new();
+                write_data_row(expected, &mut want);
+                let mut rw = RowRewrite::new(&frame);
+                for (i, v) in values.iter().enumerate() {
+                    if i == at {
+                        rw.replace(*v, with);
+                    } else {
+                        rw.keep(*v);
+                    }
+                }
+                assert_eq!(rw.finish().as_ref(), Some(&want), "value {at} -> {with:?}");
+                // Written in place, when there is a value.
+                if let Some(bytes) = with {
+                    let mut rw = RowRewrite::new(&frame);
+                    for (i, v) in values.iter().enumerate() {
+                        if i == at {
+                            rw.replace_with(*v, |out| out.extend_from_slice(bytes));
+                        } else {
+                            rw.keep(*v);
+                        }
+                    }
+                    assert_eq!(rw.finish(), Some(want), "value {at} written in place");
+                }
+            }
+        }
     }
 }
