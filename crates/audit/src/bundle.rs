@@ -44,7 +44,7 @@ const VERSION: u32 = 1;
 /// What a bundle says about itself: the query it answers and what it holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
-    pub query: Query,
+    pub query: Filter,
     /// When the bundle was made (unix microseconds).
     pub created: u64,
     pub generator: String,
@@ -55,41 +55,6 @@ pub struct Manifest {
     /// The size of the signed tree the range is proven against.
     pub checkpoint_size: u64,
     pub counts: Counts,
-}
-
-/// The filter of an export, as recorded in its manifest.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Query {
-    pub since: Option<u64>,
-    pub until: Option<u64>,
-    pub user: Option<String>,
-    pub resource: Option<String>,
-}
-
-impl Query {
-    pub fn filter(&self) -> Filter {
-        Filter {
-            since: self.since,
-            until: self.until,
-            user: self.user.clone(),
-            resource: self.resource.clone(),
-        }
-    }
-
-    fn in_window(&self, ts: u64) -> bool {
-        self.since.is_none_or(|s| ts >= s) && self.until.is_none_or(|u| ts < u)
-    }
-}
-
-impl From<&Filter> for Query {
-    fn from(f: &Filter) -> Self {
-        Query {
-            since: f.since,
-            until: f.until,
-            user: f.user.clone(),
-            resource: f.resource.clone(),
-        }
-    }
 }
 
 /// Entries of the window by what became of them.
@@ -141,7 +106,7 @@ enum Item {
 /// [`Plan::write_tail`] make the bundle.
 #[derive(Debug)]
 pub struct Builder<W> {
-    query: Query,
+    query: Filter,
     withhold_others: bool,
     size: u64,
     next: u64,
@@ -191,7 +156,7 @@ pub struct Plan {
 impl<W: Write> Builder<W> {
     /// A bundle of `query` proven against a checkpoint of `checkpoint_size` entries; only
     /// entries below that size may be fed. The range's records go to `items`.
-    pub fn new(query: Query, withhold_others: bool, checkpoint_size: u64, items: W) -> Self {
+    pub fn new(query: Filter, withhold_others: bool, checkpoint_size: u64, items: W) -> Self {
         Builder {
             query,
             withhold_others,
@@ -212,6 +177,11 @@ impl<W: Write> Builder<W> {
     pub fn entry(&mut self, index: u64, line: &[u8]) -> Result<(), AuditError> {
         self.expect(index)?;
         let leaf = leaf_hash(line);
+        if self.end.is_some() {
+            // After the range only the hash counts: nothing to read.
+            self.right.push(leaf);
+            return Ok(());
+        }
         let text = std::str::from_utf8(line)
             .map_err(|_| AuditError::Ledger(format!("entry {index} is not UTF-8")))?;
         let value: Value = serde_json::from_str(text)
@@ -221,7 +191,7 @@ impl<W: Write> Builder<W> {
             line: text.to_string(),
             leaf,
         };
-        self.place(index, leaf, Some(ts), || (whole, Some(value)))
+        self.place(index, leaf, Some(ts), whole, Some(value))
     }
 
     /// Feeds an entry whose body retention has pruned: only its leaf hash is left.
@@ -232,7 +202,7 @@ impl<W: Write> Builder<W> {
             leaf,
             why: "pruned",
         };
-        self.place(index, leaf, None, || (item, None))
+        self.place(index, leaf, None, item, None)
     }
 
     fn expect(&mut self, index: u64) -> Result<(), AuditError> {
@@ -254,7 +224,8 @@ impl<W: Write> Builder<W> {
         index: u64,
         leaf: Hash,
         ts: Option<u64>,
-        item: impl FnOnce() -> (Item, Option<Value>),
+        item: Item,
+        value: Option<Value>,
     ) -> Result<(), AuditError> {
         if self.end.is_some() {
             self.right.push(leaf);
@@ -272,8 +243,7 @@ impl<W: Write> Builder<W> {
             if let Some((_, prev)) = self.before.take() {
                 self.left.push(item_leaf(&prev));
             }
-            let (it, _) = item();
-            self.before = Some((index, it));
+            self.before = Some((index, item));
             return Ok(());
         }
         if self.first.is_none() {
@@ -283,17 +253,16 @@ impl<W: Write> Builder<W> {
                 None => self.first = Some(index),
             }
         }
-        let (it, value) = item();
         let after = ts.is_some_and(|ts| self.query.until.is_some_and(|u| ts >= u));
         if after {
-            self.hold(&it)?;
+            self.hold(&item)?;
             self.end = Some(index + 1);
             self.right.plan = aligned_subtrees(index + 1, self.size);
             return Ok(());
         }
-        match (it, value) {
+        match (item, value) {
             (Item::Whole { line, leaf }, Some(value)) => {
-                if self.query.filter().matches(&value) {
+                if self.query.matches(&value) {
                     self.counts.matched += 1;
                     for c in value["chunks"].as_array().into_iter().flatten() {
                         if let Ok(c) = serde_json::from_value::<ChunkRef>(c.clone())
@@ -456,7 +425,7 @@ fn hexes(hashes: &[Hash]) -> Vec<String> {
 /// What a bundle proved.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verified {
-    pub query: Query,
+    pub query: Filter,
     pub origin: String,
     pub checkpoint_size: u64,
     pub root: String,
@@ -582,7 +551,9 @@ pub fn verify_with(input: impl BufRead, vkey: &str, keep: bool) -> Result<Verifi
         }
         let (leaf, ts) = if let Some(text) = record["entry"].as_str() {
             let leaf = leaf_hash(text.as_bytes());
-            let header: EntryHeader = serde_json::from_str(text)
+            let value: Value = serde_json::from_str(text)
+                .map_err(|e| bad(format!("line {n}: not an entry line ({e})")))?;
+            let header = EntryHeader::deserialize(&value)
                 .map_err(|e| bad(format!("line {n}: not an entry line ({e})")))?;
             if header.i != index {
                 return Err(bad(if header.i > index {
@@ -605,12 +576,10 @@ pub fn verify_with(input: impl BufRead, vkey: &str, keep: bool) -> Result<Verifi
                 )));
             }
             last_ts = header.ts;
-            let value: Value = serde_json::from_str(text)
-                .map_err(|e| bad(format!("line {n}: not an entry line ({e})")))?;
             let edge = index == manifest.first && query.since.is_some_and(|s| header.ts < s)
                 || index + 1 == manifest.end && query.until.is_some_and(|u| header.ts >= u);
             if query.in_window(header.ts) && !edge {
-                if query.filter().matches(&value) {
+                if query.matches(&value) {
                     counts.matched += 1;
                     for c in value["chunks"].as_array().into_iter().flatten() {
                         if let Ok(c) = serde_json::from_value::<ChunkRef>(c.clone()) {
@@ -896,7 +865,7 @@ mod tests {
         }
     }
 
-    fn export(log: &Log, query: &Query, withhold: bool, pruned_below: u64) -> String {
+    fn export(log: &Log, query: &Filter, withhold: bool, pruned_below: u64) -> String {
         let mut b = Builder::new(query.clone(), withhold, log.lines.len() as u64, Vec::new());
         for (i, line) in log.lines.iter().enumerate() {
             let i = i as u64;
@@ -923,8 +892,8 @@ mod tests {
     }
 
     /// What the filter takes, counted straight from the log.
-    fn expected(log: &Log, q: &Query) -> (u64, u64) {
-        let f = q.filter();
+    fn expected(log: &Log, q: &Filter) -> (u64, u64) {
+        let f = q;
         let values: Vec<Value> = log
             .lines
             .iter()
@@ -946,7 +915,7 @@ mod tests {
             for until in [None, Some(101), Some(200), Some(330), Some(1000)] {
                 for user in &users {
                     for resource in &resources {
-                        let q = Query {
+                        let q = Filter {
                             since,
                             until,
                             user: user.clone(),
@@ -966,7 +935,7 @@ mod tests {
                         assert_eq!(v.entries.len() as u64, matched);
                         assert!(v.window_complete, "{q:?}");
                         for (e, _) in &v.entries {
-                            assert!(q.filter().matches(e));
+                            assert!(q.matches(e));
                             for c in e["chunks"].as_array().into_iter().flatten() {
                                 let sha = c["sha256"].as_str().unwrap();
                                 assert_eq!(v.chunks.get(sha), log.chunks.get(sha));
@@ -981,9 +950,9 @@ mod tests {
     #[test]
     fn withheld_and_pruned_entries_are_proven_and_said() {
         let log = log(16);
-        let q = Query {
+        let q = Filter {
             user: Some("bob".into()),
-            ..Query::default()
+            ..Filter::default()
         };
         let v = check(&log, &export(&log, &q, true, 0)).unwrap();
         assert_eq!(
@@ -992,14 +961,14 @@ mod tests {
         );
         assert!(v.notes.iter().any(|n| n.contains("cannot be re-applied")));
 
-        let v = check(&log, &export(&log, &Query::default(), false, 5)).unwrap();
+        let v = check(&log, &export(&log, &Filter::default(), false, 5)).unwrap();
         assert_eq!((v.counts.pruned, v.counts.matched), (5, 11));
         assert!(v.notes.iter().any(|n| n.contains("pruned by retention")));
 
         // A window starting among pruned entries cannot show its start.
-        let q = Query {
+        let q = Filter {
             since: Some(130),
-            ..Query::default()
+            ..Filter::default()
         };
         let v = check(&log, &export(&log, &q, false, 6)).unwrap();
         assert!(!v.window_complete);
@@ -1014,11 +983,11 @@ mod tests {
     #[test]
     fn tampering_is_detected_and_named() {
         let log = log(20);
-        let q = Query {
+        let q = Filter {
             since: Some(150),
             until: Some(300),
             user: Some("alice".into()),
-            ..Query::default()
+            ..Filter::default()
         };
         let good = export(&log, &q, false, 0);
         check(&log, &good).unwrap();

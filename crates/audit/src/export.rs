@@ -3,10 +3,11 @@
 //! index and leaf hash, so it can be traced back to the entry and proven against a
 //! checkpoint (`gatehouse ledger proof --index`).
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Which entries an export takes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Which entries an export takes (recorded as the query in a bundle's manifest).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Filter {
     /// Unix microseconds, inclusive.
     pub since: Option<u64>,
@@ -23,9 +24,7 @@ pub struct Filter {
 impl Filter {
     /// Whether `entry` (an entry as JSON) is taken.
     pub fn matches(&self, entry: &Value) -> bool {
-        let ts = entry["ts"].as_u64().unwrap_or(0);
-        self.since.is_none_or(|s| ts >= s)
-            && self.until.is_none_or(|u| ts < u)
+        self.in_window(entry["ts"].as_u64().unwrap_or(0))
             && self.user.as_deref().is_none_or(|u| {
                 let named = |v: &Value| v.as_str() == Some(u);
                 named(&entry["actor"]["id"])
@@ -36,6 +35,13 @@ impl Filter {
                 .resource
                 .as_deref()
                 .is_none_or(|r| entry["resource"]["name"].as_str() == Some(r))
+    }
+}
+
+impl Filter {
+    /// Whether a time (unix microseconds) lies in the window.
+    pub fn in_window(&self, ts: u64) -> bool {
+        self.since.is_none_or(|s| ts >= s) && self.until.is_none_or(|u| ts < u)
     }
 }
 

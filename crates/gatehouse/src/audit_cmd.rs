@@ -8,10 +8,9 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use gatehouse_audit::bundle::{self, Builder, Query, Verified};
+use gatehouse_audit::bundle::{self, Builder, Verified};
 use gatehouse_audit::export::{self, Filter};
 use gatehouse_ledger::Layout;
-use gatehouse_ledger::checkpoint::read_checkpoint_log;
 use gatehouse_ledger::segment::Visit;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
@@ -45,10 +44,7 @@ pub(crate) fn filter(args: &WindowArgs) -> anyhow::Result<Filter> {
                 ),
             },
         };
-        Ok(Some(
-            time.duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64),
-        ))
+        Ok(Some(crate::unix_us(time)))
     };
     let filter = Filter {
         since: at("since", &args.since)?,
@@ -62,21 +58,6 @@ pub(crate) fn filter(args: &WindowArgs) -> anyhow::Result<Filter> {
         anyhow::bail!("--since must come before --until");
     }
     Ok(filter)
-}
-
-/// The newest signed checkpoint: its note and the tree size it signs.
-pub(crate) fn newest_checkpoint(layout: &Layout) -> anyhow::Result<(String, u64)> {
-    let (notes, _) = read_checkpoint_log(&layout.checkpoints())?;
-    let Some((_, note)) = notes.last() else {
-        anyhow::bail!(
-            "the ledger has no signed checkpoint yet: a running gateway signs one within a \
-             second of new entries, and one when it stops"
-        );
-    };
-    let body = note.split("\n\n").next().unwrap_or_default();
-    let cp = gatehouse_ledger::Checkpoint::parse_body(&format!("{body}\n"))
-        .map_err(|e| anyhow::anyhow!("the newest checkpoint is unreadable: {e}"))?;
-    Ok((note.clone(), cp.size))
 }
 
 /// A progress bar over the bytes of the ledger's segments, drawn on a terminal only.
@@ -275,8 +256,9 @@ pub(crate) fn plan_bundle<W: Write>(
     bar: &ProgressBar,
     items: W,
 ) -> anyhow::Result<(bundle::Plan, String, u64, W)> {
-    let (note, size) = newest_checkpoint(layout)?;
-    let mut builder = Builder::new(Query::from(filter), withhold_others, size, items);
+    let newest = gatehouse_ledger::checkpoint::newest_checkpoint(layout)?;
+    let (note, size) = (newest.note, newest.checkpoint.size);
+    let mut builder = Builder::new(filter.clone(), withhold_others, size, items);
     let mut unsigned = 0u64;
     let mut failed = None;
     gatehouse_ledger::segment::scan_with(layout, |visit| {
@@ -302,9 +284,7 @@ pub(crate) fn plan_bundle<W: Write>(
     if let Some(err) = failed {
         return Err(err);
     }
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64);
+    let created = crate::unix_us(SystemTime::now());
     let generator = format!("gatehouse {}", env!("CARGO_PKG_VERSION"));
     let (plan, items) = builder.finish(created, &generator)?;
     Ok((plan, note, unsigned, items))
@@ -445,16 +425,13 @@ async fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
                 unverified_entries(&layout, &filter)?,
             ),
         };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
         let input = ReportInput {
             title: args.title,
             since: filter.since,
             until: filter.until,
             user: filter.user.clone(),
             resource: filter.resource.clone(),
-            generated_at: now,
+            generated_at: crate::unix_us(SystemTime::now()),
             verification,
             entries: &entries,
         };
@@ -462,9 +439,9 @@ async fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok((html, figures(&entries), input.verification))
     })
     .await??;
-    let tmp = output.with_extension("partial");
-    std::fs::write(&tmp, html).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &output).with_context(|| format!("cannot write {}", output.display()))?;
+    let mut sink = Sink::open(Some(&output))?;
+    sink.out.write_all(html.as_bytes())?;
+    sink.finish()?;
     eprintln!(
         "{}: {} sessions, {} statements, {} denials, {} failed sign-ins, {} reviews, {} values masked",
         output.display(),

@@ -346,9 +346,7 @@ async fn retention(ledger: Ledger, days: u32, mut stop: watch::Receiver<bool>) {
         let ledger = ledger.clone();
         let pruned = tokio::task::spawn_blocking(move || {
             let cutoff = std::time::SystemTime::now() - keep;
-            let cutoff_us = cutoff
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64);
+            let cutoff_us = crate::unix_us(cutoff);
             ledger.prune(cutoff_us, &format!("retention_days = {days}"))
         })
         .await;

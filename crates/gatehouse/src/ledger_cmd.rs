@@ -37,13 +37,9 @@ pub async fn run(command: LedgerCommand) -> anyhow::Result<ExitCode> {
         }
         LedgerCommand::VerifyProof(args) => verify_proof_cmd(args),
         LedgerCommand::Prune(args) => {
-            if !Layout::new(&args.data_dir).root().exists() {
-                anyhow::bail!("{}: no ledger here", args.data_dir.display());
-            }
+            crate::replay_cmd::ledger_in(&args.data_dir)?;
             let cutoff = std::time::SystemTime::now() - args.older_than;
-            let cutoff_us = cutoff
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64);
+            let cutoff_us = crate::unix_us(cutoff);
             let why = format!(
                 "gatehouse ledger prune --older-than {}",
                 humantime::format_duration(args.older_than)

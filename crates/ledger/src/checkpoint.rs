@@ -300,6 +300,23 @@ pub fn read_checkpoint_log(path: &Path) -> Result<CheckpointLog, LedgerError> {
     Ok((out, torn))
 }
 
+/// The newest checkpoint in `checkpoints.log`: its signed note as stored and what it says
+/// (read, not verified: proofs and exports carry the note for their reader to verify).
+pub fn newest_checkpoint(layout: &Layout) -> Result<SignedCheckpoint, LedgerError> {
+    let (mut notes, _) = read_checkpoint_log(&layout.checkpoints())?;
+    let Some((_, note)) = notes.pop() else {
+        return Err(LedgerError::Corrupt(
+            "the ledger has no signed checkpoint yet: a running gateway signs one within a \
+             second of new entries, and one when it stops"
+                .into(),
+        ));
+    };
+    let body = note.split("\n\n").next().unwrap_or_default();
+    let checkpoint = Checkpoint::parse_body(&format!("{body}\n"))
+        .map_err(|e| LedgerError::Corrupt(format!("the newest checkpoint is unreadable: {e}")))?;
+    Ok(SignedCheckpoint { checkpoint, note })
+}
+
 /// What the signer last signed, persisted in `signer.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SignerFile {

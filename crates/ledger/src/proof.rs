@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Checkpoint, read_checkpoint_log, verify_note};
+use crate::checkpoint::{Checkpoint, SignedCheckpoint, newest_checkpoint, verify_note};
 use crate::error::LedgerError;
 use crate::layout::Layout;
 use crate::merkle::{self, Hash, leaf_hash};
@@ -28,14 +28,10 @@ pub struct InclusionProof {
 /// Builds the inclusion proof of entry `index` against the newest checkpoint.
 pub fn prove_inclusion(data_dir: &Path, index: u64) -> Result<InclusionProof, LedgerError> {
     let layout = Layout::new(data_dir);
-    let (notes, _) = read_checkpoint_log(&layout.checkpoints())?;
-    let Some((_, note)) = notes.last() else {
-        return Err(LedgerError::Corrupt(
-            "the ledger has no signed checkpoint yet".into(),
-        ));
-    };
-    let body = note.split("\n\n").next().unwrap_or_default();
-    let cp = Checkpoint::parse_body(&format!("{body}\n")).map_err(LedgerError::Corrupt)?;
+    let SignedCheckpoint {
+        checkpoint: cp,
+        note,
+    } = newest_checkpoint(&layout)?;
     if index >= cp.size {
         return Err(LedgerError::Corrupt(format!(
             "entry {index} is not covered by the newest checkpoint (size {}); wait for the next checkpoint",
@@ -83,7 +79,7 @@ pub fn prove_inclusion(data_dir: &Path, index: u64) -> Result<InclusionProof, Le
         entry,
         leaf_hash: hex::encode(leaves[index as usize]),
         proof: path.iter().map(hex::encode).collect(),
-        checkpoint: note.clone(),
+        checkpoint: note,
     })
 }
 

@@ -99,80 +99,43 @@ impl PrunePlan {
 /// `cutoff_ts`, below `signed_size` (covered by a checkpoint), never the last segment.
 pub fn plan(layout: &Layout, cutoff_ts: u64, signed_size: u64) -> Result<PrunePlan, LedgerError> {
     let segments = segment::list_segments(layout)?;
-    let now = crate::ledger::now_us();
-    let mut plan = PrunePlan {
-        cutoff_ts,
-        ..PrunePlan::default()
+    let mut planner = Planner {
+        plan: PrunePlan {
+            cutoff_ts,
+            ..PrunePlan::default()
+        },
+        signed_size,
+        last: segments.last().map(|s| s.first_index),
+        now: crate::ledger::now_us(),
+        open: None,
+        pruning: true,
+        doomed_chunks: BTreeSet::new(),
+        kept_chunks: BTreeSet::new(),
     };
-    // Each unpruned segment's leaves, times and chunks, read in one pass.
-    let mut current: Option<(SegmentFile, PrunedSegment, Vec<String>)> = None;
-    let mut doomed_chunks = BTreeSet::new();
-    let mut kept_chunks = BTreeSet::new();
-    let last = segments.last().map(|s| s.first_index);
-    let mut closed: Vec<(SegmentFile, PrunedSegment, Vec<String>)> = Vec::new();
     segment::scan(layout, |e| {
-        let starts = current
+        let starts = planner
+            .open
             .as_ref()
             .is_none_or(|(seg, _, _)| seg.path.as_path() != e.segment);
         if starts {
-            if let Some(done) = current.take() {
-                closed.push(done);
-            }
+            planner.close();
             let seg = segments
                 .iter()
                 .find(|s| s.path.as_path() == e.segment)
                 .cloned()
                 .expect("scanned segments are listed");
-            let header = PrunedHeader {
-                pruned: 1,
-                first: e.index,
-                count: 0,
-                first_ts: e.header.ts,
-                last_ts: e.header.ts,
-                pruned_at: now,
-            };
-            current = Some((
-                seg,
-                PrunedSegment {
-                    header,
-                    leaves: Vec::new(),
-                },
-                Vec::new(),
-            ));
+            planner.open(seg, e.index, e.header.ts);
         }
-        let (_, p, chunks) = current.as_mut().expect("set above");
-        p.header.count += 1;
-        p.header.last_ts = e.header.ts;
-        p.leaves.push(leaf_hash(e.line));
-        chunks.extend(e.header.chunks.iter().map(|c| c.sha256.clone()));
+        planner.entry(e);
         Ok(())
     })?;
-    if let Some(done) = current.take() {
-        closed.push(done);
-    }
-    let mut pruning = true;
-    for (seg, p, chunks) in closed {
-        let end = p.header.first + p.header.count;
-        // Segments are in time order: once one must stay, all later ones stay too.
-        pruning = pruning
-            && Some(seg.first_index) != last
-            && p.header.last_ts < cutoff_ts
-            && end <= signed_size;
-        if pruning {
-            if plan.work.is_empty() {
-                plan.first = p.header.first;
-                plan.first_ts = p.header.first_ts;
-            }
-            plan.end = end;
-            plan.last_ts = p.header.last_ts;
-            plan.bytes += seg.path.metadata().map_or(0, |m| m.len());
-            plan.segments.push(file_name(&seg.path));
-            doomed_chunks.extend(chunks);
-            plan.work.push((seg, p));
-        } else {
-            kept_chunks.extend(chunks);
-        }
-    }
+    planner.close();
+    let Planner {
+        mut plan,
+        doomed_chunks,
+        kept_chunks,
+        ..
+    } = planner;
     for chunk in doomed_chunks.difference(&kept_chunks) {
         let path = layout.chunk(chunk);
         if let Ok(meta) = path.metadata() {
@@ -181,6 +144,78 @@ pub fn plan(layout: &Layout, cutoff_ts: u64, signed_size: u64) -> Result<PrunePl
         }
     }
     Ok(plan)
+}
+
+/// The scan behind [`plan`]: one segment open at a time, decided when it closes.
+struct Planner {
+    plan: PrunePlan,
+    signed_size: u64,
+    /// The segment being written (never pruned).
+    last: Option<u64>,
+    now: u64,
+    /// The segment being read, what it would become, and the chunks its entries use.
+    open: Option<(SegmentFile, PrunedSegment, Vec<String>)>,
+    /// Segments are in time order: once one must stay, all later ones stay too, and their
+    /// leaves need not be kept.
+    pruning: bool,
+    doomed_chunks: BTreeSet<String>,
+    kept_chunks: BTreeSet<String>,
+}
+
+impl Planner {
+    fn open(&mut self, seg: SegmentFile, first: u64, ts: u64) {
+        let header = PrunedHeader {
+            pruned: 1,
+            first,
+            count: 0,
+            first_ts: ts,
+            last_ts: ts,
+            pruned_at: self.now,
+        };
+        let pruned = PrunedSegment {
+            header,
+            leaves: Vec::new(),
+        };
+        self.open = Some((seg, pruned, Vec::new()));
+    }
+
+    fn entry(&mut self, e: &segment::RawEntry<'_>) {
+        let Some((_, p, chunks)) = self.open.as_mut() else {
+            return;
+        };
+        p.header.count += 1;
+        p.header.last_ts = e.header.ts;
+        if self.pruning {
+            p.leaves.push(leaf_hash(e.line));
+        }
+        chunks.extend(e.header.chunks.iter().map(|c| c.sha256.clone()));
+    }
+
+    fn close(&mut self) {
+        let Some((seg, p, chunks)) = self.open.take() else {
+            return;
+        };
+        let end = p.header.first + p.header.count;
+        self.pruning = self.pruning
+            && Some(seg.first_index) != self.last
+            && p.header.last_ts < self.plan.cutoff_ts
+            && end <= self.signed_size;
+        if !self.pruning {
+            self.kept_chunks.extend(chunks);
+            return;
+        }
+        let plan = &mut self.plan;
+        if plan.work.is_empty() {
+            plan.first = p.header.first;
+            plan.first_ts = p.header.first_ts;
+        }
+        plan.end = end;
+        plan.last_ts = p.header.last_ts;
+        plan.bytes += seg.path.metadata().map_or(0, |m| m.len());
+        plan.segments.push(file_name(&seg.path));
+        self.doomed_chunks.extend(chunks);
+        plan.work.push((seg, p));
+    }
 }
 
 /// Carries out a plan: each segment's `.pruned` file is written and synced before the

@@ -189,30 +189,29 @@ impl<'a> RowRewrite<'a> {
 
     /// The next value becomes `with` (`None`: NULL).
     pub fn replace(&mut self, value: Option<&[u8]>, with: Option<&[u8]>) {
-        let (frame, at) = (self.frame, self.at);
-        let out = self.out.get_or_insert_with(|| {
-            let mut out = Vec::with_capacity(frame.len() + 32);
-            out.extend_from_slice(&frame[..at]);
-            out
-        });
-        put_value(out, with);
-        self.at += 4 + value.map_or(0, <[u8]>::len);
+        put_value(self.changed(value), with);
     }
 
     /// The next value becomes what `write` appends; its length is filled in after.
     pub fn replace_with(&mut self, value: Option<&[u8]>, write: impl FnOnce(&mut Vec<u8>)) {
-        let (frame, at) = (self.frame, self.at);
-        let out = self.out.get_or_insert_with(|| {
-            let mut out = Vec::with_capacity(frame.len() + 32);
-            out.extend_from_slice(&frame[..at]);
-            out
-        });
+        let out = self.changed(value);
         let len_at = out.len();
         out.extend_from_slice(&[0; 4]);
         write(out);
         let len = out.len() - len_at - 4;
         crate::patch_len(out, len_at, len);
+    }
+
+    /// Steps past the next value, which changes: the output, begun with the frame up to
+    /// it if this is the first change.
+    fn changed(&mut self, value: Option<&[u8]>) -> &mut Vec<u8> {
+        let (frame, at) = (self.frame, self.at);
         self.at += 4 + value.map_or(0, <[u8]>::len);
+        self.out.get_or_insert_with(|| {
+            let mut out = Vec::with_capacity(frame.len() + 32);
+            out.extend_from_slice(&frame[..at]);
+            out
+        })
     }
 
     /// The rewritten frame, or `None` when every value was kept.

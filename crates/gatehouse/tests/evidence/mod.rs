@@ -12,15 +12,10 @@ use crate::common::*;
 
 /// Every entry of the ledger in `data`: index, leaf hash (hex), the entry.
 fn ledger(data: &Path) -> Vec<(u64, String, Value)> {
-    let mut all = Vec::new();
-    gatehouse_ledger::segment::scan(&gatehouse_ledger::Layout::new(data), |e| {
-        let v: Value = serde_json::from_slice(e.line).unwrap();
-        let leaf = gatehouse_ledger::merkle::leaf_hash(e.line);
-        all.push((e.index, hex::encode(leaf), v));
-        Ok(())
-    })
-    .unwrap();
-    all
+    crate::entries(data)
+        .into_iter()
+        .map(|(i, leaf, v)| (i, hex::encode(leaf), v))
+        .collect()
 }
 
 /// Whether an entry concerns `user`: they acted, they failed to sign in under that name,
