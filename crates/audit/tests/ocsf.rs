@@ -99,16 +99,7 @@ fn violations(schema: &Value, event: &Value) -> Vec<String> {
         ("status_id", &schema["status_ids"]),
     ];
     for (attr, allowed) in enums {
-        if !event[attr].is_null()
-            && !event[attr]
-                .as_u64()
-                .is_some_and(|v| ints(allowed).contains(&v))
-        {
-            out.push(format!(
-                "{attr} {} is not defined by the schema",
-                event[attr]
-            ));
-        }
+        check_enum(event, attr, allowed, attr, &mut out);
     }
     for profile in &profiles {
         let spec = &schema["profiles"][profile];
@@ -191,16 +182,7 @@ fn object_checks(schema: &Value, object: &str, value: &Value, path: &str, out: &
     }
     if let Some(enums) = spec["enums"].as_object() {
         for (attr, allowed) in enums {
-            if !value[attr].is_null()
-                && !value[attr]
-                    .as_u64()
-                    .is_some_and(|v| ints(allowed).contains(&v))
-            {
-                out.push(format!(
-                    "{path}.{attr} {} is not defined by the schema",
-                    value[attr]
-                ));
-            }
+            check_enum(value, attr, allowed, &format!("{path}.{attr}"), out);
         }
     }
     objects(schema, value, &format!("{path}."), out);
@@ -483,5 +465,20 @@ fn the_fixture_is_consistent() {
             !schema["objects"][object.as_str().unwrap()].is_null(),
             "{object}"
         );
+    }
+}
+
+/// Notes `value[attr]` when it is set to a number the schema does not define; `name` is
+/// how messages call it.
+fn check_enum(value: &Value, attr: &str, allowed: &Value, name: &str, out: &mut Vec<String>) {
+    if !value[attr].is_null()
+        && !value[attr]
+            .as_u64()
+            .is_some_and(|v| ints(allowed).contains(&v))
+    {
+        out.push(format!(
+            "{name} {} is not defined by the schema",
+            value[attr]
+        ));
     }
 }
