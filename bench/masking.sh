@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# What masking costs end to end, in one run: pgbench with a custom script that selects 20
-# customer rows (name, e-mail, phone, SSN, card, notes) per transaction, against
+# What masking costs end to end, in one run: pgbench with a custom script that selects
+# ROWS customer rows (name, e-mail, phone, SSN, card, notes; 20 by default) per
+# transaction, against
 #   direct           the target itself
 #   masking-off      the gateway (batched durability) with [resources.masking] enabled = false
 #   detectors        the gateway with the default masking: every built-in detector
 #   detectors+rules  the same plus column rules on ssn and card (catalog lookups, lineage)
 #
-#   bench/masking.sh            defaults: 8 clients, 15 s per run
-#   DURATION=30 CLIENTS=16 bench/masking.sh
+#   bench/masking.sh            defaults: 8 clients, 10 s per run, 3 rounds, 20 rows
+#   DURATION=30 CLIENTS=16 ROUNDS=5 ROWS=5 bench/masking.sh
+#
+# The targets take turns, round after round, and each line of the summary is the median
+# of its rounds: on a shared machine one run of a target can be a third off the next.
 #
 # Installs PostgreSQL with apt-get when missing. The numbers in docs/BENCHMARKS.md come
 # from this script.
@@ -15,7 +19,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CLIENTS=${CLIENTS:-8}
-DURATION=${DURATION:-15}
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+ROWS=${ROWS:-20}
 
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
@@ -58,10 +64,10 @@ SELECT i, 'customer ' || i, 'user' || i || '@example.com', '(415) 555-' || lpad(
        lpad((100000000 + i)::text, 9, '0'), '4111111111111111', 'order ORD-' || i || ' shipped', now()
 FROM generate_series(1, 100000) i;
 SQL
-# 20 rows per transaction, starting at a random id.
-cat > "$work/rows.sql" <<'SQL'
-\set start random(1, 99980)
-SELECT id, name, email, phone, ssn, card, notes, created FROM customers WHERE id BETWEEN :start AND :start + 19;
+# ROWS rows per transaction, starting at a random id.
+cat > "$work/rows.sql" <<SQL
+\\set start random(1, $((100001 - ROWS)))
+SELECT id, name, email, phone, ssn, card, notes, created FROM customers WHERE id BETWEEN :start AND :start + $((ROWS - 1));
 SQL
 
 key=$("$gatehouse" keys generate --name bench | awk 'NR == 1 {print $NF}')
@@ -95,21 +101,41 @@ for port in "$p_off" "$p_det" "$p_rules"; do
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
 
-echo "# $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ); pgbench -M prepared -c $CLIENTS -j 2 -T $DURATION, 20 rows x 8 columns per transaction"
+echo "# $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ); pgbench -M prepared -c $CLIENTS -j 2 -T $DURATION, $ROWS rows x 8 columns per transaction, $ROUNDS rounds"
 # The gateway's CPU time (user + system, in clock ticks) so far.
 gw_ticks() { awk '{print $14 + $15}' "/proc/${pids[0]}/stat"; }
 hz=$(getconf CLK_TCK)
-for t in "direct $pg_port app apppw" "masking-off $p_off bench $key" "detectors $p_det bench $key" "detectors+rules $p_rules bench $key"; do
-    read -r name port user pw <<<"$t"
-    before=$(gw_ticks)
-    out=$(cd "$work" && PGPASSWORD=$pw "$pgbin/pgbench" -n -M prepared -f rows.sql -c "$CLIENTS" -j 2 -T "$DURATION" -p "$port" -U "$user" bench 2>&1)
-    ticks=$(($(gw_ticks) - before))
-    tps=$(awk '/^tps/ {print $3; exit}' <<<"$out")
-    txns=$(awk '/^number of transactions actually processed/ {print $NF; exit}' <<<"$out" | cut -d/ -f1)
-    # Gateway CPU per transaction: what masking adds, apart from how the cores are shared.
-    cpu=$(awk -v t="$ticks" -v hz="$hz" -v n="$txns" 'BEGIN {if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "-"}')
-    [ "$name" = direct ] && cpu="-"
-    printf '%-16s tps %-14s gateway cpu us/txn %s\n' "$name" "$tps" "$cpu"
+targets=("direct $pg_port app apppw" "masking-off $p_off bench $key" "detectors $p_det bench $key" "detectors+rules $p_rules bench $key")
+declare -A results
+for round in $(seq "$ROUNDS"); do
+    for t in "${targets[@]}"; do
+        read -r name port user pw <<<"$t"
+        before=$(gw_ticks)
+        out=$(cd "$work" && PGPASSWORD=$pw "$pgbin/pgbench" -n -M prepared -f rows.sql -c "$CLIENTS" -j 2 -T "$DURATION" -p "$port" -U "$user" bench 2>&1)
+        ticks=$(($(gw_ticks) - before))
+        tps=$(awk '/^tps/ {printf "%.0f", $3; exit}' <<<"$out")
+        txns=$(awk '/^number of transactions actually processed/ {print $NF; exit}' <<<"$out" | cut -d/ -f1)
+        # Gateway CPU per transaction: what masking adds, apart from how the cores are shared.
+        cpu=$(awk -v t="$ticks" -v hz="$hz" -v n="$txns" 'BEGIN {if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "-"}')
+        [ "$name" = direct ] && cpu="-"
+        printf 'round %s  %-16s tps %-8s gateway cpu us/txn %s\n' "$round" "$name" "$tps" "$cpu"
+        results[$name]+="$tps $cpu;"
+    done
+done
+median() { tr ' ' '\n' | { grep -v '^-*$' || true; } | sort -g | awk '{v[NR] = $1} END {if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+echo "# medians of $ROUNDS rounds"
+off_tps=""; off_cpu=""
+for t in "${targets[@]}"; do
+    read -r name _ <<<"$t"
+    tps=$(tr ';' '\n' <<<"${results[$name]}" | awk 'NF {print $1}' | tr '\n' ' ' | median)
+    cpu=$(tr ';' '\n' <<<"${results[$name]}" | awk 'NF {print $2}' | tr '\n' ' ' | median)
+    if [ "$name" = masking-off ]; then off_tps=$tps; off_cpu=$cpu; fi
+    ratio="-"; extra="-"
+    if [ -n "$off_tps" ]; then
+        ratio=$(awk -v a="$tps" -v b="$off_tps" 'BEGIN {printf "%.2f", a / b}')
+        extra=$(awk -v a="$cpu" -v b="$off_cpu" 'BEGIN {printf "%+.1f", a - b}')
+    fi
+    printf '%-16s tps %-8s vs masking-off %-5s gateway cpu us/txn %-6s (%s)\n' "$name" "$tps" "$ratio" "$cpu" "$extra"
 done
 echo "# one masked row as each client sees it"
 for t in "masking-off $p_off" "detectors $p_det" "detectors+rules $p_rules"; do

@@ -14,7 +14,7 @@
 
 use std::ops::Range;
 
-use regex::{Regex, RegexSet};
+use regex::bytes::{Regex, RegexSet};
 use regex_automata::dfa::{dense, regex::Regex as DfaRegex};
 use regex_automata::{Anchored, Input};
 use smallvec::SmallVec;
@@ -162,6 +162,10 @@ struct Pattern {
     /// lazy engine's (no cache to fetch, no strategy to choose). User patterns and those
     /// needing a capture group use `regex` alone.
     dfa: Option<DfaRegex>,
+    /// For the commonest kinds, a plain check that a value is, as a whole, the pattern's
+    /// first match (an e-mail column holding one address): it saves the DFA. Where it says
+    /// no, the DFA decides.
+    whole: Option<fn(&[u8]) -> bool>,
     check: Check,
     need: Need,
     /// The capture group that is the secret (the rest is context), or 0 for the match.
@@ -174,9 +178,9 @@ pub struct Detectors {
     patterns: Vec<Pattern>,
     /// The needs of `patterns`, as [`Need::bit`]s.
     needs: u32,
-    /// Each pattern's need bit, in order: scanned instead of the patterns themselves,
-    /// which are large (their compiled automata), so ruling one out touches one word.
-    need_bits: Vec<u32>,
+    /// The patterns (by index) of each need (by its bit's position): a text's possible
+    /// needs lead straight to the few patterns to run.
+    by_need: Vec<SmallVec<[usize; 1]>>,
 }
 
 impl std::fmt::Debug for Detectors {
@@ -346,6 +350,8 @@ struct Census {
     underscores: usize,
     at: usize,
     equals: usize,
+    /// Whether every byte is ASCII, so the text is UTF-8 without a check of its own.
+    ascii: bool,
 }
 
 /// Each byte's class as one unit in its lane of a `u64`: eight lanes of eight bits, in
@@ -373,14 +379,19 @@ const LANE: [u64; 256] = {
 };
 
 impl Census {
-    fn of(text: &str) -> Census {
+    fn of(bytes: &[u8]) -> Census {
         let mut census = Census {
-            len: text.len(),
+            len: bytes.len(),
             ..Census::default()
         };
+        let mut high = 0u8;
         // A lane holds up to 255, so at most 255 bytes are summed before unpacking.
-        for chunk in text.as_bytes().chunks(255) {
-            let lanes: u64 = chunk.iter().map(|&b| LANE[b as usize]).sum();
+        for chunk in bytes.chunks(255) {
+            let mut lanes = 0u64;
+            for &b in chunk {
+                lanes += LANE[b as usize];
+                high |= b;
+            }
             let lane = |n: u32| ((lanes >> (8 * n)) & 0xff) as usize;
             census.digits += lane(0);
             census.upper += lane(1);
@@ -391,6 +402,7 @@ impl Census {
             census.at += lane(6);
             census.equals += lane(7);
         }
+        census.ascii = high < 0x80;
         census
     }
 }
@@ -400,8 +412,7 @@ impl Census {
 /// detectors then look for a run of the characters their matches are made of (a timestamp
 /// has 20 digits, but no 13 of them in one run of digits, spaces and dashes as a card
 /// number has). Written out rather than looped over, so each check is inlined.
-fn possible(c: &Census, text: &str) -> u32 {
-    let bytes = text.as_bytes();
+fn possible(c: &Census, bytes: &[u8]) -> u32 {
     let mut bits = Need::Anything.bit();
     let mut may = |need: Need, holds: bool| {
         if holds {
@@ -411,7 +422,12 @@ fn possible(c: &Census, text: &str) -> u32 {
     // local@domain.tld: a dot after an `@`.
     may(
         Need::Email,
-        c.at >= 1 && c.dots >= 1 && text.find('@').is_some_and(|at| text[at..].contains('.')),
+        c.at >= 1
+            && c.dots >= 1
+            && bytes
+                .iter()
+                .position(|&b| b == b'@')
+                .is_some_and(|at| bytes[at..].contains(&b'.')),
     );
     // Cards, SSNs and phone numbers: by the shape of their digit groups.
     let shapes = if c.digits >= 9 {
@@ -442,40 +458,40 @@ fn possible(c: &Census, text: &str) -> u32 {
     );
     may(
         Need::Jwt,
-        c.dots >= 2 && c.len >= 18 && text.contains("eyJ"),
+        c.dots >= 2 && c.len >= 18 && contains(bytes, b"eyJ"),
     );
     may(
         Need::PrivateKey,
-        c.dashes >= 20 && text.contains("PRIVATE KEY"),
+        c.dashes >= 20 && contains(bytes, b"PRIVATE KEY"),
     );
     // Four capitals of the prefix, then 16 capitals or digits.
     may(Need::AwsAccessKey, c.upper >= 4 && c.upper + c.digits >= 20);
     // `aws`, `key`, `=` or `:`, 40 characters.
     may(
         Need::AwsSecretKey,
-        c.len >= 47 && c.equals + c.colons >= 1 && contains_ignore_case(text, b"aws"),
+        c.len >= 47 && c.equals + c.colons >= 1 && contains_ignore_case(bytes, b"aws"),
     );
     // `ghp_` and 36 more, or `github_pat_` and 22 more.
     may(Need::GithubToken, c.underscores >= 1 && c.len >= 33);
     may(
         Need::GitlabToken,
-        c.dashes >= 1 && c.len >= 26 && text.contains("glpat-"),
+        c.dashes >= 1 && c.len >= 26 && contains(bytes, b"glpat-"),
     );
     may(
         Need::SlackToken,
-        c.dashes >= 1 && c.len >= 15 && text.contains("xox"),
+        c.dashes >= 1 && c.len >= 15 && contains(bytes, b"xox"),
     );
     // `sk_live_` and 16 more.
     may(Need::StripeKey, c.underscores >= 2 && c.len >= 24);
     // scheme://user:password@
     may(
         Need::UrlPassword,
-        c.colons >= 2 && c.at >= 1 && text.contains("://"),
+        c.colons >= 2 && c.at >= 1 && contains(bytes, b"://"),
     );
     may(
         Need::KeyValuePassword,
         c.equals >= 1
-            && (contains_ignore_case(text, b"pwd") || contains_ignore_case(text, b"passw")),
+            && (contains_ignore_case(bytes, b"pwd") || contains_ignore_case(bytes, b"passw")),
     );
     bits
 }
@@ -607,8 +623,12 @@ fn longest_run(bytes: &[u8], run: u8) -> usize {
     best
 }
 
-fn contains_ignore_case(text: &str, needle: &[u8]) -> bool {
-    text.as_bytes()
+fn contains(bytes: &[u8], needle: &[u8]) -> bool {
+    bytes.windows(needle.len()).any(|w| w == needle)
+}
+
+fn contains_ignore_case(bytes: &[u8], needle: &[u8]) -> bool {
+    bytes
         .windows(needle.len())
         .any(|w| w.eq_ignore_ascii_case(needle))
 }
@@ -639,6 +659,7 @@ impl Detectors {
                     message: e.to_string(),
                 })?,
                 dfa: (*group == 0).then(|| dfa(source)).flatten(),
+                whole: whole_check(*need),
                 check: *check,
                 need: *need,
                 group: *group,
@@ -652,6 +673,7 @@ impl Detectors {
                     message: e.to_string(),
                 })?,
                 dfa: None,
+                whole: None,
                 check: Check::None,
                 need: Need::Anything,
                 group: 0,
@@ -664,12 +686,15 @@ impl Detectors {
             }
         })?;
         let needs = patterns.iter().fold(0, |bits, p| bits | p.need.bit());
-        let need_bits = patterns.iter().map(|p| p.need.bit()).collect();
+        let mut by_need = vec![SmallVec::new(); Need::Anything as usize + 1];
+        for (index, p) in patterns.iter().enumerate() {
+            by_need[p.need as usize].push(index);
+        }
         Ok(Detectors {
             set,
             patterns,
             needs,
-            need_bits,
+            by_need,
         })
     }
 
@@ -684,27 +709,39 @@ impl Detectors {
     /// Every sensitive span in `text`, in order, without overlaps (where two overlap the
     /// earlier wins, then the longer).
     pub fn find(&self, text: &str) -> Findings<'_> {
-        if text.len() > SHORT {
-            return self.find_with_set(text, true);
+        self.find_bytes(text.as_bytes()).unwrap_or_default()
+    }
+
+    /// [`Detectors::find`] on a value as it came off the wire; `None` when it is not UTF-8.
+    /// Most values are ASCII, which the census notices on its way, so they are not checked
+    /// twice.
+    pub fn find_bytes(&self, bytes: &[u8]) -> Option<Findings<'_>> {
+        if bytes.len() > SHORT {
+            std::str::from_utf8(bytes).ok()?;
+            return Some(self.find_with_set(bytes, true));
         }
-        let census = Census::of(text);
+        let census = Census::of(bytes);
+        if !census.ascii {
+            std::str::from_utf8(bytes).ok()?;
+        }
         // Most values stop here.
-        let possible = possible(&census, text);
-        if possible & self.needs == 0 {
-            return Findings::new();
-        }
+        let mut possible = possible(&census, bytes) & self.needs;
         let mut found = Candidates::new();
-        for (pattern, need) in self.patterns.iter().zip(&self.need_bits) {
-            if possible & need != 0 {
-                self.locate(pattern, text, true, &mut found);
+        // Only the detectors still possible are visited, in the order of their needs
+        // (which is the patterns' order).
+        while possible != 0 {
+            let bit = possible.trailing_zeros() as usize;
+            possible &= possible - 1;
+            for &index in &self.by_need[bit] {
+                self.locate(&self.patterns[index], bytes, true, &mut found);
             }
         }
-        settle(found)
+        Some(settle(found))
     }
 
     /// Every pattern the set reports present is run, without the census. Long texts are
     /// found this way.
-    fn find_with_set(&self, text: &str, fast: bool) -> Findings<'_> {
+    fn find_with_set(&self, text: &[u8], fast: bool) -> Findings<'_> {
         if self.patterns.is_empty() {
             return Findings::new();
         }
@@ -719,7 +756,7 @@ impl Detectors {
     /// tested against.
     #[cfg(test)]
     pub(crate) fn find_unfiltered(&self, text: &str) -> Findings<'_> {
-        self.find_with_set(text, false)
+        self.find_with_set(text.as_bytes(), false)
     }
 
     /// Every validated match of one pattern, with whether it was located by context.
@@ -727,14 +764,14 @@ impl Detectors {
     fn locate<'d>(
         &'d self,
         pattern: &'d Pattern,
-        text: &str,
+        text: &[u8],
         fast: bool,
         found: &mut Candidates<'d>,
     ) {
         let mut push = |range: Range<usize>| {
             // Matches of these patterns start and end on character boundaries; were one
             // not to, the whole text is the finding rather than none.
-            let range = if text.is_char_boundary(range.start) && text.is_char_boundary(range.end) {
+            let range = if char_boundary(text, range.start) && char_boundary(text, range.end) {
                 range
             } else {
                 0..text.len()
@@ -749,8 +786,13 @@ impl Detectors {
                 ));
             }
         };
-        if let Some(dfa) = pattern.dfa.as_ref().filter(|_| fast) {
-            let bytes = text.as_bytes();
+        if let Some(whole) = pattern.whole.filter(|_| fast)
+            && whole(text)
+        {
+            // The match reaches the end: there is nothing after it to search.
+            push(0..text.len());
+        } else if let Some(dfa) = pattern.dfa.as_ref().filter(|_| fast) {
+            let bytes = text;
             // A result value is often the match itself (an e-mail column): a search anchored
             // at its start finds that in one forward pass, where an unanchored one needs a
             // second, reverse pass for where the match starts. A match at 0 is the leftmost.
@@ -779,6 +821,120 @@ impl Detectors {
     }
 }
 
+/// The whole-value check of a need's pattern, where it has one. Each says yes only for
+/// texts the pattern's leftmost-first match covers entirely (a property test holds them to
+/// the regexes): the match starts at 0 because the whole text matches, and it reaches the
+/// end because every quantifier is greedy and nothing else could follow.
+fn whole_check(need: Need) -> Option<fn(&[u8]) -> bool> {
+    match need {
+        Need::Email => Some(whole_email),
+        Need::Card => Some(whole_card),
+        Need::Ssn => Some(whole_ssn),
+        Need::Phone => Some(whole_phone),
+        _ => None,
+    }
+}
+
+/// `local@label.label.tld`: local of `[A-Za-z0-9._%+-]`, labels of letters, digits and
+/// inner dashes, a top-level label of two letters or more.
+fn whole_email(text: &[u8]) -> bool {
+    let Some(at) = text.iter().position(|&b| b == b'@') else {
+        return false;
+    };
+    let (local, domain) = (&text[..at], &text[at + 1..]);
+    let local_ok = !local.is_empty() && local.iter().all(|&b| EMAIL_LOCAL[b as usize]);
+    if !local_ok {
+        return false;
+    }
+    let mut labels = domain.split(|&b| b == b'.');
+    let mut count = 0;
+    let mut last: &[u8] = &[];
+    for label in &mut labels {
+        let ok = label.first().is_some_and(u8::is_ascii_alphanumeric)
+            && label.last().is_some_and(u8::is_ascii_alphanumeric)
+            && label
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'-');
+        if !ok {
+            return false;
+        }
+        count += 1;
+        last = label;
+    }
+    count >= 2 && last.len() >= 2 && last.iter().all(u8::is_ascii_alphabetic)
+}
+
+/// The bytes of an e-mail address's local part: `[A-Za-z0-9._%+-]`.
+const EMAIL_LOCAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'%' | b'+' | b'-');
+        b += 1;
+    }
+    t
+};
+
+/// 13 to 19 digits and nothing else.
+fn whole_card(text: &[u8]) -> bool {
+    (13..=19).contains(&text.len()) && text.iter().all(u8::is_ascii_digit)
+}
+
+/// Digits shaped `123-45-6789`.
+fn whole_ssn(text: &[u8]) -> bool {
+    shaped(text, b"ddd-dd-dddd")
+}
+
+/// `(415) 555-0123`, `(415)555-0123`, `415-555-0123` (dashes, dots or spaces), or `+` and
+/// 8 to 15 digits, the first not 0.
+fn whole_phone(text: &[u8]) -> bool {
+    match text {
+        [b'+', first, rest @ ..] => {
+            (b'1'..=b'9').contains(first)
+                && (7..=14).contains(&rest.len())
+                && rest.iter().all(u8::is_ascii_digit)
+        }
+        [b'(', ..] => {
+            let tail = if text.get(5) == Some(&b' ') {
+                &text[6..]
+            } else {
+                text.get(5..).unwrap_or_default()
+            };
+            shaped(&text[..text.len().min(5)], b"(ddd)") && phone_tail(tail)
+        }
+        _ => {
+            text.len() == 12
+                && shaped(&text[..3], b"ddd")
+                && matches!(text[3], b'-' | b'.' | b' ')
+                && phone_tail(&text[4..])
+        }
+    }
+}
+
+/// `555-0123`, with a dash, a dot or a space.
+fn phone_tail(text: &[u8]) -> bool {
+    text.len() == 8
+        && shaped(&text[..3], b"ddd")
+        && matches!(text[3], b'-' | b'.' | b' ')
+        && shaped(&text[4..], b"dddd")
+}
+
+/// Whether `text` has `shape`'s length, a digit where it has `d` and its byte elsewhere.
+fn shaped(text: &[u8], shape: &[u8]) -> bool {
+    text.len() == shape.len()
+        && text.iter().zip(shape).all(|(&b, &s)| match s {
+            b'd' => b.is_ascii_digit(),
+            _ => b == s,
+        })
+}
+
+/// Whether `at` is where a character of UTF-8 `text` starts (or its end).
+fn char_boundary(text: &[u8], at: usize) -> bool {
+    // Continuation bytes are 0b10xx_xxxx.
+    at == text.len() || text.get(at).is_some_and(|&b| (b as i8) >= -0x40)
+}
+
 /// A built-in pattern as dense DFAs, or `None` where they would be too large (the lazy
 /// engine then serves it).
 fn dfa(source: &str) -> Option<DfaRegex> {
@@ -794,7 +950,9 @@ fn dfa(source: &str) -> Option<DfaRegex> {
 fn settle(mut found: Candidates<'_>) -> Findings<'_> {
     if found.len() <= 1 {
         let mut one = Findings::new();
-        one.extend(found.pop().map(|(_, f)| f));
+        if let Some((_, f)) = found.pop() {
+            one.push(f);
+        }
         return one;
     }
     found.sort_by(|(ca, a), (cb, b)| {
@@ -816,16 +974,21 @@ fn settle(mut found: Candidates<'_>) -> Findings<'_> {
     kept
 }
 
-fn valid(check: Check, text: &str) -> bool {
+fn valid(check: Check, text: &[u8]) -> bool {
     match check {
         Check::None => true,
-        Check::Luhn => luhn(text),
-        Check::Mod97 => iban_mod97(text),
-        Check::Ssn => ssn(text),
-        Check::Ipv4 => text.parse::<std::net::Ipv4Addr>().is_ok(),
-        Check::Ipv6 => text.parse::<std::net::Ipv6Addr>().is_ok(),
+        Check::Luhn => luhn_digits(text),
+        Check::Mod97 => mod97(text),
+        Check::Ssn => ssn_parts(text),
+        // A candidate of these patterns is ASCII.
+        Check::Ipv4 => {
+            std::str::from_utf8(text).is_ok_and(|t| t.parse::<std::net::Ipv4Addr>().is_ok())
+        }
+        Check::Ipv6 => {
+            std::str::from_utf8(text).is_ok_and(|t| t.parse::<std::net::Ipv6Addr>().is_ok())
+        }
         Check::PhoneDigits => {
-            let digits = text.bytes().filter(u8::is_ascii_digit).count();
+            let digits = text.iter().filter(|b| b.is_ascii_digit()).count();
             (10..=15).contains(&digits)
         }
     }
@@ -834,11 +997,15 @@ fn valid(check: Check, text: &str) -> bool {
 /// The Luhn checksum of a card number (separators ignored), which also rules out numbers
 /// made of one repeated digit (a zero-filled id passes Luhn).
 pub fn luhn(text: &str) -> bool {
+    luhn_digits(text.as_bytes())
+}
+
+fn luhn_digits(text: &[u8]) -> bool {
     let (mut count, mut sum, mut first, mut mixed) = (0, 0, None, false);
     for d in text
-        .bytes()
+        .iter()
         .rev()
-        .filter(u8::is_ascii_digit)
+        .filter(|b| b.is_ascii_digit())
         .map(|b| u32::from(b - b'0'))
     {
         sum += if count % 2 == 1 {
@@ -857,16 +1024,25 @@ pub fn luhn(text: &str) -> bool {
 /// ISO 13616: move the first four characters to the end, letters to numbers (A = 10),
 /// and the whole must be 1 modulo 97.
 pub fn iban_mod97(text: &str) -> bool {
-    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    // Whitespace other than ASCII is no part of an IBAN, and fails the check below.
+    mod97(text.as_bytes())
+}
+
+fn mod97(text: &[u8]) -> bool {
+    let compact: SmallVec<[u8; 36]> = text
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
     if !(15..=34).contains(&compact.len()) {
         return false;
     }
     let (head, tail) = compact.split_at(4);
     let mut remainder: u32 = 0;
-    for c in tail.chars().chain(head.chars()) {
+    for &c in tail.iter().chain(head) {
         let value = match c {
-            '0'..='9' => c as u32 - '0' as u32,
-            'A'..='Z' => c as u32 - 'A' as u32 + 10,
+            b'0'..=b'9' => u32::from(c - b'0'),
+            b'A'..=b'Z' => u32::from(c - b'A') + 10,
             _ => return false,
         };
         let width = if value >= 10 { 100 } else { 10 };
@@ -877,10 +1053,24 @@ pub fn iban_mod97(text: &str) -> bool {
 
 /// The SSA's structural rules: no area 000, 666 or 900–999, no group 00, no serial 0000.
 pub fn ssn(text: &str) -> bool {
-    let parts: Vec<&str> = text.split('-').collect();
-    let [area, group, serial] = parts[..] else {
+    ssn_parts(text.as_bytes())
+}
+
+fn ssn_parts(text: &[u8]) -> bool {
+    let mut parts = text.split(|&b| b == b'-');
+    let (Some(area), Some(group), Some(serial), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return false;
     };
-    let area: u32 = area.parse().unwrap_or(0);
-    area != 0 && area != 666 && area < 900 && group != "00" && serial != "0000"
+    let number = |digits: &[u8]| -> Option<u32> {
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        digits.iter().try_fold(0u32, |n, &d| {
+            n.checked_mul(10)?.checked_add(u32::from(d - b'0'))
+        })
+    };
+    let area = number(area).unwrap_or(0);
+    area != 0 && area != 666 && area < 900 && group != b"00" && serial != b"0000"
 }

@@ -161,7 +161,7 @@ impl Masker {
             };
         }
         let mut out = Vec::with_capacity(text.len());
-        let counts = self.write_masked(text, &findings, &mut out);
+        let counts = self.write_masked(text.as_bytes(), &findings, &mut out);
         // Only whole characters were replaced, by ASCII, so this is UTF-8.
         let text = String::from_utf8(out)
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
@@ -177,81 +177,131 @@ impl Masker {
         self.detectors.find(text)
     }
 
-    /// Appends `text` to `out` with each of `findings` (from [`Masker::find`] on the same
-    /// text) masked by its kind's strategy; returns how many of each kind were masked.
+    /// [`Masker::find`] on a value as it came off the wire; `None` when it is not UTF-8.
+    pub fn find_bytes<'a>(&'a self, value: &[u8]) -> Option<Findings<'a>> {
+        self.detectors.find_bytes(value)
+    }
+
+    /// Appends UTF-8 `text` to `out` with each of `findings` (from [`Masker::find`] or
+    /// [`Masker::find_bytes`] on the same text) masked by its kind's strategy; returns how
+    /// many of each kind were masked.
     pub fn write_masked<'a>(
         &'a self,
-        text: &str,
+        text: &[u8],
         findings: &[Finding<'a>],
         out: &mut Vec<u8>,
     ) -> Counts<'a> {
         let mut counts = Counts::default();
         let mut at = 0;
         for f in findings {
-            out.extend_from_slice(&text.as_bytes()[at..f.range.start]);
+            out.extend_from_slice(&text[at..f.range.start]);
             let name = f.kind.name();
-            let strategy = self.strategies.get(name).copied().unwrap_or(self.default);
-            match strategy {
-                // Inside text, Null cannot remove a value from a string: it redacts.
-                Strategy::Redact | Strategy::Null => {
-                    out.push(b'[');
-                    out.extend_from_slice(name.as_bytes());
-                    out.push(b']');
-                }
-                _ => out.extend_from_slice(
-                    self.apply(strategy, name, &text[f.range.clone()])
-                        .unwrap_or_else(|| redact(name))
-                        .as_bytes(),
-                ),
+            // Usually no kind has a strategy of its own.
+            let strategy = if self.strategies.is_empty() {
+                self.default
+            } else {
+                self.strategies.get(name).copied().unwrap_or(self.default)
+            };
+            // Findings start and end on character boundaries; a span that is not text is
+            // redacted, and so is one whose strategy is Null: inside text, Null cannot
+            // remove a value from a string.
+            let value = match strategy {
+                Strategy::Redact | Strategy::Null => None,
+                _ => std::str::from_utf8(&text[f.range.clone()]).ok(),
+            };
+            match value {
+                Some(value) if self.write_value(strategy, name, value, out) => {}
+                _ => write_redacted(name, out),
             }
             counts.add(name);
             at = f.range.end;
         }
-        out.extend_from_slice(&text.as_bytes()[at..]);
+        out.extend_from_slice(&text[at..]);
         counts
     }
 
     /// A whole value masked by `strategy` (column rules); `None` for [`Strategy::Null`].
     pub fn mask_value(&self, strategy: Strategy, kind: &str, value: &str) -> Option<String> {
-        self.apply(strategy, kind, value)
-    }
-
-    fn apply(&self, strategy: Strategy, kind: &str, value: &str) -> Option<String> {
-        match strategy {
-            Strategy::Redact => Some(redact(kind)),
-            Strategy::Partial { keep_last } => Some(partial(value, keep_last)),
-            Strategy::Hash => Some(self.hash(value)),
-            Strategy::Null => None,
+        let mut out = Vec::new();
+        if !self.write_value(strategy, kind, value, &mut out) {
+            return None;
         }
+        // Only whole characters were replaced, by ASCII, so this is UTF-8.
+        Some(
+            String::from_utf8(out)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        )
     }
 
-    fn hash(&self, value: &str) -> String {
+    /// Appends `value` masked by `strategy` to `out`; false (and nothing written) for
+    /// [`Strategy::Null`]. What [`Masker::mask_value`] returns, without a `String` of its
+    /// own: column rules write straight into the row.
+    pub fn write_value(
+        &self,
+        strategy: Strategy,
+        kind: &str,
+        value: &str,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        match strategy {
+            Strategy::Redact => write_redacted(kind, out),
+            Strategy::Partial { keep_last } => write_partial(value, keep_last, out),
+            Strategy::Hash => self.write_hash(value, out),
+            Strategy::Null => return false,
+        }
+        true
+    }
+
+    /// `h:` and the first 8 bytes of the value's keyed HMAC-SHA-256, in hex.
+    fn write_hash(&self, value: &str, out: &mut Vec<u8>) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
         mac.update(value.as_bytes());
         let digest = mac.finalize().into_bytes();
-        format!("h:{}", hex::encode(&digest[..8]))
+        out.extend_from_slice(b"h:");
+        for b in &digest[..8] {
+            out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
     }
 }
 
-fn redact(kind: &str) -> String {
-    format!("[{kind}]")
+fn write_redacted(kind: &str, out: &mut Vec<u8>) {
+    out.push(b'[');
+    out.extend_from_slice(kind.as_bytes());
+    out.push(b']');
 }
 
-fn partial(value: &str, keep_last: usize) -> String {
+/// Every letter and digit but the last `keep_last` as `*`.
+fn write_partial(value: &str, keep_last: usize, out: &mut Vec<u8>) {
+    // For ASCII, a character is a byte and alphanumeric means ASCII alphanumeric.
+    if value.is_ascii() {
+        let total = value.bytes().filter(u8::is_ascii_alphanumeric).count();
+        let hide = total.saturating_sub(keep_last);
+        let mut seen = 0;
+        out.extend(value.bytes().map(|b| {
+            if b.is_ascii_alphanumeric() {
+                seen += 1;
+                if seen <= hide {
+                    return b'*';
+                }
+            }
+            b
+        }));
+        return;
+    }
     let total = value.chars().filter(|c| c.is_alphanumeric()).count();
     let hide = total.saturating_sub(keep_last);
     let mut seen = 0;
-    value
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() {
-                seen += 1;
-                if seen <= hide { '*' } else { c }
-            } else {
-                c
-            }
-        })
-        .collect()
+    let mut buf = [0u8; 4];
+    for c in value.chars() {
+        let c = if c.is_alphanumeric() {
+            seen += 1;
+            if seen <= hide { '*' } else { c }
+        } else {
+            c
+        };
+        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+    }
 }
 
 #[cfg(test)]

@@ -283,6 +283,25 @@ proptest! {
         prop_assert_eq!(d.find(&text), d.find_unfiltered(&text), "{}", text);
     }
 
+    /// The whole-value checks only skip work: a value that is nothing but an e-mail
+    /// address, a phone number, an SSN or a card number (or almost one) is found as the
+    /// regexes alone find it.
+    #[test]
+    fn whole_value_checks_agree_with_the_regexes(
+        text in proptest::prop_oneof![
+            "[A-Za-z0-9._%+-]{1,8}@[A-Za-z0-9-]{1,6}(\\.[A-Za-z0-9-]{1,5}){0,3}",
+            "[A-Za-z0-9._%+@-]{1,10}@[A-Za-z0-9.@-]{1,14}",
+            "\\+?[0-9]{6,17}",
+            "\\(?[0-9]{2,4}\\)? ?[0-9]{3}[ .-]?[0-9]{3,5}",
+            "[0-9]{3}[ .-][0-9]{3}[ .-][0-9]{4}[0-9a]?",
+            "[0-9]{2,4}-[0-9]{1,3}-[0-9]{3,5}",
+            "[0-9]{11,21}",
+        ],
+    ) {
+        let d = &*ALL;
+        prop_assert_eq!(d.find(&text), d.find_unfiltered(&text), "{}", text);
+    }
+
     #[test]
     fn masking_never_panics_and_is_stable(text in "\\PC{0,200}") {
         let m = &*SHARED;

@@ -600,17 +600,32 @@ impl Rewriter<'_> {
             let column = plan.and_then(|p| p.columns.get(i));
             // The common case, text in text format, is masked straight into the row.
             if let (Some(v), Some(col)) = (value, column)
-                && let Some(text) = self.plain_text(col, v)
+                && self.plain_text(col)
+                && let Some(findings) = self.policy.masker.find_bytes(v)
             {
-                let masker = &self.policy.masker;
-                let findings = masker.find(text);
                 if findings.is_empty() {
                     row.keep(value);
                 } else {
                     row.replace_with(value, |out| {
-                        counts.add(masker.write_masked(text, &findings, out));
+                        counts.add(self.policy.masker.write_masked(v, &findings, out));
                     });
                 }
+                continue;
+            }
+            // So is a text value masked whole by a column rule.
+            if let (Some(v), Some(col)) = (value, column)
+                && let ColumnMask::Rule { strategy, label } = &col.mask
+                && *strategy != Strategy::Null
+                && self.catalog.type_class(col.type_oid) == TypeClass::Text
+            {
+                counts.rule(label);
+                let text = match std::str::from_utf8(v) {
+                    Ok(text) => Cow::Borrowed(text),
+                    Err(_) => String::from_utf8_lossy(v),
+                };
+                row.replace_with(value, |out| {
+                    self.policy.masker.write_value(*strategy, label, &text, out);
+                });
                 continue;
             }
             let change = match (value, column) {
@@ -630,13 +645,12 @@ impl Rewriter<'_> {
         row.finish()
     }
 
-    /// `value` as text when its column is looked at by content, in text format, of a
-    /// type that holds text, and it is UTF-8.
-    fn plain_text<'v>(&self, col: &ColumnPlan, value: &'v [u8]) -> Option<&'v str> {
-        let plain = matches!(col.mask, ColumnMask::Content)
+    /// Whether a column is looked at by content, in text format, and of a type that holds
+    /// text: its UTF-8 values are masked straight into the row.
+    fn plain_text(&self, col: &ColumnPlan) -> bool {
+        matches!(col.mask, ColumnMask::Content)
             && col.format == 0
-            && self.catalog.type_class(col.type_oid) == TypeClass::Text;
-        plain.then(|| std::str::from_utf8(value).ok()).flatten()
+            && self.catalog.type_class(col.type_oid) == TypeClass::Text
     }
 
     fn value(&self, col: &ColumnPlan, value: &[u8], counts: &mut MaskCounts) -> Change {

@@ -721,9 +721,9 @@ impl Session {
                     split_frame(&sbuf).map_err(|e| PgError::Target(format!("protocol: {e}")))?
                 {
                     if self.masking.is_some() {
-                        let frame = sbuf.split_to(len);
-                        self.on_server_masked(&frame, &mut to_client, &mut done)
+                        self.on_server_masked(&sbuf[..len], &mut to_client, &mut done)
                             .await;
+                        sbuf.advance(len);
                     } else {
                         let frame = &sbuf[..len];
                         to_client.extend_from_slice(frame);
@@ -1389,8 +1389,8 @@ impl Session {
                     w.shape.copy_rows += 1;
                 }
                 (
-                    w.shape.plan.clone(),
-                    w.shape.copy.clone(),
+                    w.shape.plan.as_deref(),
+                    w.shape.copy.as_deref(),
                     first,
                     &mut w.shape.counts,
                 )
@@ -1398,15 +1398,10 @@ impl Session {
             None => (None, None, true, &mut spare),
         };
         let masked = match frame[0] {
-            b'D' => rewriter.data_row(frame, plan.as_deref(), counts),
+            b'D' => rewriter.data_row(frame, plan, counts),
             // Without a plan (the CopyOutResponse could not be read) nothing is known of
             // the rows: they are looked at whole.
-            b'd' => rewriter.copy_data(
-                frame,
-                copy.as_deref().unwrap_or(&CopyPlan::default()),
-                first,
-                counts,
-            ),
+            b'd' => rewriter.copy_data(frame, copy.unwrap_or(&CopyPlan::default()), first, counts),
             b'E' | b'N' => rewriter.fields_message(frame, counts),
             b'A' => rewriter.notification(frame, counts),
             _ => None,
