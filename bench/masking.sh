@@ -6,6 +6,9 @@
 #   masking-off      the gateway (batched durability) with [resources.masking] enabled = false
 #   detectors        the gateway with the default masking: every built-in detector
 #   detectors+rules  the same plus column rules on ssn and card (catalog lookups, lineage)
+#   off-control      a second gateway resource with masking off, identical to masking-off:
+#                    how far apart two runs of the same thing land, the yardstick for the
+#                    differences above
 #
 #   bench/masking.sh            defaults: 8 clients, 10 s per run, 3 rounds, 20 rows
 #   DURATION=30 CLIENTS=16 ROUNDS=5 ROWS=5 bench/masking.sh
@@ -42,7 +45,7 @@ cleanup() {
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-pg_port=$(free_port); p_off=$(free_port); p_det=$(free_port); p_rules=$(free_port); admin=$(free_port)
+pg_port=$(free_port); p_off=$(free_port); p_det=$(free_port); p_rules=$(free_port); p_control=$(free_port); admin=$(free_port)
 
 echo -n superpw > "$work/pw"; [ "$(id -u)" = 0 ] && chown postgres: "$work/pw"
 as_pg "$pgbin/initdb" -D "$work/data" -U postgres --pwfile "$work/pw" --auth-host=scram-sha-256 \
@@ -92,12 +95,13 @@ TOML
     printf 'data_dir = "%s"\n[log]\nlevel = "warn"\n[admin]\nlisten = "127.0.0.1:%s"\n' "$work/gatehouse-data" "$admin"
     resource masking-off "$p_off" $'[resources.masking]\nenabled = false'
     resource detectors "$p_det" ""
+    resource off-control "$p_control" $'[resources.masking]\nenabled = false'
     resource detectors-rules "$p_rules" $'[[resources.masking.columns]]\ncolumn = "public.customers.ssn"\n[[resources.masking.columns]]\ncolumn = "customers.card"\nstrategy = "partial:4"'
     printf '[[identities]]\nname = "bench"\nkind = "service"\nkey_hash = "%s"\n' "$hash"
 } > "$work/gatehouse.toml"
 "$gatehouse" serve --config "$work/gatehouse.toml" 2>"$work/gatehouse.log" &
 pids+=($!)
-for port in "$p_off" "$p_det" "$p_rules"; do
+for port in "$p_off" "$p_det" "$p_rules" "$p_control"; do
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -105,7 +109,7 @@ echo "# $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ); pgbench -M prepared -c $CLI
 # The gateway's CPU time (user + system, in clock ticks) so far.
 gw_ticks() { awk '{print $14 + $15}' "/proc/${pids[0]}/stat"; }
 hz=$(getconf CLK_TCK)
-targets=("direct $pg_port app apppw" "masking-off $p_off bench $key" "detectors $p_det bench $key" "detectors+rules $p_rules bench $key")
+targets=("direct $pg_port app apppw" "masking-off $p_off bench $key" "detectors $p_det bench $key" "detectors+rules $p_rules bench $key" "off-control $p_control bench $key")
 declare -A results
 for round in $(seq "$ROUNDS"); do
     for t in "${targets[@]}"; do

@@ -4,7 +4,8 @@
 //! the detectors need (digits, capitals, `@`, `.`, `:`, `-`, `_`, `=`), and a few then look
 //! for a run of their characters. A price or a name cannot hold a card number or an e-mail
 //! address, so most values are ruled out before any regex runs, and the rest run only the
-//! detectors still possible. A long text holds every kind of byte, so it goes to all
+//! detectors still possible; a value that is as a whole an e-mail address, a phone number,
+//! an SSN or a card number is recognised by a plain check before its DFA. A long text holds every kind of byte, so it goes to all
 //! patterns compiled into one `RegexSet`, which says in a single scan which of them occur
 //! at all; only those are then run to locate their matches. Every candidate is
 //! validated where the format allows (Luhn for cards, mod-97 for IBANs, the SSA's rules for
