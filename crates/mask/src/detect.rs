@@ -727,6 +727,9 @@ impl Detectors {
         }
         // Most values stop here.
         let mut possible = possible(&census, bytes) & self.needs;
+        if possible == 0 {
+            return Some(Findings::new());
+        }
         let mut found = Candidates::new();
         // Only the detectors still possible are visited, in the order of their needs
         // (which is the patterns' order).
