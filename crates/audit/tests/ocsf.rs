@@ -107,16 +107,7 @@ fn violations(schema: &Value, event: &Value) -> Vec<String> {
             ("action_id", &spec["action_ids"]),
             ("disposition_id", &spec["disposition_ids"]),
         ] {
-            if !event[attr].is_null()
-                && !event[attr]
-                    .as_u64()
-                    .is_some_and(|v| ints(allowed).contains(&v))
-            {
-                out.push(format!(
-                    "{attr} {} is not defined by the schema",
-                    event[attr]
-                ));
-            }
+            check_enum(event, attr, allowed, attr, &mut out);
         }
         if !names(&event["metadata"]["profiles"]).contains(profile) {
             out.push(format!("metadata.profiles does not declare {profile}"));

@@ -5,9 +5,10 @@
 //! for a run of their characters. A price or a name cannot hold a card number or an e-mail
 //! address, so most values are ruled out before any regex runs, and the rest run only the
 //! detectors still possible; a value that is as a whole an e-mail address, a phone number,
-//! an SSN or a card number is recognised by a plain check before its DFA. A long text holds every kind of byte, so it goes to all
-//! patterns compiled into one `RegexSet`, which says in a single scan which of them occur
-//! at all; only those are then run to locate their matches. Every candidate is
+//! an SSN or a card number is recognised by a plain check before its DFA. A long text
+//! holds every kind of byte, so it goes to all patterns compiled into one `RegexSet`, which
+//! says in a single scan which of them occur at all; only those are then run to locate
+//! their matches. Every candidate is
 //! validated where the format allows (Luhn for cards, mod-97 for IBANs, the SSA's rules for
 //! SSNs, a real parse for IP addresses) so ordinary values — order ids, timestamps, UUIDs,
 //! prices — pass unchanged. A four-part dotted number that parses as an IPv4 address (a
@@ -796,18 +797,17 @@ impl Detectors {
             // The match reaches the end: there is nothing after it to search.
             push(0..text.len());
         } else if let Some(dfa) = pattern.dfa.as_ref().filter(|_| fast) {
-            let bytes = text;
             // A result value is often the match itself (an e-mail column): a search anchored
             // at its start finds that in one forward pass, where an unanchored one needs a
             // second, reverse pass for where the match starts. A match at 0 is the leftmost.
             let mut from = 0;
-            if let Ok(Some(m)) = dfa.try_search(&Input::new(bytes).anchored(Anchored::Yes)) {
+            if let Ok(Some(m)) = dfa.try_search(&Input::new(text).anchored(Anchored::Yes)) {
                 push(m.range());
                 from = m.end();
             }
             // A match to the end (the value is the secret) leaves nothing to search.
-            if from < bytes.len() || from == 0 {
-                for m in dfa.find_iter(Input::new(bytes).range(from..)) {
+            if from < text.len() || from == 0 {
+                for m in dfa.find_iter(Input::new(text).range(from..)) {
                     push(m.range());
                 }
             }
@@ -846,14 +846,12 @@ fn whole_email(text: &[u8]) -> bool {
         return false;
     };
     let (local, domain) = (&text[..at], &text[at + 1..]);
-    let local_ok = !local.is_empty() && local.iter().all(|&b| EMAIL_LOCAL[b as usize]);
-    if !local_ok {
+    if local.is_empty() || !local.iter().all(|&b| EMAIL_LOCAL[b as usize]) {
         return false;
     }
-    let mut labels = domain.split(|&b| b == b'.');
     let mut count = 0;
     let mut last: &[u8] = &[];
-    for label in &mut labels {
+    for label in domain.split(|&b| b == b'.') {
         let ok = label.first().is_some_and(u8::is_ascii_alphanumeric)
             && label.last().is_some_and(u8::is_ascii_alphanumeric)
             && label
@@ -900,12 +898,9 @@ fn whole_phone(text: &[u8]) -> bool {
                 && rest.iter().all(u8::is_ascii_digit)
         }
         [b'(', ..] => {
-            let tail = if text.get(5) == Some(&b' ') {
-                &text[6..]
-            } else {
-                text.get(5..).unwrap_or_default()
-            };
-            shaped(&text[..text.len().min(5)], b"(ddd)") && phone_tail(tail)
+            let tail = text.get(5..).unwrap_or_default();
+            shaped(&text[..text.len().min(5)], b"(ddd)")
+                && phone_tail(tail.strip_prefix(b" ").unwrap_or(tail))
         }
         _ => {
             text.len() == 12
@@ -1067,14 +1062,9 @@ fn ssn_parts(text: &[u8]) -> bool {
     else {
         return false;
     };
-    let number = |digits: &[u8]| -> Option<u32> {
-        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        digits.iter().try_fold(0u32, |n, &d| {
-            n.checked_mul(10)?.checked_add(u32::from(d - b'0'))
-        })
-    };
-    let area = number(area).unwrap_or(0);
+    let area: u32 = std::str::from_utf8(area)
+        .ok()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
     area != 0 && area != 666 && area < 900 && group != b"00" && serial != b"0000"
 }
