@@ -188,7 +188,17 @@ impl Masker {
         findings: &[Finding<'a>],
         out: &mut Vec<u8>,
     ) -> Counts<'a> {
+        self.write_findings(text, findings, out);
         let mut counts = Counts::default();
+        for f in findings {
+            counts.add(f.kind.name());
+        }
+        counts
+    }
+
+    /// [`Masker::write_masked`] without the counts, for a caller that counts the findings'
+    /// kinds itself.
+    pub fn write_findings(&self, text: &[u8], findings: &[Finding<'_>], out: &mut Vec<u8>) {
         let mut at = 0;
         for f in findings {
             out.extend_from_slice(&text[at..f.range.start]);
@@ -210,11 +220,9 @@ impl Masker {
                 Some(value) if self.write_value(strategy, name, value, out) => {}
                 _ => write_redacted(name, out),
             }
-            counts.add(name);
             at = f.range.end;
         }
         out.extend_from_slice(&text[at..]);
-        counts
     }
 
     /// A whole value masked by `strategy` (column rules); `None` for [`Strategy::Null`].

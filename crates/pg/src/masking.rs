@@ -227,8 +227,8 @@ impl Source {
 /// detector. Goes into the `result` entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MaskCounts {
-    pub rules: BTreeMap<String, u64>,
-    pub detectors: BTreeMap<String, u64>,
+    pub rules: Tally,
+    pub detectors: DetectorCounts,
     /// Values whose binary format could not be read, sent as NULL.
     pub undecodable: u64,
 }
@@ -240,9 +240,9 @@ impl MaskCounts {
 
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = serde_json::json!({
-            "values": self.rules.values().sum::<u64>() + self.detectors.values().sum::<u64>() + self.undecodable,
-            "rules": self.rules,
-            "detectors": self.detectors,
+            "values": self.rules.total() + self.detectors.total() + self.undecodable,
+            "rules": self.rules.to_json(),
+            "detectors": self.detectors.to_json(),
         });
         if self.undecodable > 0 {
             v["undecodable"] = self.undecodable.into();
@@ -251,24 +251,105 @@ impl MaskCounts {
     }
 
     fn rule(&mut self, label: &str) {
-        bump(&mut self.rules, label, 1);
+        self.rules.bump(label, 1);
     }
 
     fn add(&mut self, kinds: Counts<'_>) {
         for (kind, n) in kinds.iter() {
-            bump(&mut self.detectors, kind, *n);
+            self.detectors.bump(kind, *n);
         }
     }
 }
 
-/// Adds `n` to `key`'s count, allocating the key only the first time it is met (this runs
-/// once per masked value).
-fn bump(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
-    match map.get_mut(key) {
-        Some(count) => *count += n,
-        None => {
-            map.insert(key.to_string(), n);
+/// Values masked by each detector: a slot per built-in kind, counted by its index (this
+/// runs once per masked value, so no name is compared), and user-defined kinds by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DetectorCounts {
+    builtin: [u64; Kind::BUILTIN.len()],
+    custom: Tally,
+}
+
+impl DetectorCounts {
+    pub fn is_empty(&self) -> bool {
+        self.builtin.iter().all(|&n| n == 0) && self.custom.is_empty()
+    }
+
+    /// One value masked as `kind`.
+    fn found(&mut self, kind: &Kind) {
+        match kind.index() {
+            Some(i) => self.builtin[i] += 1,
+            None => self.custom.bump(kind.name(), 1),
         }
+    }
+
+    /// `n` values masked as the kind called `name`.
+    fn bump(&mut self, name: &str, n: u64) {
+        match Kind::builtin(name).and_then(|k| k.index()) {
+            Some(i) => self.builtin[i] += n,
+            None => self.custom.bump(name, n),
+        }
+    }
+
+    /// How many values the kind called `name` masked.
+    pub fn get(&self, name: &str) -> u64 {
+        match Kind::builtin(name).and_then(|k| k.index()) {
+            Some(i) => self.builtin[i],
+            None => self.custom.get(name),
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.builtin.iter().sum::<u64>() + self.custom.total()
+    }
+
+    /// `{name: count}` for every kind that masked something, names in order.
+    fn to_json(&self) -> serde_json::Value {
+        let mut sorted: BTreeMap<&str, u64> =
+            self.custom.0.iter().map(|(k, n)| (&**k, *n)).collect();
+        for (kind, &n) in Kind::BUILTIN.iter().zip(&self.builtin) {
+            if n > 0 {
+                *sorted.entry(kind.name()).or_default() += n;
+            }
+        }
+        serde_json::json!(sorted)
+    }
+}
+
+/// Counts by name, in the order first met. A result masks a few kinds at most, and this
+/// runs once per masked value: a short list finds a name with a length check or two where
+/// a map compares it with every key on its way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally(Vec<(Box<str>, u64)>);
+
+impl Tally {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// How many `name` counted.
+    pub fn get(&self, name: &str) -> u64 {
+        self.0
+            .iter()
+            .find(|(k, _)| **k == *name)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    fn total(&self) -> u64 {
+        self.0.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Adds `n` to `name`'s count, allocating the name only the first time it is met.
+    fn bump(&mut self, name: &str, n: u64) {
+        match self.0.iter_mut().find(|(k, _)| **k == *name) {
+            Some((_, count)) => *count += n,
+            None => self.0.push((name.into(), n)),
+        }
+    }
+
+    /// `{name: count}`, names in order (as a map of them always was).
+    fn to_json(&self) -> serde_json::Value {
+        let sorted: BTreeMap<&str, u64> = self.0.iter().map(|(k, n)| (&**k, *n)).collect();
+        serde_json::json!(sorted)
     }
 }
 
@@ -578,37 +659,59 @@ impl Rewriter<'_> {
         plan: Option<&ResultPlan>,
         counts: &mut MaskCounts,
     ) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        self.data_row_into(frame, plan, counts, &mut out)
+            .then_some(out)
+    }
+
+    /// [`Rewriter::data_row`] into the caller's buffer, which a session reuses for every
+    /// row: the masked frame is appended to `out`, and `false` means nothing changed (and
+    /// nothing was appended).
+    pub fn data_row_into(
+        &self,
+        frame: &[u8],
+        plan: Option<&ResultPlan>,
+        counts: &mut MaskCounts,
+        out: &mut Vec<u8>,
+    ) -> bool {
         let body = &frame[5..];
         let values = match rows::data_row(body) {
             Ok(values) => values,
             // Not a well-formed row: it cannot be masked, so it does not pass.
             Err(_) => {
                 counts.undecodable += 1;
-                let mut out = Vec::new();
-                rows::write_data_row::<&[u8]>(std::iter::empty(), &mut out);
-                return Some(out);
+                rows::write_data_row::<&[u8]>(std::iter::empty(), out);
+                return true;
             }
         };
         // Most rows change nothing: the frame is copied only from the first value that
         // changes.
-        let mut row = rows::RowRewrite::new(frame);
+        let mut row = rows::RowRewrite::new(frame, out);
         for (i, value) in values.enumerate() {
             let Ok(value) = value else {
                 counts.undecodable += 1;
-                return Some(null_row(i));
+                row.abandon();
+                rows::write_data_row::<&[u8]>((0..i).map(|_| None), out);
+                return true;
             };
             let column = plan.and_then(|p| p.columns.get(i));
+            let class = column.map(|col| self.catalog.type_class(col.type_oid));
             // The common case, text in text format, is masked straight into the row.
             if let (Some(v), Some(col)) = (value, column)
-                && self.plain_text(col)
+                && matches!(col.mask, ColumnMask::Content)
+                && col.format == 0
+                && class == Some(TypeClass::Text)
                 && let Some(findings) = self.policy.masker.find_bytes(v)
             {
                 if findings.is_empty() {
                     row.keep(value);
                 } else {
                     row.replace_with(value, |out| {
-                        counts.add(self.policy.masker.write_masked(v, &findings, out));
+                        self.policy.masker.write_findings(v, &findings, out);
                     });
+                    for f in &findings {
+                        counts.detectors.found(f.kind);
+                    }
                 }
                 continue;
             }
@@ -616,7 +719,7 @@ impl Rewriter<'_> {
             if let (Some(v), Some(col)) = (value, column)
                 && let ColumnMask::Rule { strategy, label } = &col.mask
                 && *strategy != Strategy::Null
-                && self.catalog.type_class(col.type_oid) == TypeClass::Text
+                && class == Some(TypeClass::Text)
             {
                 counts.rule(label);
                 let text = match std::str::from_utf8(v) {
@@ -630,7 +733,9 @@ impl Rewriter<'_> {
             }
             let change = match (value, column) {
                 (None, _) => Change::Keep,
-                (Some(v), Some(col)) => self.value(col, v, counts),
+                (Some(v), Some(col)) => {
+                    self.value(col, class.unwrap_or(TypeClass::Unknown), v, counts)
+                }
                 (Some(_), None) => {
                     counts.rule("unknown_shape");
                     Change::Null
@@ -645,16 +750,14 @@ impl Rewriter<'_> {
         row.finish()
     }
 
-    /// Whether a column is looked at by content, in text format, and of a type that holds
-    /// text: its UTF-8 values are masked straight into the row.
-    fn plain_text(&self, col: &ColumnPlan) -> bool {
-        matches!(col.mask, ColumnMask::Content)
-            && col.format == 0
-            && self.catalog.type_class(col.type_oid) == TypeClass::Text
-    }
-
-    fn value(&self, col: &ColumnPlan, value: &[u8], counts: &mut MaskCounts) -> Change {
-        let class = self.catalog.type_class(col.type_oid);
+    /// A value off the fast paths; `class` is its column's type class.
+    fn value(
+        &self,
+        col: &ColumnPlan,
+        class: TypeClass,
+        value: &[u8],
+        counts: &mut MaskCounts,
+    ) -> Change {
         match &col.mask {
             ColumnMask::Rule { strategy, label } => {
                 counts.rule(label);
@@ -1269,12 +1372,6 @@ pub fn copy_plan(
     }
 }
 
-fn null_row(n: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    rows::write_data_row::<&[u8]>((0..n).map(|_| None), &mut out);
-    out
-}
-
 /// `Failing row contains (...)` / `Key (col)=(value) ...`: the values replaced.
 fn redact_detail(detail: &str) -> String {
     if detail.starts_with("Failing row contains") {
@@ -1365,6 +1462,30 @@ mod tests {
     }
 
     #[test]
+    fn mask_counts_are_recorded_by_name() {
+        let mut counts = MaskCounts::default();
+        assert!(counts.is_empty());
+        counts.detectors.found(&Kind::PaymentCard);
+        counts.detectors.found(&Kind::Email);
+        counts.detectors.found(&Kind::Email);
+        counts.detectors.found(&Kind::Custom("ticket".into()));
+        // Counted by name elsewhere (text that is not a row), into the same slots.
+        counts.detectors.bump("email", 3);
+        counts.rule("ssn");
+        counts.rule("ssn");
+        assert_eq!(counts.detectors.get("email"), 5);
+        assert_eq!(counts.detectors.get("phone"), 0);
+        assert_eq!(
+            counts.to_json(),
+            serde_json::json!({
+                "values": 9,
+                "rules": {"ssn": 2},
+                "detectors": {"email": 5, "payment_card": 1, "ticket": 1},
+            })
+        );
+    }
+
+    #[test]
     fn an_unknown_shape_masks_every_value_and_numbers_become_null() {
         let policy = policy();
         let catalog = Catalog::new();
@@ -1376,7 +1497,7 @@ mod tests {
         let frame = row(&[Some(b"1".to_vec()), None]);
         let out = rewriter.data_row(&frame, None, &mut counts).unwrap();
         assert_eq!(decoded(&out), vec![None, None]);
-        assert_eq!(counts.rules["unknown_shape"], 1);
+        assert_eq!(counts.rules.get("unknown_shape"), 1);
 
         // A card number in an int8 column (text format) cannot be rewritten as a number.
         let frame = row(&[Some(b"4111111111111111".to_vec())]);
@@ -1384,7 +1505,7 @@ mod tests {
             .data_row(&frame, Some(&one_column(20, 0)), &mut counts)
             .unwrap();
         assert_eq!(decoded(&out), vec![None]);
-        assert_eq!(counts.detectors["payment_card"], 1);
+        assert_eq!(counts.detectors.get("payment_card"), 1);
     }
 
     fn one_column(type_oid: u32, format: i16) -> ResultPlan {
@@ -1417,7 +1538,7 @@ mod tests {
                 .data_row(&frame, Some(&one_column(20, 1)), &mut counts)
                 .is_none()
         );
-        assert_eq!(counts.detectors["payment_card"], 1);
+        assert_eq!(counts.detectors.get("payment_card"), 1);
     }
 
     #[test]

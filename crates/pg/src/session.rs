@@ -368,6 +368,7 @@ async fn startup<S: ClientStream>(
                 clear_client,
                 statements: HashMap::new(),
                 cursors: HashMap::new(),
+                row: Vec::new(),
             })
         }
         None => None,
@@ -620,6 +621,8 @@ struct SessionMasking {
     statements: HashMap<String, Vec<u8>>,
     /// Cursor → the statement that declared it, for the rows FETCH returns.
     cursors: HashMap<String, Arc<Source>>,
+    /// Where each masked DataRow is written: one buffer for all rows, not one per row.
+    row: Vec<u8>,
 }
 
 impl Session {
@@ -721,8 +724,11 @@ impl Session {
                     split_frame(&sbuf).map_err(|e| PgError::Target(format!("protocol: {e}")))?
                 {
                     if self.masking.is_some() {
-                        self.on_server_masked(&sbuf[..len], &mut to_client, &mut done)
-                            .await;
+                        let frame = &sbuf[..len];
+                        if self.needs_planning(frame) {
+                            self.plan_masking(frame).await;
+                        }
+                        self.on_server_masked(frame, &mut to_client, &mut done);
                         sbuf.advance(len);
                     } else {
                         let frame = &sbuf[..len];
@@ -1350,30 +1356,35 @@ impl Session {
         }
     }
 
-    /// One server frame with masking on: plans are made when results are described, the
-    /// frame is masked, the masked bytes are recorded, and the client gets them (or the
-    /// clear bytes when policy lets it see clear values).
-    async fn on_server_masked(
-        &mut self,
-        frame: &[u8],
-        to_client: &mut Vec<u8>,
-        done: &mut Vec<Work>,
-    ) {
+    /// Whether a server frame needs a masking plan made first: a result's description, or
+    /// its first row when it was described earlier (a prepared statement), or the start of
+    /// COPY. Every other frame is masked without waiting on anything.
+    fn needs_planning(&mut self, frame: &[u8]) -> bool {
+        match frame[0] {
+            b'T' | b'H' => true,
+            b'D' => self
+                .tracker
+                .front_work()
+                .is_some_and(|w| w.shape.plan.is_none()),
+            _ => false,
+        }
+    }
+
+    /// Makes the plan [`Session::needs_planning`] asked for (reading the catalog if need be).
+    async fn plan_masking(&mut self, frame: &[u8]) {
         match frame[0] {
             b'T' => self.describe(frame).await,
-            b'D' => {
-                let needs_plan = self
-                    .tracker
-                    .front_work()
-                    .is_some_and(|w| w.shape.plan.is_none());
-                if needs_plan {
-                    self.plan_from_statement().await;
-                }
-            }
+            b'D' => self.plan_from_statement().await,
             b'H' => self.plan_copy(frame).await,
             _ => {}
         }
-        let Some(m) = &self.masking else {
+    }
+
+    /// One server frame with masking on, its plan made: the frame is masked, the masked
+    /// bytes are recorded, and the client gets them (or the clear bytes when policy lets it
+    /// see clear values). Not async: most frames are rows, and a row waits on nothing.
+    fn on_server_masked(&mut self, frame: &[u8], to_client: &mut Vec<u8>, done: &mut Vec<Work>) {
+        let Some(m) = &mut self.masking else {
             return;
         };
         let rewriter = Rewriter {
@@ -1397,8 +1408,10 @@ impl Session {
             }
             None => (None, None, true, &mut spare),
         };
-        let masked = match frame[0] {
-            b'D' => rewriter.data_row(frame, plan, counts),
+        m.row.clear();
+        let row_changed =
+            frame[0] == b'D' && rewriter.data_row_into(frame, plan, counts, &mut m.row);
+        let other = match frame[0] {
             // Without a plan (the CopyOutResponse could not be read) nothing is known of
             // the rows: they are looked at whole.
             b'd' => rewriter.copy_data(frame, copy.unwrap_or(&CopyPlan::default()), first, counts),
@@ -1406,9 +1419,12 @@ impl Session {
             b'A' => rewriter.notification(frame, counts),
             _ => None,
         };
-        let clear_client = m.clear_client;
-        let recorded: &[u8] = masked.as_deref().unwrap_or(frame);
-        to_client.extend_from_slice(if clear_client { frame } else { recorded });
+        let recorded: &[u8] = if row_changed {
+            &m.row
+        } else {
+            other.as_deref().unwrap_or(frame)
+        };
+        to_client.extend_from_slice(if m.clear_client { frame } else { recorded });
         self.tracker
             .on_server(recorded, done, to_client, &mut self.recorder);
     }

@@ -154,26 +154,31 @@ pub fn write_data_row<V: AsRef<[u8]>>(
     end_frame(out, start);
 }
 
-/// A `DataRow` rewritten value by value, copying nothing while values are kept: the
-/// frame is copied up to the first value that changes, and from there on value by value.
-/// Feed every value the row holds, in order, with [`RowRewrite::keep`] or
-/// [`RowRewrite::replace`].
+/// A `DataRow` rewritten value by value into the caller's buffer, copying nothing while
+/// values are kept: the frame is copied up to the first value that changes, and from there
+/// on value by value. Feed every value the row holds, in order, with [`RowRewrite::keep`]
+/// or [`RowRewrite::replace`]. The buffer is the caller's so that one can serve every row
+/// of a result (a row's own `Vec` would be an allocation per row).
 #[derive(Debug)]
-pub struct RowRewrite<'a> {
+pub struct RowRewrite<'a, 'o> {
     /// The whole frame, tag and length included.
     frame: &'a [u8],
-    out: Option<Vec<u8>>,
+    out: &'o mut Vec<u8>,
+    /// Where the rewritten frame starts in `out`, from the first value that changes.
+    start: Option<usize>,
     /// Where the next value (its length field) starts in `frame`.
     at: usize,
 }
 
-impl<'a> RowRewrite<'a> {
-    /// `frame` is the whole `DataRow` frame whose values are about to be fed.
-    pub fn new(frame: &'a [u8]) -> Self {
+impl<'a, 'o> RowRewrite<'a, 'o> {
+    /// `frame` is the whole `DataRow` frame whose values are about to be fed; a rewritten
+    /// frame is appended to `out`.
+    pub fn new(frame: &'a [u8], out: &'o mut Vec<u8>) -> Self {
         // Tag, length, value count.
         RowRewrite {
             frame,
-            out: None,
+            out,
+            start: None,
             at: 1 + 4 + 2,
         }
     }
@@ -181,8 +186,9 @@ impl<'a> RowRewrite<'a> {
     /// The next value stays as it is (`value` as the row's reader returned it).
     pub fn keep(&mut self, value: Option<&[u8]>) {
         let raw = 4 + value.map_or(0, <[u8]>::len);
-        if let Some(out) = &mut self.out {
-            out.extend_from_slice(&self.frame[self.at..self.at + raw]);
+        if self.start.is_some() {
+            self.out
+                .extend_from_slice(&self.frame[self.at..self.at + raw]);
         }
         self.at += raw;
     }
@@ -205,20 +211,29 @@ impl<'a> RowRewrite<'a> {
     /// Steps past the next value, which changes: the output, begun with the frame up to
     /// it if this is the first change.
     fn changed(&mut self, value: Option<&[u8]>) -> &mut Vec<u8> {
-        let (frame, at) = (self.frame, self.at);
+        if self.start.is_none() {
+            self.start = Some(self.out.len());
+            self.out.extend_from_slice(&self.frame[..self.at]);
+        }
         self.at += 4 + value.map_or(0, <[u8]>::len);
-        self.out.get_or_insert_with(|| {
-            let mut out = Vec::with_capacity(frame.len() + 32);
-            out.extend_from_slice(&frame[..at]);
-            out
-        })
+        self.out
     }
 
-    /// The rewritten frame, or `None` when every value was kept.
-    pub fn finish(self) -> Option<Vec<u8>> {
-        let mut out = self.out?;
-        end_frame(&mut out, 0);
-        Some(out)
+    /// Whether a rewritten frame was appended to the buffer (when every value was kept,
+    /// nothing was).
+    pub fn finish(self) -> bool {
+        let Some(start) = self.start else {
+            return false;
+        };
+        end_frame(self.out, start);
+        true
+    }
+
+    /// Takes back whatever was appended: the row is not going to be finished.
+    pub fn abandon(self) {
+        if let Some(start) = self.start {
+            self.out.truncate(start);
+        }
     }
 }
 
@@ -399,16 +414,20 @@ mod tests {
         let values: [Option<&[u8]>; 4] = [Some(b"7"), None, Some(b"ada@example.com"), Some(b"")];
         let mut frame = Vec::new();
         write_data_row(values, &mut frame);
-        let mut kept = RowRewrite::new(&frame);
+        // What the buffer held before stays; a kept row adds nothing.
+        let mut out = b"before".to_vec();
+        let mut kept = RowRewrite::new(&frame, &mut out);
         values.iter().for_each(|v| kept.keep(*v));
-        assert_eq!(kept.finish(), None);
+        assert!(!kept.finish());
+        assert_eq!(out, b"before");
         for at in 0..values.len() {
             for with in [None, Some(&b"[email]"[..]), Some(&b""[..])] {
                 let mut expected = values;
                 expected[at] = with;
                 let mut want = Vec::new();
                 write_data_row(expected, &mut want);
-                let mut rw = RowRewrite::new(&frame);
+                let mut out = b"before".to_vec();
+                let mut rw = RowRewrite::new(&frame, &mut out);
                 for (i, v) in values.iter().enumerate() {
                     if i == at {
                         rw.replace(*v, with);
@@ -416,10 +435,13 @@ mod tests {
                         rw.keep(*v);
                     }
                 }
-                assert_eq!(rw.finish().as_ref(), Some(&want), "value {at} -> {with:?}");
+                assert!(rw.finish());
+                assert_eq!(out[..6], b"before"[..]);
+                assert_eq!(out[6..], want, "value {at} -> {with:?}");
                 // Written in place, when there is a value.
                 if let Some(bytes) = with {
-                    let mut rw = RowRewrite::new(&frame);
+                    let mut out = Vec::new();
+                    let mut rw = RowRewrite::new(&frame, &mut out);
                     for (i, v) in values.iter().enumerate() {
                         if i == at {
                             rw.replace_with(*v, |out| out.extend_from_slice(bytes));
@@ -427,7 +449,20 @@ mod tests {
                             rw.keep(*v);
                         }
                     }
-                    assert_eq!(rw.finish(), Some(want), "value {at} written in place");
+                    assert!(rw.finish());
+                    assert_eq!(out, want, "value {at} written in place");
+                    // An abandoned row leaves the buffer as it was.
+                    let mut out = b"before".to_vec();
+                    let mut rw = RowRewrite::new(&frame, &mut out);
+                    for (i, v) in values.iter().enumerate().take(at + 1) {
+                        if i == at {
+                            rw.replace_with(*v, |out| out.extend_from_slice(bytes));
+                        } else {
+                            rw.keep(*v);
+                        }
+                    }
+                    rw.abandon();
+                    assert_eq!(out, b"before");
                 }
             }
         }
