@@ -5,7 +5,7 @@
 //! policy lets it see clear values) and the recording.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use gatehouse_config::{DetectorSelection, MaskingConfig};
@@ -238,16 +238,21 @@ impl MaskCounts {
         self.rules.is_empty() && self.detectors.is_empty() && self.undecodable == 0
     }
 
+    /// `{"values": n, "rules": {label: n}, "detectors": {kind: n}}`, plus `undecodable`
+    /// when some were. Built field by field: this runs once per result.
     pub fn to_json(&self) -> serde_json::Value {
-        let mut v = serde_json::json!({
-            "values": self.rules.total() + self.detectors.total() + self.undecodable,
-            "rules": self.rules.to_json(),
-            "detectors": self.detectors.to_json(),
-        });
+        let mut v = serde_json::Map::new();
+        let values = self.rules.total() + self.detectors.total() + self.undecodable;
+        v.insert("values".into(), values.into());
+        v.insert(
+            "rules".into(),
+            counts_json(self.rules.0.iter().map(|(k, n)| (&**k, *n))),
+        );
+        v.insert("detectors".into(), self.detectors.to_json());
         if self.undecodable > 0 {
-            v["undecodable"] = self.undecodable.into();
+            v.insert("undecodable".into(), self.undecodable.into());
         }
-        v
+        serde_json::Value::Object(v)
     }
 
     fn rule(&mut self, label: &str) {
@@ -302,16 +307,14 @@ impl DetectorCounts {
         self.builtin.iter().sum::<u64>() + self.custom.total()
     }
 
-    /// `{name: count}` for every kind that masked something, names in order.
+    /// `{name: count}` for every kind that masked something.
     fn to_json(&self) -> serde_json::Value {
-        let mut sorted: BTreeMap<&str, u64> =
-            self.custom.0.iter().map(|(k, n)| (&**k, *n)).collect();
-        for (kind, &n) in Kind::BUILTIN.iter().zip(&self.builtin) {
-            if n > 0 {
-                *sorted.entry(kind.name()).or_default() += n;
-            }
-        }
-        serde_json::json!(sorted)
+        let builtin = Kind::BUILTIN
+            .iter()
+            .zip(&self.builtin)
+            .filter(|(_, n)| **n > 0)
+            .map(|(kind, n)| (kind.name(), *n));
+        counts_json(builtin.chain(self.custom.0.iter().map(|(k, n)| (&**k, *n))))
     }
 }
 
@@ -345,12 +348,23 @@ impl Tally {
             None => self.0.push((name.into(), n)),
         }
     }
+}
 
-    /// `{name: count}`, names in order (as a map of them always was).
-    fn to_json(&self) -> serde_json::Value {
-        let sorted: BTreeMap<&str, u64> = self.0.iter().map(|(k, n)| (&**k, *n)).collect();
-        serde_json::json!(sorted)
+/// `{name: count}` with the names in order (a user pattern named as a built-in kind adds
+/// to its count).
+fn counts_json<'a>(counts: impl Iterator<Item = (&'a str, u64)>) -> serde_json::Value {
+    let mut sorted: Vec<(&str, u64)> = counts.collect();
+    sorted.sort_unstable_by_key(|(name, _)| *name);
+    let mut map = serde_json::Map::new();
+    for (name, n) in sorted {
+        match map.get_mut(name) {
+            Some(count) => *count = (count.as_u64().unwrap_or(0) + n).into(),
+            None => {
+                map.insert(name.to_string(), n.into());
+            }
+        }
     }
+    serde_json::Value::Object(map)
 }
 
 /// The relation OIDs, type OIDs and relation names a plan for `fields` needs from the

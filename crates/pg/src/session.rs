@@ -618,7 +618,7 @@ struct SessionMasking {
     /// Policy lets this client see clear values; the recording is masked all the same.
     clear_client: bool,
     /// Prepared statement → its RowDescription body, as described ahead of executions.
-    statements: HashMap<String, Vec<u8>>,
+    statements: HashMap<String, Arc<[u8]>>,
     /// Cursor → the statement that declared it, for the rows FETCH returns.
     cursors: HashMap<String, Arc<Source>>,
     /// Where each masked DataRow is written: one buffer for all rows, not one per row.
@@ -1448,7 +1448,7 @@ impl Session {
             }
             Describes::Statement(name) => {
                 if let Some(m) = &mut self.masking {
-                    m.statements.insert(name, frame[5..].to_vec());
+                    m.statements.insert(name, frame[5..].into());
                 }
             }
             Describes::Nothing => {}
@@ -1460,10 +1460,11 @@ impl Session {
         let Some(work) = self.tracker.front_work() else {
             return;
         };
+        // Taken, not copied: they are wanted for this plan only.
         let (source, formats, statement) = (
             work.shape.source.clone(),
-            work.shape.formats.clone(),
-            work.shape.statement.clone(),
+            work.shape.formats.take(),
+            work.shape.statement.take(),
         );
         let body = match (&self.masking, statement) {
             (Some(m), Some(name)) => m.statements.get(&name).cloned(),
