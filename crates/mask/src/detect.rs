@@ -360,21 +360,16 @@ const BUILTIN: &[(Kind, &str, Check, Need, usize)] = &[
 
 /// Texts up to this long take the census and run their few possible detectors one by one;
 /// longer ones ask the `RegexSet`, whose one scan beats many when the census would rule out
-/// little (a long text holds every kind of byte).
-const SHORT: usize = 256;
+/// little (a long text holds every kind of byte). At most 255, so that every count of the
+/// census fits its lane.
+const SHORT: usize = 255;
 
-/// Counts of the bytes detectors care about, from one pass over a text.
-#[derive(Debug, Default, Clone, Copy)]
+/// Counts of the bytes detectors care about, from one pass over a short text: eight
+/// counts of eight bits in one `u64` (see [`LANE`]), read where they are asked for.
+#[derive(Debug, Clone, Copy)]
 struct Census {
     len: usize,
-    digits: usize,
-    upper: usize,
-    dots: usize,
-    colons: usize,
-    dashes: usize,
-    underscores: usize,
-    at: usize,
-    equals: usize,
+    lanes: u64,
     /// Whether every byte is ASCII, so the text is UTF-8 without a check of its own.
     ascii: bool,
 }
@@ -404,31 +399,55 @@ const LANE: [u64; 256] = {
 };
 
 impl Census {
+    /// The census of a text of at most [`SHORT`] bytes.
     fn of(bytes: &[u8]) -> Census {
-        let mut census = Census {
-            len: bytes.len(),
-            ..Census::default()
-        };
-        let mut high = 0u8;
-        // A lane holds up to 255, so at most 255 bytes are summed before unpacking.
-        for chunk in bytes.chunks(255) {
-            let mut lanes = 0u64;
-            for &b in chunk {
-                lanes += LANE[b as usize];
-                high |= b;
-            }
-            let lane = |n: u32| ((lanes >> (8 * n)) & 0xff) as usize;
-            census.digits += lane(0);
-            census.upper += lane(1);
-            census.dots += lane(2);
-            census.colons += lane(3);
-            census.dashes += lane(4);
-            census.underscores += lane(5);
-            census.at += lane(6);
-            census.equals += lane(7);
+        debug_assert!(bytes.len() <= SHORT);
+        let (mut lanes, mut high) = (0u64, 0u8);
+        for &b in bytes {
+            lanes += LANE[b as usize];
+            high |= b;
         }
-        census.ascii = high < 0x80;
-        census
+        Census {
+            len: bytes.len(),
+            lanes,
+            ascii: high < 0x80,
+        }
+    }
+
+    fn lane(&self, n: u32) -> usize {
+        ((self.lanes >> (8 * n)) & 0xff) as usize
+    }
+
+    fn digits(&self) -> usize {
+        self.lane(0)
+    }
+
+    fn upper(&self) -> usize {
+        self.lane(1)
+    }
+
+    fn dots(&self) -> usize {
+        self.lane(2)
+    }
+
+    fn colons(&self) -> usize {
+        self.lane(3)
+    }
+
+    fn dashes(&self) -> usize {
+        self.lane(4)
+    }
+
+    fn underscores(&self) -> usize {
+        self.lane(5)
+    }
+
+    fn at(&self) -> usize {
+        self.lane(6)
+    }
+
+    fn equals(&self) -> usize {
+        self.lane(7)
     }
 }
 
@@ -447,8 +466,8 @@ fn possible(c: &Census, bytes: &[u8]) -> u32 {
     // local@domain.tld: a dot after an `@`.
     may(
         Need::Email,
-        c.at >= 1
-            && c.dots >= 1
+        c.at() >= 1
+            && c.dots() >= 1
             && bytes
                 .iter()
                 .position(|&b| b == b'@')
@@ -456,67 +475,70 @@ fn possible(c: &Census, bytes: &[u8]) -> u32 {
     );
     // Cards, SSNs and phone numbers: by the shape of their digit groups.
     // Only a card (13 digits), a phone number (10) or an SSN (9, with two dashes) asks.
-    let shapes = if c.digits >= 10 || (c.digits == 9 && c.dashes >= 2) {
+    let shapes = if c.digits() >= 10 || (c.digits() == 9 && c.dashes() >= 2) {
         DigitShapes::of(bytes)
     } else {
         DigitShapes::default()
     };
-    may(Need::Card, c.digits >= 13 && shapes.card);
+    may(Need::Card, c.digits() >= 13 && shapes.card);
     // Two capitals, two digits, and 15 to 34 capitals and digits (mod-97 check),
     // optionally spaced.
     may(
         Need::Iban,
-        c.upper >= 2
-            && c.digits >= 2
-            && c.upper + c.digits >= 15
+        c.upper() >= 2
+            && c.digits() >= 2
+            && c.upper() + c.digits() >= 15
             && longest_run(bytes, Run::IBAN) >= 15,
     );
-    may(Need::Ssn, c.dashes >= 2 && shapes.ssn);
+    may(Need::Ssn, c.dashes() >= 2 && shapes.ssn);
     // The check wants 10 to 15 digits.
-    may(Need::Phone, c.digits >= 10 && shapes.phone);
+    may(Need::Phone, c.digits() >= 10 && shapes.phone);
     may(
         Need::Ipv4,
-        c.dots >= 3 && c.digits >= 4 && longest_run(bytes, Run::IPV4) >= 3,
+        c.dots() >= 3 && c.digits() >= 4 && longest_run(bytes, Run::IPV4) >= 3,
     );
     may(
         Need::Ipv6,
-        c.colons >= 2 && longest_run(bytes, Run::IPV6) >= 2,
+        c.colons() >= 2 && longest_run(bytes, Run::IPV6) >= 2,
     );
     may(
         Need::Jwt,
-        c.dots >= 2 && c.len >= 18 && contains(bytes, b"eyJ"),
+        c.dots() >= 2 && c.len >= 18 && contains(bytes, b"eyJ"),
     );
     may(
         Need::PrivateKey,
-        c.dashes >= 20 && contains(bytes, b"PRIVATE KEY"),
+        c.dashes() >= 20 && contains(bytes, b"PRIVATE KEY"),
     );
     // Four capitals of the prefix, then 16 capitals or digits.
-    may(Need::AwsAccessKey, c.upper >= 4 && c.upper + c.digits >= 20);
+    may(
+        Need::AwsAccessKey,
+        c.upper() >= 4 && c.upper() + c.digits() >= 20,
+    );
     // `aws`, `key`, `=` or `:`, 40 characters.
     may(
         Need::AwsSecretKey,
-        c.len >= 47 && c.equals + c.colons >= 1 && contains_ignore_case(bytes, b"aws"),
+        c.len >= 47 && c.equals() + c.colons() >= 1 && contains_ignore_case(bytes, b"aws"),
     );
     // `ghp_` and 36 more, or `github_pat_` and 22 more.
-    may(Need::GithubToken, c.underscores >= 1 && c.len >= 33);
+    may(Need::GithubToken, c.underscores() >= 1 && c.len >= 33);
     may(
         Need::GitlabToken,
-        c.dashes >= 1 && c.len >= 26 && contains(bytes, b"glpat-"),
+        c.dashes() >= 1 && c.len >= 26 && contains(bytes, b"glpat-"),
     );
     may(
         Need::SlackToken,
-        c.dashes >= 1 && c.len >= 15 && contains(bytes, b"xox"),
+        c.dashes() >= 1 && c.len >= 15 && contains(bytes, b"xox"),
     );
     // `sk_live_` and 16 more.
-    may(Need::StripeKey, c.underscores >= 2 && c.len >= 24);
+    may(Need::StripeKey, c.underscores() >= 2 && c.len >= 24);
     // scheme://user:password@
     may(
         Need::UrlPassword,
-        c.colons >= 2 && c.at >= 1 && contains(bytes, b"://"),
+        c.colons() >= 2 && c.at() >= 1 && contains(bytes, b"://"),
     );
     may(
         Need::KeyValuePassword,
-        c.equals >= 1
+        c.equals() >= 1
             && (contains_ignore_case(bytes, b"pwd") || contains_ignore_case(bytes, b"passw")),
     );
     bits
@@ -787,13 +809,13 @@ impl Detectors {
             return None;
         }
         // The census points at the one kind the value could wholly be.
-        let need = if c.at == 1 && c.dots >= 1 {
+        let need = if c.at() == 1 && c.dots() >= 1 {
             Need::Email
-        } else if c.digits == c.len {
+        } else if c.digits() == c.len {
             Need::Card
-        } else if c.len == 11 && c.dashes == 2 {
+        } else if c.len == 11 && c.dashes() == 2 {
             Need::Ssn
-        } else if c.digits >= 10 {
+        } else if c.digits() >= 10 {
             Need::Phone
         } else {
             return None;
@@ -802,12 +824,16 @@ impl Detectors {
             return None;
         };
         let pattern = &self.patterns[index];
-        (pattern.whole.is_some_and(|whole| whole(bytes)) && valid(pattern.check, bytes)).then_some(
-            Finding {
-                kind: &pattern.kind,
-                range: 0..bytes.len(),
-            },
-        )
+        let confirmed = pattern.whole.is_some_and(|whole| whole(bytes))
+            && match pattern.check {
+                // The census has counted the digits already.
+                Check::PhoneDigits => (10..=15).contains(&c.digits()),
+                check => valid(check, bytes),
+            };
+        confirmed.then_some(Finding {
+            kind: &pattern.kind,
+            range: 0..bytes.len(),
+        })
     }
 
     /// Every pattern the set reports present is run, without the census. Long texts are

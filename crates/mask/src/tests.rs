@@ -278,6 +278,22 @@ fn the_census_lets_every_example_through() {
     }
 }
 
+/// The census counts up to 255 of a kind in one lane: values at and past that length are
+/// found as the regexes find them, whichever path they take.
+#[test]
+fn long_values_at_the_census_limit_are_found() {
+    for len in [254, 255, 256, 300] {
+        for fill in ["7", "@", "A", "-"] {
+            let planted = " user@example.com 4111111111111111";
+            let text = format!("{}{planted}", fill.repeat(len - planted.len()));
+            assert_eq!(text.len(), len);
+            let found = BUILTIN.find(&text);
+            assert_eq!(found.len(), 2, "{len} {fill}: {found:?}");
+            assert_eq!(found, BUILTIN.find_unfiltered(&text), "{len} {fill}");
+        }
+    }
+}
+
 fn any_planted() -> impl Gen<Value = String> {
     proptest::sample::select(PLANTED).prop_map(str::to_string)
 }
