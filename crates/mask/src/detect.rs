@@ -824,10 +824,16 @@ impl Detectors {
             return None;
         };
         let pattern = &self.patterns[index];
-        let confirmed = pattern.whole.is_some_and(|whole| whole(bytes))
+        // What the census counted is not counted again.
+        let shaped = match need {
+            // Nothing but digits: a card number's shape is then its length alone.
+            Need::Card => (13..=19).contains(&c.len),
+            _ => pattern.whole.is_some_and(|whole| whole(bytes)),
+        };
+        let confirmed = shaped
             && match pattern.check {
-                // The census has counted the digits already.
                 Check::PhoneDigits => (10..=15).contains(&c.digits()),
+                Check::Luhn if need == Need::Card => luhn_plain(bytes),
                 check => valid(check, bytes),
             };
         confirmed.then_some(Finding {
@@ -935,10 +941,10 @@ fn whole_check(need: Need) -> Option<fn(&[u8]) -> bool> {
 /// inner dashes, a top-level label of two letters or more. One pass over the bytes.
 fn whole_email(text: &[u8]) -> bool {
     // The local part ends at the first byte it cannot hold, which must be the `@`.
-    let local = text
-        .iter()
-        .take_while(|&&b| EMAIL_LOCAL[b as usize])
-        .count();
+    let mut local = 0;
+    while local < text.len() && EMAIL_LOCAL[text[local] as usize] {
+        local += 1;
+    }
     if local == 0 || text.get(local) != Some(&b'@') {
         return false;
     }
@@ -1144,6 +1150,32 @@ fn luhn_digits(text: &[u8]) -> bool {
         count += 1;
     }
     (13..=19).contains(&count) && low != high && sum.is_multiple_of(10)
+}
+
+/// [`luhn_digits`] of a text of 13 to 19 ASCII digits and nothing else (a whole card
+/// number), two digits at a time from the right.
+fn luhn_plain(digits: &[u8]) -> bool {
+    // A digit byte doubled, less 9 when that is over 9 (0 for any other byte).
+    const DOUBLED: [u32; 256] = {
+        let mut t = [0u32; 256];
+        let mut d = 0;
+        while d < 10 {
+            t[b'0' as usize + d] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9][d];
+            d += 1;
+        }
+        t
+    };
+    let plain = |b: u8| u32::from(b.wrapping_sub(b'0'));
+    let mut sum = 0;
+    for pair in digits.rchunks(2) {
+        match *pair {
+            [doubled, last] => sum += DOUBLED[doubled as usize] + plain(last),
+            [first] => sum += plain(first),
+            _ => {}
+        }
+    }
+    let first = digits.first().copied();
+    digits.iter().any(|&d| Some(d) != first) && sum.is_multiple_of(10)
 }
 
 /// ISO 13616: move the first four characters to the end, letters to numbers (A = 10),
