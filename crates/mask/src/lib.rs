@@ -217,7 +217,7 @@ impl Masker {
                 _ => std::str::from_utf8(&text[f.range.clone()]).ok(),
             };
             match value {
-                Some(value) if self.write_value(strategy, name, value, out) => {}
+                Some(value) if self.write_value(strategy, name, value.as_bytes(), out) => {}
                 _ => write_redacted(name, out),
             }
             at = f.range.end;
@@ -228,18 +228,21 @@ impl Masker {
     /// A whole value masked by `strategy` (column rules); `None` for [`Strategy::Null`].
     pub fn mask_value(&self, strategy: Strategy, kind: &str, value: &str) -> Option<String> {
         let mut out = Vec::new();
-        self.write_value(strategy, kind, value, &mut out)
+        self.write_value(strategy, kind, value.as_bytes(), &mut out)
             .then(|| into_text(out))
     }
 
     /// Appends `value` masked by `strategy` to `out`; false (and nothing written) for
     /// [`Strategy::Null`]. What [`Masker::mask_value`] returns, without a `String` of its
-    /// own: column rules write straight into the row.
+    /// own: column rules write straight into the row. The value is taken as it came off
+    /// the wire: a redaction never reads it, so it is not checked for UTF-8 first; `hash`
+    /// keys the bytes (the same as the text's bytes when it is UTF-8); `partial` reads
+    /// characters, a sequence that is not UTF-8 as U+FFFD.
     pub fn write_value(
         &self,
         strategy: Strategy,
         kind: &str,
-        value: &str,
+        value: &[u8],
         out: &mut Vec<u8>,
     ) -> bool {
         match strategy {
@@ -252,9 +255,9 @@ impl Masker {
     }
 
     /// `h:` and the first 8 bytes of the value's keyed HMAC-SHA-256, in hex.
-    fn write_hash(&self, value: &str, out: &mut Vec<u8>) {
+    fn write_hash(&self, value: &[u8], out: &mut Vec<u8>) {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(value.as_bytes());
+        mac.update(value);
         let digest = mac.finalize().into_bytes();
         let mut hex = [0u8; 16];
         hex::encode_to_slice(&digest[..8], &mut hex).expect("16 hex digits for 8 bytes");
@@ -270,30 +273,34 @@ fn into_text(bytes: Vec<u8>) -> String {
 }
 
 fn write_redacted(kind: &str, out: &mut Vec<u8>) {
+    // One capacity check, not three: this runs for most masked values.
+    out.reserve(kind.len() + 2);
     out.push(b'[');
     out.extend_from_slice(kind.as_bytes());
     out.push(b']');
 }
 
 /// Every letter and digit but the last `keep_last` as `*`.
-fn write_partial(value: &str, keep_last: usize, out: &mut Vec<u8>) {
-    // For ASCII, a character is a byte and alphanumeric means ASCII alphanumeric; going by
-    // bytes makes a column rule's row about 12% cheaper than going by characters.
+fn write_partial(value: &[u8], keep_last: usize, out: &mut Vec<u8>) {
+    // For ASCII, a character is a byte and alphanumeric means ASCII alphanumeric: the
+    // value is copied once and its hidden bytes overwritten in place.
     if value.is_ascii() {
-        let total = value.bytes().filter(u8::is_ascii_alphanumeric).count();
-        let hide = total.saturating_sub(keep_last);
-        let mut seen = 0;
-        out.extend(value.bytes().map(|b| {
-            if b.is_ascii_alphanumeric() {
-                seen += 1;
-                if seen <= hide {
-                    return b'*';
-                }
+        let total = value.iter().filter(|b| b.is_ascii_alphanumeric()).count();
+        let mut hide = total.saturating_sub(keep_last);
+        let start = out.len();
+        out.extend_from_slice(value);
+        for b in &mut out[start..] {
+            if hide == 0 {
+                break;
             }
-            b
-        }));
+            if b.is_ascii_alphanumeric() {
+                *b = b'*';
+                hide -= 1;
+            }
+        }
         return;
     }
+    let value = String::from_utf8_lossy(value);
     let total = value.chars().filter(|c| c.is_alphanumeric()).count();
     let hide = total.saturating_sub(keep_last);
     let mut seen = 0;

@@ -148,9 +148,32 @@ fn strategies_write_exactly_their_text() {
     );
     // Appending keeps what the buffer held.
     let mut out = b"row:".to_vec();
-    assert!(m.write_value(Strategy::Redact, "email", "a@b.co", &mut out));
-    assert!(!m.write_value(Strategy::Null, "email", "a@b.co", &mut out));
+    assert!(m.write_value(Strategy::Redact, "email", b"a@b.co", &mut out));
+    assert!(!m.write_value(Strategy::Null, "email", b"a@b.co", &mut out));
     assert_eq!(out, b"row:[email]");
+    // Appending after what is there, partial overwrites only its own bytes.
+    assert!(m.write_value(
+        Strategy::Partial { keep_last: 2 },
+        "x",
+        b"ab-1234",
+        &mut out
+    ));
+    assert_eq!(out, b"row:[email]**-**34");
+    // Bytes that are not UTF-8 (a client_encoding of LATIN1): redacted without being
+    // read, hashed as they are, and shown by partial as U+FFFD, never as raw bytes.
+    let latin1 = b"Zo\xeb 42";
+    let mut out = Vec::new();
+    assert!(m.write_value(Strategy::Redact, "name", latin1, &mut out));
+    assert_eq!(out, b"[name]");
+    let mut out = Vec::new();
+    assert!(m.write_value(Strategy::Partial { keep_last: 1 }, "name", latin1, &mut out));
+    assert_eq!(String::from_utf8(out).unwrap(), "**\u{FFFD} *2");
+    let mut mac = Hmac::<Sha256>::new_from_slice(b"test-key").unwrap();
+    mac.update(latin1);
+    let digest = mac.finalize().into_bytes();
+    let mut out = Vec::new();
+    assert!(m.write_value(Strategy::Hash, "name", latin1, &mut out));
+    assert_eq!(out, format!("h:{}", hex::encode(&digest[..8])).into_bytes());
 }
 
 #[test]

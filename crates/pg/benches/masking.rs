@@ -20,17 +20,13 @@ fn frame(values: &[&str]) -> Vec<u8> {
     out
 }
 
-fn plan() -> ResultPlan {
+fn plan(policy: &MaskPolicy, catalog: &Catalog) -> ResultPlan {
     // int4, then six text columns, then timestamptz.
     let oids = [23, 25, 25, 25, 25, 25, 25, 1184];
     ResultPlan {
         columns: oids
             .iter()
-            .map(|&type_oid| ColumnPlan {
-                mask: ColumnMask::Content,
-                type_oid,
-                format: 0,
-            })
+            .map(|&type_oid| ColumnPlan::new(policy, catalog, ColumnMask::Content, type_oid, 0))
             .collect(),
     }
 }
@@ -42,7 +38,7 @@ fn bench_row(bencher: divan::Bencher, values: &[&str]) {
         policy: &policy,
         catalog: &catalog,
     };
-    let plan = plan();
+    let plan = plan(&policy, &catalog);
     let frame = frame(values);
     // One buffer for every row, as a session keeps.
     let mut out = Vec::new();
@@ -101,11 +97,7 @@ fn binary_bigint_row(bencher: divan::Bencher) {
     };
     let plan = ResultPlan {
         columns: (0..8)
-            .map(|_| ColumnPlan {
-                mask: ColumnMask::Content,
-                type_oid: 20,
-                format: 1,
-            })
+            .map(|_| ColumnPlan::new(&policy, &catalog, ColumnMask::Content, 20, 1))
             .collect(),
     };
     let values: Vec<[u8; 8]> = (0..8i64)

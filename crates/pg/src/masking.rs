@@ -119,6 +119,57 @@ pub struct ColumnPlan {
     pub mask: ColumnMask,
     pub type_oid: u32,
     pub format: i16,
+    /// The type's class, read from the catalog when the plan is built.
+    class: TypeClass,
+    /// What the row loop does with each value, decided here once rather than per value.
+    route: Route,
+}
+
+/// The row loop's path for one column's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Text in text format: through the detectors, masked straight into the row.
+    Detect,
+    /// Text masked whole by a rule that writes text.
+    RuleText,
+    /// Content masking of a type whose text cannot hold a finding: passed as it is.
+    Inert,
+    /// Everything else (binary formats, JSON, arrays, numbers, NULL strategies).
+    Other,
+}
+
+impl ColumnPlan {
+    /// A column of type `type_oid` in `format`, masked as `mask` says; the type's class
+    /// comes from `catalog` (loaded before the plan is built).
+    pub fn new(
+        policy: &MaskPolicy,
+        catalog: &Catalog,
+        mask: ColumnMask,
+        type_oid: u32,
+        format: i16,
+    ) -> ColumnPlan {
+        let class = catalog.type_class(type_oid);
+        let route = match &mask {
+            ColumnMask::Content if policy.skip_inert && types::text_is_inert(type_oid) => {
+                Route::Inert
+            }
+            ColumnMask::Content if format == 0 && class == TypeClass::Text => Route::Detect,
+            // A text value's binary format is its text.
+            ColumnMask::Rule { strategy, .. }
+                if *strategy != Strategy::Null && class == TypeClass::Text =>
+            {
+                Route::RuleText
+            }
+            _ => Route::Other,
+        };
+        ColumnPlan {
+            mask,
+            type_oid,
+            format,
+            class,
+            route,
+        }
+    }
 }
 
 /// How each column of one result is masked.
@@ -531,11 +582,7 @@ pub fn plan(
                     None => ColumnMask::Content,
                 }
             };
-            ColumnPlan {
-                mask,
-                type_oid: field.type_oid,
-                format: format(i),
-            }
+            ColumnPlan::new(policy, catalog, mask, field.type_oid, format(i))
         })
         .collect();
     ResultPlan { columns }
@@ -708,54 +755,50 @@ impl Rewriter<'_> {
                 rows::write_data_row::<&[u8]>((0..i).map(|_| None), out);
                 return true;
             };
-            let column = plan.and_then(|p| p.columns.get(i));
-            let class = column.map(|col| self.catalog.type_class(col.type_oid));
-            // The common case, text in text format, is masked straight into the row.
-            if let (Some(v), Some(col)) = (value, column)
-                && matches!(col.mask, ColumnMask::Content)
-                && col.format == 0
-                && class == Some(TypeClass::Text)
-                && let Some(findings) = self.policy.masker.find_bytes(v)
-            {
-                if findings.is_empty() {
+            let Some(v) = value else {
+                row.keep(None);
+                continue;
+            };
+            let Some(col) = plan.and_then(|p| p.columns.get(i)) else {
+                counts.rule("unknown_shape");
+                row.replace(value, None);
+                continue;
+            };
+            match col.route {
+                Route::Inert => {
                     row.keep(value);
-                } else {
-                    row.replace_with(value, |out| {
-                        self.policy.masker.write_findings(v, &findings, out);
-                    });
-                    for f in &findings {
-                        counts.detectors.found(f.kind);
+                    continue;
+                }
+                // The common case, text in text format, is masked straight into the row
+                // (text that is not UTF-8 takes the general path).
+                Route::Detect => {
+                    if let Some(findings) = self.policy.masker.find_bytes(v) {
+                        if findings.is_empty() {
+                            row.keep(value);
+                        } else {
+                            row.replace_with(value, |out| {
+                                self.policy.masker.write_findings(v, &findings, out);
+                            });
+                            for f in &findings {
+                                counts.detectors.found(f.kind);
+                            }
+                        }
+                        continue;
                     }
                 }
-                continue;
-            }
-            // So is a text value masked whole by a column rule.
-            if let (Some(v), Some(col)) = (value, column)
-                && let ColumnMask::Rule { strategy, label } = &col.mask
-                && *strategy != Strategy::Null
-                && class == Some(TypeClass::Text)
-            {
-                counts.rule(label);
-                let text = match std::str::from_utf8(v) {
-                    Ok(text) => Cow::Borrowed(text),
-                    Err(_) => String::from_utf8_lossy(v),
-                };
-                row.replace_with(value, |out| {
-                    self.policy.masker.write_value(*strategy, label, &text, out);
-                });
-                continue;
-            }
-            let change = match (value, column) {
-                (None, _) => Change::Keep,
-                (Some(v), Some(col)) => {
-                    self.value(col, class.unwrap_or(TypeClass::Unknown), v, counts)
+                // So is a text value masked whole by a column rule.
+                Route::RuleText => {
+                    if let ColumnMask::Rule { strategy, label } = &col.mask {
+                        counts.rule(label);
+                        row.replace_with(value, |out| {
+                            self.policy.masker.write_value(*strategy, label, v, out);
+                        });
+                        continue;
+                    }
                 }
-                (Some(_), None) => {
-                    counts.rule("unknown_shape");
-                    Change::Null
-                }
-            };
-            match change {
+                Route::Other => {}
+            }
+            match self.value(col, v, counts) {
                 Change::Keep => row.keep(value),
                 Change::Replace(bytes) => row.replace(value, Some(&bytes)),
                 Change::Null => row.replace(value, None),
@@ -764,14 +807,9 @@ impl Rewriter<'_> {
         row.finish()
     }
 
-    /// A value off the fast paths; `class` is its column's type class.
-    fn value(
-        &self,
-        col: &ColumnPlan,
-        class: TypeClass,
-        value: &[u8],
-        counts: &mut MaskCounts,
-    ) -> Change {
+    /// A value off the fast paths.
+    fn value(&self, col: &ColumnPlan, value: &[u8], counts: &mut MaskCounts) -> Change {
+        let class = col.class;
         match &col.mask {
             ColumnMask::Rule { strategy, label } => {
                 counts.rule(label);
@@ -1228,8 +1266,7 @@ impl Rewriter<'_> {
                         Change::Null
                     }
                     Some(col) if col.type_oid != 0 => {
-                        let class = self.catalog.type_class(col.type_oid);
-                        self.binary_value(col.type_oid, class, value, counts, 0)
+                        self.binary_value(col.type_oid, col.class, value, counts, 0)
                     }
                     Some(_) => self.unknown_binary(value, counts),
                     // Columns not planned: only rules could need them, and then they are
@@ -1332,23 +1369,16 @@ pub fn copy_plan(
                             None => ColumnMask::Content,
                         },
                     };
-                    columns.push(ColumnPlan {
-                        mask,
-                        type_oid: ty,
-                        format: 0,
-                    });
+                    columns.push(ColumnPlan::new(policy, catalog, mask, ty, 0));
                 }
             }
             None if rules => {
                 for _ in 0..count {
-                    columns.push(ColumnPlan {
-                        mask: ColumnMask::Rule {
-                            strategy: Strategy::Redact,
-                            label: "unresolved".into(),
-                        },
-                        type_oid: 0,
-                        format: 0,
-                    });
+                    let mask = ColumnMask::Rule {
+                        strategy: Strategy::Redact,
+                        label: "unresolved".into(),
+                    };
+                    columns.push(ColumnPlan::new(policy, catalog, mask, 0, 0));
                 }
             }
             None => {}
@@ -1372,11 +1402,7 @@ pub fn copy_plan(
                 }
                 None => ColumnMask::Content,
             };
-            columns.push(ColumnPlan {
-                mask,
-                type_oid: 0,
-                format: 0,
-            });
+            columns.push(ColumnPlan::new(policy, catalog, mask, 0, 0));
         }
     }
     CopyPlan {
@@ -1449,14 +1475,13 @@ mod tests {
             let rule = rule_at.map(|i| i.index(n.max(1)));
             let plan = ResultPlan {
                 columns: (0..n)
-                    .map(|i| ColumnPlan {
-                        mask: if Some(i) == rule {
+                    .map(|i| {
+                        let mask = if Some(i) == rule {
                             ColumnMask::Rule { strategy: Strategy::Hash, label: "x".into() }
                         } else {
                             ColumnMask::Content
-                        },
-                        type_oid: 25,
-                        format: i16::from(binary),
+                        };
+                        ColumnPlan::new(policy, &catalog, mask, 25, i16::from(binary))
                     })
                     .collect(),
             };
@@ -1516,19 +1541,22 @@ mod tests {
         // A card number in an int8 column (text format) cannot be rewritten as a number.
         let frame = row(&[Some(b"4111111111111111".to_vec())]);
         let out = rewriter
-            .data_row(&frame, Some(&one_column(20, 0)), &mut counts)
+            .data_row(&frame, Some(&one_column(&policy, 20, 0)), &mut counts)
             .unwrap();
         assert_eq!(decoded(&out), vec![None]);
         assert_eq!(counts.detectors.get("payment_card"), 1);
     }
 
-    fn one_column(type_oid: u32, format: i16) -> ResultPlan {
+    fn one_column(policy: &MaskPolicy, type_oid: u32, format: i16) -> ResultPlan {
+        let catalog = Catalog::new();
         ResultPlan {
-            columns: vec![ColumnPlan {
-                mask: ColumnMask::Content,
+            columns: vec![ColumnPlan::new(
+                policy,
+                &catalog,
+                ColumnMask::Content,
                 type_oid,
                 format,
-            }],
+            )],
         }
     }
 
@@ -1543,13 +1571,13 @@ mod tests {
         let mut counts = MaskCounts::default();
         let card = 4_111_111_111_111_111i64.to_be_bytes().to_vec();
         let frame = row(&[Some(card)]);
-        let out = rewriter.data_row(&frame, Some(&one_column(20, 1)), &mut counts);
+        let out = rewriter.data_row(&frame, Some(&one_column(&policy, 20, 1)), &mut counts);
         assert_eq!(decoded(&out.unwrap()), vec![None]);
         // An ordinary bigint passes untouched.
         let frame = row(&[Some(42i64.to_be_bytes().to_vec())]);
         assert!(
             rewriter
-                .data_row(&frame, Some(&one_column(20, 1)), &mut counts)
+                .data_row(&frame, Some(&one_column(&policy, 20, 1)), &mut counts)
                 .is_none()
         );
         assert_eq!(counts.detectors.get("payment_card"), 1);
@@ -1569,13 +1597,13 @@ mod tests {
         let mut counts = MaskCounts::default();
         assert!(
             rewriter
-                .data_row(&frame, Some(&one_column(1184, 0)), &mut counts)
+                .data_row(&frame, Some(&one_column(&policy, 1184, 0)), &mut counts)
                 .is_none()
         );
         // Text is looked at.
         assert!(
             rewriter
-                .data_row(&frame, Some(&one_column(25, 0)), &mut counts)
+                .data_row(&frame, Some(&one_column(&policy, 25, 0)), &mut counts)
                 .is_some()
         );
 
@@ -1590,7 +1618,7 @@ mod tests {
             policy: &policy,
             catalog: &catalog,
         };
-        let out = rewriter.data_row(&frame, Some(&one_column(1184, 0)), &mut counts);
+        let out = rewriter.data_row(&frame, Some(&one_column(&policy, 1184, 0)), &mut counts);
         assert_eq!(decoded(&out.unwrap()), vec![None]);
     }
 
