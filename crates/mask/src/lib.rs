@@ -175,6 +175,7 @@ impl Masker {
     }
 
     /// [`Masker::find`] on a value as it came off the wire; `None` when it is not UTF-8.
+    #[inline]
     pub fn find_bytes<'a>(&'a self, value: &[u8]) -> Option<Findings<'a>> {
         self.detectors.find_bytes(value)
     }
@@ -202,13 +203,19 @@ impl Masker {
         let mut at = 0;
         for f in findings {
             out.extend_from_slice(&text[at..f.range.start]);
+            at = f.range.end;
             let name = f.kind.name();
-            // Usually no kind has a strategy of its own.
+            // Usually no kind has a strategy of its own, and a built-in kind's value is
+            // redacted by its token.
             let strategy = if self.strategies.is_empty() {
                 self.default
             } else {
                 self.strategies.get(name).copied().unwrap_or(self.default)
             };
+            if let (Strategy::Redact | Strategy::Null, Some(token)) = (strategy, f.kind.token()) {
+                out.extend_from_slice(token.as_bytes());
+                continue;
+            }
             // Findings start and end on character boundaries; a span that is not text is
             // redacted, and so is one whose strategy is Null: inside text, Null cannot
             // remove a value from a string.
@@ -220,7 +227,6 @@ impl Masker {
                 Some(value) if self.write_value(strategy, name, value.as_bytes(), out) => {}
                 _ => write_redacted(name, out),
             }
-            at = f.range.end;
         }
         out.extend_from_slice(&text[at..]);
     }

@@ -93,8 +93,14 @@ fn ordinary_values_pass_unchanged() {
 fn each_builtin_kind_knows_its_place() {
     for (i, kind) in Kind::BUILTIN.iter().enumerate() {
         assert_eq!(kind.index(), Some(i), "{kind:?}");
+        assert_eq!(
+            kind.token(),
+            Some(&*format!("[{}]", kind.name())),
+            "{kind:?}"
+        );
     }
     assert_eq!(Kind::Custom("ticket".into()).index(), None);
+    assert_eq!(Kind::Custom("ticket".into()).token(), None);
 }
 
 #[test]

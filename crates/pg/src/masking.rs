@@ -17,6 +17,7 @@ use gatehouse_wire_pg::copy;
 use gatehouse_wire_pg::rows::{self, FieldDescription};
 use gatehouse_wire_pg::types::{self, Leaf, TypeClass};
 use gatehouse_wire_pg::{backend, frontend};
+use smallvec::SmallVec;
 
 use crate::catalog::{Catalog, MAX_VIEW_DEPTH, Relation};
 
@@ -292,7 +293,7 @@ impl MaskCounts {
     /// `{"values": n, "rules": {label: n}, "detectors": {kind: n}}`, plus `undecodable`
     /// when some were. Built field by field: this runs once per result.
     pub fn to_json(&self) -> serde_json::Value {
-        let mut v = serde_json::Map::new();
+        let mut v = serde_json::Map::with_capacity(4);
         let values = self.rules.total() + self.detectors.total() + self.undecodable;
         v.insert("values".into(), values.into());
         v.insert(
@@ -404,16 +405,19 @@ impl Tally {
 /// `{name: count}` with the names in order (a user pattern named as a built-in kind adds
 /// to its count).
 fn counts_json<'a>(counts: impl Iterator<Item = (&'a str, u64)>) -> serde_json::Value {
-    let mut sorted: Vec<(&str, u64)> = counts.collect();
+    let mut sorted: SmallVec<[(&str, u64); 4]> = counts.collect();
     sorted.sort_unstable_by_key(|(name, _)| *name);
-    let mut map = serde_json::Map::new();
-    for (name, n) in sorted {
-        match map.get_mut(name) {
-            Some(count) => *count = (count.as_u64().unwrap_or(0) + n).into(),
-            None => {
-                map.insert(name.to_string(), n.into());
-            }
+    // Equal names are now neighbours: merged here, each name is inserted once, unlooked-up.
+    sorted.dedup_by(|(name, n), (kept, total)| {
+        let same = name == kept;
+        if same {
+            *total += *n;
         }
+        same
+    });
+    let mut map = serde_json::Map::with_capacity(sorted.len());
+    for (name, n) in sorted {
+        map.insert(name.to_string(), n.into());
     }
     serde_json::Value::Object(map)
 }

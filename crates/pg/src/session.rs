@@ -369,6 +369,7 @@ async fn startup<S: ClientStream>(
                 statements: HashMap::new(),
                 cursors: HashMap::new(),
                 row: Vec::new(),
+                unowned: Default::default(),
             })
         }
         None => None,
@@ -623,6 +624,9 @@ struct SessionMasking {
     cursors: HashMap<String, Arc<Source>>,
     /// Where each masked DataRow is written: one buffer for all rows, not one per row.
     row: Vec<u8>,
+    /// Counts for a frame that belongs to no statement (a notice between statements):
+    /// what is masked there has no result to be recorded with.
+    unowned: crate::masking::MaskCounts,
 }
 
 impl Session {
@@ -1391,7 +1395,6 @@ impl Session {
             policy: &m.policy,
             catalog: &self.resource.catalog,
         };
-        let mut spare = crate::masking::MaskCounts::default();
         let work = self.tracker.front_work();
         let (plan, copy, first, counts) = match work {
             Some(w) => {
@@ -1406,7 +1409,10 @@ impl Session {
                     &mut w.shape.counts,
                 )
             }
-            None => (None, None, true, &mut spare),
+            None => {
+                m.unowned = crate::masking::MaskCounts::default();
+                (None, None, true, &mut m.unowned)
+            }
         };
         m.row.clear();
         let row_changed =

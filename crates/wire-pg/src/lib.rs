@@ -32,6 +32,7 @@ pub(crate) fn read_i16(buf: &[u8]) -> Result<(i16, &[u8]), DecodeError> {
     Ok((i16::from_be_bytes(bytes), &buf[2..]))
 }
 
+#[inline]
 pub(crate) fn read_i32(buf: &[u8]) -> Result<(i32, &[u8]), DecodeError> {
     let bytes: [u8; 4] = buf
         .get(..4)
@@ -53,6 +54,7 @@ pub(crate) fn read_count(buf: &[u8]) -> Result<(usize, &[u8]), DecodeError> {
 }
 
 /// Reads a length-prefixed value: `Int32` length (-1 for SQL NULL), then that many bytes.
+#[inline]
 pub(crate) fn read_value(buf: &[u8]) -> Result<(Option<&[u8]>, &[u8]), DecodeError> {
     let (len, rest) = read_i32(buf)?;
     if len == -1 {
@@ -94,6 +96,7 @@ pub(crate) fn put_value(out: &mut Vec<u8>, value: Option<&[u8]>) {
 }
 
 /// Overwrites the placeholder `Int32` at `at` with `len`.
+#[inline]
 pub(crate) fn patch_len(out: &mut [u8], at: usize, len: usize) {
     out[at..at + 4].copy_from_slice(&len_i32(len).to_be_bytes());
 }

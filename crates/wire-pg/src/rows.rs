@@ -105,6 +105,7 @@ impl DataRowIter<'_> {
 impl<'a> Iterator for DataRowIter<'a> {
     type Item = Result<Option<&'a [u8]>, DecodeError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.remaining == 0 {
             return None;
@@ -173,6 +174,7 @@ pub struct RowRewrite<'a, 'o> {
 impl<'a, 'o> RowRewrite<'a, 'o> {
     /// `frame` is the whole `DataRow` frame whose values are about to be fed; a rewritten
     /// frame is appended to `out`.
+    #[inline]
     pub fn new(frame: &'a [u8], out: &'o mut Vec<u8>) -> Self {
         // Tag, length, value count.
         RowRewrite {
@@ -184,6 +186,7 @@ impl<'a, 'o> RowRewrite<'a, 'o> {
     }
 
     /// The next value stays as it is (`value` as the row's reader returned it).
+    #[inline]
     pub fn keep(&mut self, value: Option<&[u8]>) {
         let raw = 4 + value.map_or(0, <[u8]>::len);
         if self.start.is_some() {
@@ -194,6 +197,7 @@ impl<'a, 'o> RowRewrite<'a, 'o> {
     }
 
     /// The next value becomes `with` (`None`: NULL).
+    #[inline]
     pub fn replace(&mut self, value: Option<&[u8]>, with: Option<&[u8]>) {
         put_value(self.changed(value), with);
     }
@@ -210,6 +214,7 @@ impl<'a, 'o> RowRewrite<'a, 'o> {
 
     /// Steps past the next value, which changes: the output, begun with the frame up to
     /// it if this is the first change.
+    #[inline]
     fn changed(&mut self, value: Option<&[u8]>) -> &mut Vec<u8> {
         if self.start.is_none() {
             self.start = Some(self.out.len());
