@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# What masking costs the gateway in instructions per transaction: a steady yardstick on a
+# machine whose TPS moves by a third from one run to the next. Each variant is its own
+# gateway under `valgrind --tool=callgrind`, which counts the instructions it executes,
+# whatever else the machine is doing:
+#   off        [resources.masking] enabled = false
+#   detectors  the default masking: every built-in detector
+#   rules      the same plus column rules on ssn (redact) and card (partial:4)
+# One pgbench client runs TXNS transactions of the `bench/masking.sh` script (ROWS customer
+# rows of 8 columns each) after a warm-up of 200; only those are counted.
+#
+#   bench/masking-instructions.sh            defaults: 2,000 transactions, 20 rows
+#   TXNS=1000 ROWS=1 bench/masking-instructions.sh
+#
+# The summary gives each variant's instructions per transaction and what it adds to `off`,
+# with SHA-256 set apart: under valgrind the sha2 crate takes its portable code path (no
+# SHA extensions), which costs several times what it does on the real machine, and masked
+# rows are shorter, so they are hashed for less. Then what grew most, by source file and
+# function (code inlined into a function counts under the file it was written in).
+# Installs PostgreSQL and valgrind with apt-get when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TXNS=${TXNS:-2000}
+ROWS=${ROWS:-20}
+
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v valgrind >/dev/null || missing+=(valgrind)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+fi
+pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+cargo build --release -p gatehouse >&2
+gatehouse=$PWD/target/release/gatehouse
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-instructions.XXXXXX")
+chmod 755 "$work"
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+[ "$(id -u)" = 0 ] && chown postgres: "$work"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    as_pg "$pgbin/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+pg_port=$(free_port)
+
+echo -n superpw > "$work/pw"; [ "$(id -u)" = 0 ] && chown postgres: "$work/pw"
+as_pg "$pgbin/initdb" -D "$work/data" -U postgres --pwfile "$work/pw" --auth-host=scram-sha-256 \
+    --auth-local=trust -E UTF8 --locale=C --no-sync >/dev/null
+cat >> "$work/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $pg_port
+unix_socket_directories = '$work'
+fsync = off
+synchronous_commit = off
+CONF
+as_pg "$pgbin/pg_ctl" -D "$work/data" -l "$work/pg.log" -w start >/dev/null
+export PGHOST=127.0.0.1
+PGPASSWORD=superpw "$pgbin/psql" -q -p "$pg_port" -U postgres -c "CREATE ROLE app LOGIN PASSWORD 'apppw'" -c "CREATE DATABASE bench OWNER app"
+PGPASSWORD=apppw "$pgbin/psql" -q -p "$pg_port" -U app bench <<'SQL'
+CREATE TABLE customers (id int PRIMARY KEY, name text, email text, phone text, ssn text, card text, notes text, created timestamptz);
+INSERT INTO customers
+SELECT i, 'customer ' || i, 'user' || i || '@example.com', '(415) 555-' || lpad((i % 10000)::text, 4, '0'),
+       lpad((100000000 + i)::text, 9, '0'), '4111111111111111', 'order ORD-' || i || ' shipped', now()
+FROM generate_series(1, 100000) i;
+SQL
+cat > "$work/rows.sql" <<SQL
+\\set start random(1, $((100001 - ROWS)))
+SELECT id, name, email, phone, ssn, card, notes, created FROM customers WHERE id BETWEEN :start AND :start + $((ROWS - 1));
+SQL
+
+key=$("$gatehouse" keys generate --name bench | awk 'NR == 1 {print $NF}')
+hash=$(printf %s "$key" | "$gatehouse" keys hash)
+echo -n apppw > "$work/target-pw"
+bench() { # port transactions
+    (cd "$work" && PGPASSWORD=$key "$pgbin/pgbench" -n -M prepared -f rows.sql -c 1 -t "$2" -p "$1" -U bench bench >/dev/null)
+}
+
+echo "# $(date -u +%Y-%m-%dT%H:%MZ); $TXNS transactions of $ROWS rows x 8 columns, one client, each variant its own gateway under callgrind"
+for variant in off detectors rules; do
+    port=$(free_port); admin=$(free_port)
+    case $variant in
+        off) masking=$'[resources.masking]\nenabled = false' ;;
+        detectors) masking="" ;;
+        rules) masking=$'[[resources.masking.columns]]\ncolumn = "public.customers.ssn"\n[[resources.masking.columns]]\ncolumn = "customers.card"\nstrategy = "partial:4"' ;;
+    esac
+    cat > "$work/$variant.toml" <<TOML
+data_dir = "$work/data-$variant"
+[log]
+level = "warn"
+[admin]
+listen = "127.0.0.1:$admin"
+[[resources]]
+name = "bench"
+kind = "postgres"
+durability = "batched"
+listen = "127.0.0.1:$port"
+target = "127.0.0.1:$pg_port"
+database = "bench"
+[resources.credentials]
+user = "app"
+password_file = "$work/target-pw"
+$masking
+[[identities]]
+name = "bench"
+kind = "service"
+key_hash = "$hash"
+TOML
+    valgrind --tool=callgrind --callgrind-out-file="$work/$variant.out" \
+        "$gatehouse" serve --config "$work/$variant.toml" 2>"$work/$variant.log" &
+    pid=$!
+    pids+=("$pid")
+    for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
+    echo "$variant: warming up, then $TXNS transactions" >&2
+    bench "$port" 200
+    callgrind_control -z "$pid" >/dev/null
+    bench "$port" "$TXNS"
+    callgrind_control -d "$pid" >/dev/null
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    # The dump asked for is the first part file; the one written at exit is not counted.
+    mv "$work/$variant.out.1" "$work/$variant.counted"
+done
+
+python3 - "$work" "$TXNS" <<'PY'
+import collections, re, subprocess, sys
+
+work, txns = sys.argv[1], int(sys.argv[2])
+# Frames that were on the stack when the counters were zeroed (a thread's start, tokio's
+# worker loop and the task it polls) are reported with their threads' whole counts, not
+# their own: they are left out of the list of what grew.
+ON_STACK = ("tokio::runtime::", "thread_start", "start_thread", ":clone", "{{vtable.shim}}",
+            "__rust_begin_short_backtrace")
+
+def functions(variant):
+    """Instructions by source file and function (exclusive), and the program's total."""
+    out = subprocess.run(
+        ["callgrind_annotate", "--inclusive=no", "--auto=no", "--tree=none", "--threshold=100",
+         f"{work}/{variant}.counted"], capture_output=True, text=True, check=True).stdout
+    counts, total = collections.Counter(), 0
+    for line in out.splitlines():
+        m = re.match(r"\s*([0-9,]+) (?:\([^)]*\))?\s+(.*)", line)
+        if not m:
+            continue
+        n = int(m.group(1).replace(",", ""))
+        if "PROGRAM TOTALS" in line:
+            total = n
+            continue
+        name = re.sub(r" \[.*\]$", "", m.group(2))
+        name = re.sub(r"^.*/registry/src/[^/]+/|^/rustc/[0-9a-f]+/", "", name)
+        counts[name] += n
+    return counts, total
+
+def sha(name):
+    return "sha2::" in name
+
+runs = {v: functions(v) for v in ("off", "detectors", "rules")}
+off, off_total = runs["off"]
+off_sha = sum(n for k, n in off.items() if sha(k))
+print(f"{'variant':<10} {'instr/txn':>10} {'SHA-256':>9} {'the rest':>9} {'added':>8}")
+for variant, (counts, total) in runs.items():
+    hashed = sum(n for k, n in counts.items() if sha(k))
+    rest = (total - hashed) / txns
+    added = rest - (off_total - off_sha) / txns
+    print(f"{variant:<10} {total / txns:>10.0f} {hashed / txns:>9.0f} {rest:>9.0f} {added:>+8.0f}")
+for variant in ("detectors", "rules"):
+    counts = runs[variant][0]
+    grew = sorted(((counts[k] - off[k]) / txns, k) for k in set(counts) | set(off)
+                  if not sha(k) and not any(s in k for s in ON_STACK))
+    print(f"# {variant}: what grew most (source file: function), instructions per transaction")
+    for n, name in reversed(grew[-15:]):
+        if n > 0:
+            print(f"  {n:>8.0f}  {name[:120]}")
+PY
