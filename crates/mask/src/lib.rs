@@ -289,19 +289,19 @@ fn write_redacted(kind: &str, out: &mut Vec<u8>) {
 /// Every letter and digit but the last `keep_last` as `*`.
 fn write_partial(value: &[u8], keep_last: usize, out: &mut Vec<u8>) {
     // For ASCII, a character is a byte and alphanumeric means ASCII alphanumeric: the
-    // value is copied once and its hidden bytes overwritten in place.
+    // value is copied once and read back to front, keeping the last `keep_last` letters
+    // and digits and hiding the rest, in one pass.
     if value.is_ascii() {
-        let total = value.iter().filter(|b| b.is_ascii_alphanumeric()).count();
-        let mut hide = total.saturating_sub(keep_last);
         let start = out.len();
         out.extend_from_slice(value);
-        for b in &mut out[start..] {
-            if hide == 0 {
-                break;
-            }
+        let mut kept = 0;
+        for b in out[start..].iter_mut().rev() {
             if b.is_ascii_alphanumeric() {
-                *b = b'*';
-                hide -= 1;
+                if kept < keep_last {
+                    kept += 1;
+                } else {
+                    *b = b'*';
+                }
             }
         }
         return;

@@ -139,6 +139,8 @@ fn strategies_write_exactly_their_text() {
     // Letters and digits of any script count; separators stay.
     assert_eq!(partial(2, "Zoë Ørsted").unwrap(), "*** ****ed");
     assert_eq!(partial(40, "ab").unwrap(), "ab");
+    assert_eq!(partial(0, "a-1 b").unwrap(), "*-* *");
+    assert_eq!(partial(1, "--").unwrap(), "--");
     assert_eq!(
         m.mask_value(Strategy::Redact, "us_ssn", "123-45-6789")
             .unwrap(),
