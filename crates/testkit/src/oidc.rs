@@ -4,6 +4,13 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a starting provider may take to say it listens (it takes a second or two).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Starts tried before giving up.
+const START_ATTEMPTS: usize = 3;
 
 /// The node project holding the provider script and its `node_modules`.
 pub fn oidc_dir() -> PathBuf {
@@ -30,34 +37,62 @@ impl OidcProvider {
                 dir.display()
             ));
         }
-        let port = if port == 0 { crate::free_port() } else { port };
+        // node has been seen to hang while starting, before it listens (its main thread
+        // waiting on a lock, nothing printed): a start that says nothing in time is ended
+        // and tried again, as is one that failed (a free port taken meanwhile).
+        let mut failed = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = if port == 0 { crate::free_port() } else { port };
+            match OidcProvider::start_once(&dir, keys_file, port) {
+                Ok(provider) => return Ok(provider),
+                Err(e) => failed.push(e),
+            }
+        }
+        Err(format!(
+            "the provider did not start in {START_ATTEMPTS} attempts: {}",
+            failed.join("; ")
+        ))
+    }
+
+    fn start_once(dir: &Path, keys_file: &Path, port: u16) -> Result<OidcProvider, String> {
         let mut child = Command::new("node")
             .arg(dir.join("provider.mjs"))
             .arg(port.to_string())
             .arg(keys_file)
-            .current_dir(&dir)
+            .current_dir(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("starting node: {e}"))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .map_err(|e| format!("reading the provider's output: {e}"))?;
-        if line.trim() != "ready" {
-            let _ = child.kill();
-            return Err(format!("the provider did not start: {line:?}"));
-        }
-        // Keep reading: the provider logs as it serves, and node exits when a write to a
-        // closed pipe fails.
-        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-        Ok(OidcProvider {
-            port,
-            keys_file: keys_file.to_path_buf(),
-            child,
-        })
+        let (said, first_line) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let read = reader.read_line(&mut line).map(|_| line);
+            let ready = matches!(&read, Ok(line) if line.trim() == "ready");
+            let _ = said.send(read);
+            // Keep reading: the provider logs as it serves, and node exits when a write
+            // to a closed pipe fails.
+            if ready {
+                let _ = std::io::copy(&mut reader, &mut std::io::sink());
+            }
+        });
+        let failure = match first_line.recv_timeout(START_TIMEOUT) {
+            Ok(Ok(line)) if line.trim() == "ready" => {
+                return Ok(OidcProvider {
+                    port,
+                    keys_file: keys_file.to_path_buf(),
+                    child,
+                });
+            }
+            Ok(Ok(line)) => format!("it said {line:?}"),
+            Ok(Err(e)) => format!("reading its output: {e}"),
+            Err(_) => format!("nothing said in {} s", START_TIMEOUT.as_secs()),
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(failure)
     }
 
     /// The issuer URL tokens carry.
