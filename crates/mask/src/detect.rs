@@ -48,6 +48,31 @@ pub enum Kind {
     Custom(String),
 }
 
+/// `Kind::name` and `Kind::token` from one list of the built-in kinds' names, so that a
+/// redaction token is always its kind's name in brackets.
+macro_rules! kind_names {
+    ($($kind:ident => $name:literal),* $(,)?) => {
+        /// The name used in configs, redaction tokens and the ledger.
+        #[inline]
+        pub fn name(&self) -> &str {
+            match self {
+                $(Kind::$kind => $name,)*
+                Kind::Custom(name) => name,
+            }
+        }
+
+        /// A built-in kind's redaction token, `[` name `]`, written out so that redacting a
+        /// value is one copy; `None` for a user-defined kind.
+        #[inline]
+        pub fn token(&self) -> Option<&'static str> {
+            Some(match self {
+                $(Kind::$kind => concat!("[", $name, "]"),)*
+                Kind::Custom(_) => return None,
+            })
+        }
+    };
+}
+
 impl Kind {
     /// Every built-in kind, in the order their detectors run.
     pub const BUILTIN: [Kind; 16] = [
@@ -98,53 +123,23 @@ impl Kind {
         Kind::BUILTIN.into_iter().find(|k| k.name() == name)
     }
 
-    /// The name used in configs, redaction tokens and the ledger.
-    #[inline]
-    pub fn name(&self) -> &str {
-        match self {
-            Kind::Email => "email",
-            Kind::Phone => "phone",
-            Kind::PaymentCard => "payment_card",
-            Kind::Iban => "iban",
-            Kind::UsSsn => "us_ssn",
-            Kind::Ipv4 => "ipv4",
-            Kind::Ipv6 => "ipv6",
-            Kind::Jwt => "jwt",
-            Kind::PrivateKey => "private_key",
-            Kind::AwsAccessKey => "aws_access_key",
-            Kind::AwsSecretKey => "aws_secret_key",
-            Kind::GithubToken => "github_token",
-            Kind::GitlabToken => "gitlab_token",
-            Kind::SlackToken => "slack_token",
-            Kind::StripeKey => "stripe_key",
-            Kind::Password => "password",
-            Kind::Custom(name) => name,
-        }
-    }
-
-    /// A built-in kind's redaction token, `[` name `]`, written out so that redacting a
-    /// value is one copy; `None` for a user-defined kind.
-    #[inline]
-    pub fn token(&self) -> Option<&'static str> {
-        Some(match self {
-            Kind::Email => "[email]",
-            Kind::Phone => "[phone]",
-            Kind::PaymentCard => "[payment_card]",
-            Kind::Iban => "[iban]",
-            Kind::UsSsn => "[us_ssn]",
-            Kind::Ipv4 => "[ipv4]",
-            Kind::Ipv6 => "[ipv6]",
-            Kind::Jwt => "[jwt]",
-            Kind::PrivateKey => "[private_key]",
-            Kind::AwsAccessKey => "[aws_access_key]",
-            Kind::AwsSecretKey => "[aws_secret_key]",
-            Kind::GithubToken => "[github_token]",
-            Kind::GitlabToken => "[gitlab_token]",
-            Kind::SlackToken => "[slack_token]",
-            Kind::StripeKey => "[stripe_key]",
-            Kind::Password => "[password]",
-            Kind::Custom(_) => return None,
-        })
+    kind_names! {
+        Email => "email",
+        Phone => "phone",
+        PaymentCard => "payment_card",
+        Iban => "iban",
+        UsSsn => "us_ssn",
+        Ipv4 => "ipv4",
+        Ipv6 => "ipv6",
+        Jwt => "jwt",
+        PrivateKey => "private_key",
+        AwsAccessKey => "aws_access_key",
+        AwsSecretKey => "aws_secret_key",
+        GithubToken => "github_token",
+        GitlabToken => "gitlab_token",
+        SlackToken => "slack_token",
+        StripeKey => "stripe_key",
+        Password => "password",
     }
 }
 

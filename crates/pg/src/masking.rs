@@ -811,16 +811,13 @@ impl Rewriter<'_> {
         row.finish()
     }
 
-    /// A value off the fast paths.
+    /// A value off the fast paths (inert types never come here: their route keeps them).
     fn value(&self, col: &ColumnPlan, value: &[u8], counts: &mut MaskCounts) -> Change {
         let class = col.class;
         match &col.mask {
             ColumnMask::Rule { strategy, label } => {
                 counts.rule(label);
                 self.whole(*strategy, label, class, col.format, value)
-            }
-            ColumnMask::Content if self.policy.skip_inert && types::text_is_inert(col.type_oid) => {
-                Change::Keep
             }
             ColumnMask::Content if col.format == 0 => self.text_value(class, value, counts),
             ColumnMask::Content => self.binary_value(col.type_oid, class, value, counts, 0),
