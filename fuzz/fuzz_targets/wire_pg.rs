@@ -15,6 +15,9 @@ fuzz_target!(|data: &[u8]| {
         let frame = &rest[..len];
         let _ = frontend::parse(frame);
         let _ = backend::parse(frame);
+        if frame.len() >= 5 {
+            let _ = backend::parameter_status(&frame[5..]);
+        }
         rest = &rest[len..];
     }
 });

@@ -38,6 +38,10 @@ pub enum EventKind {
     TargetFailure,
     #[serde(rename = "policy.decision")]
     PolicyDecision,
+    /// The target did something the gateway had not decided (a command tag for a command
+    /// that was not in the decided statement): the session was ended.
+    #[serde(rename = "integrity.mismatch")]
+    IntegrityMismatch,
     #[serde(rename = "approval.request")]
     ApprovalRequest,
     #[serde(rename = "approval.decision")]
@@ -75,6 +79,7 @@ impl EventKind {
             EventKind::KeyRevoked => "key.revoked",
             EventKind::TargetFailure => "target.failure",
             EventKind::PolicyDecision => "policy.decision",
+            EventKind::IntegrityMismatch => "integrity.mismatch",
             EventKind::ApprovalRequest => "approval.request",
             EventKind::ApprovalDecision => "approval.decision",
             EventKind::ConfigChange => "config.change",
@@ -344,6 +349,7 @@ mod tests {
             EventKind::SessionStart,
             EventKind::AuthFailure,
             EventKind::TargetFailure,
+            EventKind::IntegrityMismatch,
             EventKind::ApprovalDecision,
             EventKind::LedgerRecovery,
         ] {

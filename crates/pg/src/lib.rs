@@ -8,7 +8,10 @@
 mod cancel;
 pub mod catalog;
 mod error;
+mod integrity;
+mod lexical;
 pub mod masking;
+mod prepared;
 mod recording;
 mod session;
 pub mod tls;

@@ -20,13 +20,15 @@ use tokio::sync::Notify;
 
 use crate::cancel::CancelTarget;
 use crate::error::PgError;
+use crate::lexical::{Lexicon, UnsafeSetting};
 use crate::masking::{CopyPlan, MaskPolicy, ResultPlan, Rewriter, Shape, Source};
+use crate::prepared::{Lookup, Names, Op, Pending, Portal, Prepared};
 use crate::recording::Recorder;
 use crate::tracker::{Describes, Expect, Tracker, Work};
 use crate::upstream::{self, TargetStream};
 use crate::{PgResource, send};
 use gatehouse_policy::{Action, SessionPolicy, decide_statement};
-use gatehouse_sql::{Analysis, Outcome, analyze};
+use gatehouse_sql::{Analysis, Outcome, PreparedUse};
 
 /// Sends everything in `buf` (if anything) and empties it; returns how many bytes went.
 async fn drain_into<S: AsyncWrite + Unpin>(
@@ -355,6 +357,15 @@ async fn startup<S: ClientStream>(
         }
     };
 
+    // The greeting reports the settings statements will be read under; an encoding the
+    // gateway cannot read like the server does ends the connection here.
+    let mut lexicon = Lexicon::default();
+    if let Err(unsafe_setting) = lexicon.observe_frames(&target.greeting) {
+        record_unsafe_setting(resource, &actor, None, peer, &unsafe_setting).await;
+        fatal(client, "0A000", &unsafe_setting_message(&unsafe_setting)).await?;
+        return Ok(None);
+    }
+
     let masking = match &resource.masking {
         Some(mask) => {
             let clear_client = match &resource.policy {
@@ -429,9 +440,10 @@ async fn startup<S: ClientStream>(
         tracker: Tracker::new(target.status),
         recorder: Recorder::new(resource.record_results),
         leftover: buf,
-        statements: HashMap::new(),
-        portals: HashMap::new(),
+        names: Names::default(),
         recent: HashMap::new(),
+        lexicon,
+        stop: None,
         skip_until_sync: false,
         totals: Totals::default(),
         started: Instant::now(),
@@ -441,6 +453,75 @@ async fn startup<S: ClientStream>(
         held_input: BytesMut::new(),
         client_gone: false,
     }))
+}
+
+/// What the client is told when the server reports a setting the gateway cannot read
+/// statements under.
+fn unsafe_setting_message(setting: &UnsafeSetting) -> String {
+    format!(
+        "gatehouse: {} {} is not supported: in it, a character can contain the bytes of a quote or a backslash, so the gateway could not read statements as the server does; use UTF8",
+        setting.name, setting.value
+    )
+}
+
+/// Records that a session was refused or ended for a setting the server reported.
+async fn record_unsafe_setting(
+    resource: &PgResource,
+    actor: &Actor,
+    session: Option<&str>,
+    peer: SocketAddr,
+    setting: &UnsafeSetting,
+) {
+    let event = resource.event(
+        EventKind::PolicyDecision,
+        Some(actor),
+        session,
+        json!({
+            "action": "session_setting",
+            "setting": setting.name,
+            "value": setting.value,
+            "outcome": "deny",
+            "client": peer.to_string(),
+            "message": "an encoding in which a character can contain a quote or backslash byte",
+        }),
+    );
+    if let Err(e) = resource.ledger.append(&event, resource.durability).await {
+        tracing::error!(error = %e, "could not record a refused session setting");
+    }
+}
+
+/// What runs when `wrapper` executes a prepared statement whose statement is `run`: a
+/// plain `EXECUTE` is the statement it runs; `EXPLAIN ANALYZE EXECUTE` and `CREATE TABLE AS
+/// EXECUTE` keep their own command and take on what it does.
+fn executed(
+    wrapper: &gatehouse_sql::Statement,
+    run: &gatehouse_sql::Statement,
+) -> gatehouse_sql::Statement {
+    let mut out = if wrapper.command == "EXECUTE" {
+        run.clone()
+    } else {
+        let mut merged = wrapper.clone();
+        if wrapper.command == "EXPLAIN ANALYZE" {
+            merged.class = run.class;
+        }
+        for t in &run.tables {
+            if !merged.tables.contains(t) {
+                merged.tables.push(t.clone());
+            }
+        }
+        merged.missing_where |= run.missing_where;
+        merged.writes |= run.writes;
+        merged.inner_commands.push(run.command.clone());
+        merged
+            .inner_commands
+            .extend(run.inner_commands.iter().cloned());
+        merged.prepared = None;
+        merged
+    };
+    if !out.inner_commands.iter().any(|c| c == "EXECUTE") {
+        out.inner_commands.push("EXECUTE".into());
+    }
+    out
 }
 
 fn new_session_id() -> String {
@@ -475,86 +556,6 @@ async fn record_auth_failure(
     tracing::info!(resource = %resource.name, user, %peer, reason, "authentication failed");
 }
 
-/// A statement as the gateway remembers it: its text, its analysis and the part of the
-/// `command` entry that follows from the analysis alone, all computed once.
-struct Prepared {
-    sql: String,
-    analysis: Analysis,
-    /// What masking reads of the statement, built the first time a result needs it.
-    source: std::sync::OnceLock<Arc<Source>>,
-    /// `classes`, `commands`, `tables` and (when unparsed) `unparsed`, ready to copy into
-    /// each `command` entry.
-    summary: serde_json::Map<String, Value>,
-}
-
-impl Prepared {
-    fn new(sql: &str) -> Prepared {
-        Prepared::from_analysis(sql, analyze(sql))
-    }
-
-    fn from_analysis(sql: &str, analysis: Analysis) -> Prepared {
-        let mut summary = serde_json::Map::new();
-        summary.insert(
-            "classes".into(),
-            analysis
-                .classes()
-                .map(|c| c.as_str())
-                .collect::<Vec<_>>()
-                .into(),
-        );
-        summary.insert(
-            "commands".into(),
-            analysis
-                .statements
-                .iter()
-                .map(|s| s.command.clone())
-                .collect::<Vec<_>>()
-                .into(),
-        );
-        summary.insert("tables".into(), distinct_tables(&analysis).into());
-        if let Some(why) = &analysis.unparsed {
-            summary.insert("unparsed".into(), why.as_str().into());
-        }
-        Prepared {
-            sql: sql.to_string(),
-            analysis,
-            summary,
-            source: std::sync::OnceLock::new(),
-        }
-    }
-
-    /// The statement as masking reads it; the lineage is read only where column rules
-    /// need it.
-    fn source(&self, with_lineage: bool) -> Arc<Source> {
-        self.source
-            .get_or_init(|| {
-                Arc::new(Source::new(
-                    self.sql.clone(),
-                    with_lineage.then(|| gatehouse_sql::lineage::lineage(&self.sql)),
-                    distinct_tables(&self.analysis),
-                ))
-            })
-            .clone()
-    }
-
-    fn is_ddl(&self) -> bool {
-        self.analysis
-            .classes()
-            .any(|c| c == gatehouse_sql::StatementClass::Ddl)
-    }
-}
-
-/// Every relation the statements name, once, in order of appearance.
-fn distinct_tables(analysis: &Analysis) -> Vec<String> {
-    let mut tables: Vec<String> = Vec::new();
-    for t in analysis.statements.iter().flat_map(|s| s.tables.iter()) {
-        if !tables.contains(t) {
-            tables.push(t.clone());
-        }
-    }
-    tables
-}
-
 /// How many distinct statement texts a session keeps analysed, and the longest text kept:
 /// clients repeat the same few statements (simple queries, unnamed Parse), so a small cache
 /// takes the parser off the hot path without letting one session hold much memory.
@@ -582,13 +583,16 @@ struct Session {
     recorder: Recorder,
     /// Client bytes read during startup that belong to the relay phase.
     leftover: BytesMut,
-    /// Prepared statement name → SQL text and its analysis, parsed once at Parse time so
-    /// the hot path (Bind/Execute) does no parsing.
-    statements: HashMap<String, Arc<Prepared>>,
-    /// Portal name → statement name and the Bind's result formats.
-    portals: HashMap<String, (String, Vec<i16>)>,
-    /// Recently seen statement text → its analysis (see `RECENT_STATEMENTS`).
+    /// Prepared statements and portals as the server has confirmed them, each statement
+    /// parsed once at Parse time so the hot path (Bind/Execute) does no parsing.
+    names: Names,
+    /// Recently seen statement text → its analysis (see `RECENT_STATEMENTS`), under the
+    /// current lexical settings.
     recent: HashMap<String, Arc<Prepared>>,
+    /// How the server reads SQL text in this session, as it last reported.
+    lexicon: Lexicon,
+    /// Set when the session must end once the current server frames are handled.
+    stop: Option<Stop>,
     /// After a refused Execute the rest of the pipeline is dropped until Sync, as the
     /// server itself does after an error.
     skip_until_sync: bool,
@@ -604,6 +608,13 @@ struct Session {
     held_input: BytesMut,
     /// The client left while a statement was held.
     client_gone: bool,
+}
+
+/// Why a session must end: what the client is told, and the entry that explains it.
+struct Stop {
+    code: &'static str,
+    message: String,
+    event: Event,
 }
 
 /// The client and the pending output, lent to a statement that may be held.
@@ -717,6 +728,9 @@ impl Session {
                 self.tracker.take_orphans(&mut done);
                 self.record_results(&mut done);
                 self.totals.bytes_to_client += sent?;
+                if let Some(stop) = self.stop.take() {
+                    return self.end_for(client, stop).await;
+                }
                 if terminate {
                     return Ok("client terminated the session".into());
                 }
@@ -727,6 +741,9 @@ impl Session {
                 while let Some(len) =
                     split_frame(&sbuf).map_err(|e| PgError::Target(format!("protocol: {e}")))?
                 {
+                    if sbuf[0] == b'S' {
+                        self.observe_setting(&sbuf[..len]);
+                    }
                     if self.masking.is_some() {
                         let frame = &sbuf[..len];
                         if self.needs_planning(frame) {
@@ -745,6 +762,7 @@ impl Session {
                         );
                         sbuf.advance(len);
                     }
+                    self.settle_names();
                 }
                 let sent = drain_into(client, &mut to_client).await;
                 self.record_results(&mut done);
@@ -752,6 +770,81 @@ impl Session {
                     self.flush_recording().await;
                 }
                 self.totals.bytes_to_client += sent?;
+                if let Some(stop) = self.stop.take() {
+                    return self.end_for(client, stop).await;
+                }
+            }
+        }
+    }
+
+    /// Ends the session for `stop`: its entry is appended (durably: it explains why a
+    /// session ended), then the client gets a FATAL error.
+    async fn end_for<S: ClientStream>(
+        &mut self,
+        client: &mut S,
+        stop: Stop,
+    ) -> Result<String, PgError> {
+        if let Err(e) = self
+            .resource
+            .ledger
+            .append(&stop.event, gatehouse_core::Durability::Sync)
+            .await
+        {
+            tracing::error!(session = %self.id, error = %e, "could not record why a session ended");
+        }
+        let mut out = Vec::new();
+        backend::error_response("FATAL", stop.code, &stop.message, &mut out);
+        let _ = send(client, &out).await;
+        Ok(stop.message)
+    }
+
+    /// A ParameterStatus from the server: the lexical settings follow it, and an encoding
+    /// the gateway cannot read statements under ends the session.
+    fn observe_setting(&mut self, frame: &[u8]) {
+        let Ok((name, value)) = backend::parameter_status(&frame[5..]) else {
+            return;
+        };
+        let before = self.lexicon.lexical;
+        match self.lexicon.observe(name, value) {
+            Ok(()) => {
+                if self.lexicon.lexical != before {
+                    // Cached analyses were read under the old settings.
+                    self.recent.clear();
+                }
+            }
+            Err(setting) => {
+                if self.stop.is_none() {
+                    let event = self.event(
+                        EventKind::PolicyDecision,
+                        json!({
+                            "action": "session_setting",
+                            "setting": setting.name,
+                            "value": setting.value,
+                            "outcome": "deny",
+                            "client": self.peer.to_string(),
+                            "message": "an encoding in which a character can contain a quote or backslash byte",
+                        }),
+                    );
+                    self.stop = Some(Stop {
+                        code: "0A000",
+                        message: unsafe_setting_message(&setting),
+                        event,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Applies what the server confirmed or refused of the session's names. A statement
+    /// whose meaning changed loses the description masking kept for it.
+    fn settle_names(&mut self) {
+        let mut changed = Vec::new();
+        for settled in self.tracker.take_settled() {
+            self.names.settle(settled, &mut changed);
+        }
+        if let Some(m) = &mut self.masking {
+            for name in &changed {
+                m.statements.remove(name);
             }
         }
     }
@@ -784,21 +877,29 @@ impl Session {
             }
             match message {
                 Frontend::Query(sql) => {
-                    let prepared = self.analysed(sql);
-                    let io = Io {
-                        client: &mut *client,
-                        to_server: &mut *to_server,
-                        to_client: &mut *to_client,
+                    let read = self
+                        .read_statement(sql, json!({"protocol": "simple"}))
+                        .await;
+                    let admitted = match read {
+                        Ok(prepared) => {
+                            let io = Io {
+                                client: &mut *client,
+                                to_server: &mut *to_server,
+                                to_client: &mut *to_client,
+                            };
+                            self.admit(&prepared, json!({"protocol": "simple"}), io)
+                                .await
+                                .map(|index| (index, prepared))
+                        }
+                        Err(refusal) => Err(refusal),
                     };
-                    match self
-                        .admit(&prepared, json!({"protocol": "simple"}), io)
-                        .await
-                    {
-                        Ok(index) => {
+                    match admitted {
+                        Ok((index, prepared)) => {
                             to_server.extend_from_slice(&frame);
                             let shape = self.shape(&prepared, None);
-                            self.tracker
-                                .push(Expect::Query(Work::new(index).with_shape(shape)));
+                            self.tracker.push(Expect::Query(
+                                Work::new(index).with_shape(shape).deciding(prepared),
+                            ));
                         }
                         Err((code, message)) => {
                             let mut refusal = Vec::new();
@@ -810,10 +911,31 @@ impl Session {
                     }
                 }
                 Frontend::Parse { name, query } => {
-                    let prepared = self.analysed(query);
-                    self.statements.insert(name.to_string(), prepared);
-                    to_server.extend_from_slice(&frame);
-                    self.tracker.push(Expect::Parse);
+                    let detail = json!({"protocol": "extended", "parse": name});
+                    let refusal = if !name.is_empty()
+                        && self.names.statement_count() >= crate::prepared::MAX_STATEMENTS
+                    {
+                        let message = format!(
+                            "gatehouse: this session holds {} prepared statements, the most it may; close some first",
+                            crate::prepared::MAX_STATEMENTS
+                        );
+                        Some(("54000", message))
+                    } else {
+                        match self.read_text(query, detail).await {
+                            Ok(prepared) => {
+                                to_server.extend_from_slice(&frame);
+                                self.tracker.push(Expect::Parse(Op::Parse {
+                                    name: name.to_string(),
+                                    prepared,
+                                }));
+                                None
+                            }
+                            Err(refusal) => Some(refusal),
+                        }
+                    };
+                    if let Some((code, message)) = refusal {
+                        self.refuse_in_pipeline(code, &message, to_client);
+                    }
                 }
                 Frontend::Bind { portal, statement } => {
                     let formats = match self.masking {
@@ -821,39 +943,82 @@ impl Session {
                         Some(_) => frontend::bind_result_formats(&frame[5..]).unwrap_or_default(),
                         None => Vec::new(),
                     };
-                    self.portals
-                        .insert(portal.to_string(), (statement.to_string(), formats));
+                    // What the statement will be when the Bind reaches the server; a portal
+                    // of a statement the gateway cannot name is refused at Execute.
+                    let prepared = match self.names.statement(statement, self.tracker.pending()) {
+                        Lookup::Known(prepared) => Some(prepared),
+                        Lookup::Unknown | Lookup::Uncertain => None,
+                    };
+                    let bound = Portal {
+                        statement: statement.to_string(),
+                        prepared,
+                        formats,
+                    };
                     to_server.extend_from_slice(&frame);
-                    self.tracker.push(Expect::Bind);
+                    self.tracker
+                        .push(Expect::Bind(Op::Bind(portal.to_string(), bound)));
                 }
                 Frontend::Execute { portal, .. } => {
-                    let (statement, formats) =
-                        self.portals.get(portal).cloned().unwrap_or_default();
-                    let prepared = self.statements.get(&statement).cloned().unwrap_or_else(|| {
-                        // Unknown statement: the server will say so; record what we know.
-                        Arc::new(Prepared::new(""))
-                    });
-                    let detail =
-                        json!({"protocol": "extended", "statement": statement, "portal": portal});
-                    let io = Io {
-                        client: &mut *client,
-                        to_server: &mut *to_server,
-                        to_client: &mut *to_client,
+                    let detail = json!({"protocol": "extended", "portal": portal});
+                    let bound = match self.names.portal(portal, self.tracker.pending()) {
+                        Lookup::Known(Portal {
+                            statement,
+                            prepared: Some(prepared),
+                            formats,
+                        }) => Ok((statement, prepared, formats)),
+                        Lookup::Known(Portal { statement, .. }) => Err((
+                            "55000",
+                            format!(
+                                "gatehouse: portal \"{portal}\" was bound from statement \"{statement}\", which the gateway could not name when it was bound (it was unknown, or being redefined by statements still in flight)"
+                            ),
+                        )),
+                        Lookup::Unknown => {
+                            Err(("34000", format!("portal \"{portal}\" does not exist")))
+                        }
+                        Lookup::Uncertain => Err((
+                            "55000",
+                            format!(
+                                "gatehouse: portal \"{portal}\" is being redefined by statements still in flight; send its Execute after they complete"
+                            ),
+                        )),
                     };
-                    match self.admit(&prepared, detail, io).await {
-                        Ok(index) => {
-                            to_server.extend_from_slice(&frame);
-                            let shape = self.shape(&prepared, Some((statement, formats)));
-                            self.tracker
-                                .push(Expect::Execute(Work::new(index).with_shape(shape)));
+                    let bound = match bound {
+                        Ok((statement, prepared, formats)) => {
+                            let mut detail = detail.clone();
+                            detail["statement"] = statement.as_str().into();
+                            match self.resolve_executes(&prepared, detail).await {
+                                Ok(prepared) => Ok((statement, prepared, formats)),
+                                Err(refusal) => Err(refusal),
+                            }
                         }
                         Err((code, message)) => {
-                            let mut refusal = Vec::new();
-                            backend::error_response("ERROR", code, &message, &mut refusal);
-                            self.tracker.push(Expect::Synthetic(refusal));
-                            self.tracker.drain_ready(to_client);
-                            self.skip_until_sync = true;
+                            self.record_unreadable(&detail, "", code, &message).await;
+                            Err((code, message))
                         }
+                    };
+                    let admitted = match bound {
+                        Ok((statement, prepared, formats)) => {
+                            let detail = json!({"protocol": "extended", "statement": statement, "portal": portal});
+                            let io = Io {
+                                client: &mut *client,
+                                to_server: &mut *to_server,
+                                to_client: &mut *to_client,
+                            };
+                            self.admit(&prepared, detail, io)
+                                .await
+                                .map(|index| (index, statement, prepared, formats))
+                        }
+                        Err(refusal) => Err(refusal),
+                    };
+                    match admitted {
+                        Ok((index, statement, prepared, formats)) => {
+                            to_server.extend_from_slice(&frame);
+                            let shape = self.shape(&prepared, Some((statement, formats)));
+                            self.tracker.push(Expect::Execute(
+                                Work::new(index).with_shape(shape).deciding(prepared),
+                            ));
+                        }
+                        Err((code, message)) => self.refuse_in_pipeline(code, &message, to_client),
                     }
                 }
                 Frontend::Describe { kind, name } => {
@@ -862,16 +1027,12 @@ impl Session {
                         .push(Expect::Describe((kind == b'S').then(|| name.to_string())));
                 }
                 Frontend::Close { kind, name } => {
-                    if kind == b'S' {
-                        self.statements.remove(name);
-                        if let Some(m) = &mut self.masking {
-                            m.statements.remove(name);
-                        }
-                    } else {
-                        self.portals.remove(name);
-                    }
+                    // Takes effect when the server confirms it (CloseComplete).
                     to_server.extend_from_slice(&frame);
-                    self.tracker.push(Expect::Close);
+                    self.tracker.push(Expect::Close(Op::Close {
+                        kind,
+                        name: name.to_string(),
+                    }));
                 }
                 Frontend::Sync => {
                     self.skip_until_sync = false;
@@ -883,6 +1044,7 @@ impl Session {
                     // decided as text the parser cannot read (it has no SQL).
                     let prepared = Prepared::from_analysis(
                         "",
+                        self.lexicon.lexical,
                         Analysis {
                             statements: Vec::new(),
                             unparsed: Some("a fast-path function call carries no SQL".into()),
@@ -921,12 +1083,149 @@ impl Session {
         Ok(false)
     }
 
+    /// Reads a text sent for parsing (a simple query or a Parse) under the session's
+    /// lexical settings. While statements are in flight the server may be changing those
+    /// settings; a text that would read differently then is refused (and recorded).
+    async fn read_text(
+        &mut self,
+        sql: &str,
+        detail: Value,
+    ) -> Result<Arc<Prepared>, (&'static str, String)> {
+        if !self.tracker.is_idle()
+            && let Some(why) = Lexicon::unsettled_reading(sql)
+        {
+            let message = format!(
+                "gatehouse: this statement cannot be read safely now: {why}; send it after the statements before it have completed"
+            );
+            self.record_unreadable(&detail, sql, "55000", &message)
+                .await;
+            return Err(("55000", message));
+        }
+        Ok(self.analysed(sql))
+    }
+
+    /// [`Session::read_text`], then every `EXECUTE` in it read as the statement it runs.
+    async fn read_statement(
+        &mut self,
+        sql: &str,
+        detail: Value,
+    ) -> Result<Arc<Prepared>, (&'static str, String)> {
+        let prepared = self.read_text(sql, detail.clone()).await?;
+        self.resolve_executes(&prepared, detail).await
+    }
+
+    /// The statement as the server will run it: each SQL `EXECUTE name` (also inside
+    /// `EXPLAIN ANALYZE` or `CREATE TABLE AS`) is decided on what `name` will be when it
+    /// runs. A name the gateway does not know, or cannot be sure of, is refused and
+    /// recorded.
+    async fn resolve_executes(
+        &mut self,
+        prepared: &Arc<Prepared>,
+        detail: Value,
+    ) -> Result<Arc<Prepared>, (&'static str, String)> {
+        match self.substitute_executes(prepared, 0) {
+            Ok(resolved) => Ok(resolved),
+            Err((code, message)) => {
+                self.record_unreadable(&detail, &prepared.sql, code, &message)
+                    .await;
+                Err((code, message))
+            }
+        }
+    }
+
+    fn substitute_executes(
+        &self,
+        prepared: &Arc<Prepared>,
+        depth: usize,
+    ) -> Result<Arc<Prepared>, (&'static str, String)> {
+        let statements = &prepared.analysis.statements;
+        let executes =
+            |s: &gatehouse_sql::Statement| matches!(s.prepared, Some(PreparedUse::Execute { .. }));
+        if !statements.iter().any(executes) {
+            return Ok(prepared.clone());
+        }
+        if depth >= 4 {
+            return Err((
+                "54001",
+                "gatehouse: prepared statements execute each other too deeply".into(),
+            ));
+        }
+        let mut out = Vec::with_capacity(statements.len());
+        let mut unparsed = prepared.analysis.unparsed.clone();
+        for (i, statement) in statements.iter().enumerate() {
+            let Some(PreparedUse::Execute { name }) = &statement.prepared else {
+                out.push(statement.clone());
+                continue;
+            };
+            // Statements before this one in the same text have run if this one runs.
+            let ahead = statements[..i]
+                .iter()
+                .filter(|s| s.prepared.is_some())
+                .map(|s| Pending::Sql(prepared, s));
+            let body = match self
+                .names
+                .statement(name, self.tracker.pending().chain(ahead))
+            {
+                Lookup::Known(body) => self.substitute_executes(&body, depth + 1)?,
+                Lookup::Unknown => {
+                    return Err((
+                        "26000",
+                        format!("prepared statement \"{name}\" does not exist"),
+                    ));
+                }
+                Lookup::Uncertain => {
+                    return Err((
+                        "55000",
+                        format!(
+                            "gatehouse: prepared statement \"{name}\" is being redefined by statements still in flight; execute it after they complete"
+                        ),
+                    ));
+                }
+            };
+            if body.analysis.unparsed.is_some() {
+                unparsed = body.analysis.unparsed.clone();
+            }
+            for run in &body.analysis.statements {
+                out.push(executed(statement, run));
+            }
+        }
+        Ok(Arc::new(Prepared::from_analysis(
+            &prepared.sql,
+            prepared.lexical,
+            Analysis {
+                statements: out,
+                unparsed,
+            },
+        )))
+    }
+
+    /// Records a statement the gateway refuses because it cannot tell what the server
+    /// would run: a `command` entry decided `deny`, with the reason.
+    async fn record_unreadable(&mut self, detail: &Value, sql: &str, code: &str, message: &str) {
+        let mut detail = detail.clone();
+        detail["decision"] = json!({"outcome": "deny", "unreadable": code, "message": message});
+        self.totals.denied += 1;
+        if let Err(e) = self.audit(sql, detail).await {
+            tracing::warn!(session = %self.id, error = %e, "could not record a refused statement");
+        }
+    }
+
+    /// Answers an extended-protocol message with an error in its place, and drops the rest
+    /// of the pipeline until Sync, as the server does after an error.
+    fn refuse_in_pipeline(&mut self, code: &str, message: &str, to_client: &mut Vec<u8>) {
+        let mut refusal = Vec::new();
+        backend::error_response("ERROR", code, message, &mut refusal);
+        self.tracker.push(Expect::Synthetic(refusal));
+        self.tracker.drain_ready(to_client);
+        self.skip_until_sync = true;
+    }
+
     /// The analysis of `sql`, from the session's cache when the text was seen recently.
     fn analysed(&mut self, sql: &str) -> Arc<Prepared> {
         if let Some(hit) = self.recent.get(sql) {
             return hit.clone();
         }
-        let prepared = Arc::new(Prepared::new(sql));
+        let prepared = Arc::new(Prepared::new(sql, self.lexicon.lexical));
         if sql.len() <= RECENT_MAX_SQL {
             if self.recent.len() >= RECENT_STATEMENTS {
                 // Simpler than LRU and enough: a workload of more distinct texts than
@@ -1576,6 +1875,34 @@ impl Session {
     fn record_result(&mut self, work: Work) {
         if work.error.is_some() {
             self.totals.errors += 1;
+        }
+        if let Some(decided) = &work.decided
+            && let Some((tag, why)) =
+                crate::integrity::unaccounted_tag(&decided.analysis, &work.tags)
+        {
+            // The server ran something that was not decided: the gateway's reading and the
+            // server's diverged. Recorded, counted, and the session ends.
+            metrics::counter!("gatehouse_integrity_mismatches_total").increment(1);
+            tracing::error!(session = %self.id, tag, why, "integrity mismatch: the target ran a command that was not decided");
+            if self.stop.is_none() {
+                let event = self.event(
+                    EventKind::IntegrityMismatch,
+                    json!({
+                        "command": work.command,
+                        "decided": decided.summary.get("commands"),
+                        "tags": work.tags,
+                        "tag": tag,
+                        "reason": why,
+                    }),
+                );
+                self.stop = Some(Stop {
+                    code: "XX000",
+                    message: format!(
+                        "gatehouse: the server ran a command that was not decided ({why}); the session is ended"
+                    ),
+                    event,
+                });
+            }
         }
         let mut data = json!({
             "command": work.command,

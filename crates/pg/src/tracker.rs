@@ -3,11 +3,13 @@
 //! exactly the place the server's own response would have.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use gatehouse_wire_pg::backend::{self, Backend};
 
 use crate::masking::Shape;
+use crate::prepared::{Op, Pending, Prepared, Settled};
 use crate::recording::{Output, Recorder};
 
 /// One statement execution in flight.
@@ -26,6 +28,9 @@ pub struct Work {
     pub output: Output,
     /// How its results are masked, and what was.
     pub shape: Shape,
+    /// The statement as decided: its command tags are checked against it, and its PREPARE
+    /// and DEALLOCATE statements change the session's names once they have run.
+    pub decided: Option<Arc<Prepared>>,
 }
 
 impl Work {
@@ -40,11 +45,17 @@ impl Work {
             skipped: false,
             output: Output::default(),
             shape: Shape::default(),
+            decided: None,
         }
     }
 
     pub fn with_shape(mut self, shape: Shape) -> Self {
         self.shape = shape;
+        self
+    }
+
+    pub fn deciding(mut self, decided: Arc<Prepared>) -> Self {
+        self.decided = Some(decided);
         self
     }
 }
@@ -64,11 +75,12 @@ pub enum Describes {
 /// What the server owes the client for a message sent to it.
 #[derive(Debug)]
 pub enum Expect {
-    Parse,
-    Bind,
+    /// Parse, Bind and Close: the change each makes to the session's names.
+    Parse(Op),
+    Bind(Op),
     /// Describe of a statement (its name) or of a portal (`None`).
     Describe(Option<String>),
-    Close,
+    Close(Op),
     Sync,
     /// Simple query or function call: done at ReadyForQuery.
     Query(Work),
@@ -89,6 +101,12 @@ pub struct Tracker {
     discarding: bool,
     /// Statements the server discarded before they were queued here.
     orphans: Vec<Work>,
+    /// What the server confirmed or refused of the session's names, in its order.
+    settled: Vec<Settled>,
+    /// Changes sent while the server discards (they never take effect): kept until the
+    /// Sync so the statements after them in the segment are still read, and recorded as
+    /// skipped, as the client meant them.
+    discarded: Vec<Op>,
 }
 
 impl Tracker {
@@ -98,7 +116,49 @@ impl Tracker {
             status,
             discarding: false,
             orphans: Vec::new(),
+            settled: Vec::new(),
+            discarded: Vec::new(),
         }
+    }
+
+    /// Nothing is owed: every message sent has been answered, and every setting the server
+    /// changed has been reported.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// What the server has confirmed or refused of the session's names since last asked.
+    pub fn take_settled(&mut self) -> std::vec::Drain<'_, Settled> {
+        self.settled.drain(..)
+    }
+
+    /// Changes to the session's names sent and not yet answered, oldest first.
+    pub fn pending(&self) -> impl Iterator<Item = Pending<'_>> {
+        self.queue
+            .iter()
+            .flat_map(|expect| {
+                let (op, work, boundary) = match expect {
+                    Expect::Parse(op) | Expect::Bind(op) | Expect::Close(op) => {
+                        (Some(op), None, false)
+                    }
+                    Expect::Query(work) => (None, work.decided.as_deref(), true),
+                    Expect::Execute(work) => (None, work.decided.as_deref(), false),
+                    Expect::Sync => (None, None, true),
+                    Expect::Describe(_) | Expect::Synthetic(_) => (None, None, false),
+                };
+                let sql = work.into_iter().flat_map(|text| {
+                    text.analysis
+                        .statements
+                        .iter()
+                        .filter(|s| s.prepared.is_some())
+                        .map(move |s| Pending::Sql(text, s))
+                });
+                op.map(Pending::Op)
+                    .into_iter()
+                    .chain(sql)
+                    .chain(boundary.then_some(Pending::Boundary))
+            })
+            .chain(self.discarded.iter().map(Pending::Op))
     }
 
     /// Records what the server owes for a message just sent to it. While the server is
@@ -108,14 +168,18 @@ impl Tracker {
             match expect {
                 Expect::Sync => {
                     self.discarding = false;
+                    self.discarded.clear();
                     self.queue.push_back(Expect::Sync);
+                }
+                Expect::Parse(op) | Expect::Bind(op) | Expect::Close(op) => {
+                    self.discarded.push(op);
                 }
                 Expect::Execute(mut work) | Expect::Query(mut work) => {
                     work.skipped = true;
                     self.orphans.push(work);
                 }
-                // Parse, Bind, Describe, Close: discarded. A gateway refusal of a message
-                // the server would have discarded anyway must not be answered either.
+                // Describe: discarded. A gateway refusal of a message the server would have
+                // discarded anyway must not be answered either.
                 _ => {}
             }
             return;
@@ -178,6 +242,9 @@ impl Tracker {
             Backend::Error { code, .. } => self.on_error(code, done),
             Backend::ReadyForQuery(status) => {
                 self.status = status;
+                if status == b'I' {
+                    self.settled.push(Settled::TransactionEnded);
+                }
                 // A ReadyForQuery always answers a Sync or a simple query. Anything still
                 // ahead of that was never answered: drop it rather than let the queue (and
                 // any refusal waiting in it) fall out of step with the server.
@@ -204,16 +271,20 @@ impl Tracker {
             }
             Backend::Other(tag) => {
                 let expected = match tag {
-                    b'1' => matches!(self.queue.front(), Some(Expect::Parse)),
-                    b'2' => matches!(self.queue.front(), Some(Expect::Bind)),
-                    b'3' => matches!(self.queue.front(), Some(Expect::Close)),
+                    b'1' => matches!(self.queue.front(), Some(Expect::Parse(_))),
+                    b'2' => matches!(self.queue.front(), Some(Expect::Bind(_))),
+                    b'3' => matches!(self.queue.front(), Some(Expect::Close(_))),
                     // RowDescription or NoData end a Describe; inside a simple query a
                     // RowDescription is just part of the results.
                     b'T' | b'n' => matches!(self.queue.front(), Some(Expect::Describe(_))),
                     _ => false,
                 };
-                if expected {
-                    self.queue.pop_front();
+                // The answered message leaves the queue; a change it made now counts.
+                if expected
+                    && let Some(Expect::Parse(op) | Expect::Bind(op) | Expect::Close(op)) =
+                        self.queue.pop_front()
+                {
+                    self.settled.push(Settled::Applied(op));
                 }
             }
             Backend::BackendKeyData { .. } => {}
@@ -237,7 +308,11 @@ impl Tracker {
             }
             Some(Expect::Sync) | None => return,
             Some(_) => {
-                self.queue.pop_front();
+                if let Some(Expect::Parse(op) | Expect::Bind(op) | Expect::Close(op)) =
+                    self.queue.pop_front()
+                {
+                    self.settled.push(Settled::Failed(op));
+                }
                 carry = Some(code.to_string());
             }
         }
@@ -310,6 +385,14 @@ impl Tracker {
 
     fn finish_front(&mut self, done: &mut Vec<Work>) {
         if let Some(Expect::Query(work)) | Some(Expect::Execute(work)) = self.queue.pop_front() {
+            if let Some(prepared) = &work.decided
+                && !work.tags.is_empty()
+            {
+                self.settled.push(Settled::Ran {
+                    prepared: prepared.clone(),
+                    completed: work.tags.len(),
+                });
+            }
             done.push(work);
         }
     }
@@ -326,6 +409,24 @@ mod tests {
         out
     }
 
+    fn test_parse() -> Op {
+        Op::Parse {
+            name: String::new(),
+            prepared: Arc::new(Prepared::new("SELECT 1", Default::default())),
+        }
+    }
+
+    fn test_bind() -> Op {
+        Op::Bind(
+            String::new(),
+            crate::prepared::Portal {
+                statement: String::new(),
+                prepared: None,
+                formats: Vec::new(),
+            },
+        )
+    }
+
     fn error(code: &str) -> Vec<u8> {
         let mut out = Vec::new();
         backend::error_response("ERROR", code, "boom", &mut out);
@@ -337,10 +438,10 @@ mod tests {
         let mut t = Tracker::new(b'I');
         let (mut done, mut emit) = (Vec::new(), Vec::new());
         let mut rec = Recorder::new(None);
-        t.push(Expect::Parse);
-        t.push(Expect::Bind);
+        t.push(Expect::Parse(test_parse()));
+        t.push(Expect::Bind(test_bind()));
         t.push(Expect::Execute(Work::new(1)));
-        t.push(Expect::Bind);
+        t.push(Expect::Bind(test_bind()));
         t.push(Expect::Synthetic(b"REFUSED".to_vec()));
         t.push(Expect::Sync);
         t.on_server(&msg(b'1', b""), &mut done, &mut emit, &mut rec);
@@ -369,8 +470,8 @@ mod tests {
         let mut t = Tracker::new(b'I');
         let (mut done, mut emit) = (Vec::new(), Vec::new());
         let mut rec = Recorder::new(None);
-        t.push(Expect::Parse);
-        t.push(Expect::Bind);
+        t.push(Expect::Parse(test_parse()));
+        t.push(Expect::Bind(test_bind()));
         t.push(Expect::Execute(Work::new(7)));
         t.push(Expect::Sync);
         t.on_server(&error("42601"), &mut done, &mut emit, &mut rec);
@@ -392,15 +493,15 @@ mod tests {
         let (mut done, mut emit) = (Vec::new(), Vec::new());
         let mut rec = Recorder::new(None);
         // First half of a pipeline; the error comes back before the rest is sent.
-        t.push(Expect::Parse);
-        t.push(Expect::Bind);
+        t.push(Expect::Parse(test_parse()));
+        t.push(Expect::Bind(test_bind()));
         t.push(Expect::Execute(Work::new(1)));
         t.on_server(&msg(b'1', b""), &mut done, &mut emit, &mut rec);
         t.on_server(&error("22012"), &mut done, &mut emit, &mut rec);
         assert_eq!(done.len(), 1);
         // The rest of the pipeline: the server discards it and answers only the Sync.
-        t.push(Expect::Parse);
-        t.push(Expect::Bind);
+        t.push(Expect::Parse(test_parse()));
+        t.push(Expect::Bind(test_bind()));
         t.push(Expect::Execute(Work::new(2)));
         t.push(Expect::Synthetic(b"NEVER".to_vec()));
         t.push(Expect::Sync);
@@ -424,8 +525,8 @@ mod tests {
         let (mut done, mut emit) = (Vec::new(), Vec::new());
         let mut rec = Recorder::new(Some(1 << 20));
         let (t1, d1) = (msg(b'T', b"cols"), msg(b'D', b"\0\x01\0\0\0\x011"));
-        t.push(Expect::Parse);
-        t.push(Expect::Bind);
+        t.push(Expect::Parse(test_parse()));
+        t.push(Expect::Bind(test_bind()));
         t.push(Expect::Describe(None));
         t.push(Expect::Execute(Work::new(4)));
         t.push(Expect::Sync);

@@ -50,6 +50,24 @@ pub struct Statement {
     /// Data-changing commands found at any depth (`DELETE` inside a `WITH`, ...), so a rule
     /// about DELETE also catches the one hidden in a SELECT.
     pub inner_commands: Vec<String>,
+    /// What the statement does with the session's prepared statements, which share one
+    /// namespace with the extended protocol's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prepared: Option<PreparedUse>,
+}
+
+/// A statement's use of the session's prepared statements.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PreparedUse {
+    /// `PREPARE name AS body`: once it succeeds, `name` runs `body`.
+    Prepare { name: String, body: Box<Statement> },
+    /// `EXECUTE name`: runs whatever `name` is in the session at that moment.
+    Execute { name: String },
+    /// `DEALLOCATE name`.
+    Deallocate { name: String },
+    /// `DEALLOCATE ALL`, or `DISCARD ALL` (which also drops portals).
+    DeallocateAll,
 }
 
 /// Every statement of a message, or why it could not be read.
@@ -70,10 +88,90 @@ impl Analysis {
     }
 }
 
-/// Reads `sql` (one or more statements). Never panics: a parser failure, or a panic inside
-/// the parser bindings, is reported as unparsed text.
+/// How the server splits and quotes SQL text in a session: the settings that change which
+/// tokens a text is made of. The gateway takes them from what the server reports
+/// (ParameterStatus), never from what a client asked for, and parses in the same mode.
+///
+/// `backslash_quote` needs no mode of its own: where it is off the server refuses `\'`
+/// outright, so reading it as allowed never lets through what the server would run
+/// differently. Client encodings in which a multibyte character can contain `\` or `'`
+/// are refused by the session instead of being read here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Lexical {
+    /// `standard_conforming_strings` is off: a backslash escapes in every `'...'` literal.
+    pub backslash_escapes: bool,
+}
+
+impl Lexical {
+    fn parser_options(self) -> pg_query::ParserOptions {
+        if self.backslash_escapes {
+            pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS
+        } else {
+            pg_query::ParserOptions::DEFAULT
+        }
+    }
+
+    /// The other reading of string literals.
+    fn flipped(self) -> Lexical {
+        Lexical {
+            backslash_escapes: !self.backslash_escapes,
+        }
+    }
+}
+
+/// Parses `sql` the way the server does under `lexical`.
+pub(crate) fn parse(sql: &str, lexical: Lexical) -> pg_query::Result<pg_query::ParseResult> {
+    pg_query::parse(sql, lexical.parser_options())
+}
+
+/// Whether `sql` is made of the same statements, with the same structure, whether or not
+/// backslashes escape in string literals (only literal values may differ). A text without
+/// a backslash always is. When the session's setting may be changing under statements
+/// still in flight, a text that is not read alike cannot be decided safely.
+pub fn reads_alike(sql: &str) -> bool {
+    if !sql.contains('\\') {
+        return true;
+    }
+    let standard = Lexical::default();
+    std::panic::catch_unwind(|| structure(sql, standard) == structure(sql, standard.flipped()))
+        .unwrap_or(false)
+}
+
+/// The parse tree of `sql` without what a literal's reading may change: constants'
+/// values and the positions of everything. `None` when it does not parse.
+fn structure(sql: &str, lexical: Lexical) -> Option<serde_json::Value> {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.remove("location");
+                for (key, child) in map.iter_mut() {
+                    if key == "AConst" {
+                        *child = serde_json::Value::Null;
+                    } else {
+                        strip(child);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let parsed = parse(sql, lexical).ok()?;
+    let mut tree = serde_json::to_value(&parsed.protobuf.stmts).ok()?;
+    strip(&mut tree);
+    Some(tree)
+}
+
+/// Reads `sql` (one or more statements) as the server does with standard conforming
+/// strings. Never panics: a parser failure, or a panic inside the parser bindings, is
+/// reported as unparsed text.
 pub fn analyze(sql: &str) -> Analysis {
-    match std::panic::catch_unwind(|| analyze_inner(sql)) {
+    analyze_with(sql, Lexical::default())
+}
+
+/// [`analyze`] under the session's lexical settings.
+pub fn analyze_with(sql: &str, lexical: Lexical) -> Analysis {
+    match std::panic::catch_unwind(|| analyze_inner(sql, lexical)) {
         Ok(analysis) => analysis,
         Err(_) => Analysis {
             statements: Vec::new(),
@@ -82,8 +180,8 @@ pub fn analyze(sql: &str) -> Analysis {
     }
 }
 
-fn analyze_inner(sql: &str) -> Analysis {
-    let parsed = match pg_query::parse(sql, 0) {
+fn analyze_inner(sql: &str, lexical: Lexical) -> Analysis {
+    let parsed = match parse(sql, lexical) {
         Ok(p) => p,
         Err(e) => {
             return Analysis {
@@ -187,6 +285,46 @@ fn statement(node: &NodeEnum) -> Statement {
         tables,
         missing_where,
         inner_commands: inner,
+        prepared: prepared_use(node),
+    }
+}
+
+fn prepared_use(node: &NodeEnum) -> Option<PreparedUse> {
+    use pg_query::protobuf::DiscardMode;
+    match node {
+        NodeEnum::PrepareStmt(p) => {
+            let body = p.query.as_ref().and_then(|q| q.node.as_ref())?;
+            Some(PreparedUse::Prepare {
+                name: p.name.clone(),
+                body: Box::new(statement(body)),
+            })
+        }
+        NodeEnum::ExecuteStmt(e) => Some(PreparedUse::Execute {
+            name: e.name.clone(),
+        }),
+        // `EXPLAIN ANALYZE EXECUTE s` and `CREATE TABLE t AS EXECUTE s` run `s` too.
+        NodeEnum::ExplainStmt(e) => e
+            .query
+            .as_ref()
+            .and_then(|q| q.node.as_ref())
+            .and_then(prepared_use)
+            .filter(|u| matches!(u, PreparedUse::Execute { .. })),
+        NodeEnum::CreateTableAsStmt(c) => c
+            .query
+            .as_ref()
+            .and_then(|q| q.node.as_ref())
+            .and_then(prepared_use)
+            .filter(|u| matches!(u, PreparedUse::Execute { .. })),
+        NodeEnum::DeallocateStmt(d) if d.isall || d.name.is_empty() => {
+            Some(PreparedUse::DeallocateAll)
+        }
+        NodeEnum::DeallocateStmt(d) => Some(PreparedUse::Deallocate {
+            name: d.name.clone(),
+        }),
+        NodeEnum::DiscardStmt(d) if d.target == DiscardMode::DiscardAll as i32 => {
+            Some(PreparedUse::DeallocateAll)
+        }
+        _ => None,
     }
 }
 
@@ -218,6 +356,7 @@ fn classify(node: &NodeEnum) -> (StatementClass, String) {
                 _ => (Read, "EXPLAIN"),
             }
         }
+        // The body's command is among the statement's inner commands (see `statement`).
         NodeEnum::PrepareStmt(p) => match p.query.as_ref().and_then(|q| q.node.as_ref()) {
             Some(inner) => (classify(inner).0, "PREPARE"),
             None => (Utility, "PREPARE"),
@@ -413,6 +552,67 @@ mod tests {
             2
         );
         assert_eq!(one("TRUNCATE t").tables, vec!["t"]);
+    }
+
+    #[test]
+    fn backslashes_are_read_as_the_session_reads_them() {
+        // The reviewer's reproduction: with standard strings the backslash is a plain
+        // character and the rest a comment; without, it escapes the quote and a DELETE
+        // follows.
+        let sql = r"SELECT 'a\' -- '; DELETE FROM customers; --";
+        let standard = analyze(sql);
+        assert_eq!(standard.statements.len(), 1);
+        let escaping = analyze_with(
+            sql,
+            Lexical {
+                backslash_escapes: true,
+            },
+        );
+        let commands: Vec<&str> = escaping
+            .statements
+            .iter()
+            .map(|s| s.command.as_str())
+            .collect();
+        assert_eq!(commands, ["SELECT", "DELETE"]);
+        assert!(escaping.statements[1].missing_where);
+        assert!(!reads_alike(sql));
+        assert!(!reads_alike(r"SELECT 'a\', 1 -- '"));
+        // Only a literal's value differs: the same statement either way.
+        assert!(reads_alike(r"SELECT * FROM t WHERE path = 'C:\temp'"));
+        assert!(reads_alike(r"SELECT E'a\'b'"));
+        assert!(reads_alike("SELECT 1"));
+        // A text that the flipped reading cannot parse at all is not alike either.
+        assert!(!reads_alike(r"SELECT 'a\'"));
+    }
+
+    #[test]
+    fn prepared_statement_names_are_read() {
+        let Some(PreparedUse::Prepare { name, body }) = one("PREPARE s AS DELETE FROM t").prepared
+        else {
+            panic!("a PREPARE names its statement");
+        };
+        assert_eq!((name.as_str(), body.command.as_str()), ("s", "DELETE"));
+        assert!(body.missing_where);
+        assert_eq!(
+            one("EXECUTE s (1)").prepared,
+            Some(PreparedUse::Execute { name: "s".into() })
+        );
+        assert_eq!(
+            one("DEALLOCATE PREPARE s").prepared,
+            Some(PreparedUse::Deallocate { name: "s".into() })
+        );
+        for all in ["DEALLOCATE ALL", "DISCARD ALL"] {
+            assert_eq!(one(all).prepared, Some(PreparedUse::DeallocateAll), "{all}");
+        }
+        assert_eq!(one("DISCARD PLANS").prepared, None);
+        for wrapped in ["EXPLAIN ANALYZE EXECUTE s", "CREATE TABLE x AS EXECUTE s"] {
+            assert_eq!(
+                one(wrapped).prepared,
+                Some(PreparedUse::Execute { name: "s".into() }),
+                "{wrapped}"
+            );
+        }
+        assert_eq!(one("SELECT 1").prepared, None);
     }
 
     #[test]

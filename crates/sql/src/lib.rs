@@ -9,6 +9,8 @@ mod analyze;
 pub mod lineage;
 mod rules;
 
-pub use analyze::{Analysis, Statement, StatementClass, analyze};
-pub use lineage::{Lineage, Output, Sources, lineage};
+pub use analyze::{
+    Analysis, Lexical, PreparedUse, Statement, StatementClass, analyze, analyze_with, reads_alike,
+};
+pub use lineage::{Lineage, Output, Sources, lineage, lineage_with};
 pub use rules::{Decision, OnUnparsed, Outcome, Rule, RuleAction, evaluate, validate_rules};

@@ -103,7 +103,12 @@ pub struct Sources {
 /// Reads `sql` (one or more statements; never panics — a parser failure, or a panic inside
 /// the parser bindings, gives an opaque reading).
 pub fn lineage(sql: &str) -> Lineage {
-    std::panic::catch_unwind(|| lineage_inner(sql)).unwrap_or_else(|_| opaque())
+    lineage_with(sql, crate::Lexical::default())
+}
+
+/// [`lineage`] under the session's lexical settings (see [`crate::Lexical`]).
+pub fn lineage_with(sql: &str, lexical: crate::Lexical) -> Lineage {
+    std::panic::catch_unwind(|| lineage_inner(sql, lexical)).unwrap_or_else(|_| opaque())
 }
 
 fn opaque() -> Lineage {
@@ -113,8 +118,8 @@ fn opaque() -> Lineage {
     }
 }
 
-fn lineage_inner(sql: &str) -> Lineage {
-    let Ok(parsed) = pg_query::parse(sql, 0) else {
+fn lineage_inner(sql: &str, lexical: crate::Lexical) -> Lineage {
+    let Ok(parsed) = crate::analyze::parse(sql, lexical) else {
         return opaque();
     };
     let Ok(tree) = serde_json::to_value(&parsed.protobuf) else {

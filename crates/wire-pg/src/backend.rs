@@ -226,6 +226,14 @@ pub fn copy_response(body: &[u8]) -> Result<(i8, Vec<i16>), DecodeError> {
     Ok((overall as i8, formats))
 }
 
+/// A `ParameterStatus` ('S') body: the setting's name and its value as the server now has it.
+pub fn parameter_status(body: &[u8]) -> Result<(&str, &str), DecodeError> {
+    let (name, rest) = cstr(body)?;
+    let (value, rest) = cstr(rest)?;
+    finished(rest)?;
+    Ok((name, value))
+}
+
 /// Rows affected or returned according to a command tag (`SELECT 5`, `INSERT 0 3`, `COPY 7`).
 pub fn rows_from_tag(tag: &str) -> Option<u64> {
     let mut words = tag.split(' ');

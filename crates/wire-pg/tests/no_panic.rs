@@ -11,6 +11,7 @@ fn decode_everything(body: &[u8]) {
     let _ = backend::message_fields(body);
     let _ = backend::notification(body);
     let _ = backend::copy_response(body);
+    let _ = backend::parameter_status(body);
     let _ = frontend::bind_result_formats(body);
     let _ = rows::row_description(body);
     if let Ok(row) = rows::data_row(body) {
