@@ -1,9 +1,14 @@
 //! Signed checkpoints: the C2SP tlog-checkpoint body, Ed25519 signed notes, the signing
 //! key on disk, and the signer that refuses to sign a tree inconsistent with its last one.
+//!
+//! The signer's state (`signer.json`) is the last note it signed plus that tree's compact
+//! range, checked with the ledger's key on load: without the private key it can be
+//! deleted or replaced by an older copy, both of which opening detects once checkpoints
+//! exist, but not forged or moved forward.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use base64::Engine;
@@ -12,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use signed_note::{Note, NoteError, StandardSigner, StandardVerifier, VerifierList};
 
 use crate::error::{IoContext, LedgerError};
-use crate::fsutil::{create_private, write_atomic};
+use crate::fsutil::{FILE_MODE, create_private, create_private_dirs, sync_dir, write_atomic};
 use crate::layout::Layout;
 use crate::merkle::{CompactRange, Hash};
 
@@ -127,13 +132,9 @@ impl LedgerKey {
         let mut private = vec![1u8];
         private.extend_from_slice(&seed);
         let skey = format!("PRIVATE+KEY+{name}+{key_id}+{}\n", B64.encode(&private));
-        fs::create_dir_all(layout.root()).at(layout.root())?;
+        create_private_dirs(layout.root(), layout.root())?;
         create_private(&path, skey.as_bytes())?;
-        write_atomic(
-            &layout.verifier_key(),
-            format!("{vkey}\n").as_bytes(),
-            0o644,
-        )?;
+        write_atomic(&layout.verifier_key(), format!("{vkey}\n").as_bytes())?;
         tracing::info!(vkey = %vkey, "generated a new ledger signing key");
         Self::load(&path)
     }
@@ -317,15 +318,143 @@ pub fn newest_checkpoint(layout: &Layout) -> Result<SignedCheckpoint, LedgerErro
     Ok(SignedCheckpoint { checkpoint, note })
 }
 
-/// What the signer last signed, persisted in `signer.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct SignerFile {
-    origin: String,
-    size: u64,
-    root: String,
-    /// The compact range of the signed tree, so the next signature can be checked to
-    /// extend it without rereading the log.
+/// Version of the signer state this code writes.
+///
+/// Version 1 (no `version` field) held the last signed tree as plain `origin`, `size`,
+/// `root` and `range`: anyone able to write the directory could set it back together with
+/// the log. Version 2 holds the signed checkpoint note itself, so only the private key
+/// can produce one that loads.
+pub(crate) const SIGNER_STATE_VERSION: u32 = 2;
+
+/// `signer.json` as written: the signer's last signed checkpoint, as the note it signed,
+/// and the compact range of that tree.
+#[derive(Debug, Serialize)]
+struct SignerFile<'a> {
+    version: u32,
+    /// Verified with the ledger's key on load.
+    note: &'a str,
+    /// Not signed itself, but bound to the signed root: it must hash to it. It lets the
+    /// next signature be checked to extend this tree without rereading the entries.
     range: Vec<String>,
+}
+
+/// `signer.json` of any version, as parsed before anything in it is trusted.
+#[derive(Debug, Deserialize)]
+struct AnySignerFile {
+    #[serde(default)]
+    version: Option<u32>,
+    #[serde(default)]
+    note: Option<String>,
+    #[serde(default)]
+    size: Option<u64>,
+    #[serde(default)]
+    root: Option<String>,
+    range: Vec<String>,
+}
+
+/// The signer state as stored, not yet checked against any key or checkpoint.
+#[derive(Debug, Clone)]
+pub(crate) enum StoredSignerState {
+    /// Version 2: the signed note of the last signed tree and the tree's compact range.
+    Signed { note: String, range: Vec<Hash> },
+    /// Version 1: the last signed tree, unsigned.
+    Unsigned {
+        size: u64,
+        root: Hash,
+        range: Vec<Hash>,
+    },
+}
+
+/// Reads and parses the signer state; `None` when the file does not exist.
+pub(crate) fn read_signer_state(path: &Path) -> Result<Option<StoredSignerState>, LedgerError> {
+    let unreadable = |reason: String| LedgerError::SignerStateUnreadable {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(unreadable(e.to_string())),
+    };
+    let file: AnySignerFile =
+        serde_json::from_slice(&bytes).map_err(|e| unreadable(format!("not JSON: {e}")))?;
+    let range = file
+        .range
+        .iter()
+        .map(|h| decode_hash(h))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| unreadable("a hash of the compact range is not 32 bytes of hex".into()))?;
+    match file.version.unwrap_or(1) {
+        1 => {
+            let (Some(size), Some(root)) = (file.size, file.root.as_deref()) else {
+                return Err(unreadable("version 1 state without size or root".into()));
+            };
+            let root = decode_hash(root)
+                .ok_or_else(|| unreadable("the root is not 32 bytes of hex".into()))?;
+            Ok(Some(StoredSignerState::Unsigned { size, root, range }))
+        }
+        SIGNER_STATE_VERSION => {
+            let note = file
+                .note
+                .ok_or_else(|| unreadable("version 2 state without a checkpoint note".into()))?;
+            Ok(Some(StoredSignerState::Signed { note, range }))
+        }
+        other => Err(unreadable(format!(
+            "format version {other} is not known here (this gatehouse writes version \
+             {SIGNER_STATE_VERSION})"
+        ))),
+    }
+}
+
+/// Checks a version-2 signer state: its note must be a checkpoint of this log signed by
+/// `vkey`, and its compact range must hash to the signed root.
+pub(crate) fn verify_signer_state(
+    path: &Path,
+    note: &str,
+    range: Vec<Hash>,
+    vkey: &str,
+) -> Result<(SignedCheckpoint, CompactRange), LedgerError> {
+    let unverified = |reason: String| LedgerError::SignerStateUnverified {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let checkpoint = verify_note(note, vkey).map_err(|e| unverified(e.to_string()))?;
+    let key_name = vkey.split('+').next().unwrap_or_default();
+    if checkpoint.origin != key_name {
+        return Err(unverified(format!(
+            "its checkpoint is for origin {:?}, not this log's {key_name:?}",
+            checkpoint.origin
+        )));
+    }
+    let range = CompactRange::from_parts(checkpoint.size, range)
+        .map_err(|e| unverified(format!("bad compact range: {e}")))?;
+    if range.root() != checkpoint.root {
+        return Err(unverified(
+            "its compact range does not hash to the signed root".into(),
+        ));
+    }
+    Ok((
+        SignedCheckpoint {
+            checkpoint,
+            note: note.to_string(),
+        },
+        range,
+    ))
+}
+
+/// Writes the signer state (version 2) atomically, mode 0600.
+fn write_signer_state(
+    layout: &Layout,
+    signed: &SignedCheckpoint,
+    range: &CompactRange,
+) -> Result<(), LedgerError> {
+    let file = SignerFile {
+        version: SIGNER_STATE_VERSION,
+        note: &signed.note,
+        range: range.hashes().iter().map(hex::encode).collect(),
+    };
+    let bytes = serde_json::to_vec_pretty(&file).expect("signer state serialises");
+    write_atomic(&layout.signer_state(), &bytes)
 }
 
 /// Signs checkpoints and guarantees that each one extends the previous one.
@@ -333,7 +462,14 @@ pub struct Signer {
     layout: Layout,
     key: LedgerKey,
     range: CompactRange,
+    /// The last signed checkpoint, as recorded in the signer state.
+    signed: Option<SignedCheckpoint>,
+    /// The newest checkpoint known to be in `checkpoints.log`.
     last: Option<SignedCheckpoint>,
+    /// What [`Signer::reconcile_log`] has to do: the length of the log without a torn last
+    /// line, and whether the log lacks the signer's last checkpoint.
+    log_torn_at: Option<usize>,
+    log_behind: bool,
 }
 
 impl std::fmt::Debug for Signer {
@@ -345,42 +481,85 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// Loads the signer's last signed state (an empty tree when it has never signed).
+    /// Loads the signer's last signed state (an empty tree when it has never signed) and
+    /// checks it against `checkpoints.log`.
+    ///
+    /// The state must carry a checkpoint signed with `key` whose compact range hashes to
+    /// the signed root, and no checkpoint in the log may be newer. Once the log holds a
+    /// checkpoint, a missing, unreadable or unverifiable state is an error, never a reason
+    /// to start over: starting over would accept a log and entries cut back together. A
+    /// version-1 state is migrated only when it names exactly the newest checkpoint in the
+    /// log, whose signature verifies.
     pub fn load(layout: &Layout, key: LedgerKey) -> Result<Self, LedgerError> {
         let path = layout.signer_state();
-        let range = match fs::read(&path) {
-            Ok(bytes) => {
-                let file: SignerFile = serde_json::from_slice(&bytes).map_err(|e| {
-                    LedgerError::Corrupt(format!(
-                        "{}: unreadable signer state: {e}",
-                        path.display()
-                    ))
+        let log_path = layout.checkpoints();
+        let (notes, torn) = read_checkpoint_log(&log_path)?;
+        let newest = match notes.last() {
+            Some((line, note)) => {
+                let checkpoint = verify_note(note, key.verifier_key()).map_err(|e| {
+                    LedgerError::Corrupt(format!("{} line {line}: {e}", log_path.display()))
                 })?;
-                let hashes = file
-                    .range
-                    .iter()
-                    .map(|h| decode_hash(h))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| LedgerError::Corrupt(format!("{}: bad hash", path.display())))?;
-                let range = CompactRange::from_parts(file.size, hashes).map_err(|e| {
-                    LedgerError::Corrupt(format!("{}: bad compact range: {e}", path.display()))
-                })?;
-                if Some(range.root()) != decode_hash(&file.root) {
+                Some(SignedCheckpoint {
+                    checkpoint,
+                    note: note.clone(),
+                })
+            }
+            None => None,
+        };
+        let (signed, range) = match read_signer_state(&path)? {
+            None if notes.is_empty() => (None, CompactRange::new()),
+            None => {
+                return Err(LedgerError::SignerStateMissing {
+                    path,
+                    checkpoints: notes.len(),
+                });
+            }
+            Some(StoredSignerState::Signed { note, range }) => {
+                let (signed, range) = verify_signer_state(&path, &note, range, key.verifier_key())?;
+                (Some(signed), range)
+            }
+            Some(StoredSignerState::Unsigned { size, root, range }) => {
+                let (signed, range) = migrate(layout, size, root, range, newest.as_ref())?;
+                (Some(signed), range)
+            }
+        };
+
+        let mut last = None;
+        let mut log_behind = false;
+        match (newest, &signed) {
+            (Some(newest), _) if newest.checkpoint.size > range.size() => {
+                return Err(LedgerError::SignerStateBehindLog {
+                    path,
+                    signer_size: range.size(),
+                    log_size: newest.checkpoint.size,
+                });
+            }
+            (Some(newest), Some(signed)) if newest.checkpoint.size == range.size() => {
+                if newest.checkpoint.root != signed.checkpoint.root {
+                    // Two roots for one size, both signed: a fork made with the key.
                     return Err(LedgerError::Corrupt(format!(
-                        "{}: the stored range does not hash to the stored root",
-                        path.display()
+                        "{}: the newest checkpoint has a different root than the signer state \
+                         {} for the same size {}",
+                        log_path.display(),
+                        path.display(),
+                        range.size()
                     )));
                 }
-                range
+                last = Some(newest);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => CompactRange::new(),
-            Err(e) => return Err(LedgerError::io(path, e)),
-        };
+            // The signer committed to a tree whose note did not reach the log (a crash
+            // between the two writes, or lines cut from the log): the note goes back in.
+            (_, Some(_)) => log_behind = true,
+            (_, None) => {}
+        }
         Ok(Signer {
             layout: layout.clone(),
             key,
             range,
-            last: None,
+            signed,
+            last,
+            log_torn_at: torn,
+            log_behind,
         })
     }
 
@@ -398,13 +577,10 @@ impl Signer {
         &self.range
     }
 
-    /// The last checkpoint signed in this run, if any.
+    /// The newest checkpoint in `checkpoints.log` once it agrees with the signer (after
+    /// opening the ledger has repaired the log, or after a signature in this run).
     pub fn last(&self) -> Option<&SignedCheckpoint> {
         self.last.as_ref()
-    }
-
-    pub(crate) fn set_last(&mut self, last: SignedCheckpoint) {
-        self.last = Some(last);
     }
 
     /// Signs the tree made of the last signed tree plus `new_leaves`, provided it has
@@ -435,24 +611,14 @@ impl Signer {
             root: expected_root,
         };
         let signed = self.key.sign(&checkpoint)?;
-        self.persist(&next)?;
+        // The state first: once it is durable the signer is committed to the tree, and a
+        // crash before the log append only means the note is appended at next start.
+        write_signer_state(&self.layout, &signed, &next)?;
         self.append_log(&signed)?;
         self.range = next;
+        self.signed = Some(signed.clone());
         self.last = Some(signed.clone());
         Ok(signed)
-    }
-
-    /// Writes `signer.json` first: once it is durable the signer is committed to the tree,
-    /// and a crash before the log append only means the note is re-signed at next start.
-    fn persist(&self, range: &CompactRange) -> Result<(), LedgerError> {
-        let file = SignerFile {
-            origin: self.key.name().to_string(),
-            size: range.size(),
-            root: hex::encode(range.root()),
-            range: range.hashes().iter().map(hex::encode).collect(),
-        };
-        let bytes = serde_json::to_vec_pretty(&file).expect("signer state serialises");
-        write_atomic(&self.layout.signer_state(), &bytes, 0o644)
     }
 
     fn append_log(&self, signed: &SignedCheckpoint) -> Result<(), LedgerError> {
@@ -462,28 +628,87 @@ impl Signer {
         })
         .expect("checkpoint record serialises");
         line.push(b'\n');
+        let created = !path.exists();
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(FILE_MODE)
             .open(&path)
             .at(&path)?;
         file.write_all(&line).at(&path)?;
-        file.sync_data().at(&path)
+        file.sync_data().at(&path)?;
+        if created {
+            // A new log's directory entry must be durable too, or a crash could lose
+            // the whole file after its first note was reported written.
+            sync_dir(self.layout.root())?;
+        }
+        Ok(())
     }
 
-    /// Re-signs the last signed tree and appends it to the log (after a crash between
-    /// persisting the signer state and appending the note).
-    pub(crate) fn rewrite_last(&mut self) -> Result<SignedCheckpoint, LedgerError> {
-        let checkpoint = Checkpoint {
-            origin: self.key.name().to_string(),
-            size: self.range.size(),
-            root: self.range.root(),
-        };
-        let signed = self.key.sign(&checkpoint)?;
-        self.append_log(&signed)?;
-        self.last = Some(signed.clone());
-        Ok(signed)
+    /// Makes `checkpoints.log` agree with the signer state after a crash: cuts a torn last
+    /// line, and appends the signer's last note if it never reached the log (a crash between
+    /// persisting the state and appending the note). The note appended is the one the state
+    /// holds, exactly as it was signed.
+    pub(crate) fn reconcile_log(&mut self) -> Result<(), LedgerError> {
+        let path = self.layout.checkpoints();
+        if let Some(valid_len) = self.log_torn_at.take() {
+            tracing::warn!(file = %path.display(), "cutting a torn checkpoint line left by a crash");
+            let file = OpenOptions::new().write(true).open(&path).at(&path)?;
+            file.set_len(valid_len as u64).at(&path)?;
+            file.sync_all().at(&path)?;
+        }
+        if self.log_behind
+            && let Some(signed) = self.signed.clone()
+        {
+            tracing::warn!(file = %path.display(), size = signed.checkpoint.size,
+                "appending the signer's last checkpoint, which the log lacks");
+            self.append_log(&signed)?;
+            self.last = Some(signed);
+        }
+        self.log_behind = false;
+        Ok(())
     }
+}
+
+/// Turns a version-1 (unsigned) signer state into version 2, provided it names exactly the
+/// newest checkpoint in the log, whose signature was verified: then the signed note in the
+/// log vouches for it. Anything else could be a forgery and is refused.
+fn migrate(
+    layout: &Layout,
+    size: u64,
+    root: Hash,
+    range: Vec<Hash>,
+    newest: Option<&SignedCheckpoint>,
+) -> Result<(SignedCheckpoint, CompactRange), LedgerError> {
+    let path = layout.signer_state();
+    let unverified = |reason: String| LedgerError::SignerStateUnverified {
+        path: path.clone(),
+        reason,
+    };
+    let Some(newest) = newest.filter(|n| n.checkpoint.size == size && n.checkpoint.root == root)
+    else {
+        let log = match newest {
+            Some(n) => format!("the newest checkpoint is of {} entries", n.checkpoint.size),
+            None => "checkpoints.log holds no checkpoint".to_string(),
+        };
+        return Err(unverified(format!(
+            "it is in the old unsigned format (version 1) and its tree of {size} entries is not \
+             the newest signed checkpoint ({log}); an unsigned state is migrated only when a \
+             signed checkpoint vouches for it (if an older gatehouse stopped between the two \
+             writes of a signature, open the ledger once with that version first)"
+        )));
+    };
+    let range = CompactRange::from_parts(size, range)
+        .map_err(|e| unverified(format!("bad compact range: {e}")))?;
+    if range.root() != root {
+        return Err(unverified(
+            "its compact range does not hash to its root".into(),
+        ));
+    }
+    write_signer_state(layout, newest, &range)?;
+    tracing::info!(file = %path.display(), size,
+        "migrated the signer state to version {SIGNER_STATE_VERSION} (signed checkpoint note)");
+    Ok((newest.clone(), range))
 }
 
 pub(crate) fn decode_hash(text: &str) -> Option<Hash> {

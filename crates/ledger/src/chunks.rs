@@ -1,7 +1,9 @@
 //! Content-addressed chunk files for payloads too large for an entry line.
 //!
 //! A chunk is stored once under its SHA-256 and made durable before the entry that
-//! references it is appended, so a durable entry never points at a missing chunk.
+//! references it is appended, so a durable entry never points at a missing chunk. Chunks
+//! hold recorded query results: they and their fan-out directories are private to the
+//! gateway's user (0600 files, 0700 directories).
 
 use std::fs::{self, File};
 use std::io::Read;
@@ -10,8 +12,8 @@ use std::path::Path;
 use gatehouse_core::ChunkRef;
 use sha2::{Digest, Sha256};
 
-use crate::error::{IoContext, LedgerError};
-use crate::fsutil::write_atomic;
+use crate::error::LedgerError;
+use crate::fsutil::{create_private_dirs, write_atomic};
 use crate::layout::Layout;
 
 /// Stores `bytes` as a chunk (once per content) and returns its reference.
@@ -28,8 +30,8 @@ pub fn put_chunk(layout: &Layout, bytes: &[u8]) -> Result<ChunkRef, LedgerError>
         return Ok(chunk);
     }
     let dir = path.parent().unwrap_or(layout.root());
-    fs::create_dir_all(dir).at(dir)?;
-    write_atomic(&path, bytes, 0o644)?;
+    create_private_dirs(layout.root(), dir)?;
+    write_atomic(&path, bytes)?;
     Ok(chunk)
 }
 
@@ -79,6 +81,12 @@ mod tests {
             "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
         assert_eq!(read_chunk(&layout, &a).unwrap(), b"hello");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let path = layout.chunk(&a.sha256);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(mode(&layout.chunks()), 0o700);
         fs::write(layout.chunk(&a.sha256), b"hellO").unwrap();
         let err = read_chunk(&layout, &a).unwrap_err();
         assert!(err.contains("hashes to"), "{err}");

@@ -3,14 +3,18 @@
 //! ```text
 //! <data_dir>/ledger/
 //!   LOCK                 held (flock) by the one process writing the ledger
-//!   signing.key          Ed25519 signer key, mode 0600, signed-note text form
+//!   signing.key          Ed25519 signer key, signed-note text form
 //!   signing.pub          verifier key (also printed by `gatehouse ledger pubkey`)
 //!   segments/<first-index:020>.seg   entry lines, preallocated with zeros
 //!   checkpoints.log      one JSON line per signed checkpoint: {"note": "..."}
-//!   signer.json          the signer's last signed tree (size, root, compact range)
+//!   signer.json          the signer's last signed checkpoint note and its tree's
+//!                        compact range: {"version": 2, "note": "...", "range": [...]}
 //!   state.json           whether the last run shut down cleanly
 //!   chunks/<ab>/<sha256> content-addressed payloads referenced by entries
 //! ```
+//!
+//! Every file is mode 0600 and every directory (the ledger directory, `segments/`,
+//! `chunks/` and its fan-out directories) 0700.
 
 use std::path::{Path, PathBuf};
 

@@ -11,7 +11,8 @@
 //! (the bounded loss window of that mode), signs checkpoints, appends heartbeats, and
 //! recovers after a failed write.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::{self, JoinHandle};
@@ -22,10 +23,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::checkpoint::{LedgerKey, SignedCheckpoint, Signer, read_checkpoint_log, verify_note};
+use crate::checkpoint::{LedgerKey, SignedCheckpoint, Signer};
 use crate::chunks;
 use crate::error::{IoContext, LedgerError};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{FILE_MODE, create_private_dirs, tighten_modes, write_atomic};
 use crate::layout::Layout;
 use crate::merkle::{CompactRange, Hash, leaf_hash};
 use crate::prune::{self, PrunePlan};
@@ -216,8 +217,10 @@ impl Ledger {
     /// recovering from a crash if needed, and starts the timer thread.
     ///
     /// Refuses to open a ledger whose entries contradict what its signer already signed,
-    /// or that is damaged anywhere but in a crash tail: such a ledger needs an auditor,
-    /// not a writer.
+    /// that is damaged anywhere but in a crash tail, or whose signer state is missing,
+    /// unverifiable or older than `checkpoints.log` (see [`Signer::load`]): such a ledger
+    /// needs an auditor, not a writer. Makes every file and directory of the ledger
+    /// owner-only (0600 / 0700), tightening what an older version left looser.
     pub fn open(data_dir: &Path, opts: LedgerOptions) -> Result<(Ledger, OpenReport), LedgerError> {
         let layout = Layout::new(data_dir);
         for dir in [
@@ -225,12 +228,30 @@ impl Ledger {
             layout.segments(),
             layout.chunks(),
         ] {
-            fs::create_dir_all(&dir).at(&dir)?;
+            create_private_dirs(layout.root(), &dir)?;
         }
         let lock_path = layout.lock();
-        let lock = File::create(&lock_path).at(&lock_path)?;
+        let lock = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(FILE_MODE)
+            .open(&lock_path)
+            .at(&lock_path)?;
         if lock.try_lock().is_err() {
             return Err(LedgerError::Locked { path: lock_path });
+        }
+        // Earlier versions created files 0644 and directories 0755. The key is left out: a
+        // key others could read may have been copied, and loading it says so and stops.
+        let tightened = tighten_modes(layout.root(), &[layout.signing_key()])?;
+        if tightened.files + tightened.dirs > 0 {
+            tracing::warn!(
+                files = tightened.files,
+                dirs = tightened.dirs,
+                examples = ?tightened.examples,
+                "ledger files and directories were open to other users; made them owner-only \
+                 (files 0600, directories 0700)"
+            );
         }
         let key = LedgerKey::load_or_create(&layout, opts.origin.as_deref())?;
         let vkey = key.verifier_key().to_string();
@@ -304,7 +325,16 @@ impl Ledger {
                  (entries were changed; run `gatehouse ledger verify`)"
             )));
         }
-        reconcile_checkpoint_log(&layout, &mut signer, &vkey)?;
+        if signed_size == 0 && end.entries > 0 {
+            // Either the first run stopped before its first checkpoint, or checkpoints.log
+            // and the signer state were both deleted; nothing on disk tells the two apart.
+            tracing::warn!(
+                entries = end.entries,
+                "the ledger holds entries but no signed checkpoint; they will be signed as \
+                 found (compare them with a checkpoint kept outside this directory)"
+            );
+        }
+        signer.reconcile_log()?;
 
         let run = RunState {
             clean: false,
@@ -314,7 +344,6 @@ impl Ledger {
         write_atomic(
             &layout.run_state(),
             &serde_json::to_vec(&run).expect("serialises"),
-            0o644,
         )?;
         segment::remove_spares(&layout)?;
         let writer = SegmentWriter::open(&layout, last_segment, end.entries, opts.segment_size)?;
@@ -912,62 +941,8 @@ impl Shared {
         write_atomic(
             &self.layout.run_state(),
             &serde_json::to_vec(&run).expect("serialises"),
-            0o644,
         )
     }
-}
-
-/// Makes `checkpoints.log` agree with the signer: cut a torn last line, and re-append the
-/// last signed note if a crash came between committing the signer state and the append.
-fn reconcile_checkpoint_log(
-    layout: &Layout,
-    signer: &mut Signer,
-    vkey: &str,
-) -> Result<(), LedgerError> {
-    let path = layout.checkpoints();
-    let (notes, torn) = read_checkpoint_log(&path)?;
-    if let Some(valid_len) = torn {
-        tracing::warn!(file = %path.display(), "cutting a torn checkpoint line left by a crash");
-        let file = fs::OpenOptions::new().write(true).open(&path).at(&path)?;
-        file.set_len(valid_len as u64).at(&path)?;
-        file.sync_all().at(&path)?;
-    }
-    let last =
-        match notes.last() {
-            Some((line, note)) => Some(verify_note(note, vkey).map_err(|e| {
-                LedgerError::Corrupt(format!("{} line {line}: {e}", path.display()))
-            })?),
-            None => None,
-        };
-    let signed = signer.signed_size();
-    match last {
-        Some(cp) if cp.size == signed => {
-            if cp.root != signer.signed_range().root() {
-                return Err(LedgerError::Corrupt(format!(
-                    "{}: the newest checkpoint's root differs from the signer's state",
-                    path.display()
-                )));
-            }
-            let note = notes.last().map(|(_, n)| n.clone()).unwrap_or_default();
-            signer.set_last(SignedCheckpoint {
-                checkpoint: cp,
-                note,
-            });
-        }
-        Some(cp) if cp.size > signed => {
-            return Err(LedgerError::Corrupt(format!(
-                "{}: holds a checkpoint of size {} but the signer state only reached {signed} \
-                 (signer.json was rolled back)",
-                path.display(),
-                cp.size
-            )));
-        }
-        _ if signed > 0 => {
-            signer.rewrite_last()?;
-        }
-        _ => {}
-    }
-    Ok(())
 }
 
 fn recovery_event(report: &OpenReport, last_ts: Option<u64>, opts: &LedgerOptions) -> Event {

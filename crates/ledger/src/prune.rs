@@ -229,7 +229,7 @@ pub fn apply(layout: &Layout, plan: &PrunePlan) -> Result<(), LedgerError> {
         for leaf in &pruned.leaves {
             bytes.extend_from_slice(leaf);
         }
-        write_atomic(&layout.pruned(seg.first_index), &bytes, 0o644)?;
+        write_atomic(&layout.pruned(seg.first_index), &bytes)?;
         fs::remove_file(&seg.path).at(&seg.path)?;
     }
     sync_dir(&layout.segments())?;

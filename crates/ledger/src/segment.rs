@@ -4,11 +4,12 @@
 //! `<canonical JSON>\n`. New segments are filled with zeros up front, so an fdatasync after
 //! an append only flushes data blocks, never a size change; the first zero byte at a line
 //! start marks the end of the data. A segment that fills up is trimmed to its data and
-//! the next one begins. Only the last segment may end in zeros or a torn line.
+//! the next one begins. Only the last segment may end in zeros or a torn line. Segment
+//! files are created 0600: they hold the audit trail itself.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::Read;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
@@ -16,7 +17,7 @@ use std::thread;
 use gatehouse_core::EntryHeader;
 
 use crate::error::{IoContext, LedgerError};
-use crate::fsutil::sync_dir;
+use crate::fsutil::{FILE_MODE, sync_dir};
 use crate::layout::{Layout, pruned_first_index, segment_first_index};
 
 /// One segment file on disk.
@@ -436,7 +437,12 @@ fn zero_fill_inner(path: &Path, size: u64) -> Result<(), LedgerError> {
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(FILE_MODE)
         .open(path)
+        .at(path)?;
+    // The spare becomes a segment by rename, keeping this mode; a leftover file of the
+    // same name would keep its own mode through the open above.
+    file.set_permissions(Permissions::from_mode(FILE_MODE))
         .at(path)?;
     let block = vec![0u8; ZERO_STEP];
     let mut written = 0u64;

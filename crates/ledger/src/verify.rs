@@ -8,7 +8,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::checkpoint::{Checkpoint, decode_hash, read_checkpoint_log, verify_note};
+use crate::checkpoint::{
+    Checkpoint, StoredSignerState, read_checkpoint_log, read_signer_state, verify_note,
+    verify_signer_state,
+};
 use crate::chunks::read_chunk;
 use crate::error::LedgerError;
 use crate::layout::Layout;
@@ -94,7 +97,7 @@ pub fn verify(
         .map_err(|e| LedgerError::Corrupt(format!("verifier key {vkey:?}: {e}")))?;
 
     let logged = load_checkpoints(&layout, &vkey)?;
-    check_signer_state(&layout, &logged)?;
+    check_signer_state(&layout, &logged, &vkey)?;
     let signed = logged.last().map_or(0, |(_, cp)| cp.size);
     let logged_count = logged.len() as u64;
     // Every checkpoint to compare against the entries, by size, with where it came from.
@@ -249,27 +252,44 @@ fn load_checkpoints(layout: &Layout, vkey: &str) -> Result<Vec<(usize, Checkpoin
     Ok(out)
 }
 
-/// The signer's own record of how far it signed must not be ahead of the checkpoint log:
-/// that would mean checkpoints (and likely entries) were removed together.
+/// The signer state must agree with the checkpoint log. It is written before each note is
+/// appended and never removed, so once the log holds checkpoints it must exist, carry a
+/// checkpoint signed by the trusted key (version 2; a version-1 state is unsigned and only
+/// compared), and name exactly the newest checkpoint: ahead of the log means checkpoints
+/// (and likely entries) were removed, behind it means the state was replaced by an older
+/// copy.
 fn check_signer_state(
     layout: &Layout,
     checkpoints: &[(usize, Checkpoint)],
+    vkey: &str,
 ) -> Result<(), LedgerError> {
     let path = layout.signer_state();
-    let Ok(bytes) = std::fs::read(&path) else {
-        return Ok(());
+    let (size, root) = match read_signer_state(&path)? {
+        None if checkpoints.is_empty() => return Ok(()),
+        None => {
+            return Err(LedgerError::SignerStateMissing {
+                path,
+                checkpoints: checkpoints.len(),
+            });
+        }
+        Some(StoredSignerState::Signed { note, range }) => {
+            let (signed, _) = verify_signer_state(&path, &note, range, vkey)?;
+            (signed.checkpoint.size, signed.checkpoint.root)
+        }
+        Some(StoredSignerState::Unsigned { size, root, .. }) => (size, root),
     };
-    let state: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| LedgerError::Corrupt(format!("{}: unreadable: {e}", path.display())))?;
-    let size = state["size"].as_u64().unwrap_or(0);
-    let root = state["root"].as_str().and_then(decode_hash);
     let last = checkpoints.last().map(|(_, cp)| cp);
     match last {
-        Some(cp) if cp.size == size && Some(cp.root) != root => Err(LedgerError::Corrupt(format!(
+        Some(cp) if cp.size == size && cp.root != root => Err(LedgerError::Corrupt(format!(
             "{}: the signer signed a different root for size {size} than the newest checkpoint",
             path.display()
         ))),
-        Some(cp) if cp.size >= size => Ok(()),
+        Some(cp) if cp.size > size => Err(LedgerError::SignerStateBehindLog {
+            path,
+            signer_size: size,
+            log_size: cp.size,
+        }),
+        Some(cp) if cp.size == size => Ok(()),
         _ if size == 0 => Ok(()),
         _ => Err(LedgerError::Corrupt(format!(
             "checkpoints.log ends at size {} but the signer has signed size {size} (checkpoints removed: rollback)",

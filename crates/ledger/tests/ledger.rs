@@ -373,6 +373,11 @@ fn pruning_keeps_the_tree_and_every_checkpoint_verifiable() {
         "the shared chunk stays"
     );
     assert!(!layout.chunk(&old_only.sha256).exists());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(layout.pruned(0)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "a pruned segment is private too");
+    }
     assert!(layout.chunk(&shared.sha256).exists());
     // Nothing more is old enough: a second pruning does nothing.
     assert!(ledger.prune(cutoff, "test").unwrap().is_none());
