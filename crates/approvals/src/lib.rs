@@ -103,6 +103,10 @@ pub struct Review {
     pub statement: String,
     /// The rule (or Cedar policy) that asked for the review, and its message.
     pub rule: Option<String>,
+    /// Every rule and policy that held the statement (when more than one did): an
+    /// approval given for a duration grants each of them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<String>,
     pub reason: String,
     /// Groups whose members may decide.
     pub approvers: Vec<String>,
@@ -132,6 +136,8 @@ pub struct NewReview {
     pub session: String,
     pub statement: String,
     pub rule: Option<String>,
+    /// Every rule and policy that held the statement (see [`Review::holders`]).
+    pub holders: Vec<String>,
     pub reason: String,
     pub approvers: Vec<String>,
     pub required: u32,
@@ -178,6 +184,10 @@ pub enum ReviewError {
     AlreadyApproved(String),
     #[error("the decision could not be recorded, so it was not taken: {0}")]
     Record(String),
+    #[error(
+        "{requester} already has {limit} reviews waiting for a decision, the most one identity may have; wait until some are decided or have expired"
+    )]
+    TooManyOpen { requester: String, limit: usize },
 }
 
 /// The review after `who` approves or denies it: the rules of deciding. The requester
@@ -250,6 +260,12 @@ struct Slot {
 /// How long decided reviews stay listed.
 const KEEP_DECIDED: Duration = Duration::from_secs(3600);
 
+/// How many reviews one requester may have waiting at once. Each one holds a session (or
+/// an access request), a place in every approver's list and a round of webhooks; without a
+/// bound one identity could flood all three. Twenty is far above what a person or an agent
+/// waits on at a time.
+pub const MAX_OPEN_PER_REQUESTER: usize = 20;
+
 /// The reviews of one gateway, shared by its sessions and its admin API.
 #[derive(Clone, Default)]
 pub struct Reviews {
@@ -265,7 +281,9 @@ impl std::fmt::Debug for Reviews {
 
 impl Reviews {
     /// Opens a review once `record` (given the review to be) has recorded the request and
-    /// returned its entry. The receiver sees every later change.
+    /// returned its entry. The receiver sees every later change. A requester who already
+    /// has [`MAX_OPEN_PER_REQUESTER`] reviews waiting gets [`ReviewError::TooManyOpen`],
+    /// and nothing is recorded.
     pub async fn open<F, Fut>(
         &self,
         new: NewReview,
@@ -286,6 +304,7 @@ impl Reviews {
             session: new.session,
             statement: new.statement,
             rule: new.rule,
+            holders: new.holders,
             reason: new.reason,
             approvers: new.approvers,
             required: new.required.max(1),
@@ -304,6 +323,24 @@ impl Reviews {
         slots.retain(|_, s| {
             s.review.state == State::Pending || s.review.requested_at + keep_ms() > now
         });
+        // Counted under the same lock the new review is inserted under, so concurrent
+        // requests cannot both take the last place. A pending review past its expiry is
+        // not counted: its end may not have been recorded yet (the ledger was failing),
+        // and that must not shut its requester out.
+        let open = slots
+            .values()
+            .filter(|s| {
+                s.review.state == State::Pending
+                    && s.review.expires_at > now
+                    && s.review.requester == review.requester
+            })
+            .count();
+        if open >= MAX_OPEN_PER_REQUESTER {
+            return Err(ReviewError::TooManyOpen {
+                requester: review.requester,
+                limit: MAX_OPEN_PER_REQUESTER,
+            });
+        }
         review.request = record(&review).await.map_err(ReviewError::Record)?;
         let (tx, rx) = watch::channel(review.clone());
         slots.insert(
@@ -357,15 +394,23 @@ impl Reviews {
             let mut grants = self.grants.lock().expect("grants lock");
             let now = now_ms();
             grants.retain(|g| g.until > now);
-            grants.push(Grant {
-                resource: next.resource.clone(),
-                requester: next.requester.clone(),
-                rule: next.rule.clone(),
-                until,
-                review: next.id.clone(),
-                request: next.request.clone(),
-                access: next.access_ms.is_some(),
-            });
+            // A grant covers exactly what held the statement: each holder gets its own.
+            let rules: Vec<Option<String>> = if next.holders.is_empty() {
+                vec![next.rule.clone()]
+            } else {
+                next.holders.iter().cloned().map(Some).collect()
+            };
+            for rule in rules {
+                grants.push(Grant {
+                    resource: next.resource.clone(),
+                    requester: next.requester.clone(),
+                    rule,
+                    until,
+                    review: next.id.clone(),
+                    request: next.request.clone(),
+                    access: next.access_ms.is_some(),
+                });
+            }
         }
         slot.review = next.clone();
         slot.tx.send_replace(next.clone());

@@ -10,6 +10,7 @@ fn new_review(required: u32) -> NewReview {
         session: "s-1".into(),
         statement: "DROP TABLE t".into(),
         rule: Some("drops-need-review".into()),
+        holders: Vec::new(),
         reason: "dropping needs an approval".into(),
         approvers: vec!["dba".into()],
         required,
@@ -307,6 +308,7 @@ async fn an_approved_access_request_grants_connect_for_what_it_asked() {
         access: Some(Duration::from_secs(7200)),
         statement: "access to pg-prod for 2h".into(),
         rule: None,
+        holders: Vec::new(),
         ..new_review(1)
     };
     let (review, _rx) = reviews
@@ -332,4 +334,171 @@ async fn an_approved_access_request_grants_connect_for_what_it_asked() {
     // It is not a grant of statements, nor for anyone else.
     assert!(reviews.grant("pg-prod", "alice", None).is_none());
     assert!(reviews.access_grant("pg-prod", "mallory").is_none());
+}
+
+#[tokio::test]
+async fn a_requester_has_at_most_the_cap_of_reviews_waiting() {
+    let reviews = Reviews::default();
+    let mut first = None;
+    for _ in 0..MAX_OPEN_PER_REQUESTER {
+        let (review, _rx) = opened(&reviews, 1).await;
+        first.get_or_insert(review);
+    }
+    let mut recorded = false;
+    let refused = reviews
+        .open(new_review(1), |_| {
+            recorded = true;
+            async {
+                Ok(EntryRef {
+                    index: 8,
+                    leaf: "ef".into(),
+                })
+            }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused,
+        ReviewError::TooManyOpen {
+            requester: "alice".into(),
+            limit: MAX_OPEN_PER_REQUESTER,
+        }
+    );
+    assert!(!recorded, "a refused review is not recorded");
+    assert!(
+        refused
+            .to_string()
+            .contains("alice already has 20 reviews waiting"),
+        "{refused}"
+    );
+    assert_eq!(reviews.list().await.len(), MAX_OPEN_PER_REQUESTER);
+
+    // Someone else is not held back by alice's reviews.
+    let bob = NewReview {
+        requester: "bob".into(),
+        ..new_review(1)
+    };
+    assert!(
+        reviews
+            .open(bob, |_| async {
+                Ok(EntryRef {
+                    index: 9,
+                    leaf: "01".into(),
+                })
+            })
+            .await
+            .is_ok()
+    );
+
+    // Once one of hers is decided, alice may open another.
+    let groups = dba();
+    let carol = approver("carol", &groups, false);
+    reviews
+        .decide(
+            &first.unwrap().id,
+            carol,
+            &Decision::Deny,
+            None,
+            |_| async { Ok(()) },
+        )
+        .await
+        .unwrap();
+    assert!(
+        reviews
+            .open(new_review(1), |_| async {
+                Ok(EntryRef {
+                    index: 10,
+                    leaf: "02".into(),
+                })
+            })
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_review_past_its_expiry_does_not_count_against_the_cap() {
+    let reviews = Reviews::default();
+    let brief = NewReview {
+        timeout: Duration::from_millis(1),
+        ..new_review(1)
+    };
+    for _ in 0..MAX_OPEN_PER_REQUESTER {
+        reviews
+            .open(brief.clone(), |_| async {
+                Ok(EntryRef {
+                    index: 1,
+                    leaf: "aa".into(),
+                })
+            })
+            .await
+            .unwrap();
+    }
+    // Their ends were never recorded (no session finished them): still pending, but
+    // past their time.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(
+        reviews
+            .list()
+            .await
+            .iter()
+            .all(|r| r.state == State::Pending)
+    );
+    assert!(opened_ok(&reviews).await);
+}
+
+async fn opened_ok(reviews: &Reviews) -> bool {
+    reviews
+        .open(new_review(1), |_| async {
+            Ok(EntryRef {
+                index: 2,
+                leaf: "bb".into(),
+            })
+        })
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn a_grant_covers_exactly_the_rules_that_held_the_statement() {
+    let reviews = Reviews::default();
+    let held_by_two = NewReview {
+        rule: Some("drops-need-review".into()),
+        holders: vec!["drops-need-review".into(), "prod-needs-review".into()],
+        ..new_review(1)
+    };
+    let (review, _rx) = reviews
+        .open(held_by_two, |_| async {
+            Ok(EntryRef {
+                index: 3,
+                leaf: "cd".into(),
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(review.holders.len(), 2);
+    let groups = dba();
+    let hour = Decision::Approve {
+        grant: Some(Duration::from_secs(3600)),
+    };
+    reviews
+        .decide(
+            &review.id,
+            approver("bob", &groups, false),
+            &hour,
+            None,
+            |_| async { Ok(()) },
+        )
+        .await
+        .unwrap();
+    for rule in ["drops-need-review", "prod-needs-review"] {
+        let grant = reviews.grant("pg-prod", "alice", Some(rule)).unwrap();
+        assert_eq!(grant.review, review.id, "{rule}");
+    }
+    assert!(
+        reviews
+            .grant("pg-prod", "alice", Some("truncate-needs-review"))
+            .is_none(),
+        "a rule that did not hold the statement is not granted"
+    );
 }

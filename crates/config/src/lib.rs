@@ -14,10 +14,11 @@ pub use validate::TOKEN_ALGORITHMS;
 pub use error::{ConfigError, Problem};
 pub use gatehouse_core::Durability;
 pub use model::{
-    AdminConfig, ClaimRule, ColumnMaskConfig, Config, CredentialsConfig, DetectorSelection,
-    IdentityConfig, IdentityKind, IssuerConfig, LedgerConfig, LogConfig, LogFormat, MaskStrategy,
-    MaskingConfig, NotifyConfig, NotifyFormat, PatternConfig, PolicyConfig, RecordingConfig,
-    ResourceConfig, ResourceKind, ReviewsConfig, TargetTlsConfig, TlsConfig,
+    AdminConfig, AdminTlsConfig, ClaimRule, ColumnMaskConfig, Config, CredentialsConfig,
+    DetectorSelection, IdentityConfig, IdentityKind, IssuerConfig, LedgerConfig, LimitsConfig,
+    LogConfig, LogFormat, MaskStrategy, MaskingConfig, NotifyConfig, NotifyFormat, PatternConfig,
+    PolicyConfig, RecordingConfig, ResourceConfig, ResourceKind, ReviewsConfig, TargetTlsConfig,
+    TlsConfig,
 };
 pub use secret::{EnvLookup, Secret, process_env};
 pub use size::{ByteSize, ParseByteSizeError};

@@ -170,8 +170,24 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Admin HTTP API: healthz, checkpoint, metrics.
+    /// Admin HTTP API: healthz, checkpoint, metrics, reviews.
     pub listen: SocketAddr,
+    /// Serve the API over TLS with this certificate. Without it the API speaks plain HTTP
+    /// and refuses credentials from any host but its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<AdminTlsConfig>,
+}
+
+/// `[admin] tls = { cert = "...", key = "..." }`: the admin API's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTlsConfig {
+    /// PEM certificate chain, the server's own certificate first. Relative to the config
+    /// file's folder once loaded. The CLI trusts this file when it takes the admin
+    /// address from the config.
+    pub cert: PathBuf,
+    /// PEM private key of that certificate.
+    pub key: PathBuf,
 }
 
 /// `[ledger]`
@@ -248,6 +264,39 @@ pub struct ResourceConfig {
     /// For access policy: `resource.tags`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// What unauthenticated clients may cost this listener.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Startup parameters clients may set beyond the built-in safe list (PostgreSQL).
+    /// Parameters that change the role, the session authorization or how SQL is read
+    /// (`options`, `role`, `session_authorization`, ...) cannot be allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub startup_parameters: Vec<String>,
+}
+
+/// `[resources.limits]`: connections a listener holds, and how many may still be signing
+/// in (in total and from one source address), so a flood of clients that never sign in
+/// cannot exhaust the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_connections: u32,
+    pub max_startups: u32,
+    pub max_startups_per_source: u32,
+    /// Failed sign-ins a source address, or a claimed user name, may have in a minute
+    /// before each further one makes it wait (1 s, doubling, up to 5 minutes).
+    pub free_failed_sign_ins: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 4096,
+            max_startups: 256,
+            max_startups_per_source: 32,
+            free_failed_sign_ins: 5,
+        }
+    }
 }
 
 /// `[resources.reviews]`: the approval of statements a rule (or a Cedar `@review` policy)
@@ -272,14 +321,25 @@ pub struct ReviewsConfig {
 }
 
 /// `[[resources.reviews.notify]]`: one webhook.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyConfig {
-    /// `http://` or `https://` URL to POST to.
+    /// `https://` URL to POST to (`http://` only to a loopback host). A secret: whoever
+    /// knows a chat webhook's URL can post to the channel, so it is never printed — not
+    /// by `Debug`, not in a validation problem.
     pub url: String,
     /// `json` (the review as JSON) or `slack` (an incoming-webhook message).
     #[serde(default)]
     pub format: NotifyFormat,
+}
+
+impl std::fmt::Debug for NotifyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotifyConfig")
+            .field("url", &"<secret>")
+            .field("format", &self.format)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -531,6 +591,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080)),
+            tls: None,
         }
     }
 }
@@ -659,6 +720,10 @@ impl Config {
             }
         };
         anchor(&mut self.data_dir);
+        if let Some(tls) = self.admin.tls.as_mut() {
+            anchor(&mut tls.cert);
+            anchor(&mut tls.key);
+        }
         if let Some(policy) = self.policy.as_mut() {
             anchor(&mut policy.policies);
             if let Some(schema) = policy.schema.as_mut() {

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::error::Problem;
-use crate::model::{Config, CredentialsConfig, LedgerConfig, ResourceConfig, ResourceKind};
+use crate::model::{
+    AdminConfig, Config, CredentialsConfig, LedgerConfig, ResourceConfig, ResourceKind,
+};
 use crate::secret::{EnvLookup, process_env};
 use crate::size::ByteSize;
 
@@ -39,6 +41,7 @@ impl Config {
                 "must not be empty; write e.g. \"info\" or \"info,gatehouse_ledger=debug\"",
             ));
         }
+        check_admin(&self.admin, &mut problems);
         check_ledger(&self.ledger, &mut problems);
         check_resources(&self.resources, env, &mut problems);
         check_identities(&self.identities, &mut problems);
@@ -49,6 +52,62 @@ impl Config {
         } else {
             Err(problems)
         }
+    }
+}
+
+fn check_admin(admin: &AdminConfig, problems: &mut Vec<Problem>) {
+    if let Some(tls) = &admin.tls {
+        // Read as PEM when the gateway starts; here only that the files are there, as for
+        // a resource's `tls`, so `config check` on another machine can say what is missing.
+        for (key, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+            if path.as_os_str().is_empty() {
+                problems.push(Problem::new(
+                    format!("admin.tls.{key}"),
+                    "must not be empty",
+                ));
+            } else if let Err(e) = std::fs::metadata(path) {
+                problems.push(Problem::new(
+                    format!("admin.tls.{key}"),
+                    format!("cannot read {}: {e}", path.display()),
+                ));
+            }
+        }
+    }
+}
+
+/// A webhook is https, or http to a loopback host (a local relay): the URL is a secret
+/// (whoever has it can post) and the body names people and statements, so neither crosses
+/// a network in the clear. The message never repeats the URL.
+fn check_webhook_url(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://").filter(|(scheme, _)| {
+        !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    }) else {
+        return Err("is not a URL; write https://host/path".into());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // user:password@ is part of the secret; only what follows names the host.
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map(|(h, _)| h),
+        None => Some(host_port.split(':').next().unwrap_or("")),
+    };
+    let Some(host) = host.filter(|h| !h.is_empty()) else {
+        return Err("has no host; write https://host/path".into());
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match scheme.to_ascii_lowercase().as_str() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(
+            "must be an https:// URL; http:// is accepted only for a loopback host (127.0.0.1, [::1], localhost)".into(),
+        ),
+        _ => Err(format!("must be an https:// URL, not {scheme}://")),
     }
 }
 
@@ -230,6 +289,15 @@ fn check_resources(resources: &[ResourceConfig], env: EnvLookup<'_>, problems: &
             }
         }
         check_masking(&resource.masking, &format!("{at}.masking"), env, problems);
+        check_limits(&resource.limits, &format!("{at}.limits"), problems);
+        for (j, name) in resource.startup_parameters.iter().enumerate() {
+            if let Some(why) = gatehouse_sql::startup_parameter_forbidden(name) {
+                problems.push(Problem::new(
+                    format!("{at}.startup_parameters[{j}]"),
+                    format!("{name:?} cannot be allowed: {why}"),
+                ));
+            }
+        }
         let reviews = &resource.reviews;
         if !(1..=10).contains(&reviews.approvals) {
             problems.push(Problem::new(
@@ -245,11 +313,8 @@ fn check_resources(resources: &[ResourceConfig], env: EnvLookup<'_>, problems: &
             ));
         }
         for (n, hook) in reviews.notify.iter().enumerate() {
-            if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
-                problems.push(Problem::new(
-                    format!("{at}.reviews.notify[{n}].url"),
-                    format!("{:?} must be an http:// or https:// URL", hook.url),
-                ));
+            if let Err(why) = check_webhook_url(&hook.url) {
+                problems.push(Problem::new(format!("{at}.reviews.notify[{n}].url"), why));
             }
         }
         if reviews.approvers.iter().any(|g| g.trim().is_empty()) {
@@ -292,6 +357,30 @@ fn check_resources(resources: &[ResourceConfig], env: EnvLookup<'_>, problems: &
         problems.push(Problem::new(
             format!("resources[{first}].name"),
             format!("{name:?} is used by {} too", others.join(" and ")),
+        ));
+    }
+}
+
+fn check_limits(limits: &crate::LimitsConfig, at: &str, problems: &mut Vec<Problem>) {
+    for (key, value) in [
+        ("max_connections", limits.max_connections),
+        ("max_startups", limits.max_startups),
+        ("max_startups_per_source", limits.max_startups_per_source),
+    ] {
+        if value == 0 {
+            problems.push(Problem::new(
+                format!("{at}.{key}"),
+                "must be at least 1".to_string(),
+            ));
+        }
+    }
+    if limits.max_startups_per_source > limits.max_startups {
+        problems.push(Problem::new(
+            format!("{at}.max_startups_per_source"),
+            format!(
+                "must not exceed max_startups ({}), not {}",
+                limits.max_startups, limits.max_startups_per_source
+            ),
         ));
     }
 }
@@ -613,6 +702,45 @@ mod tests {
     }
 
     #[test]
+    fn webhooks_are_https_or_http_on_loopback() {
+        for ok in [
+            "https://hooks.slack.com/services/T000/B000/XXXX",
+            "HTTPS://hooks.example/x",
+            "http://127.0.0.1:9000/hook",
+            "http://127.8.9.10/hook",
+            "http://[::1]:9000/hook",
+            "http://localhost/hook",
+            "http://user:secret@127.0.0.1:9000/hook",
+        ] {
+            assert_eq!(check_webhook_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://hooks.example/secret-path",
+            "http://10.0.0.5:9000/secret-path",
+            "http://[2001:db8::1]/secret-path",
+            // Userinfo naming loopback does not make the host loopback.
+            "http://127.0.0.1@hooks.example/secret-path",
+            "http://localhost.hooks.example/secret-path",
+            "ftp://hooks.example/secret-path",
+            "hooks.example/secret-path",
+            "hooks.example/secret-path?next=https://x",
+            "https:///secret-path",
+        ] {
+            let why = check_webhook_url(bad).expect_err(bad);
+            assert!(!why.contains("secret-path"), "{bad}: {why}");
+        }
+        assert!(
+            check_webhook_url("http://hooks.example/x")
+                .unwrap_err()
+                .contains("loopback")
+        );
+        assert_eq!(
+            check_webhook_url("ftp://hooks.example/x").unwrap_err(),
+            "must be an https:// URL, not ftp://"
+        );
+    }
+
+    #[test]
     fn targets() {
         for ok in [
             "127.0.0.1:5432",
@@ -672,6 +800,8 @@ mod tests {
             reviews: Default::default(),
             environment: None,
             tags: Vec::new(),
+            limits: Default::default(),
+            startup_parameters: Vec::new(),
         };
         config.resources = vec![
             resource("a", "127.0.0.1:0"),

@@ -211,7 +211,7 @@ fn unknown_key_nested() {
     assert_eq!(
         load_error(&text),
         "gatehouse.toml:7:1: resources[1].port: unknown key; expected one of name, kind, durability, listen, \
-         target, database, credentials, rules, on_unparsed, tls, target_tls, recording, masking, reviews, environment, tags"
+         target, database, credentials, rules, on_unparsed, tls, target_tls, recording, masking, reviews, environment, tags, limits, startup_parameters"
     );
 }
 
@@ -708,4 +708,72 @@ fn reviews_default_to_ten_minutes_and_one_approval_and_are_checked() {
         "{}",
         load_error(&text)
     );
+}
+
+#[test]
+fn admin_tls_paths_are_relative_to_the_config_and_checked() {
+    let text = "[admin]\nlisten = \"0.0.0.0:8443\"\ntls = { cert = \"certs/admin.crt\", key = \"certs/admin.key\" }\n";
+    let (dir, path) = write_config(text);
+    let problems = load_problems(&path);
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["admin.tls.cert", "admin.tls.key"]);
+    let cert = dir.path().join("certs/admin.crt");
+    assert!(
+        problems[0]
+            .message
+            .starts_with(&format!("cannot read {}: ", cert.display())),
+        "{}",
+        problems[0]
+    );
+
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    std::fs::write(&cert, "read as PEM when the gateway starts").unwrap();
+    std::fs::write(dir.path().join("certs/admin.key"), "likewise").unwrap();
+    let config = Config::load(&path).unwrap();
+    let tls = config.admin.tls.as_ref().unwrap();
+    assert_eq!(tls.cert, cert);
+    assert_eq!(tls.key, dir.path().join("certs/admin.key"));
+
+    // The table form is the same key.
+    let table = "[admin.tls]\ncert = \"certs/admin.crt\"\nkey = \"certs/admin.key\"\n";
+    std::fs::write(&path, table).unwrap();
+    assert_eq!(Config::load(&path).unwrap().admin.tls, config.admin.tls);
+
+    assert_eq!(
+        load_error("[admin]\ntls = { cert = \"a\", key = \"b\", ca = \"c\" }\n"),
+        "gatehouse.toml:2:32: admin.tls.ca: unknown key; expected cert or key"
+    );
+    assert_eq!(
+        load_error("[admin]\ntls = { cert = \"a\" }\n"),
+        "gatehouse.toml:2:7: admin.tls.key: required key is missing"
+    );
+    assert_eq!(
+        load_error("[admin]\ntls = { cert = \"\", key = \"\" }\n"),
+        "gatehouse.toml: admin.tls.cert: must not be empty\ngatehouse.toml: admin.tls.key: must not be empty"
+    );
+}
+
+#[test]
+fn webhooks_must_be_https_off_loopback_and_their_urls_are_never_shown() {
+    const SECRET: &str = "T000/B000/XXXXSECRETXXXX";
+    let text = format!(
+        "{PG}[[resources.reviews.notify]]\nurl = \"http://hooks.example/services/{SECRET}\"\n\
+         [[resources.reviews.notify]]\nurl = \"http://127.0.0.1:9000/{SECRET}\"\n\
+         [[resources.reviews.notify]]\nurl = \"https://hooks.slack.com/services/{SECRET}\"\nformat = \"slack\"\n"
+    );
+    let message = load_error(&text);
+    assert_eq!(
+        message,
+        "gatehouse.toml: resources[0].reviews.notify[0].url: must be an https:// URL; http:// is accepted only for a loopback host (127.0.0.1, [::1], localhost)"
+    );
+
+    let loopback_and_https: String = text.lines().skip(5).collect::<Vec<_>>().join("\n");
+    let (_dir, path) = write_config(&format!("{PG}{loopback_and_https}\n"));
+    let config = Config::load(&path).unwrap();
+    let hooks = &config.resources[0].reviews.notify;
+    assert_eq!(hooks.len(), 2);
+    assert!(hooks[1].url.ends_with(SECRET));
+    let shown = format!("{config:?} {config:#?} {hooks:?}");
+    assert!(!shown.contains(SECRET), "a webhook URL leaked: {shown}");
+    assert!(shown.contains("Slack"), "{shown}");
 }

@@ -189,12 +189,19 @@ pub struct ReplayArgs {
 /// Where the admin API is and who signs in to it.
 #[derive(Debug, Args)]
 pub struct ApiArgs {
-    /// The admin API, e.g. http://127.0.0.1:8080 [default: `[admin] listen` of --config].
+    /// The admin API, e.g. https://gatehouse.internal:8443 or http://127.0.0.1:8080
+    /// [default: `[admin] listen` of --config, https when it has `tls`]. Your key is sent
+    /// over http:// only to this host (loopback).
     #[arg(long, env = "GATEHOUSE_ADMIN_URL", global = true)]
     pub admin: Option<String>,
-    /// The configuration file to take the admin address from.
+    /// The configuration file to take the admin address (and, with `[admin] tls`, the
+    /// certificate to trust) from.
     #[arg(long, short, default_value = "gatehouse.toml", global = true)]
     pub config: PathBuf,
+    /// PEM certificates to trust for an https:// admin API, instead of the system's
+    /// [default: `[admin] tls.cert` of --config when the address comes from it].
+    #[arg(long, value_name = "FILE", env = "GATEHOUSE_ADMIN_CA", global = true)]
+    pub ca: Option<PathBuf>,
     /// Your identity's name.
     #[arg(
         long = "as",

@@ -77,6 +77,8 @@ pub async fn demo(args: DemoArgs, log_format: Option<LogFormat>) -> anyhow::Resu
             reviews: Default::default(),
             environment: None,
             tags: Vec::new(),
+            limits: Default::default(),
+            startup_parameters: Vec::new(),
         });
     }
     config

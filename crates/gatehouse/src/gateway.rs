@@ -38,6 +38,12 @@ pub fn config_check(file: &Path) -> ExitCode {
                 eprintln!("{}: policy: {e}", file.display());
                 return ExitCode::from(1);
             }
+            if let Some(tls) = &config.admin.tls
+                && let Err(e) = gatehouse_server::tls::server_config(&tls.cert, &tls.key)
+            {
+                eprintln!("{}: {e}", file.display());
+                return ExitCode::from(1);
+            }
             outln!(
                 "{}: ok ({} resource{}, data directory {})",
                 file.display(),
@@ -160,7 +166,23 @@ pub(crate) async fn run_gateway(
         Err(e) => return Err(e).with_context(|| format!("admin.listen: cannot listen on {admin}")),
     };
     let admin_addr = listener.local_addr()?;
-    tracing::info!(address = %admin_addr, "admin API listening");
+    // Read before anything else starts, so a bad certificate stops the gateway with the
+    // key to fix rather than leaving it without its API.
+    let admin_tls = match &config.admin.tls {
+        Some(tls) => Some(
+            gatehouse_server::tls::server_config(&tls.cert, &tls.key)
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
+    let admin_scheme = if admin_tls.is_some() { "https" } else { "http" };
+    tracing::info!(address = %admin_addr, tls = admin_tls.is_some(), "admin API listening");
+    if admin_tls.is_none() && !admin_addr.ip().is_loopback() {
+        tracing::warn!(
+            address = %admin_addr,
+            "the admin API has no TLS ([admin] tls): requests with credentials from other hosts are refused"
+        );
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // Managed API keys and their change log live in the state store beside the ledger.
@@ -223,7 +245,7 @@ pub(crate) async fn run_gateway(
                     .reviews
                     .admin_url
                     .clone()
-                    .unwrap_or_else(|| format!("http://{admin_addr}")),
+                    .unwrap_or_else(|| format!("{admin_scheme}://{admin_addr}")),
             };
             (r.name.clone(), facts)
         })
@@ -237,15 +259,20 @@ pub(crate) async fn run_gateway(
         resources: Arc::new(resources),
     };
     let mut api_stop = stop_rx.clone();
-    let api = tokio::spawn(gatehouse_server::serve(listener, state, async move {
-        let _ = api_stop.wait_for(|s| *s).await;
-    }));
+    let api = tokio::spawn(gatehouse_server::serve(
+        listener,
+        state,
+        admin_tls,
+        async move {
+            let _ = api_stop.wait_for(|s| *s).await;
+        },
+    ));
     let shared = Shared {
         ledger: ledger.clone(),
         auth,
         reviews,
         policy,
-        admin_url: format!("http://{admin_addr}"),
+        admin_url: format!("{admin_scheme}://{admin_addr}"),
     };
     let postgres = start_postgres(config, &shared, &stop_rx).await?;
 

@@ -1,6 +1,13 @@
 //! `gatehouse reviews` and `gatehouse access`: held statements listed, shown, approved and
 //! denied, and access asked for, through the admin API of a running gateway.
+//!
+//! Every call carries the identity's key (HTTP Basic), so the client talks https with a
+//! verified certificate — the system's authorities, `--ca`, or the `[admin] tls` certificate
+//! of `--config` — and sends a key over plain http:// only to this host. There is no way
+//! to skip the verification.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -19,7 +26,9 @@ struct Api {
 
 impl Api {
     async fn new(args: &ApiArgs) -> anyhow::Result<Api> {
-        let base = admin_url(args)?;
+        let target = admin_target(args)?;
+        let base = target.base;
+        key_may_travel(&base, target.trust.is_some())?;
         let user = args.user.clone().ok_or_else(|| {
             anyhow::anyhow!(
                 "say who you are: --as NAME (or GATEHOUSE_USER), with your key in GATEHOUSE_KEY"
@@ -33,9 +42,11 @@ impl Api {
                 )
             })?,
         };
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()?;
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        if let Some(trust) = &target.trust {
+            builder = builder.tls_certs_only(trust.certificates()?);
+        }
+        let client = builder.build()?;
         Ok(Api {
             base,
             user,
@@ -57,10 +68,13 @@ impl Api {
         request: reqwest::RequestBuilder,
         what: &str,
     ) -> anyhow::Result<Result<Value, ExitCode>> {
-        let response = request
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the admin API at {}: {e}", self.base))?;
+        let response = request.send().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the admin API at {}: {}",
+                self.base,
+                causes(&e)
+            )
+        })?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success() {
@@ -212,13 +226,160 @@ pub async fn run(args: ReviewsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--admin`, else `http://` and the config's `[admin] listen`.
-fn admin_url(args: &ApiArgs) -> anyhow::Result<String> {
+/// Where the admin API is, and which certificates to trust for it (none: the system's).
+struct AdminTarget {
+    base: String,
+    trust: Option<Trust>,
+}
+
+/// A PEM file of certificates to trust, and the option or key that named it (for errors).
+struct Trust {
+    file: PathBuf,
+    named_by: &'static str,
+}
+
+impl Trust {
+    fn certificates(&self) -> anyhow::Result<Vec<reqwest::Certificate>> {
+        let at = format!("{} {}", self.named_by, self.file.display());
+        let pem = std::fs::read(&self.file).map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| anyhow::anyhow!("{at}: not PEM certificates ({})", causes(&e)))?;
+        if certs.is_empty() {
+            anyhow::bail!("{at}: holds no PEM certificate");
+        }
+        Ok(certs)
+    }
+}
+
+/// `--admin` (trusting `--ca`, if given), else the config's `[admin] listen`: https
+/// trusting `--ca` or its `tls.cert` when it has `tls`, http otherwise.
+fn admin_target(args: &ApiArgs) -> anyhow::Result<AdminTarget> {
+    let ca = args.ca.clone().map(|file| Trust {
+        file,
+        named_by: "--ca",
+    });
     if let Some(url) = &args.admin {
-        return Ok(url.trim_end_matches('/').to_string());
+        return Ok(AdminTarget {
+            base: url.trim_end_matches('/').to_string(),
+            trust: ca,
+        });
     }
     let config = gatehouse_config::Config::load(&args.config).map_err(|e| {
         anyhow::anyhow!("no admin address: pass --admin URL (or GATEHOUSE_ADMIN_URL), or a readable --config ({e})")
     })?;
-    Ok(format!("http://{}", config.admin.listen))
+    let listen = reachable(config.admin.listen);
+    Ok(match config.admin.tls {
+        Some(tls) => AdminTarget {
+            base: format!("https://{listen}"),
+            trust: ca.or(Some(Trust {
+                file: tls.cert,
+                named_by: "admin.tls.cert",
+            })),
+        },
+        None => AdminTarget {
+            base: format!("http://{listen}"),
+            trust: ca,
+        },
+    })
+}
+
+/// A listen address as a client on this host reaches it: one on every address
+/// (`0.0.0.0`, `[::]`) is reached on loopback.
+fn reachable(mut listen: SocketAddr) -> SocketAddr {
+    if listen.ip().is_unspecified() {
+        let loopback: std::net::IpAddr = match listen {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        };
+        listen.set_ip(loopback);
+    }
+    listen
+}
+
+/// Whether the key may be sent to `base`: over https, or over http to this host only (the
+/// gateway refuses it from elsewhere too, but by then it has crossed the network).
+fn key_may_travel(base: &str, trusting: bool) -> anyhow::Result<()> {
+    let url = reqwest::Url::parse(base)
+        .map_err(|e| anyhow::anyhow!("--admin {base:?} is not a URL ({e})"))?;
+    let host = url.host_str().unwrap_or("");
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if trusting => anyhow::bail!(
+            "--ca is for an https:// admin API, and {base} is plain http://; use https:// (the gateway's [admin] tls)"
+        ),
+        "http" if is_loopback(host) => Ok(()),
+        "http" => anyhow::bail!(
+            "not sending your key over plain http:// to {host}: anyone on the way could read it. \
+             Use https:// (the gateway's [admin] tls) or run this on the gateway's host"
+        ),
+        other => anyhow::bail!("--admin {base:?}: use an https:// URL, not {other}://"),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An error and its causes, one after the other: a client error says only "error sending
+/// request"; the certificate problem is further down.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        next = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_go_over_https_or_to_this_host() {
+        for ok in [
+            "https://gatehouse.internal:8443",
+            "https://192.0.2.7:8443",
+            "http://127.0.0.1:8080",
+            "http://127.1.2.3:8080",
+            "http://[::1]:8080",
+            "http://localhost:8080",
+        ] {
+            assert!(key_may_travel(ok, false).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://gatehouse.internal:8080",
+            "http://192.0.2.7:8080",
+            "http://[2001:db8::1]:8080",
+            "ftp://127.0.0.1",
+            "not a url",
+        ] {
+            assert!(key_may_travel(bad, false).is_err(), "{bad}");
+        }
+        let err = key_may_travel("http://192.0.2.7:8080", false).unwrap_err();
+        assert!(err.to_string().contains("not sending your key"), "{err}");
+        let err = key_may_travel("http://127.0.0.1:8080", true).unwrap_err();
+        assert!(
+            err.to_string().starts_with("--ca is for an https://"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_address_on_every_interface_is_reached_on_loopback() {
+        let at = |s: &str| reachable(s.parse().unwrap()).to_string();
+        assert_eq!(at("0.0.0.0:8443"), "127.0.0.1:8443");
+        assert_eq!(at("[::]:8443"), "[::1]:8443");
+        assert_eq!(at("192.0.2.7:8443"), "192.0.2.7:8443");
+    }
 }

@@ -1170,3 +1170,102 @@ fn pruned_ledgers_still_verify_and_exports_say_what_was_pruned() {
         stderr(&out)
     );
 }
+
+#[test]
+fn reviews_talk_https_to_an_admin_api_with_tls_and_verify_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, private) = gatehouse_pg::tls::ensure_self_signed(dir.path()).unwrap();
+    let port = free_port();
+    let key = "bob-key-0123456789";
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[admin]\nlisten = \"127.0.0.1:{port}\"\n\
+             tls = {{ cert = \"{}\", key = \"{}\" }}\n\
+             [[identities]]\nname = \"bob\"\nkind = \"human\"\ngroups = [\"dba\"]\nkey_hash = \"{}\"\n",
+            cert.file_name().unwrap().to_str().unwrap(),
+            private.file_name().unwrap().to_str().unwrap(),
+            gatehouse_identity::hash_key(key)
+        ),
+    )
+    .unwrap();
+    let out = run(&["config", "check", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // `config check` reads the certificate and key as the gateway will.
+    let good_key = std::fs::read(&private).unwrap();
+    std::fs::write(&private, "not a key").unwrap();
+    let out = run(&["config", "check", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("admin.tls.key: "), "{}", stderr(&out));
+    std::fs::write(&private, good_key).unwrap();
+
+    let mut child = gatehouse()
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&cert)
+            .arg(format!("{base}/healthz"))
+            .output()
+            .expect("curl is installed by scripts/test");
+        if out.stdout == b"200" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "serve did not come up over TLS");
+        sleep(Duration::from_millis(100));
+    }
+    let reviews = |args: &[&str]| {
+        gatehouse()
+            .args(["reviews", "list", "--as", "bob"])
+            .args(args)
+            .env("GATEHOUSE_KEY", key)
+            .env_remove("GATEHOUSE_ADMIN_URL")
+            .env_remove("GATEHOUSE_ADMIN_CA")
+            .output()
+            .unwrap()
+    };
+
+    // From the config: https, trusting its [admin] tls certificate.
+    let out = reviews(&["--config", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "no reviews pending");
+    // An address given, with the certificate to trust.
+    let out = reviews(&["--admin", &base, "--ca", cert.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Without it, the system's authorities do not vouch for this certificate.
+    let out = reviews(&["--admin", &base]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("certificate"),
+        "the certificate is named: {}",
+        stderr(&out)
+    );
+    // --ca with a plain http:// address, and a key sent in the clear to another host, are
+    // refused before anything is sent.
+    let out = reviews(&[
+        "--admin",
+        &format!("http://127.0.0.1:{port}"),
+        "--ca",
+        cert.to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&out).contains("--ca is for an https:// admin API"),
+        "{}",
+        stderr(&out)
+    );
+    let out = reviews(&["--admin", "http://192.0.2.7:8080"]);
+    assert!(
+        stderr(&out).contains("not sending your key over plain http:// to 192.0.2.7"),
+        "{}",
+        stderr(&out)
+    );
+
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+}

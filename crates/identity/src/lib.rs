@@ -4,6 +4,7 @@
 
 pub mod login;
 pub mod oidc;
+pub mod throttle;
 
 use std::sync::Arc;
 

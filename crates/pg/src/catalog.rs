@@ -60,6 +60,9 @@ struct Cache {
     relations: HashMap<u32, Option<Arc<Relation>>>,
     names: HashMap<String, Option<u32>>,
     types: HashMap<u32, TypeClass>,
+    /// Function name → whether a function of that name exists outside `pg_catalog` and
+    /// `information_schema` (a user-defined one, which may read any column).
+    functions: HashMap<String, bool>,
 }
 
 /// One resource's catalog reader, shared by its sessions.
@@ -149,14 +152,29 @@ impl Catalog {
         self.cache().names.get(name).copied()
     }
 
-    /// Reads whatever of `relations`, `types` and `names` the cache lacks.
+    /// Whether a function called `name` may be user-defined (`None`: not looked up yet).
+    pub fn user_function(&self, name: &str) -> Option<bool> {
+        self.cache().functions.get(name).copied()
+    }
+
+    /// Reads whatever of `relations`, `types`, `names` and `functions` the cache lacks;
+    /// also the functions the views among the relations call.
     pub async fn load(
         &self,
         resource: &PgResource,
         relations: &[u32],
         types: &[u32],
         names: &[String],
+        functions: &[String],
     ) -> Result<(), PgError> {
+        let functions: Vec<String> = {
+            let cache = self.cache();
+            functions
+                .iter()
+                .filter(|f| !cache.functions.contains_key(*f))
+                .cloned()
+                .collect()
+        };
         let (relations, types, names) = {
             let cache = self.cache();
             let relations: Vec<u32> = relations
@@ -176,13 +194,13 @@ impl Catalog {
                 .collect();
             (relations, types, names)
         };
-        if relations.is_empty() && types.is_empty() && names.is_empty() {
+        if relations.is_empty() && types.is_empty() && names.is_empty() && functions.is_empty() {
             return Ok(());
         }
         let mut conn = self.conn.lock().await;
         let result = tokio::time::timeout(
             QUERY_TIMEOUT,
-            self.load_over(&mut conn, resource, relations, types, names),
+            self.load_over(&mut conn, resource, relations, types, names, functions),
         )
         .await
         .unwrap_or_else(|_| Err(PgError::Target("catalog lookup timed out".into())));
@@ -193,6 +211,38 @@ impl Catalog {
         result
     }
 
+    /// Which of `functions` have a definition outside the built-in schemas. A name that is
+    /// not a plain identifier is not looked up and counts as user-defined.
+    async fn load_functions(&self, conn: &mut Conn, functions: &[String]) -> Result<(), PgError> {
+        let plain = |n: &str| {
+            !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        let mut found: HashMap<String, bool> =
+            functions.iter().map(|f| (f.clone(), true)).collect();
+        let list: Vec<String> = functions
+            .iter()
+            .filter(|f| plain(f))
+            .map(|f| format!("('{f}')"))
+            .collect();
+        if !list.is_empty() {
+            let sql = format!(
+                "SELECT v.n, EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace s ON s.oid = p.pronamespace \
+                 WHERE p.proname = v.n AND s.nspname NOT IN ('pg_catalog', 'information_schema')) \
+                 FROM (VALUES {}) AS v(n)",
+                list.join(",")
+            );
+            for row in query(conn, &sql).await? {
+                if let [Some(name), Some(user)] = &row[..] {
+                    found.insert(name.clone(), user == "t");
+                }
+            }
+        }
+        self.cache().functions.extend(found);
+        Ok(())
+    }
+
     async fn load_over(
         &self,
         conn: &mut Option<Conn>,
@@ -200,6 +250,7 @@ impl Catalog {
         mut relations: Vec<u32>,
         types: Vec<u32>,
         names: Vec<String>,
+        mut functions: Vec<String>,
     ) -> Result<(), PgError> {
         if conn.is_none() {
             let params = [(
@@ -303,6 +354,9 @@ impl Catalog {
                 }
             }
             let deps: Vec<u32> = found.values().flat_map(|r| r.depends.clone()).collect();
+            for definition in found.values().filter_map(|r| r.definition.as_deref()) {
+                functions.extend(gatehouse_sql::lineage(definition).functions);
+            }
             let mut cache = self.cache();
             for oid in relations {
                 let rel = found.remove(&oid).map(Arc::new);
@@ -312,6 +366,12 @@ impl Catalog {
                 .into_iter()
                 .filter(|d| !cache.relations.contains_key(d))
                 .collect();
+        }
+        functions.sort();
+        functions.dedup();
+        functions.retain(|f| !self.cache().functions.contains_key(f));
+        if !functions.is_empty() {
+            self.load_functions(conn, &functions).await?;
         }
         if !types.is_empty() {
             let sql = format!(

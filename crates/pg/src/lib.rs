@@ -5,6 +5,7 @@
 //! Hook order per statement (see docs/ARCHITECTURE.md): read → decide → ledger append
 //! (durable in `sync` mode) → forward; and on the way back: relay → summarise → `result`.
 
+pub mod admission;
 mod cancel;
 pub mod catalog;
 mod error;
@@ -74,6 +75,11 @@ pub struct PgResource {
     pub reviews: Reviews,
     /// Who approves this resource's held statements, how many, how long to wait.
     pub review: ReviewSettings,
+    /// What clients may cost before they sign in: connection caps, the sign-in throttle,
+    /// and the aggregation of failed sign-ins in the ledger.
+    pub admission: admission::Admission,
+    /// Startup parameters clients may set beyond the built-in safe list.
+    pub startup_parameters: Vec<String>,
 }
 
 /// The webhooks of `[resources.reviews]`.
@@ -192,6 +198,8 @@ impl PgResource {
                     .unwrap_or_else(|| "http://<admin address>".into()),
                 notify: webhooks(&config.reviews),
             },
+            admission: admission::Admission::from_config(&config.limits),
+            startup_parameters: config.startup_parameters.clone(),
         })
     }
 
@@ -246,8 +254,10 @@ pub async fn serve(
 ) {
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(resource = %resource.name, address = ?local, target = %resource.target, "postgres listener up");
+    let mut failures = tokio::time::interval(admission::FAILURE_INTERVAL);
     loop {
         tokio::select! {
+            _ = failures.tick() => record_failures(&resource, false).await,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let resource = resource.clone();
@@ -264,5 +274,20 @@ pub async fn serve(
             _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
         }
     }
+    record_failures(&resource, true).await;
     tracing::info!(resource = %resource.name, "postgres listener stopped");
+}
+
+/// Writes the counts of failed sign-ins gathered in intervals that have ended (all of
+/// them with `all`).
+async fn record_failures(resource: &PgResource, all: bool) {
+    for data in resource
+        .admission
+        .flush_failures(std::time::Instant::now(), all)
+    {
+        let event = resource.event(EventKind::AuthFailure, None, None, data);
+        if let Err(e) = resource.ledger.append(&event, resource.durability).await {
+            tracing::error!(error = %e, "could not record failed sign-ins");
+        }
+    }
 }

@@ -196,7 +196,13 @@ pub struct Shape {
     pub counts: MaskCounts,
     /// The statement changes the schema: the catalog is read afresh after it.
     pub ddl: bool,
+    /// Whether its error and notice texts are masked whole ([`texts_tainted`]); `None`
+    /// until its first such message asks.
+    pub texts_tainted: Option<bool>,
 }
+
+/// What the client reads in place of a message that may quote masked values.
+const TAINTED_MESSAGE: &str = "gatehouse: message masked: the statement read masked columns, and the message may quote their values";
 
 /// The statement behind a result, as masking reads it.
 #[derive(Debug)]
@@ -428,21 +434,102 @@ pub fn catalog_needs(
     policy: &MaskPolicy,
     fields: &[FieldDescription<'_>],
     source: Option<&Source>,
-) -> (Vec<u32>, Vec<u32>, Vec<String>) {
+) -> CatalogNeeds {
     let types: Vec<u32> = fields.iter().map(|f| f.type_oid).collect();
     if !policy.has_rules() {
-        return (Vec::new(), types, Vec::new());
+        return CatalogNeeds {
+            types,
+            ..CatalogNeeds::default()
+        };
     }
     let relations: Vec<u32> = fields
         .iter()
         .map(|f| f.table_oid)
         .filter(|o| *o != 0)
         .collect();
-    (
+    CatalogNeeds {
         relations,
         types,
-        source.map(|s| s.relations.clone()).unwrap_or_default(),
-    )
+        ..CatalogNeeds::of_statement(source)
+    }
+}
+
+/// What the catalog must say before a plan, or a message's masking, can be decided.
+#[derive(Debug, Default)]
+pub struct CatalogNeeds {
+    pub relations: Vec<u32>,
+    pub types: Vec<u32>,
+    /// Relations the statement names.
+    pub names: Vec<String>,
+    /// Functions the statement calls.
+    pub functions: Vec<String>,
+}
+
+impl CatalogNeeds {
+    /// The names and functions of a statement.
+    pub fn of_statement(source: Option<&Source>) -> CatalogNeeds {
+        CatalogNeeds {
+            names: source.map(|s| s.relations.clone()).unwrap_or_default(),
+            functions: source
+                .and_then(|s| s.lineage.as_ref())
+                .map(|l| l.functions.clone())
+                .unwrap_or_default(),
+            ..CatalogNeeds::default()
+        }
+    }
+}
+
+/// Whether a statement calls a function that may be user-defined (or one the catalog has
+/// not answered for): such a function can read any column and return it transformed,
+/// beyond what the statement's lineage shows.
+fn calls_user_function(catalog: &Catalog, lineage: &Lineage) -> bool {
+    lineage
+        .functions
+        .iter()
+        .any(|f| catalog.user_function(f) != Some(false))
+}
+
+/// Whether the error and notice texts of a statement may quote values of masked columns,
+/// transformed past what a detector recognises (`CAST(reverse(email) AS int)` puts the
+/// reversed address in the error): with column rules, when the statement names a relation
+/// holding masked columns (a view over them included), calls a user-defined function,
+/// runs code (DO, CALL, EXECUTE), or cannot be read. Such texts are masked whole.
+pub fn texts_tainted(policy: &MaskPolicy, catalog: &Catalog, source: Option<&Source>) -> bool {
+    if !policy.has_rules() {
+        return false;
+    }
+    let Some(lineage) = source.and_then(|s| s.lineage.as_ref()) else {
+        return true;
+    };
+    if lineage.opaque || lineage.runs_code || calls_user_function(catalog, lineage) {
+        return true;
+    }
+    source.is_some_and(|s| {
+        s.relations.iter().any(|name| {
+            if policy.columns.by_relation(name).is_some() {
+                return true;
+            }
+            match catalog.cached_name(name) {
+                // Not read yet (the catalog could not be reached): it could be anything.
+                None => true,
+                // No such relation: the statement fails on its name alone.
+                Some(None) => false,
+                Some(Some(oid)) => match catalog.cached_relation(oid) {
+                    Some(Some(rel)) => {
+                        policy
+                            .columns
+                            .by_relation(&format!("{}.{}", rel.schema, rel.name))
+                            .is_some()
+                            || view_columns(policy, catalog, &rel)
+                                .iter()
+                                .any(Option::is_some)
+                    }
+                    Some(None) => false,
+                    None => true,
+                },
+            }
+        })
+    })
 }
 
 /// The masked view columns a statement can refer to by name (none without column rules).
@@ -520,6 +607,11 @@ fn view_columns_at(
         .enumerate()
         .map(|(i, (_, name, _))| {
             let taint = match lineage.outputs.get(i) {
+                // A view calling a user-defined function: any of its columns may carry a
+                // masked value the function read.
+                _ if calls_user_function(catalog, &lineage) => {
+                    Some(Taint::View(Arc::from("user_function")))
+                }
                 _ if lineage.opaque => policy.columns.by_relation(&rel.name).map(Taint::Rule),
                 Some(Output::Column(s)) | Some(Output::Star { sources: s, .. }) => {
                     policy.tainted(s, &inner)
@@ -557,6 +649,16 @@ pub fn plan(
     };
     let rules = policy.has_rules();
     let views = statement_views(policy, catalog, source);
+    // A user-defined function can return any column transformed: computed columns of a
+    // statement that calls one are read as of unknown lineage.
+    let opaque = Lineage {
+        opaque: true,
+        ..Lineage::default()
+    };
+    let lineage = match lineage {
+        Some(l) if rules && calls_user_function(catalog, l) => Some(&opaque),
+        other => other,
+    };
     let targets = lineage.map(|l| align(l, n));
     let columns = (0..n)
         .map(|i| {
@@ -982,7 +1084,12 @@ impl Rewriter<'_> {
     /// An ErrorResponse or NoticeResponse with its texts masked. Constraint errors about a
     /// table with masked columns lose the row and key values in their DETAIL, which
     /// PostgreSQL fills with the very values a rule masks. `None` when nothing changed.
-    pub fn fields_message(&self, frame: &[u8], counts: &mut MaskCounts) -> Option<Vec<u8>> {
+    pub fn fields_message(
+        &self,
+        frame: &[u8],
+        tainted: bool,
+        counts: &mut MaskCounts,
+    ) -> Option<Vec<u8>> {
         let tag = frame[0];
         let Ok(fields) = backend::message_fields(&frame[5..]) else {
             // Unreadable (not UTF-8): keep only what cannot leak.
@@ -1011,6 +1118,20 @@ impl Rewriter<'_> {
         let mut out_fields: Vec<(u8, Cow<'_, str>)> = Vec::with_capacity(fields.len());
         for (field, value) in fields {
             let masked: Cow<'_, str> = match field {
+                // Severity, code, positions, source locations and object names carry no data.
+                b'S' | b'V' | b'C' | b'P' | b'p' | b'F' | b'L' | b'R' | b's' | b't' | b'c'
+                | b'd' | b'n' => Cow::Borrowed(value),
+                // The statement may have read masked columns: its texts may quote them in
+                // any form, so they go whole (the message keeps its code and severity).
+                b'M' if tainted => {
+                    counts.rule("message_text");
+                    changed = true;
+                    Cow::Borrowed(TAINTED_MESSAGE)
+                }
+                _ if tainted => {
+                    changed = true;
+                    continue;
+                }
                 b'D' if rule_table
                     && (value.starts_with("Failing row contains")
                         || value.starts_with("Key (")) =>
@@ -1018,9 +1139,6 @@ impl Rewriter<'_> {
                     counts.rule("error_detail");
                     Cow::Owned(redact_detail(value))
                 }
-                // Severity, code, positions, source locations and object names carry no data.
-                b'S' | b'V' | b'C' | b'P' | b'p' | b'F' | b'L' | b'R' | b's' | b't' | b'c'
-                | b'd' | b'n' => Cow::Borrowed(value),
                 _ => {
                     let m = self.policy.masker.mask_text(value);
                     counts.add(m.counts);
@@ -1341,7 +1459,7 @@ pub fn copy_plan(
     let rules = policy.has_rules();
     let views = statement_views(policy, catalog, source);
     let outs = lineage.map(|l| l.outputs.as_slice()).unwrap_or_default();
-    let opaque = lineage.is_none_or(|l| l.opaque);
+    let opaque = lineage.is_none_or(|l| l.opaque || calls_user_function(catalog, l));
     if let [
         Output::Star {
             relation: Some(rel),
@@ -1654,7 +1772,7 @@ mod tests {
             &mut frame,
         );
         let mut counts = MaskCounts::default();
-        let out = rewriter.fields_message(&frame, &mut counts).unwrap();
+        let out = rewriter.fields_message(&frame, false, &mut counts).unwrap();
         let fields = backend::message_fields(&out[5..]).unwrap();
         let detail = fields.iter().find(|(f, _)| *f == b'D').unwrap().1;
         assert_eq!(detail, "Key (ssn)=([masked]) (values masked by gatehouse).");

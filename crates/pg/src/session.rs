@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use crate::admission::Ticket;
 use crate::cancel::CancelTarget;
 use crate::error::PgError;
 use crate::lexical::{Lexicon, UnsafeSetting};
@@ -44,14 +45,41 @@ async fn drain_into<S: AsyncWrite + Unpin>(
     Ok(sent)
 }
 
+/// Client bytes a session keeps while a statement is held; more stay in the socket.
+const MAX_HELD_INPUT: usize = 1 << 20;
+
 /// How long a client may take from connecting to finishing authentication.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// SQL longer than this goes into a chunk; the entry keeps a prefix and the chunk's hash.
 const INLINE_SQL: usize = 16 * 1024;
 
+/// The largest startup packet accepted: PostgreSQL's own limit (MAX_STARTUP_PACKET_LENGTH).
+const MAX_STARTUP_PACKET: usize = 10_000;
+/// The largest password message accepted before sign-in: an API key or an OIDC token (a
+/// token with many groups runs to a few KiB), never the 1 GiB a frame may otherwise be.
+const MAX_PASSWORD_FRAME: usize = 16 * 1024;
+
 /// Runs one client connection to its end; every failure is answered and logged here.
 pub async fn run(mut tcp: TcpStream, peer: SocketAddr, resource: Arc<PgResource>) {
     let _ = tcp.set_nodelay(true);
+    let mut ticket = match resource.admission.admit(peer.ip()) {
+        Ok(ticket) => ticket,
+        Err(turned) => {
+            // Said in the server's words (too_many_connections), without reading anything.
+            metrics::counter!("gatehouse_connections_turned_away_total", "reason" => turned.reason())
+                .increment(1);
+            let mut out = Vec::new();
+            backend::error_response(
+                "FATAL",
+                "53300",
+                "gatehouse: too many connections are waiting to sign in; try again shortly",
+                &mut out,
+            );
+            let _ = send(&mut tcp, &out).await;
+            record_auth_failure(&resource, "", peer, turned.reason(), None).await;
+            return;
+        }
+    };
     let mut buf = BytesMut::with_capacity(1024);
     // The first packet decides whether the connection switches to TLS.
     let first = match tokio::time::timeout(STARTUP_TIMEOUT, read_startup(&mut tcp, &mut buf)).await
@@ -59,6 +87,7 @@ pub async fn run(mut tcp: TcpStream, peer: SocketAddr, resource: Arc<PgResource>
         Ok(Ok(packet)) => packet,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "connection ended before startup");
+            refuse_startup(&mut tcp, &resource, peer, &e).await;
             return;
         }
         Err(_) => return,
@@ -76,12 +105,12 @@ pub async fn run(mut tcp: TcpStream, peer: SocketAddr, resource: Arc<PgResource>
             }
             let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
             match tokio::time::timeout(STARTUP_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => serve(tls, peer, resource, true, buf, None).await,
+                Ok(Ok(tls)) => serve(tls, peer, resource, true, buf, None, &mut ticket).await,
                 Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
             }
         }
-        _ => serve(tcp, peer, resource, false, buf, Some(first)).await,
+        _ => serve(tcp, peer, resource, false, buf, Some(first), &mut ticket).await,
     }
 }
 
@@ -93,6 +122,7 @@ async fn serve<S: ClientStream>(
     tls: bool,
     buf: BytesMut,
     first: Option<StartupPacket>,
+    ticket: &mut Ticket,
 ) {
     let link = Link { peer, tls };
     let started = tokio::time::timeout(
@@ -100,11 +130,14 @@ async fn serve<S: ClientStream>(
         startup(&mut client, link, &resource, buf, first),
     )
     .await;
+    // Signed in (or gone): no longer one of the listener's connections in startup.
+    ticket.signed_in();
     let session = match started {
         Ok(Ok(Some(session))) => session,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
             tracing::info!(resource = %resource.name, %peer, error = %e, "connection ended during startup");
+            refuse_startup(&mut client, &resource, peer, &e).await;
             return;
         }
         Err(_) => {
@@ -126,6 +159,21 @@ struct Link {
     tls: bool,
 }
 
+/// A connection that broke the protocol or sent too much before signing in: the client is
+/// told why and the failure is recorded (aggregated, like failed sign-ins).
+async fn refuse_startup<S: ClientStream>(
+    client: &mut S,
+    resource: &PgResource,
+    peer: SocketAddr,
+    error: &PgError,
+) {
+    let Some(reason) = error.startup_failure() else {
+        return;
+    };
+    let _ = fatal(client, "08P01", &format!("gatehouse: {error}")).await;
+    record_auth_failure(resource, "", peer, reason, None).await;
+}
+
 /// Answers the client with a FATAL error (the connection then closes).
 async fn fatal<S: ClientStream>(client: &mut S, code: &str, message: &str) -> Result<(), PgError> {
     let mut out = Vec::new();
@@ -144,6 +192,12 @@ async fn read_startup<S: ClientStream>(
             buf.advance(len);
             return Ok(packet);
         }
+        if buf.len() > MAX_STARTUP_PACKET {
+            return Err(PgError::TooLarge {
+                what: "a startup packet",
+                limit: MAX_STARTUP_PACKET,
+            });
+        }
         if client.read_buf(buf).await? == 0 {
             return Err(PgError::Client(
                 "closed the connection during startup".into(),
@@ -161,6 +215,12 @@ async fn read_frame<S: ClientStream>(
             let frame = buf[..len].to_vec();
             buf.advance(len);
             return Ok(frame);
+        }
+        if buf.len() > MAX_PASSWORD_FRAME {
+            return Err(PgError::TooLarge {
+                what: "a message",
+                limit: MAX_PASSWORD_FRAME,
+            });
         }
         if client.read_buf(buf).await? == 0 {
             return Err(PgError::Client(
@@ -250,6 +310,26 @@ async fn startup<S: ClientStream>(
         return Ok(None);
     }
 
+    // Whoever keeps failing waits, and while it waits its credentials are not even read.
+    let throttle_keys = gatehouse_identity::throttle::keys(peer.ip(), &user);
+    if let Err(wait) = resource
+        .admission
+        .throttle
+        .check(&throttle_keys, Instant::now())
+    {
+        record_auth_failure(resource, &user, peer, "throttled", None).await;
+        fatal(
+            client,
+            "28000",
+            &format!(
+                "gatehouse: too many failed sign-ins from this address or for this user; try again in {} s",
+                wait.as_secs().max(1)
+            ),
+        )
+        .await?;
+        return Ok(None);
+    }
+
     let mut out = Vec::new();
     backend::auth_cleartext(&mut out);
     send(client, &out).await?;
@@ -267,6 +347,10 @@ async fn startup<S: ClientStream>(
             // The id of a managed key is public and tells the auditor which key was tried;
             // anything else presented is never recorded.
             let key_id = gatehouse_identity::managed_key_id(&key);
+            resource
+                .admission
+                .throttle
+                .failed(&throttle_keys, Instant::now());
             record_auth_failure(resource, &user, peer, why.reason(), key_id).await;
             // The same message for every cause: no hint which part was wrong.
             fatal(
@@ -278,6 +362,7 @@ async fn startup<S: ClientStream>(
             return Ok(None);
         }
     };
+    resource.admission.throttle.succeeded(&throttle_keys[1]);
     let actor = signed_in.actor;
     let mut policy = SessionPolicy::default();
     // An approved access request lets in whom policy would not (until it runs out).
@@ -326,12 +411,48 @@ async fn startup<S: ClientStream>(
         .map(|(k, v)| (k, Value::String(v)))
         .collect();
 
-    // Pass the client's session settings on, but never who it claims to be.
-    let forwarded: Vec<(String, String)> = params
-        .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "replication"))
-        .cloned()
-        .collect();
+    // Pass on the client's display and timing preferences; anything that could change the
+    // role, the session authorization or how statements are read is refused unless the
+    // resource allows it (and `options`, `role` and the like never are).
+    let mut forwarded: Vec<(String, String)> = Vec::new();
+    for (name, value) in &params {
+        if matches!(name.as_str(), "user" | "database" | "replication") {
+            continue;
+        }
+        let allowed = gatehouse_sql::startup_parameter_forbidden(name).is_none()
+            && (gatehouse_sql::startup_parameter_safe(name)
+                || resource
+                    .startup_parameters
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(name)));
+        if !allowed {
+            let event = resource.event(
+                EventKind::PolicyDecision,
+                Some(&actor),
+                None,
+                json!({
+                    "action": "startup_parameter",
+                    "parameter": name,
+                    "outcome": "deny",
+                    "client": peer.to_string(),
+                }),
+            );
+            if let Err(e) = resource.ledger.append(&event, resource.durability).await {
+                tracing::error!(error = %e, "could not record a refused startup parameter");
+            }
+            fatal(
+                client,
+                "42501",
+                &format!(
+                    "gatehouse: the startup parameter \"{name}\" is not allowed on {}",
+                    resource.name
+                ),
+            )
+            .await?;
+            return Ok(None);
+        }
+        forwarded.push((name.clone(), value.clone()));
+    }
     let target = match upstream::connect(resource, &forwarded).await {
         Ok(t) => t,
         Err(e) => {
@@ -544,8 +665,17 @@ async fn record_auth_failure(
     reason: &str,
     key_id: Option<&str>,
 ) {
-    let mut data =
-        json!({"user": user, "client": peer.to_string(), "reason": reason, "method": "apikey"});
+    // The first failure of a source, reason and name in an interval is written now; the
+    // rest are counted into one entry (see `admission`), so a flood cannot fill the ledger.
+    let Some(mut data) = resource
+        .admission
+        .auth_failure(peer.ip(), reason, user, Instant::now())
+    else {
+        tracing::debug!(resource = %resource.name, %peer, reason, "authentication failed (counted)");
+        return;
+    };
+    data["client"] = peer.to_string().into();
+    data["method"] = "apikey".into();
     if let Some(id) = key_id {
         data["key_id"] = id.into();
     }
@@ -553,6 +683,7 @@ async fn record_auth_failure(
     if let Err(e) = resource.ledger.append(&event, resource.durability).await {
         tracing::error!(error = %e, "could not record an authentication failure");
     }
+    let user = crate::admission::recorded_name(user);
     tracing::info!(resource = %resource.name, user, %peer, reason, "authentication failed");
 }
 
@@ -1271,22 +1402,43 @@ impl Session {
             map.extend(prepared.summary.clone());
         }
         detail["decision"] = json!({"outcome": decision.outcome.as_str(), "rule": decision.rule, "policies": decision.policies});
-        // An approval given for a duration lets the same rule's statements through: the
-        // entry names the review that granted it.
-        let grant = match decision.outcome {
-            Outcome::Review => self.resource.reviews.grant(
-                &self.resource.name,
-                &self.actor.id,
-                decision
-                    .rule
-                    .as_deref()
-                    .or(decision.policies.first().map(String::as_str)),
-            ),
+        // Every rule and policy that holds the statement; a grant covers exactly what it
+        // names, so the statement skips its review only with a grant for each.
+        let holders: Vec<String> = if decision.holders.is_empty() {
+            decision
+                .rule
+                .clone()
+                .or_else(|| decision.policies.first().cloned())
+                .into_iter()
+                .collect()
+        } else {
+            decision.holders.clone()
+        };
+        if holders.len() > 1 {
+            detail["decision"]["holders"] = json!(holders);
+        }
+        let grants: Option<Vec<gatehouse_approvals::Grant>> = match decision.outcome {
+            Outcome::Review => holders
+                .iter()
+                .map(|h| {
+                    self.resource
+                        .reviews
+                        .grant(&self.resource.name, &self.actor.id, Some(h))
+                })
+                .collect(),
             _ => None,
         };
-        if let Some(grant) = &grant {
+        let grant = grants.as_ref().and_then(|g| g.first());
+        if let (Some(grants), Some(first)) = (&grants, grant) {
+            // The entry names the review that granted it (each, when several hold).
             detail["decision"]["grant"] =
-                json!({"review": grant.review, "request": grant.request, "until": grant.until});
+                json!({"review": first.review, "request": first.request, "until": first.until});
+            if grants.len() > 1 {
+                detail["decision"]["grants"] = grants
+                    .iter()
+                    .map(|g| json!({"rule": g.rule, "review": g.review, "request": g.request, "until": g.until}))
+                    .collect();
+            }
         }
         let receipt = self
             .audit(&prepared.sql, detail)
@@ -1301,9 +1453,10 @@ impl Session {
                 Err(("42501", format!("gatehouse: denied: {reason}")))
             }
             Outcome::Review => {
-                let rule = decision.rule.or_else(|| decision.policies.first().cloned());
                 let reason = decision.message.unwrap_or_default();
-                let held = self.hold(&prepared.sql, &receipt, rule, reason, io).await;
+                let held = self
+                    .hold(&prepared.sql, &receipt, holders, reason, io)
+                    .await;
                 if held.is_err() {
                     self.totals.denied += 1;
                 }
@@ -1320,25 +1473,38 @@ impl Session {
         &mut self,
         sql: &str,
         command: &Receipt,
-        rule: Option<String>,
+        holders: Vec<String>,
         reason: String,
         io: Io<'_, S>,
     ) -> Result<(), (&'static str, String)> {
         let mut settings = self.resource.review.clone();
-        // The holding rule may ask for other approvers or more approvals.
-        if let Some(held_by) = self
+        // A holding rule may ask for other approvers or more approvals. With several
+        // holders, the review must satisfy each: the most approvals any asks for (a Cedar
+        // policy asks for the resource's), from groups every holding rule accepts.
+        let holding: Vec<&gatehouse_sql::Rule> = self
             .resource
             .rules
             .iter()
-            .find(|r| rule.as_deref() == Some(r.id.as_str()))
-        {
-            if let Some(n) = held_by.approvals {
-                settings.approvals = n;
-            }
-            if let Some(groups) = &held_by.approvers {
-                settings.approvers = groups.clone();
-            }
+            .filter(|r| holders.iter().any(|h| h == &r.id))
+            .collect();
+        let default = settings.approvals;
+        settings.approvals = holding
+            .iter()
+            .map(|r| r.approvals.unwrap_or(default))
+            .chain((holding.len() < holders.len()).then_some(default))
+            .max()
+            .unwrap_or(default);
+        let mut approvers: Option<Vec<String>> = None;
+        for groups in holding.iter().filter_map(|r| r.approvers.as_ref()) {
+            approvers = Some(match approvers {
+                None => groups.clone(),
+                Some(so_far) => so_far.into_iter().filter(|g| groups.contains(g)).collect(),
+            });
         }
+        if let Some(groups) = approvers {
+            settings.approvers = groups;
+        }
+        let rule = holders.first().cloned();
         // Without approver groups only access policy can name approvers.
         if settings.approvers.is_empty() && self.resource.policy.is_none() {
             return Err((
@@ -1360,6 +1526,11 @@ impl Session {
             session: self.id.clone(),
             statement: sql.to_string(),
             rule,
+            holders: if holders.len() > 1 {
+                holders
+            } else {
+                Vec::new()
+            },
             reason,
             approvers: settings.approvers.clone(),
             required: settings.approvals,
@@ -1386,6 +1557,13 @@ impl Session {
             .await;
         let (review, mut changes) = match opened {
             Ok(opened) => opened,
+            // Too many of this identity's reviews wait already: a limit, not a failure.
+            Err(e @ ReviewError::TooManyOpen { .. }) => {
+                return Err((
+                    "53400",
+                    format!("gatehouse: {e}; the statement was not executed"),
+                ));
+            }
             Err(e) => {
                 return Err((
                     "58000",
@@ -1485,7 +1663,11 @@ impl Session {
                 }
                 _ = tokio::time::sleep_until(deadline) => break State::Expired,
                 _ = cancelled.notified() => break State::Cancelled,
-                read = io.client.read_buf(&mut self.held_input) => {
+                // Past the cap the client's bytes wait in its socket: the session holds
+                // no more of them than this while a statement waits.
+                read = io.client.read_buf(&mut self.held_input),
+                    if self.held_input.len() < MAX_HELD_INPUT =>
+                {
                     // More from the client waits its turn; nothing, or an error, means
                     // the client has gone.
                     if !matches!(read, Ok(n) if n > 0) {
@@ -1669,6 +1851,14 @@ impl Session {
                 .tracker
                 .front_work()
                 .is_some_and(|w| w.shape.plan.is_none()),
+            // Whether a statement's messages may quote masked values needs the catalog.
+            b'E' | b'N' => {
+                self.masking.as_ref().is_some_and(|m| m.policy.has_rules())
+                    && self
+                        .tracker
+                        .front_work()
+                        .is_some_and(|w| w.shape.texts_tainted.is_none())
+            }
             _ => false,
         }
     }
@@ -1679,7 +1869,35 @@ impl Session {
             b'T' => self.describe(frame).await,
             b'D' => self.plan_from_statement().await,
             b'H' => self.plan_copy(frame).await,
+            b'E' | b'N' => self.plan_texts().await,
             _ => {}
+        }
+    }
+
+    /// Decides whether the front statement's error and notice texts are masked whole
+    /// ([`crate::masking::texts_tainted`]), reading what the catalog must say first.
+    async fn plan_texts(&mut self) {
+        let Some(m) = &self.masking else {
+            return;
+        };
+        let policy = m.policy.clone();
+        let Some(work) = self.tracker.front_work() else {
+            return;
+        };
+        let source = work.shape.source.clone();
+        let needs = crate::masking::CatalogNeeds::of_statement(source.as_deref());
+        if let Err(e) = self
+            .resource
+            .catalog
+            .load(&self.resource, &[], &[], &needs.names, &needs.functions)
+            .await
+        {
+            tracing::warn!(session = %self.id, error = %e, "catalog lookup failed; the statement's messages are masked whole");
+        }
+        let tainted =
+            crate::masking::texts_tainted(&policy, &self.resource.catalog, source.as_deref());
+        if let Some(work) = self.tracker.front_work() {
+            work.shape.texts_tainted = Some(tainted);
         }
     }
 
@@ -1695,7 +1913,7 @@ impl Session {
             catalog: &self.resource.catalog,
         };
         let work = self.tracker.front_work();
-        let (plan, copy, first, counts) = match work {
+        let (plan, copy, first, tainted, counts) = match work {
             Some(w) => {
                 let first = w.shape.copy_rows == 0;
                 if frame[0] == b'd' {
@@ -1705,12 +1923,13 @@ impl Session {
                     w.shape.plan.as_deref(),
                     w.shape.copy.as_deref(),
                     first,
+                    w.shape.texts_tainted == Some(true),
                     &mut w.shape.counts,
                 )
             }
             None => {
                 m.unowned = crate::masking::MaskCounts::default();
-                (None, None, true, &mut m.unowned)
+                (None, None, true, false, &mut m.unowned)
             }
         };
         m.row.clear();
@@ -1720,7 +1939,7 @@ impl Session {
             // Without a plan (the CopyOutResponse could not be read) nothing is known of
             // the rows: they are looked at whole.
             b'd' => rewriter.copy_data(frame, copy.unwrap_or(&CopyPlan::default()), first, counts),
-            b'E' | b'N' => rewriter.fields_message(frame, counts),
+            b'E' | b'N' => rewriter.fields_message(frame, tainted, counts),
             b'A' => rewriter.notification(frame, counts),
             _ => None,
         };
@@ -1804,12 +2023,17 @@ impl Session {
             return Some(plan);
         }
         let fields = gatehouse_wire_pg::rows::row_description(body).ok()?;
-        let (relations, types, names) =
-            crate::masking::catalog_needs(&policy, &fields, source.as_deref());
+        let needs = crate::masking::catalog_needs(&policy, &fields, source.as_deref());
         let loaded = self
             .resource
             .catalog
-            .load(&self.resource, &relations, &types, &names)
+            .load(
+                &self.resource,
+                &needs.relations,
+                &needs.types,
+                &needs.names,
+                &needs.functions,
+            )
             .await;
         if let Err(e) = &loaded {
             tracing::warn!(session = %self.id, error = %e, "catalog lookup failed; unresolved columns are masked");
@@ -1841,14 +2065,11 @@ impl Session {
         };
         let source = work.shape.source.clone();
         if policy.has_rules() {
-            let names = source
-                .as_ref()
-                .map(|s| s.relations.clone())
-                .unwrap_or_default();
+            let needs = crate::masking::CatalogNeeds::of_statement(source.as_deref());
             if let Err(e) = self
                 .resource
                 .catalog
-                .load(&self.resource, &[], &[], &names)
+                .load(&self.resource, &[], &[], &needs.names, &needs.functions)
                 .await
             {
                 tracing::warn!(session = %self.id, error = %e, "catalog lookup failed; unresolved columns are masked");

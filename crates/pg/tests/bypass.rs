@@ -267,3 +267,59 @@ async fn a_command_the_gateway_did_not_decide_ends_the_session() {
     );
     let _ = gw.stop.send(true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_statement_can_do_decides_its_classes() {
+    let gw = gateway(Durability::Sync).await;
+    // Reaching the server's files or programs is its own class, denied without a policy
+    // that permits it, whether by COPY or by a function inside a SELECT.
+    for sql in [
+        "COPY customers TO '/tmp/gatehouse-exfil.csv'",
+        "COPY customers FROM PROGRAM 'id'",
+        "SELECT pg_read_file('/etc/hostname')",
+    ] {
+        let (out, err) = text(&gw.psql("alice", KEY, &["-c", sql]));
+        assert!(out.is_empty(), "{sql}: {out}");
+        assert!(err.contains("reaches outside the database"), "{sql}: {err}");
+    }
+    assert!(!Path::new("/tmp/gatehouse-exfil.csv").exists());
+    // Changing who the session is, and code blocks, are named for what they are.
+    let out = gw.psql(
+        "alice",
+        KEY,
+        &[
+            "-c",
+            "SELECT set_config('role', 'app', false)",
+            "-c",
+            "RESET ROLE",
+            "-c",
+            "DO $$ BEGIN PERFORM 1; END $$",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+
+    let entries = gw.entries().await;
+    let classes_of = |sql: &str| commands_for(&entries, sql)[0]["data"]["classes"].clone();
+    assert_eq!(
+        classes_of("SELECT pg_read_file('/etc/hostname')"),
+        serde_json::json!(["read", "external"])
+    );
+    assert_eq!(
+        classes_of("COPY customers FROM PROGRAM 'id'"),
+        serde_json::json!(["external"])
+    );
+    assert_eq!(
+        classes_of("SELECT set_config('role', 'app', false)"),
+        serde_json::json!(["read", "dcl"])
+    );
+    assert_eq!(classes_of("RESET ROLE"), serde_json::json!(["dcl"]));
+    assert_eq!(
+        commands_for(&entries, "RESET ROLE")[0]["data"]["commands"],
+        serde_json::json!(["RESET ROLE"])
+    );
+    assert_eq!(
+        classes_of("DO $$ BEGIN PERFORM 1; END $$"),
+        serde_json::json!(["procedural"])
+    );
+    let _ = gw.stop.send(true);
+}

@@ -1088,6 +1088,12 @@ async fn oidc_tokens_sign_in_and_every_bad_token_is_refused_with_its_reason() {
     };
     let gw = gateway_on(Setup {
         issuers: vec![issuer],
+        // Every bad token below is one more failure from this address: the throttle is
+        // tested on its own.
+        limits: gatehouse_config::LimitsConfig {
+            free_failed_sign_ins: 1000,
+            ..Default::default()
+        },
         ..Setup::default()
     })
     .await;
@@ -1537,6 +1543,88 @@ fn assert_nothing_planted_under(dir: &Path) {
         }
     }
     assert!(files > 0, "the ledger directory holds files");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masked_values_do_not_escape_through_messages_or_user_functions() {
+    let gw = masking_gateway(None).await;
+    tokio::task::block_in_place(|| {
+        gw.pg
+            .psql(
+                "appdb",
+                "SET ROLE app; \
+                 CREATE FUNCTION leak(int) RETURNS text LANGUAGE sql \
+                   AS $$ SELECT reverse(ssn) FROM people WHERE id = $1 $$; \
+                 CREATE FUNCTION shout(int) RETURNS void LANGUAGE plpgsql \
+                   AS $$ BEGIN RAISE NOTICE 'value: %', (SELECT reverse(ssn) FROM people WHERE id = $1); END $$; \
+                 CREATE VIEW v_leak AS SELECT id, leak(id) AS x FROM people;",
+            )
+            .unwrap();
+    });
+    // The SSNs reversed: no detector knows them, only where they came from.
+    let reversed = ["999990912", "264555754"];
+    let routes = [
+        // An error quoting a value computed from a masked column.
+        "SELECT CAST(reverse(ssn) || 'x' AS int) FROM people WHERE id = 1",
+        "SELECT 1 FROM people WHERE CAST(reverse(ssn) || 'x' AS int) = 1",
+        // A user-defined function reading a masked column, in the select list, in a view,
+        // and in a RAISE; and a DO block raising one.
+        "SELECT leak(1)",
+        "SELECT x FROM v_leak ORDER BY id",
+        "SELECT shout(2)",
+        "DO $$ BEGIN RAISE NOTICE '%', (SELECT reverse(ssn) FROM people WHERE id = 2); END $$",
+        "DO $$ BEGIN RAISE EXCEPTION 'boom %', (SELECT reverse(ssn) FROM people WHERE id = 1); END $$",
+    ];
+    for sql in routes {
+        let (out, err) = text(&gw.psql("alice", KEY, &["-c", sql]));
+        for value in reversed {
+            assert!(
+                !out.contains(value) && !err.contains(value),
+                "{sql}: {value} escaped:\n{out}\n{err}"
+            );
+        }
+    }
+    let (_, err) = text(&gw.psql(
+        "alice",
+        KEY,
+        &[
+            "-c",
+            "SELECT CAST(reverse(ssn) || 'x' AS int) FROM people WHERE id = 1",
+        ],
+    ));
+    assert!(err.contains("message masked"), "{err}");
+    // Messages of statements that read no masked column, and built-in functions, are as
+    // the server wrote them.
+    let (_, err) = text(&gw.psql("alice", KEY, &["-c", "SELECT CAST('abc' AS int)"]));
+    assert!(
+        err.contains("invalid input syntax for type integer: \"abc\""),
+        "{err}"
+    );
+    assert_eq!(
+        alice_sql(&gw, "SELECT upper(name) FROM people WHERE id = 1"),
+        "ADA"
+    );
+    let entries = gw.entries().await;
+    assert!(!of_kind(&entries, "result").is_empty());
+    let mut stack = vec![gw.ledger_dir.clone()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            for value in reversed {
+                assert!(
+                    !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
+                    "{value} is stored in {}",
+                    path.display()
+                );
+            }
+        }
+    }
+    let _ = gw.stop.send(true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

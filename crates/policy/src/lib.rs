@@ -7,11 +7,17 @@
 //! - resources are `Resource` entities with `kind` (postgres, ...);
 //! - actions are `connect`, `unmask` (sees clear values where masking applies; the
 //!   recording stays masked), `approve` (decides other people's held statements on the
-//!   resource) and one per statement class: `read`, `write`, `ddl`, `dcl`,
-//!   `transaction`, `utility` (`ddl`, `dcl` and `utility` are also `in` the action group
-//!   `admin`, so one policy can name all administrative work); statement actions carry `context.command` (`SELECT`,
-//!   `DROP TABLE`, ...), `context.tables` (as written, and unqualified ones also as
-//!   `public.<name>`) and `context.missing_where`.
+//!   resource), `audit` (sees the resource's reviews and their statements) and one per
+//!   statement class: `read`, `write`, `ddl`, `dcl`,
+//!   `transaction`, `utility`, `procedural` (DO, CALL) and `external` (the server's files
+//!   and programs, other servers) (`ddl`, `dcl`, `utility`, `procedural` and `external`
+//!   are also `in` the action group `admin`, so one policy can name all administrative
+//!   work); a statement is decided under its own class and under each class its function
+//!   calls add. Statement actions carry `context.command` (`SELECT`, `DROP TABLE`, ...),
+//!   `context.commands` (that command and every command inside it: a DELETE in a WITH,
+//!   the statement EXPLAIN ANALYZE or EXECUTE runs, functions with effects),
+//!   `context.tables` (as written, and unqualified ones also as `public.<name>`) and
+//!   `context.missing_where`.
 //!
 //! Cedar denies what no policy permits and a `forbid` beats any `permit`. On top, a
 //! `forbid` annotated `@review("why")` holds the statement for an approval instead of
@@ -28,7 +34,7 @@ use cedar_policy::{
     EntityUid, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use gatehouse_core::{Actor, ActorKind};
-use gatehouse_sql::{Analysis, OnUnparsed, Outcome, Rule};
+use gatehouse_sql::{Analysis, OnUnparsed, Outcome, Rule, StatementClass};
 
 /// The schema used when the config names none. A schema of one's own must keep these
 /// entity types and actions (it may add attributes and groups).
@@ -39,16 +45,17 @@ pub const DEFAULT_SCHEMA: &str = r#"namespace Gatehouse {
   action connect appliesTo { principal: Identity, resource: Resource, context: {} };
   action unmask appliesTo { principal: Identity, resource: Resource, context: {} };
   action approve appliesTo { principal: Identity, resource: Resource, context: {} };
+  action audit appliesTo { principal: Identity, resource: Resource, context: {} };
   action admin;
   action read, write, transaction appliesTo {
     principal: Identity,
     resource: Resource,
-    context: { command: String, tables: Set<String>, missing_where: Bool }
+    context: { command: String, commands: Set<String>, tables: Set<String>, missing_where: Bool }
   };
-  action ddl, dcl, utility in [admin] appliesTo {
+  action ddl, dcl, utility, procedural, external in [admin] appliesTo {
     principal: Identity,
     resource: Resource,
-    context: { command: String, tables: Set<String>, missing_where: Bool }
+    context: { command: String, commands: Set<String>, tables: Set<String>, missing_where: Bool }
   };
 }
 "#;
@@ -300,10 +307,18 @@ impl PolicyEngine {
             message: None,
         };
         for statement in &analysis.statements {
+            let commands = std::iter::once(&statement.command)
+                .chain(statement.inner_commands.iter())
+                .cloned()
+                .map(RestrictedExpression::new_string);
             let context = Context::from_pairs([
                 (
                     "command".to_string(),
                     RestrictedExpression::new_string(statement.command.clone()),
+                ),
+                (
+                    "commands".to_string(),
+                    RestrictedExpression::new_set(commands),
                 ),
                 (
                     "tables".to_string(),
@@ -319,11 +334,15 @@ impl PolicyEngine {
                 ),
             ])
             .map_err(|e| PolicyError::Request(e.to_string()))?;
-            let decision = self.decide(who, statement.class.as_str(), context)?;
-            if decision.outcome > strictest.outcome
-                || strictest.policies.is_empty() && decision.outcome == strictest.outcome
-            {
-                strictest = decision;
+            // Its own class, then each class its function calls add: the strictest wins.
+            let classes = std::iter::once(statement.class).chain(statement.effects.iter().copied());
+            for class in classes {
+                let decision = self.decide(who, class.as_str(), context.clone())?;
+                if decision.outcome > strictest.outcome
+                    || strictest.policies.is_empty() && decision.outcome == strictest.outcome
+                {
+                    strictest = decision;
+                }
             }
         }
         Ok(strictest)
@@ -419,6 +438,9 @@ pub struct StatementDecision {
     /// The Cedar policies that determined Cedar's part (also when a rule decided).
     pub policies: Vec<String>,
     pub message: Option<String>,
+    /// For a review: every rule and `@review` policy that holds the statement. Each must
+    /// be granted (or the review approved) for it to run.
+    pub holders: Vec<String>,
 }
 
 /// The one place a statement is decided: the resource's guardrails (and `on_unparsed` for
@@ -438,20 +460,38 @@ pub fn decide_statement(
         rule: rules.rule,
         policies: Vec::new(),
         message: rules.message,
+        holders: match rules.outcome {
+            Outcome::Review => rules.holders,
+            _ => Vec::new(),
+        },
     };
     match cedar {
+        // Without access policy nothing can permit reaching outside the database.
+        None if analysis.classes().any(|c| c == StatementClass::External) => {
+            decision.outcome = Outcome::Deny;
+            decision.rule = None;
+            decision.holders.clear();
+            decision.message = Some(
+                "it reaches outside the database (the server's files or programs, or another server); only an access policy permitting the `external` action allows that".into(),
+            );
+        }
         None => {}
         Some(Ok(cedar)) => {
             if cedar.outcome > decision.outcome {
                 decision.outcome = cedar.outcome;
                 decision.rule = None;
                 decision.message = cedar.message;
+                decision.holders.clear();
+            }
+            if decision.outcome == Outcome::Review && cedar.outcome == Outcome::Review {
+                decision.holders.extend(cedar.policies.iter().cloned());
             }
             decision.policies = cedar.policies;
         }
         Some(Err(e)) => {
             decision.outcome = Outcome::Deny;
             decision.rule = None;
+            decision.holders.clear();
             decision.message = Some(format!("the access policy could not be evaluated ({e})"));
         }
     }
@@ -467,6 +507,8 @@ pub enum Action {
     Unmask,
     /// Approve or deny other people's held statements and access requests.
     Approve,
+    /// See the resource's reviews and their statements (without deciding them).
+    Audit,
 }
 
 impl Action {
@@ -476,6 +518,7 @@ impl Action {
             Action::Connect => "connect",
             Action::Unmask => "unmask",
             Action::Approve => "approve",
+            Action::Audit => "audit",
         }
     }
 }
@@ -721,6 +764,76 @@ when { principal.kind == "agent" };
     }
 
     #[test]
+    fn every_command_inside_and_every_class_a_call_adds_are_decided() {
+        let text = r#"@id("readers")
+permit (principal, action == Gatehouse::Action::"read", resource);
+@id("no-hidden-deletes")
+@message("no deletes, even inside a WITH")
+forbid (principal, action in [Gatehouse::Action::"read", Gatehouse::Action::"write"], resource)
+  when { context.commands.contains("DELETE") };"#;
+        let e = PolicyEngine::from_text(text, "p.cedar", DEFAULT_SCHEMA, "schema").unwrap();
+        let ana = actor("ana", ActorKind::Human, &[]);
+        assert_eq!(cedar(&e, &ana, "SELECT 1").outcome, Outcome::Allow);
+        // A read that also reaches the server's files is decided as `external` too.
+        let d = cedar(&e, &ana, "SELECT pg_read_file('/etc/passwd')");
+        assert_eq!(d.outcome, Outcome::Deny);
+        // A DELETE inside a WITH is one of the statement's commands.
+        let d = cedar(
+            &e,
+            &ana,
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+        );
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert_eq!(d.policies, ["no-hidden-deletes"]);
+        // Without access policy, reaching outside the database is denied by default.
+        let external = analyze("COPY t TO PROGRAM 'sh'");
+        let d = decide_statement(&[], OnUnparsed::Deny, &[], &external, None);
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert!(d.message.unwrap().contains("external"));
+        let plain = analyze("COPY t TO STDOUT");
+        assert_eq!(
+            decide_statement(&[], OnUnparsed::Deny, &[], &plain, None).outcome,
+            Outcome::Allow
+        );
+    }
+
+    #[test]
+    fn every_rule_and_policy_holding_a_statement_is_named() {
+        let text = r#"@id("read-all")
+permit (principal, action == Gatehouse::Action::"read", resource);
+@id("payroll-review")
+@review("payroll needs an approval")
+forbid (principal, action == Gatehouse::Action::"read", resource)
+  when { context.tables.contains("public.payroll") };"#;
+        let e = PolicyEngine::from_text(text, "p.cedar", DEFAULT_SCHEMA, "schema").unwrap();
+        let ana = actor("ana", ActorKind::Human, &[]);
+        let rule = Rule {
+            id: "pii-review".into(),
+            action: gatehouse_sql::RuleAction::Review,
+            message: None,
+            commands: Vec::new(),
+            classes: Vec::new(),
+            tables: vec!["public.payroll".into()],
+            missing_where: false,
+            groups: Vec::new(),
+            except_groups: Vec::new(),
+            approvals: None,
+            approvers: None,
+        };
+        let analysis = analyze("SELECT * FROM payroll");
+        let cedar_decision = e.statements(&e.principal(&ana, PG).unwrap(), &analysis);
+        let d = decide_statement(
+            &[rule],
+            OnUnparsed::Deny,
+            &[],
+            &analysis,
+            Some(cedar_decision),
+        );
+        assert_eq!(d.outcome, Outcome::Review);
+        assert_eq!(d.holders, ["pii-review", "payroll-review"]);
+    }
+
+    #[test]
     fn admin_names_every_administrative_class() {
         let text = r#"@id("ops-admin")
 permit (principal in Gatehouse::Group::"ops", action in Gatehouse::Action::"admin", resource);"#;
@@ -730,6 +843,8 @@ permit (principal in Gatehouse::Group::"ops", action in Gatehouse::Action::"admi
             "CREATE TABLE t (i int)",
             "GRANT SELECT ON t TO bob",
             "VACUUM",
+            "DO $$ BEGIN END $$",
+            "COPY t FROM '/tmp/x'",
         ] {
             let d = cedar(&e, &ops, sql);
             assert_eq!(d.outcome, Outcome::Allow, "{sql}");

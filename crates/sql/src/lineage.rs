@@ -33,6 +33,13 @@ pub struct Lineage {
     /// CopyOutResponse says text for CSV too). `None` for other statements, or when an
     /// option's value cannot be read.
     pub copy: Option<CopyFormat>,
+    /// The text runs code or a statement it does not show (`DO`, `CALL`, `EXECUTE`): what
+    /// that reads is unknown, so its messages (RAISE, errors) may quote any column.
+    pub runs_code: bool,
+    /// Every function the statement calls, by the last part of its name as written
+    /// (sorted, deduplicated): a user-defined one can read any column and return it
+    /// transformed, so the caller checks them against the catalog.
+    pub functions: Vec<String>,
 }
 
 /// The row format of a `COPY ... TO`, as its options set it.
@@ -137,6 +144,13 @@ fn lineage_inner(sql: &str, lexical: crate::Lexical) -> Lineage {
         let Some((kind, body)) = node(stmt) else {
             continue;
         };
+        let wraps_execute = || {
+            body.get("query")
+                .and_then(node)
+                .is_some_and(|(k, _)| k == "ExecuteStmt")
+        };
+        result.runs_code |= matches!(kind, "DoStmt" | "CallStmt" | "ExecuteStmt")
+            || matches!(kind, "ExplainStmt" | "CreateTableAsStmt") && wraps_execute();
         let reader = Reader::new(stmt);
         let rows = reader.statement(kind, body, &mut result);
         result.opaque |= reader.opaque.get();
@@ -154,12 +168,33 @@ fn lineage_inner(sql: &str, lexical: crate::Lexical) -> Lineage {
     }
     // With several results, a `*` (of unknown width) makes the positions impossible to line up.
     result.opaque |= row_statements > 1 && any_star;
+    collect_functions(&tree, &mut result.functions);
+    result.functions.sort();
+    result.functions.dedup();
     result.outputs = merged
         .unwrap_or_default()
         .into_iter()
         .map(|c| c.output)
         .collect();
     result
+}
+
+/// The names of every function called anywhere in `v`.
+fn collect_functions(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (key, child) in map {
+                if key == "FuncCall"
+                    && let Some(name) = items(child, "funcname").last().and_then(sval)
+                {
+                    out.push(name.to_string());
+                }
+                collect_functions(child, out);
+            }
+        }
+        Value::Array(list) => list.iter().for_each(|c| collect_functions(c, out)),
+        _ => {}
+    }
 }
 
 /// Bound on the rounds of re-reading CTEs and subqueries until their sources stop growing.

@@ -86,6 +86,9 @@ pub struct Decision {
     /// The id of the deciding rule, if a rule decided.
     pub rule: Option<String>,
     pub message: Option<String>,
+    /// Every rule that reached the outcome (the deciding one first): a statement held by
+    /// several rules needs each of them granted or approved.
+    pub holders: Vec<String>,
 }
 
 impl Decision {
@@ -94,6 +97,7 @@ impl Decision {
             outcome: Outcome::Allow,
             rule: None,
             message: None,
+            holders: Vec::new(),
         }
     }
 }
@@ -116,9 +120,11 @@ pub fn evaluate(
             outcome,
             rule: None,
             message: Some(format!("the statement could not be parsed ({why})")),
+            holders: Vec::new(),
         };
     }
     let mut best = Decision::allow();
+    let mut reached: Vec<(Outcome, &str)> = Vec::new();
     for statement in &analysis.statements {
         for rule in rules
             .iter()
@@ -128,6 +134,7 @@ pub fn evaluate(
                 RuleAction::Deny => Outcome::Deny,
                 RuleAction::Review => Outcome::Review,
             };
+            reached.push((outcome, rule.id.as_str()));
             if outcome > best.outcome {
                 best = Decision {
                     outcome,
@@ -143,8 +150,14 @@ pub fn evaluate(
                             rule.id
                         )
                     })),
+                    holders: Vec::new(),
                 };
             }
+        }
+    }
+    for (outcome, id) in reached {
+        if outcome == best.outcome && !best.holders.iter().any(|h| h == id) {
+            best.holders.push(id.to_string());
         }
     }
     best
@@ -162,7 +175,9 @@ fn matches(rule: &Rule, s: &Statement) -> bool {
             c.eq_ignore_ascii_case(&s.command)
                 || s.inner_commands.iter().any(|i| c.eq_ignore_ascii_case(i))
         });
-    let class_ok = rule.classes.is_empty() || rule.classes.contains(&s.class);
+    let class_ok = rule.classes.is_empty()
+        || rule.classes.contains(&s.class)
+        || s.effects.iter().any(|e| rule.classes.contains(e));
     let tables_ok = rule.tables.is_empty()
         || s.tables.iter().any(|t| {
             rule.tables.iter().any(|p| {
@@ -444,5 +459,36 @@ mod tests {
             keys(approvals(RuleAction::Review, Some(0), Some(Vec::new()))),
             ["approvals", "approvers"]
         );
+    }
+
+    #[test]
+    fn every_rule_reaching_the_outcome_is_a_holder() {
+        let review = |id: &str, commands: &[&str]| Rule {
+            id: id.into(),
+            action: RuleAction::Review,
+            message: None,
+            commands: commands.iter().map(|c| c.to_string()).collect(),
+            classes: Vec::new(),
+            tables: Vec::new(),
+            missing_where: false,
+            groups: Vec::new(),
+            except_groups: Vec::new(),
+            approvals: None,
+            approvers: None,
+        };
+        let rules = [
+            review("drops", &["DROP TABLE"]),
+            review("payroll", &[]),
+            review("truncates", &["TRUNCATE"]),
+        ];
+        let d = evaluate(
+            &rules,
+            &crate::analyze("DROP TABLE payroll"),
+            &[],
+            OnUnparsed::Deny,
+        );
+        assert_eq!(d.outcome, Outcome::Review);
+        assert_eq!(d.rule.as_deref(), Some("drops"));
+        assert_eq!(d.holders, ["drops", "payroll"]);
     }
 }

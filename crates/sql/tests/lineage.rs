@@ -414,8 +414,6 @@ fn statements_without_rows() {
         "COMMIT",
         "CREATE VIEW v AS SELECT ssn FROM customers",
         "PREPARE q AS SELECT ssn FROM customers",
-        "CALL p(1)",
-        "DO $$ BEGIN PERFORM 1; END $$",
         "COPY customers FROM STDIN",
         "INSERT INTO t SELECT ssn FROM customers",
         "",
@@ -423,6 +421,29 @@ fn statements_without_rows() {
     ] {
         assert_eq!(lineage(sql), Lineage::default(), "{sql}");
     }
+    // Code run by name or in a block returns no rows the text describes, and what it
+    // reads is unknown.
+    for sql in [
+        "CALL p(1)",
+        "DO $$ BEGIN PERFORM 1; END $$",
+        "EXECUTE q",
+        "EXPLAIN ANALYZE EXECUTE q",
+        "CREATE TABLE t AS EXECUTE q",
+    ] {
+        let l = lineage(sql);
+        assert!(
+            l.runs_code && l.outputs.is_empty() && !l.opaque,
+            "{sql}: {l:?}"
+        );
+    }
+}
+
+#[test]
+fn functions_called_are_listed() {
+    let l =
+        lineage("SELECT upper(name), public.leak(id) FROM c WHERE lower(x) = 'a' AND f(g(1)) > 0");
+    assert_eq!(l.functions, ["f", "g", "leak", "lower", "upper"]);
+    assert!(lineage("SELECT * FROM generate_series(1, 3)").functions == ["generate_series"]);
 }
 
 #[test]

@@ -70,6 +70,8 @@ pub struct Gateway {
     pub stop: watch::Sender<bool>,
     /// The state store the gateway checks managed API keys in.
     pub store: gatehouse_store::Store,
+    /// The reviews of held statements, as the admin API would see them.
+    pub reviews: gatehouse_approvals::Reviews,
 }
 
 pub async fn gateway(durability: Durability) -> Gateway {
@@ -102,6 +104,14 @@ pub struct Setup {
     pub policy: Option<&'static str>,
     /// `[resources.masking]` (`None`: masking off, so other tests see their data as is).
     pub masking: Option<gatehouse_config::MaskingConfig>,
+    /// `[resources.limits]`.
+    pub limits: gatehouse_config::LimitsConfig,
+    /// Startup parameters allowed beyond the built-in list.
+    pub startup_parameters: Vec<String>,
+    /// Guardrails (`None`: [`guardrails`]).
+    pub rules: Option<Vec<Rule>>,
+    /// Groups that approve held statements (none: held statements are refused).
+    pub approvers: Vec<String>,
 }
 
 impl Default for Setup {
@@ -116,6 +126,10 @@ impl Default for Setup {
             issuers: Vec::new(),
             policy: None,
             masking: None,
+            limits: Default::default(),
+            startup_parameters: Vec::new(),
+            rules: None,
+            approvers: Vec::new(),
         }
     }
 }
@@ -159,6 +173,10 @@ pub async fn gateway_on(setup: Setup) -> Gateway {
         issuers,
         policy,
         masking,
+        limits,
+        startup_parameters,
+        rules,
+        approvers,
     } = setup;
     let (pg, trusted_ca) = tokio::task::spawn_blocking(move || {
         let pg = PgCluster::start().unwrap();
@@ -207,6 +225,7 @@ pub async fn gateway_on(setup: Setup) -> Gateway {
         key_hash: hash_key(KEY),
     }]);
     let store = gatehouse_store::Store::open_in(data.path()).await.unwrap();
+    let reviews = gatehouse_approvals::Reviews::default();
     let resource = Arc::new(PgResource {
         name: "pg-test".into(),
         target: format!("127.0.0.1:{}", pg.port),
@@ -218,7 +237,7 @@ pub async fn gateway_on(setup: Setup) -> Gateway {
             .with_oidc(gatehouse_identity::oidc::Oidc::new(&issuers).unwrap()),
         ledger: ledger.clone(),
         cancels: CancelMap::default(),
-        rules: guardrails(),
+        rules: rules.unwrap_or_else(guardrails),
         on_unparsed: OnUnparsed::Deny,
         tls: with_tls.then(|| {
             let (cert, key) = gatehouse_pg::tls::ensure_self_signed(data.path()).unwrap();
@@ -240,15 +259,17 @@ pub async fn gateway_on(setup: Setup) -> Gateway {
             )
         }),
         catalog: gatehouse_pg::catalog::Catalog::new(),
-        reviews: gatehouse_approvals::Reviews::default(),
-        // No approvers: a statement held for review is refused.
+        reviews: reviews.clone(),
+        // No approvers (the default): a statement held for review is refused.
         review: gatehouse_pg::ReviewSettings {
-            approvers: Vec::new(),
+            approvers,
             approvals: 1,
             timeout: std::time::Duration::from_secs(600),
             admin_url: "http://127.0.0.1:1".into(),
             notify: Vec::new(),
         },
+        admission: gatehouse_pg::admission::Admission::from_config(&limits),
+        startup_parameters,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -262,6 +283,7 @@ pub async fn gateway_on(setup: Setup) -> Gateway {
         data,
         stop,
         store,
+        reviews,
     }
 }
 
