@@ -457,17 +457,19 @@ fn check_identities(identities: &[crate::IdentityConfig], problems: &mut Vec<Pro
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, identity) in identities.iter().enumerate() {
         let at = format!("identities[{i}]");
+        // '/' is kept for identities from an OpenID Provider (`<issuer>/<name>`), so a
+        // configured key can never share a principal with a token's identity.
         let name_ok = !identity.name.is_empty()
             && identity.name.len() <= 128
             && !identity
                 .name
                 .chars()
-                .any(|c| c.is_whitespace() || c.is_control());
+                .any(|c| c.is_whitespace() || c.is_control() || c == '/');
         if !name_ok {
             problems.push(Problem::new(
                 format!("{at}.name"),
                 format!(
-                    "{:?} is not a valid identity name (1 to 128 characters, no spaces)",
+                    "{:?} is not a valid identity name (1 to 128 characters, no spaces, no '/')",
                     identity.name
                 ),
             ));

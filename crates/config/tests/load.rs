@@ -633,6 +633,15 @@ fn identities_are_checked() {
         "{message}"
     );
 
+    // '/' is kept for identities an OpenID Provider names (`<issuer>/<name>`).
+    let slash = format!(
+        "[[identities]]\nname = \"okta/alice\"\nkind = \"human\"\nkey_hash = \"{good}\"\n"
+    );
+    let message = Config::from_toml_str(&slash, Path::new("gatehouse.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("no '/'"), "{message}");
+
     let ok = format!(
         "[[identities]]\nname = \"agent:reporting\"\nkind = \"agent\"\nkey_hash = \"{good}\"\n"
     );

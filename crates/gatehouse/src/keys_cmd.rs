@@ -67,8 +67,9 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
 
 async fn create(args: KeysCreateArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
-        !args.name.trim().is_empty() && args.name.trim() == args.name,
-        "--name: give the identity's user name, without surrounding spaces"
+        !args.name.trim().is_empty() && args.name.trim() == args.name && !args.name.contains('/'),
+        "--name: give the identity's user name, without surrounding spaces and without '/' \
+         (kept for identities from an OpenID Provider)"
     );
     let ttl = parse_ttl(&args.ttl)?;
     let kind = args

@@ -991,7 +991,7 @@ fn login_by_device_flow_then_token_signs_psql_in_and_refreshes() {
     )
     .unwrap();
     assert_eq!(starts.len(), 3);
-    assert_eq!(starts[0]["actor"]["id"], "ann");
+    assert_eq!(starts[0]["actor"]["id"], "test-op/ann");
     assert_eq!(starts[0]["actor"]["idp"], "test-op");
     assert_eq!(
         starts[0]["actor"]["groups"],

@@ -175,7 +175,7 @@ impl Authenticator {
                 .verify(key, unix_now())
                 .await
                 .map_err(AuthFailure::Token)?;
-            if token.actor.id != name {
+            if token.username != name {
                 return Err(AuthFailure::UserMismatch);
             }
             return Ok(Authenticated {

@@ -58,12 +58,16 @@ pub enum TokenFailure {
     KeysUnavailable,
     #[error("no claim rule of the issuer matches")]
     NoMatchingRule,
+    /// The user name is an e-mail claim the issuer does not say it verified.
+    #[error("the e-mail address is not verified")]
+    UnverifiedEmail,
 }
 
 impl TokenFailure {
     pub fn reason(self) -> &'static str {
         match self {
             TokenFailure::Malformed => "token_malformed",
+            TokenFailure::UnverifiedEmail => "token_email_unverified",
             TokenFailure::AlgorithmNotAllowed => "token_algorithm_not_allowed",
             TokenFailure::UnknownIssuer => "token_unknown_issuer",
             TokenFailure::UnknownKey => "token_unknown_key",
@@ -83,7 +87,11 @@ impl TokenFailure {
 /// A token that passed every check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedToken {
+    /// Its principal is named within the issuer: `<issuer>/<user name>`.
     pub actor: Actor,
+    /// The user name the token names (its user-name claim, or its claim rule's identity):
+    /// what the client must sign in as.
+    pub username: String,
     /// The configured issuer's name.
     pub issuer: String,
     /// `jti` when the token has one, else `sub`: what the ledger records to tell tokens
@@ -198,31 +206,15 @@ impl Oidc {
         }
         let claims = issuer.check(token, alg, &key, now)?;
         let config = &issuer.config;
-        let (username, groups, matched_claims) = if config.claim_rules.is_empty() {
-            let username = claims[&config.username_claim]
-                .as_str()
-                .filter(|u| !u.is_empty())
-                .ok_or(TokenFailure::MissingClaim)?
-                .to_string();
-            let groups: Vec<String> = match &claims[&config.groups_claim] {
-                Value::Array(items) => items
-                    .iter()
-                    .filter_map(|g| g.as_str().map(str::to_string))
-                    .collect(),
-                Value::String(one) => vec![one.clone()],
-                _ => Vec::new(),
-            };
-            (username, groups, Vec::new())
-        } else {
-            let (rule, matched) = config
-                .claim_rules
-                .iter()
-                .find_map(|rule| rule_matches(rule, &claims).map(|m| (rule, m)))
-                .ok_or(TokenFailure::NoMatchingRule)?;
-            (rule.identity.clone(), rule.groups.clone(), matched)
-        };
+        let (username, groups, matched_claims) = named_by(config, &claims)?;
         let username = username.as_str();
-        let mut actor = actor_of(username, config.kind, &groups);
+        // Named within the issuer: two issuers, or an issuer and a configured key, never
+        // share a principal (configured names cannot contain '/').
+        let mut actor = actor_of(
+            &principal_name(&config.name, username),
+            config.kind,
+            &groups,
+        );
         actor.idp = Some(config.name.clone());
         let token_id = claims["jti"]
             .as_str()
@@ -231,10 +223,64 @@ impl Oidc {
             .to_string();
         Ok(VerifiedToken {
             actor,
+            username: username.to_string(),
             issuer: config.name.clone(),
             token_id,
             matched_claims,
         })
+    }
+}
+
+/// The user name, groups and matched claims a token's claims give under `config`: the
+/// user-name claim (an e-mail only when the issuer verified it) and the groups claim, or
+/// the first claim rule that matches.
+#[allow(clippy::type_complexity)]
+fn named_by(
+    config: &IssuerConfig,
+    claims: &Value,
+) -> Result<(String, Vec<String>, Vec<(String, String)>), TokenFailure> {
+    Ok(if config.claim_rules.is_empty() {
+        let username = claims[&config.username_claim]
+            .as_str()
+            .filter(|u| !u.is_empty())
+            .ok_or(TokenFailure::MissingClaim)?
+            .to_string();
+        // Anyone can put any address in their profile: an e-mail names a person only
+        // when the issuer says it checked it.
+        if config.username_claim == "email" && !email_verified(claims) {
+            return Err(TokenFailure::UnverifiedEmail);
+        }
+        let groups: Vec<String> = match &claims[&config.groups_claim] {
+            Value::Array(items) => items
+                .iter()
+                .filter_map(|g| g.as_str().map(str::to_string))
+                .collect(),
+            Value::String(one) => vec![one.clone()],
+            _ => Vec::new(),
+        };
+        (username, groups, Vec::new())
+    } else {
+        let (rule, matched) = config
+            .claim_rules
+            .iter()
+            .find_map(|rule| rule_matches(rule, claims).map(|m| (rule, m)))
+            .ok_or(TokenFailure::NoMatchingRule)?;
+        (rule.identity.clone(), rule.groups.clone(), matched)
+    })
+}
+
+/// The principal of `username` as issuer `issuer` names it.
+pub fn principal_name(issuer: &str, username: &str) -> String {
+    format!("{issuer}/{username}")
+}
+
+/// Whether the token says its e-mail address was verified (`email_verified`: true, or
+/// "true" as some providers send it).
+fn email_verified(claims: &Value) -> bool {
+    match &claims["email_verified"] {
+        Value::Bool(b) => *b,
+        Value::String(s) => s == "true",
+        _ => false,
     }
 }
 
@@ -508,5 +554,41 @@ mod tests {
         assert_eq!(rule_matches(&rule, &missing), None);
         let not_a_string = serde_json::json!({"repository": "acme/api", "ref": 7});
         assert_eq!(rule_matches(&rule, &not_a_string), None);
+    }
+
+    #[test]
+    fn identities_are_named_within_their_issuer_and_emails_must_be_verified() {
+        let mut config = issuer();
+        let (name, _, _) = named_by(&config, &serde_json::json!({"sub": "alice"})).unwrap();
+        assert_eq!(name, "alice");
+        assert_eq!(principal_name("okta", &name), "okta/alice");
+        assert_ne!(
+            principal_name("okta", "alice"),
+            principal_name("azure", "alice")
+        );
+
+        config.username_claim = "email".into();
+        let email = |verified: Value| {
+            named_by(
+                &config,
+                &serde_json::json!({"sub": "1", "email": "a@example.com", "email_verified": verified}),
+            )
+        };
+        assert_eq!(email(Value::Bool(true)).unwrap().0, "a@example.com");
+        assert_eq!(
+            email(Value::String("true".into())).unwrap().0,
+            "a@example.com"
+        );
+        for unverified in [Value::Bool(false), Value::Null, Value::String("yes".into())] {
+            assert_eq!(
+                email(unverified.clone()).unwrap_err(),
+                TokenFailure::UnverifiedEmail,
+                "{unverified}"
+            );
+        }
+        assert_eq!(
+            named_by(&config, &serde_json::json!({"sub": "1"})).unwrap_err(),
+            TokenFailure::MissingClaim
+        );
     }
 }

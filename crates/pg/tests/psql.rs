@@ -1228,7 +1228,8 @@ async fn oidc_tokens_sign_in_and_every_bad_token_is_refused_with_its_reason() {
 
     let entries = gw.entries().await;
     let start = &of_kind(&entries, "session.start")[0];
-    assert_eq!(start["actor"]["id"], "ci");
+    // Named within its issuer: no configured key or other issuer can be this principal.
+    assert_eq!(start["actor"]["id"], "test-op/ci");
     assert_eq!(start["actor"]["kind"], "service");
     assert_eq!(start["actor"]["idp"], "test-op");
     assert_eq!(
@@ -1336,7 +1337,7 @@ async fn ci_tokens_are_mapped_to_service_identities_by_claim_rules() {
 
     let entries = gw.entries().await;
     let start = &of_kind(&entries, "session.start")[0];
-    assert_eq!(start["actor"]["id"], "ci:api-deploy");
+    assert_eq!(start["actor"]["id"], "ci-op/ci:api-deploy");
     assert_eq!(start["actor"]["kind"], "service");
     assert_eq!(start["actor"]["groups"], serde_json::json!(["deployers"]));
     assert_eq!(
