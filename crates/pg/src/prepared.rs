@@ -266,7 +266,11 @@ impl Names {
         pending: impl Iterator<Item = Pending<'a>>,
     ) -> Lookup<Arc<Prepared>> {
         let start = self.statements.get(name).cloned();
-        let outcomes = walk(start, pending, |state, item| match item {
+        let same = |a: &Arc<Prepared>, b: &Arc<Prepared>| {
+            Arc::ptr_eq(a, b)
+                || a.sql == b.sql && a.lexical == b.lexical && a.analysis == b.analysis
+        };
+        let effect = |state: &Option<Arc<Prepared>>, item: Pending<'_>| match item {
             Pending::Op(Op::Parse { name: n, prepared }) if n == name => {
                 // A named statement that exists already makes the Parse fail.
                 Some(if n.is_empty() || state.is_none() {
@@ -289,11 +293,24 @@ impl Names {
                 _ => None,
             },
             _ => None,
-        });
-        decide(outcomes, |a, b| {
-            Arc::ptr_eq(a, b)
-                || a.sql == b.sql && a.lexical == b.lexical && a.analysis == b.analysis
-        })
+        };
+        let absolute = |item: Pending<'_>| {
+            matches!(
+                item,
+                Pending::Op(Op::Parse { name: n, .. }) if n.is_empty()
+            ) || matches!(item, Pending::Op(Op::Close { .. }))
+                || matches!(
+                    item,
+                    Pending::Sql(_, s) if matches!(
+                        s.prepared,
+                        Some(PreparedUse::Deallocate { .. } | PreparedUse::DeallocateAll)
+                    )
+                )
+        };
+        match walk(start, pending, effect, absolute, same) {
+            Some(outcomes) => decide(outcomes, same),
+            None => Lookup::Uncertain,
+        }
     }
 
     /// What portal `name` will be when a message sent now reaches the server.
@@ -303,7 +320,15 @@ impl Names {
         pending: impl Iterator<Item = Pending<'a>>,
     ) -> Lookup<Portal> {
         let start = self.portals.get(name).cloned();
-        let outcomes = walk(start, pending, |_, item| match item {
+        let same = |a: &Portal, b: &Portal| {
+            a.statement == b.statement
+                && a.formats == b.formats
+                && match (&a.prepared, &b.prepared) {
+                    (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+                    _ => false,
+                }
+        };
+        let effect = |_: &Option<Portal>, item: Pending<'_>| match item {
             Pending::Op(Op::Bind(n, portal)) if n == name => Some(Some(portal.clone())),
             Pending::Op(Op::Close {
                 kind: b'P',
@@ -312,54 +337,83 @@ impl Names {
             // A transaction may end there, and its portals with it.
             Pending::Boundary => Some(None),
             _ => None,
-        });
-        decide(outcomes, |a, b| {
-            a.statement == b.statement
-                && a.formats == b.formats
-                && match (&a.prepared, &b.prepared) {
-                    (Some(x), Some(y)) => Arc::ptr_eq(x, y),
-                    _ => false,
-                }
-        })
+        };
+        // A Bind or a Close sets the portal whatever it was; a boundary may or may not.
+        let absolute = |item: Pending<'_>| matches!(item, Pending::Op(_));
+        match walk(start, pending, effect, absolute, same) {
+            Some(outcomes) => decide(outcomes, same),
+            None => Lookup::Uncertain,
+        }
     }
 }
 
-/// Every state a name may be in after `pending`, starting from `start`. `effect` says
-/// what one item makes of a state (`None`: it does not touch the name). Items before the
-/// last boundary may or may not take effect; items after it are certain.
+/// Changes in flight touching one name that the gateway follows; past this it gives up
+/// on the name (uncertain). Each one adds at most one possible outcome.
+const MAX_TOUCHING: usize = 1024;
+
+/// Every state a name may be in after `pending`, starting from `start`; `None` when too
+/// many changes touch it to follow. `effect` says what one item makes of a state (`None`:
+/// it does not touch the name, whatever the state); `absolute` says an item's effect does
+/// not depend on the state (a Bind, a Close, an unnamed Parse); `same` tells equal
+/// meanings apart. Items before the last boundary may or may not take effect; items after
+/// it are certain, and a certain absolute one makes everything before it moot. Only items
+/// that touch the name are kept, so the common case (nothing in flight names it)
+/// allocates nothing.
 fn walk<'a, T: Clone>(
     start: Option<T>,
     pending: impl Iterator<Item = Pending<'a>>,
     effect: impl Fn(&Option<T>, Pending<'a>) -> Option<Option<T>>,
-) -> Vec<Option<T>> {
-    let items: Vec<Pending<'a>> = pending.collect();
-    let segment_start = items
-        .iter()
-        .rposition(|p| matches!(p, Pending::Boundary))
-        .map_or(0, |i| i + 1);
-    let mut states = vec![start];
-    for (i, item) in items.into_iter().enumerate() {
-        let certain = i >= segment_start;
-        let mut next = Vec::with_capacity(states.len() + 1);
-        for state in &states {
-            match effect(state, item) {
-                Some(changed) => {
-                    if !certain {
-                        next.push(state.clone());
-                    }
-                    next.push(changed);
-                }
-                None => next.push(state.clone()),
-            }
+    absolute: impl Fn(Pending<'a>) -> bool,
+    same: impl Fn(&T, &T) -> bool,
+) -> Option<Vec<Option<T>>> {
+    let mut last_boundary = None;
+    let mut touching: Vec<(usize, Pending<'a>)> = Vec::new();
+    for (i, item) in pending.enumerate() {
+        if matches!(item, Pending::Boundary) {
+            last_boundary = Some(i);
         }
-        states = next;
-        // Keep the set small: many identical outcomes say no more than one.
-        if states.len() > 64 {
-            states.truncate(64);
-            states.push(None);
+        if effect(&None, item).is_some() {
+            touching.push((i, item));
         }
     }
-    states
+    let segment_start = last_boundary.map_or(0, |i| i + 1);
+    let certain = |i: usize| i >= segment_start;
+    // The last certain absolute change decides alone what the name is at that point.
+    let from = touching
+        .iter()
+        .rposition(|(i, item)| certain(*i) && absolute(*item));
+    let (mut states, rest) = match from {
+        Some(k) => (
+            vec![effect(&None, touching[k].1).flatten()],
+            &touching[k + 1..],
+        ),
+        None => (vec![start], &touching[..]),
+    };
+    if rest.len() > MAX_TOUCHING {
+        return None;
+    }
+    let contains = |states: &[Option<T>], state: &Option<T>| {
+        states.iter().any(|s| match (s, state) {
+            (None, None) => true,
+            (Some(a), Some(b)) => same(a, b),
+            _ => false,
+        })
+    };
+    for &(i, item) in rest {
+        let changed: Vec<Option<T>> = states
+            .iter()
+            .map(|s| effect(s, item).unwrap_or_else(|| s.clone()))
+            .collect();
+        if certain(i) {
+            states.clear();
+        }
+        for state in changed {
+            if !contains(&states, &state) {
+                states.push(state);
+            }
+        }
+    }
+    Some(states)
 }
 
 /// One meaning, none, or several.
@@ -535,6 +589,53 @@ mod tests {
         assert!(matches!(
             names.portal("c", std::iter::empty()),
             Lookup::Unknown
+        ));
+    }
+
+    #[test]
+    fn deep_pipelines_stay_decidable_and_too_many_meanings_are_uncertain() {
+        let names = Names::default();
+        // A long pipeline of segments each binding the unnamed portal: the current
+        // segment's Bind is certain, whatever came before.
+        let binds: Vec<Op> = (0..300)
+            .map(|i| {
+                Op::Bind(
+                    String::new(),
+                    Portal {
+                        statement: String::new(),
+                        prepared: Some(p(&format!("SELECT {i}"))),
+                        formats: Vec::new(),
+                    },
+                )
+            })
+            .collect();
+        let mut pending = Vec::new();
+        for bind in &binds {
+            pending.push(Pending::Op(bind));
+            pending.push(Pending::Boundary);
+        }
+        pending.pop();
+        let Lookup::Known(portal) = names.portal("", pending.iter().copied()) else {
+            panic!("the last Bind is certain");
+        };
+        assert_eq!(portal.prepared.unwrap().sql, "SELECT 299");
+        // Many distinct possible meanings from earlier segments: the gateway gives up.
+        let parses: Vec<Op> = (0..MAX_TOUCHING)
+            .map(|i| parse("s", &format!("SELECT {i}")))
+            .chain([Op::Close {
+                kind: b'S',
+                name: "s".into(),
+            }])
+            .collect();
+        let mut pending = Vec::new();
+        for op in &parses {
+            pending.push(Pending::Op(op));
+            pending.push(Pending::Op(&parses[MAX_TOUCHING]));
+            pending.push(Pending::Boundary);
+        }
+        assert!(matches!(
+            names.statement("s", pending.iter().copied()),
+            Lookup::Uncertain
         ));
     }
 }
