@@ -634,9 +634,8 @@ fn identities_are_checked() {
     );
 
     // '/' is kept for identities an OpenID Provider names (`<issuer>/<name>`).
-    let slash = format!(
-        "[[identities]]\nname = \"okta/alice\"\nkind = \"human\"\nkey_hash = \"{good}\"\n"
-    );
+    let slash =
+        format!("[[identities]]\nname = \"okta/alice\"\nkind = \"human\"\nkey_hash = \"{good}\"\n");
     let message = Config::from_toml_str(&slash, Path::new("gatehouse.toml"))
         .unwrap_err()
         .to_string();
