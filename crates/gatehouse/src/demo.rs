@@ -130,17 +130,8 @@ fn demo_tls(data_dir: &std::path::Path) -> anyhow::Result<TlsConfig> {
 /// Guardrails worth showing: try `DROP DATABASE demo` or `DELETE FROM customers`.
 fn demo_rules() -> Vec<Rule> {
     let rule = |id: &str, message: &str| Rule {
-        id: id.into(),
-        action: RuleAction::Deny,
         message: Some(message.into()),
-        commands: Vec::new(),
-        classes: Vec::new(),
-        tables: Vec::new(),
-        missing_where: false,
-        groups: Vec::new(),
-        except_groups: Vec::new(),
-        approvals: None,
-        approvers: None,
+        ..Rule::new(id, RuleAction::Deny)
     };
     vec![
         Rule {

@@ -1874,6 +1874,20 @@ impl Session {
         }
     }
 
+    /// Reads what the catalog must say of the relations a statement names and the
+    /// functions it calls; a failure is logged with what follows from it (`then`).
+    async fn load_statement_catalog(&self, source: Option<&Source>, then: &str) {
+        let needs = crate::masking::CatalogNeeds::of_statement(source);
+        if let Err(e) = self
+            .resource
+            .catalog
+            .load(&self.resource, &[], &[], &needs.names, &needs.functions)
+            .await
+        {
+            tracing::warn!(session = %self.id, error = %e, "catalog lookup failed; {then}");
+        }
+    }
+
     /// Decides whether the front statement's error and notice texts are masked whole
     /// ([`crate::masking::texts_tainted`]), reading what the catalog must say first.
     async fn plan_texts(&mut self) {
@@ -1885,15 +1899,11 @@ impl Session {
             return;
         };
         let source = work.shape.source.clone();
-        let needs = crate::masking::CatalogNeeds::of_statement(source.as_deref());
-        if let Err(e) = self
-            .resource
-            .catalog
-            .load(&self.resource, &[], &[], &needs.names, &needs.functions)
-            .await
-        {
-            tracing::warn!(session = %self.id, error = %e, "catalog lookup failed; the statement's messages are masked whole");
-        }
+        self.load_statement_catalog(
+            source.as_deref(),
+            "the statement's messages are masked whole",
+        )
+        .await;
         let tainted =
             crate::masking::texts_tainted(&policy, &self.resource.catalog, source.as_deref());
         if let Some(work) = self.tracker.front_work() {
@@ -2065,15 +2075,8 @@ impl Session {
         };
         let source = work.shape.source.clone();
         if policy.has_rules() {
-            let needs = crate::masking::CatalogNeeds::of_statement(source.as_deref());
-            if let Err(e) = self
-                .resource
-                .catalog
-                .load(&self.resource, &[], &[], &needs.names, &needs.functions)
-                .await
-            {
-                tracing::warn!(session = %self.id, error = %e, "catalog lookup failed; unresolved columns are masked");
-            }
+            self.load_statement_catalog(source.as_deref(), "unresolved columns are masked")
+                .await;
         }
         let copy = crate::masking::copy_plan(
             &policy,

@@ -13,17 +13,9 @@ use serde_json::Value;
 
 fn review_rule(id: &str, commands: &[&str], tables: &[&str]) -> Rule {
     Rule {
-        id: id.into(),
-        action: RuleAction::Review,
-        message: None,
         commands: commands.iter().map(|c| c.to_string()).collect(),
-        classes: Vec::new(),
         tables: tables.iter().map(|t| t.to_string()).collect(),
-        missing_where: false,
-        groups: Vec::new(),
-        except_groups: Vec::new(),
-        approvals: None,
-        approvers: None,
+        ..Rule::new(id, RuleAction::Review)
     }
 }
 

@@ -808,17 +808,8 @@ forbid (principal, action == Gatehouse::Action::"read", resource)
         let e = PolicyEngine::from_text(text, "p.cedar", DEFAULT_SCHEMA, "schema").unwrap();
         let ana = actor("ana", ActorKind::Human, &[]);
         let rule = Rule {
-            id: "pii-review".into(),
-            action: gatehouse_sql::RuleAction::Review,
-            message: None,
-            commands: Vec::new(),
-            classes: Vec::new(),
             tables: vec!["public.payroll".into()],
-            missing_where: false,
-            groups: Vec::new(),
-            except_groups: Vec::new(),
-            approvals: None,
-            approvers: None,
+            ..Rule::new("pii-review", gatehouse_sql::RuleAction::Review)
         };
         let analysis = analyze("SELECT * FROM payroll");
         let cedar_decision = e.statements(&e.principal(&ana, PG).unwrap(), &analysis);
@@ -939,17 +930,9 @@ permit (principal, action, resource) when { principal.department == "finance" };
         let e = engine();
         let ann = actor("ann", ActorKind::Human, &["analysts"]);
         let deny_drop = Rule {
-            id: "no-drop".into(),
-            action: gatehouse_sql::RuleAction::Deny,
             message: Some("not here".into()),
             commands: vec!["DROP TABLE".into()],
-            classes: Vec::new(),
-            tables: Vec::new(),
-            missing_where: false,
-            groups: Vec::new(),
-            except_groups: Vec::new(),
-            approvals: None,
-            approvers: None,
+            ..Rule::new("no-drop", gatehouse_sql::RuleAction::Deny)
         };
         let rules = [deny_drop];
         let decide = |who: &Actor, sql: &str| {

@@ -43,6 +43,26 @@ pub struct Rule {
     pub approvers: Option<Vec<String>>,
 }
 
+impl Rule {
+    /// A rule with no criteria yet (it matches every statement until some are set):
+    /// `Rule { commands: vec!["DROP TABLE".into()], ..Rule::new("drops", RuleAction::Review) }`.
+    pub fn new(id: impl Into<String>, action: RuleAction) -> Rule {
+        Rule {
+            id: id.into(),
+            action,
+            message: None,
+            commands: Vec::new(),
+            classes: Vec::new(),
+            tables: Vec::new(),
+            missing_where: false,
+            groups: Vec::new(),
+            except_groups: Vec::new(),
+            approvals: None,
+            approvers: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RuleAction {
@@ -285,19 +305,7 @@ mod tests {
     use crate::analyze::analyze;
 
     fn rule(id: &str, action: RuleAction) -> Rule {
-        Rule {
-            id: id.into(),
-            action,
-            message: None,
-            commands: Vec::new(),
-            classes: Vec::new(),
-            tables: Vec::new(),
-            missing_where: false,
-            groups: Vec::new(),
-            except_groups: Vec::new(),
-            approvals: None,
-            approvers: None,
-        }
+        Rule::new(id, action)
     }
 
     fn rules() -> Vec<Rule> {
@@ -464,17 +472,8 @@ mod tests {
     #[test]
     fn every_rule_reaching_the_outcome_is_a_holder() {
         let review = |id: &str, commands: &[&str]| Rule {
-            id: id.into(),
-            action: RuleAction::Review,
-            message: None,
             commands: commands.iter().map(|c| c.to_string()).collect(),
-            classes: Vec::new(),
-            tables: Vec::new(),
-            missing_where: false,
-            groups: Vec::new(),
-            except_groups: Vec::new(),
-            approvals: None,
-            approvers: None,
+            ..Rule::new(id, RuleAction::Review)
         };
         let rules = [
             review("drops", &["DROP TABLE"]),

@@ -22,19 +22,7 @@ use tokio::sync::watch;
 pub const KEY: &str = "gh_test_key_for_alice";
 
 pub fn guardrails() -> Vec<Rule> {
-    let rule = |id: &str| Rule {
-        id: id.into(),
-        action: RuleAction::Deny,
-        message: None,
-        commands: Vec::new(),
-        classes: Vec::new(),
-        tables: Vec::new(),
-        missing_where: false,
-        groups: Vec::new(),
-        except_groups: Vec::new(),
-        approvals: None,
-        approvers: None,
-    };
+    let rule = |id: &str| Rule::new(id, RuleAction::Deny);
     vec![
         Rule {
             commands: vec!["DROP DATABASE".into()],
