@@ -292,8 +292,8 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_connections: 4096,
-            max_startups: 256,
-            max_startups_per_source: 32,
+            max_startups: 1024,
+            max_startups_per_source: 128,
             free_failed_sign_ins: 5,
         }
     }

@@ -28,8 +28,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 4096,
-            max_startups: 256,
-            max_startups_per_source: 32,
+            max_startups: 1024,
+            max_startups_per_source: 128,
         }
     }
 }
