@@ -45,6 +45,13 @@ async fn drain_into<S: AsyncWrite + Unpin>(
     Ok(sent)
 }
 
+/// What the server is sent in place of a refused simple query: text that cannot parse,
+/// and says in the server's log why it came.
+const STAND_IN_QUERY: &[u8] = b"GATEHOUSE REFUSED THIS STATEMENT\0";
+/// What the server is sent in place of a refused extended-protocol message: an Execute of
+/// a portal no client can have made (its name has a space and a colon).
+const STAND_IN_EXECUTE: &[u8] = b"gatehouse: refused\0\0\0\0\0";
+
 /// Client bytes a session keeps while a statement is held; more stay in the socket.
 const MAX_HELD_INPUT: usize = 1 << 20;
 
@@ -875,6 +882,18 @@ impl Session {
                     if sbuf[0] == b'S' {
                         self.observe_setting(&sbuf[..len]);
                     }
+                    if sbuf[0] == b'E' && self.tracker.refusal_due() {
+                        // The stand-in of a refused message failed, as it must: the client
+                        // gets the refusal in its place, never the stand-in's error.
+                        self.tracker.on_server(
+                            &sbuf[..len],
+                            &mut done,
+                            &mut to_client,
+                            &mut self.recorder,
+                        );
+                        sbuf.advance(len);
+                        continue;
+                    }
                     if self.masking.is_some() {
                         let frame = &sbuf[..len];
                         if self.needs_planning(frame) {
@@ -1032,13 +1051,7 @@ impl Session {
                                 Work::new(index).with_shape(shape).deciding(prepared),
                             ));
                         }
-                        Err((code, message)) => {
-                            let mut refusal = Vec::new();
-                            backend::error_response("ERROR", code, &message, &mut refusal);
-                            backend::ready_for_query(self.tracker.status, &mut refusal);
-                            self.tracker.push(Expect::Synthetic(refusal));
-                            self.tracker.drain_ready(to_client);
-                        }
+                        Err((code, message)) => self.refuse(code, &message, true, to_server),
                     }
                 }
                 Frontend::Parse { name, query } => {
@@ -1065,7 +1078,7 @@ impl Session {
                         }
                     };
                     if let Some((code, message)) = refusal {
-                        self.refuse_in_pipeline(code, &message, to_client);
+                        self.refuse(code, &message, false, to_server);
                     }
                 }
                 Frontend::Bind { portal, statement } => {
@@ -1149,7 +1162,7 @@ impl Session {
                                 Work::new(index).with_shape(shape).deciding(prepared),
                             ));
                         }
-                        Err((code, message)) => self.refuse_in_pipeline(code, &message, to_client),
+                        Err((code, message)) => self.refuse(code, &message, false, to_server),
                     }
                 }
                 Frontend::Describe { kind, name } => {
@@ -1194,13 +1207,7 @@ impl Session {
                             to_server.extend_from_slice(&frame);
                             self.tracker.push(Expect::Query(Work::new(index)));
                         }
-                        Err((code, message)) => {
-                            let mut refusal = Vec::new();
-                            backend::error_response("ERROR", code, &message, &mut refusal);
-                            backend::ready_for_query(self.tracker.status, &mut refusal);
-                            self.tracker.push(Expect::Synthetic(refusal));
-                            self.tracker.drain_ready(to_client);
-                        }
+                        Err((code, message)) => self.refuse(code, &message, true, to_server),
                     }
                 }
                 Frontend::Terminate => {
@@ -1341,14 +1348,24 @@ impl Session {
         }
     }
 
-    /// Answers an extended-protocol message with an error in its place, and drops the rest
-    /// of the pipeline until Sync, as the server does after an error.
-    fn refuse_in_pipeline(&mut self, code: &str, message: &str, to_client: &mut Vec<u8>) {
-        let mut refusal = Vec::new();
-        backend::error_response("ERROR", code, message, &mut refusal);
-        self.tracker.push(Expect::Synthetic(refusal));
-        self.tracker.drain_ready(to_client);
-        self.skip_until_sync = true;
+    /// Refuses a message: the client gets the refusal where the server's answer would have
+    /// been, and the server gets a stand-in it must fail, so it aborts the transaction (or
+    /// skips to the next Sync) exactly as after a real error — a refusal in the middle of a
+    /// pipeline or a transaction block never lets what came before it commit as though
+    /// nothing had failed. A simple query or function call (`query`) is stood in for by a
+    /// query that cannot parse; an extended-protocol message by an Execute of a portal that
+    /// cannot exist, after which the rest of the pipeline is dropped until Sync, as the
+    /// server drops it.
+    fn refuse(&mut self, code: &str, message: &str, query: bool, to_server: &mut Vec<u8>) {
+        let mut reply = Vec::new();
+        backend::error_response("ERROR", code, message, &mut reply);
+        if query {
+            frontend::frame(b'Q', STAND_IN_QUERY, to_server);
+        } else {
+            frontend::frame(b'E', STAND_IN_EXECUTE, to_server);
+            self.skip_until_sync = true;
+        }
+        self.tracker.push(Expect::Refused { reply, query });
     }
 
     /// The analysis of `sql`, from the session's cache when the text was seen recently.

@@ -86,8 +86,14 @@ pub enum Expect {
     Query(Work),
     /// Extended-protocol execute: done at CommandComplete, EmptyQuery, PortalSuspended or error.
     Execute(Work),
-    /// Bytes the gateway itself answers with, due once everything before them is answered.
-    Synthetic(Vec<u8>),
+    /// A message the gateway refused. The server got a stand-in it must fail (so it aborts
+    /// the transaction or skips to Sync exactly as after a real error); its error is
+    /// replaced by `reply`, the gateway's refusal. A refused simple query or function call
+    /// (`query`) then ends at the server's own ReadyForQuery.
+    Refused {
+        reply: Vec<u8>,
+        query: bool,
+    },
 }
 
 /// The queue of owed responses for one session.
@@ -144,7 +150,8 @@ impl Tracker {
                     Expect::Query(work) => (None, work.decided.as_deref(), true),
                     Expect::Execute(work) => (None, work.decided.as_deref(), false),
                     Expect::Sync => (None, None, true),
-                    Expect::Describe(_) | Expect::Synthetic(_) => (None, None, false),
+                    Expect::Describe(_) => (None, None, false),
+                    Expect::Refused { query, .. } => (None, None, *query),
                 };
                 let sql = work.into_iter().flat_map(|text| {
                     text.analysis
@@ -192,13 +199,10 @@ impl Tracker {
         done.append(&mut self.orphans);
     }
 
-    /// Moves gateway-made responses that are now due into `emit`.
-    pub fn drain_ready(&mut self, emit: &mut Vec<u8>) {
-        while let Some(Expect::Synthetic(_)) = self.queue.front() {
-            if let Some(Expect::Synthetic(bytes)) = self.queue.pop_front() {
-                emit.extend_from_slice(&bytes);
-            }
-        }
+    /// Whether the next ErrorResponse answers the stand-in of a refused message (and is to
+    /// be replaced by the refusal rather than passed on).
+    pub fn refusal_due(&self) -> bool {
+        matches!(self.queue.front(), Some(Expect::Refused { reply, .. }) if !reply.is_empty())
     }
 
     /// Accounts for one server frame. Result data goes to `recorder`, finished statements
@@ -239,7 +243,18 @@ impl Tracker {
                     self.finish_front(done);
                 }
             }
-            Backend::Error { code, .. } => self.on_error(code, done),
+            Backend::Error { code, .. } => match self.queue.front_mut() {
+                // The stand-in for a refused message failed, as it must: the client gets
+                // the refusal in its place (the caller did not pass the server's error on).
+                Some(Expect::Refused { reply, query }) => {
+                    emit.extend_from_slice(&std::mem::take(reply));
+                    if !*query {
+                        self.queue.pop_front();
+                        self.skip_to_sync(None, done);
+                    }
+                }
+                _ => self.on_error(code, done),
+            },
             Backend::ReadyForQuery(status) => {
                 self.status = status;
                 if status == b'I' {
@@ -254,7 +269,7 @@ impl Tracker {
                             self.finish_front(done);
                             break;
                         }
-                        Some(Expect::Sync) => {
+                        Some(Expect::Sync) | Some(Expect::Refused { query: true, .. }) => {
                             self.queue.pop_front();
                             break;
                         }
@@ -262,7 +277,7 @@ impl Tracker {
                             work.skipped = true;
                             self.finish_front(done);
                         }
-                        Some(Expect::Synthetic(_)) | None => break,
+                        None => break,
                         Some(_) => {
                             self.queue.pop_front();
                         }
@@ -289,7 +304,6 @@ impl Tracker {
             }
             Backend::BackendKeyData { .. } => {}
         }
-        self.drain_ready(emit);
     }
 
     /// An error ends the current message; in the extended protocol the server then skips
@@ -316,6 +330,13 @@ impl Tracker {
                 carry = Some(code.to_string());
             }
         }
+        self.skip_to_sync(carry, done);
+    }
+
+    /// After an error in the extended protocol the server skips everything up to the next
+    /// Sync; `carry` is the error of a Parse, Bind or Describe, which belongs to the
+    /// Execute after it.
+    fn skip_to_sync(&mut self, mut carry: Option<String>, done: &mut Vec<Work>) {
         loop {
             match self.queue.front_mut() {
                 Some(Expect::Sync) => return,
@@ -427,6 +448,13 @@ mod tests {
         )
     }
 
+    fn refused(reply: &[u8], query: bool) -> Expect {
+        Expect::Refused {
+            reply: reply.to_vec(),
+            query,
+        }
+    }
+
     fn error(code: &str) -> Vec<u8> {
         let mut out = Vec::new();
         backend::error_response("ERROR", code, "boom", &mut out);
@@ -442,7 +470,7 @@ mod tests {
         t.push(Expect::Bind(test_bind()));
         t.push(Expect::Execute(Work::new(1)));
         t.push(Expect::Bind(test_bind()));
-        t.push(Expect::Synthetic(b"REFUSED".to_vec()));
+        t.push(refused(b"REFUSED", false));
         t.push(Expect::Sync);
         t.on_server(&msg(b'1', b""), &mut done, &mut emit, &mut rec);
         t.on_server(&msg(b'2', b""), &mut done, &mut emit, &mut rec);
@@ -458,8 +486,14 @@ mod tests {
             (done[0].command, done[0].rows, done[0].tags[0].as_str()),
             (1, 1, "SELECT 1")
         );
-        assert!(emit.is_empty(), "the refusal waits for the Bind before it");
         t.on_server(&msg(b'2', b""), &mut done, &mut emit, &mut rec);
+        assert!(
+            emit.is_empty(),
+            "the refusal waits for its stand-in's error"
+        );
+        // The stand-in fails; the client gets the refusal instead of that error.
+        assert!(t.refusal_due());
+        t.on_server(&error("34000"), &mut done, &mut emit, &mut rec);
         assert_eq!(emit, b"REFUSED");
         t.on_server(&msg(b'Z', b"I"), &mut done, &mut emit, &mut rec);
         assert!(t.queue.is_empty());
@@ -503,7 +537,7 @@ mod tests {
         t.push(Expect::Parse(test_parse()));
         t.push(Expect::Bind(test_bind()));
         t.push(Expect::Execute(Work::new(2)));
-        t.push(Expect::Synthetic(b"NEVER".to_vec()));
+        t.push(refused(b"NEVER", false));
         t.push(Expect::Sync);
         let mut orphans = Vec::new();
         t.take_orphans(&mut orphans);
@@ -513,10 +547,17 @@ mod tests {
         assert!(t.queue.is_empty(), "{:?}", t.queue);
         // And the next statement lines up again.
         t.push(Expect::Query(Work::new(3)));
-        t.push(Expect::Synthetic(b"AFTER".to_vec()));
+        t.push(refused(b"AFTER", true));
         t.on_server(&msg(b'C', b"SELECT 1\0"), &mut done, &mut emit, &mut rec);
-        t.on_server(&msg(b'Z', b"I"), &mut done, &mut emit, &mut rec);
+        t.on_server(&msg(b'Z', b"T"), &mut done, &mut emit, &mut rec);
+        assert!(emit.is_empty());
+        // A refused simple query: its stand-in's error is replaced, and the server's own
+        // ReadyForQuery (a failed transaction block here) ends it.
+        t.on_server(&error("42601"), &mut done, &mut emit, &mut rec);
         assert_eq!(emit, b"AFTER");
+        t.on_server(&msg(b'Z', b"E"), &mut done, &mut emit, &mut rec);
+        assert_eq!(t.status, b'E');
+        assert!(t.queue.is_empty(), "{:?}", t.queue);
     }
 
     #[test]

@@ -206,7 +206,15 @@ async fn a_text_that_reads_differently_while_settings_may_change_is_refused() {
     let steps = scenario(&gw, "lexical_pipeline");
     assert_eq!(
         Value::from(steps),
-        serde_json::json!([["off"], "55000", "sync", ["a', 1 -- "], ["it's"]]),
+        serde_json::json!([
+            ["off"],
+            "55000",
+            "sync",
+            ["on"],
+            ["off"],
+            ["a', 1 -- "],
+            ["it's"]
+        ]),
         "lexical pipeline"
     );
     let entries = gw.entries().await;
@@ -321,5 +329,37 @@ async fn what_a_statement_can_do_decides_its_classes() {
         classes_of("DO $$ BEGIN PERFORM 1; END $$"),
         serde_json::json!(["procedural"])
     );
+    let _ = gw.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_inside_a_transaction_fails_it_as_an_error_would() {
+    let gw = gateway(Durability::Sync).await;
+    // psql runs each -c in the same session: the refused DELETE must leave the block
+    // failed, so the COMMIT rolls the INSERT back, as after any error in PostgreSQL.
+    let out = gw.psql(
+        "alice",
+        KEY,
+        &[
+            "-c",
+            "BEGIN",
+            "-c",
+            "INSERT INTO customers VALUES (3, 'Radia', 'radia@example.com')",
+            "-c",
+            "DELETE FROM customers",
+            "-c",
+            "SELECT 1",
+            "-c",
+            "COMMIT",
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(stderr.contains("denied"), "{stderr}");
+    assert!(
+        stderr.contains("current transaction is aborted"),
+        "the block is failed after the refusal: {stderr}"
+    );
+    assert!(stdout.contains("ROLLBACK"), "{stdout}");
+    assert_eq!(customers(&gw), "2", "the INSERT was rolled back");
     let _ = gw.stop.send(true);
 }

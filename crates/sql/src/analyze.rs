@@ -146,7 +146,12 @@ pub(crate) fn parse(sql: &str, lexical: Lexical) -> pg_query::Result<pg_query::P
 /// a backslash always is. When the session's setting may be changing under statements
 /// still in flight, a text that is not read alike cannot be decided safely.
 pub fn reads_alike(sql: &str) -> bool {
-    if !sql.contains('\\') {
+    // A `U&'...'` string is an error without standard strings, backslash or not.
+    let unicode_strings = sql
+        .as_bytes()
+        .windows(3)
+        .any(|w| w[0].eq_ignore_ascii_case(&b'u') && w[1] == b'&' && w[2] == b'\'');
+    if !sql.contains('\\') && !unicode_strings {
         return true;
     }
     let standard = Lexical::default();
@@ -793,6 +798,9 @@ mod tests {
         assert!(reads_alike(r"SELECT * FROM t WHERE path = 'C:\temp'"));
         assert!(reads_alike(r"SELECT E'a\'b'"));
         assert!(reads_alike("SELECT 1"));
+        // A Unicode-escape string cannot be read at all without standard strings.
+        assert!(!reads_alike("SELECT U&'a'"));
+        assert!(reads_alike("SELECT U&\"col\" FROM t"));
         // A text that the flipped reading cannot parse at all is not alike either.
         assert!(!reads_alike(r"SELECT 'a\'"));
     }

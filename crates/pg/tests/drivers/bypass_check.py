@@ -92,6 +92,12 @@ def lexical_pipeline(pgconn):
     pgconn.pipeline_sync()
     steps = pipeline_results(pgconn, 1)
     pgconn.exit_pipeline_mode()
+    # The refusal failed the segment at the server too, as an error would have: the
+    # set_config before it was rolled back.
+    steps.append(outcome(pgconn.exec_(b"SHOW standard_conforming_strings")))
+    steps.append(
+        outcome(pgconn.exec_(b"SELECT set_config('standard_conforming_strings', 'off', false)"))
+    )
     # Settled: the same text is now read as the server reads it.
     steps.append(outcome(pgconn.exec_(b"SELECT 'a\\', 1 -- '")))
     steps.append(outcome(pgconn.exec_(b"SELECT 'it\\'s'")))
