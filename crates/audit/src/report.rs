@@ -72,6 +72,7 @@ pub const FIGURE_IDS: &[&str] = &[
     "statement-denials-count",
     "denials-count",
     "target-failures-count",
+    "integrity-mismatches-count",
     "statements-count",
     "approval-requests-count",
     "approvals-approved-count",
@@ -110,6 +111,9 @@ pub struct Figures {
     pub denials: u64,
     /// Sessions that could not reach their target (`target.failure`).
     pub target_failures: u64,
+    /// Sessions ended because the target ran a command that was not decided
+    /// (`integrity.mismatch`).
+    pub integrity_mismatches: u64,
     /// `command` entries.
     pub statements: u64,
     /// `approval.request` entries.
@@ -322,6 +326,7 @@ struct Model<'a> {
     auth_failures: Vec<Event<'a>>,
     connection_denials: Vec<Event<'a>>,
     target_failures: Vec<Event<'a>>,
+    integrity_mismatches: Vec<Event<'a>>,
     config_changes: Vec<Event<'a>>,
     key_changes: Vec<Event<'a>>,
     /// Ledger opens and recoveries, for the integrity section.
@@ -533,6 +538,7 @@ impl<'a> Model<'a> {
                     m.connection_denials.push(event(kind))
                 }
                 "target.failure" => m.target_failures.push(event(kind)),
+                "integrity.mismatch" => m.integrity_mismatches.push(event(kind)),
                 "config.change" => m.config_changes.push(event(kind)),
                 "key.created" | "key.revoked" => m.key_changes.push(event(kind)),
                 "ledger.open" | "ledger.recovery" | "ledger.prune" => {
@@ -596,11 +602,17 @@ impl<'a> Model<'a> {
             entries: self.entries,
             sessions: self.sessions.len() as u64,
             authentications: self.sessions.iter().filter(|s| s.start.is_some()).count() as u64,
-            auth_failures: self.auth_failures.len() as u64,
+            // An aggregated entry stands for `count` failures.
+            auth_failures: self
+                .auth_failures
+                .iter()
+                .map(|e| num(&e.data["count"]).unwrap_or(1))
+                .sum(),
             connection_denials: self.connection_denials.len() as u64,
             statement_denials: statement_denials as u64,
             denials: (self.connection_denials.len() + statement_denials) as u64,
             target_failures: self.target_failures.len() as u64,
+            integrity_mismatches: self.integrity_mismatches.len() as u64,
             statements: self.commands.len() as u64,
             approval_requests: self.reviews.iter().filter(|r| r.request.is_some()).count() as u64,
             approved: self.reviews.iter().filter(|r| r.approved()).count() as u64,
@@ -956,7 +968,8 @@ fn criteria(out: &mut String, f: &Figures) {
          <table class=\"criteria\">\n<tr><th>Criterion</th><th>What the ledger shows</th></tr>\n\
          <tr><td>CC6.1 Logical access</td><td>{} sessions (<a href=\"#sessions\">list</a>); {} successful authentications; \
          {} failed authentications; {} denials ({} refused connections, {} denied statements; <a href=\"#denials\">list</a>); \
-         {} sessions could not reach their target.</td></tr>\n\
+         {} sessions could not reach their target; {} sessions ended because the target ran what was not decided \
+         (<a href=\"#denials\">integrity mismatches</a>).</td></tr>\n\
          <tr><td>CC6.2 / CC6.3 Access grants and approvals</td><td>{} approval requests: {} approved, {} denied, {} expired, \
          {} cancelled, {} pending (<a href=\"#approvals\">list</a>); {} time-limited grants, under which {} statements ran; \
          {} API key changes (<a href=\"#changes\">list</a>).</td></tr>\n\
@@ -974,6 +987,7 @@ fn criteria(out: &mut String, f: &Figures) {
         figure("connection-denials-count", f.connection_denials),
         figure("statement-denials-count", f.statement_denials),
         figure("target-failures-count", f.target_failures),
+        figure("integrity-mismatches-count", f.integrity_mismatches),
         figure("approval-requests-count", f.approval_requests),
         figure("approvals-approved-count", f.approved),
         figure("approvals-denied-count", f.denied_reviews),
@@ -1680,6 +1694,15 @@ fn denials(out: &mut String, m: &Model) {
             esc_value(&e.data["reason"])
         )
     });
+    out.push_str("<h3>Integrity mismatches (the target ran what was not decided; the session was ended)</h3>\n");
+    events(out, "integrity-mismatches", &m.integrity_mismatches, |e| {
+        format!(
+            "command entry {}: server answered {} — {}",
+            esc_value(&e.data["command"]),
+            esc_value(&e.data["tag"]),
+            esc_value(&e.data["reason"])
+        )
+    });
     out.push_str("</section>\n");
 }
 
@@ -2050,6 +2073,36 @@ mod tests {
         assert_eq!((f.changes, f.changes_approved), (3, 2));
         assert_eq!(f.privileged, 3);
         assert_eq!(f.config_changes, 1);
+    }
+
+    #[test]
+    fn mismatches_are_shown_and_aggregated_failures_counted_whole() {
+        let mut entries = sample();
+        entries.push(entry(
+            18,
+            "integrity.mismatch",
+            "alice",
+            Some("s-1"),
+            json!({"command": 4, "tag": "DELETE 1", "decided": ["SELECT"],
+                   "reason": "statement 1 was decided as SELECT but the server ran DELETE"}),
+        ));
+        let before = figures(&entries).auth_failures;
+        entries.push(entry(
+            19,
+            "auth.failure",
+            "gatehouse",
+            None,
+            json!({"client": "10.0.0.9", "reason": "wrong_key", "aggregated": true, "count": 41,
+                   "users": ["mallory"]}),
+        ));
+        let f = figures(&entries);
+        assert_eq!(f.integrity_mismatches, 1);
+        assert_eq!(f.auth_failures, before + 41);
+        let html = render(&input(&entries, true));
+        assert!(
+            html.contains("server answered DELETE 1"),
+            "the mismatch is listed"
+        );
     }
 
     #[test]
