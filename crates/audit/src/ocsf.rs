@@ -295,7 +295,14 @@ impl Mapper {
             Logon::Failure => {
                 let reason = text(&data["reason"]).unwrap_or("unknown reason");
                 out.insert("status_detail".into(), reason.into());
-                format!("sign-in of {who:?} to {service} failed: {reason}")
+                // An aggregated entry stands for this many failures (OCSF's `count`).
+                if let Some(count) = data["count"].as_u64() {
+                    out.insert("count".into(), count.into());
+                    let from = text(&data["client"]).unwrap_or("?");
+                    format!("{count} sign-ins from {from} to {service} failed: {reason}")
+                } else {
+                    format!("sign-in of {who:?} to {service} failed: {reason}")
+                }
             }
             Logon::End => {
                 if let Some(reason) = text(&data["reason"]) {

@@ -473,3 +473,21 @@ fn check_enum(value: &Value, attr: &str, allowed: &Value, name: &str, out: &mut 
         ));
     }
 }
+
+#[test]
+fn an_aggregated_failed_sign_in_carries_its_count() {
+    let entry = json!({"v": 1, "i": 7, "ts": 1_700_000_000_000_000u64, "kind": "auth.failure",
+        "actor": {"id": "gatehouse", "kind": "system"},
+        "resource": {"name": "pg-prod", "kind": "postgres"},
+        "data": {"client": "10.0.0.9", "reason": "wrong_key", "aggregated": true, "count": 41,
+                 "interval_s": 10, "users": ["mallory"]}});
+    let event = Mapper::new().event(&entry, &"ab".repeat(32)).unwrap();
+    assert_eq!(event["class_uid"], 3002);
+    assert_eq!(event["count"], 41);
+    assert!(
+        event["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("41 sign-ins from 10.0.0.9")
+    );
+}
