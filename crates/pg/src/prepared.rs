@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use gatehouse_sql::{Analysis, Lexical, PreparedUse, Statement, analyze_with};
 use serde_json::Value;
+use smallvec::SmallVec;
 
 use crate::masking::Source;
 
@@ -365,9 +366,9 @@ fn walk<'a, T: Clone>(
     effect: impl Fn(&Option<T>, Pending<'a>) -> Option<Option<T>>,
     absolute: impl Fn(Pending<'a>) -> bool,
     same: impl Fn(&T, &T) -> bool,
-) -> Option<Vec<Option<T>>> {
+) -> Option<Outcomes<T>> {
     let mut last_boundary = None;
-    let mut touching: Vec<(usize, Pending<'a>)> = Vec::new();
+    let mut touching: SmallVec<[(usize, Pending<'a>); 4]> = SmallVec::new();
     for (i, item) in pending.enumerate() {
         if matches!(item, Pending::Boundary) {
             last_boundary = Some(i);
@@ -382,12 +383,12 @@ fn walk<'a, T: Clone>(
     let from = touching
         .iter()
         .rposition(|(i, item)| certain(*i) && absolute(*item));
-    let (mut states, rest) = match from {
+    let (mut states, rest): (Outcomes<T>, _) = match from {
         Some(k) => (
-            vec![effect(&None, touching[k].1).flatten()],
+            smallvec::smallvec![effect(&None, touching[k].1).flatten()],
             &touching[k + 1..],
         ),
-        None => (vec![start], &touching[..]),
+        None => (smallvec::smallvec![start], &touching[..]),
     };
     if rest.len() > MAX_TOUCHING {
         return None;
@@ -400,7 +401,7 @@ fn walk<'a, T: Clone>(
         })
     };
     for &(i, item) in rest {
-        let changed: Vec<Option<T>> = states
+        let changed: Outcomes<T> = states
             .iter()
             .map(|s| effect(s, item).unwrap_or_else(|| s.clone()))
             .collect();
@@ -416,8 +417,11 @@ fn walk<'a, T: Clone>(
     Some(states)
 }
 
+/// The states a name may be in; almost always one, so kept inline.
+type Outcomes<T> = SmallVec<[Option<T>; 2]>;
+
 /// One meaning, none, or several.
-fn decide<T: Clone>(outcomes: Vec<Option<T>>, same: impl Fn(&T, &T) -> bool) -> Lookup<T> {
+fn decide<T: Clone>(outcomes: Outcomes<T>, same: impl Fn(&T, &T) -> bool) -> Lookup<T> {
     let mut found: Option<T> = None;
     for outcome in outcomes.into_iter().flatten() {
         match &found {

@@ -755,6 +755,30 @@ struct Stop {
     event: Event,
 }
 
+/// The client message a statement came in, for the `command` entry of a refusal: made
+/// into JSON only when such an entry is written, off the hot path.
+#[derive(Debug, Clone, Copy)]
+enum Via<'a> {
+    Simple,
+    Parse(&'a str),
+    Execute {
+        portal: &'a str,
+        statement: Option<&'a str>,
+    },
+}
+
+impl Via<'_> {
+    fn detail(self) -> Value {
+        match self {
+            Via::Simple => json!({"protocol": "simple"}),
+            Via::Parse(name) => json!({"protocol": "extended", "parse": name}),
+            Via::Execute { portal, statement } => {
+                json!({"protocol": "extended", "portal": portal, "statement": statement})
+            }
+        }
+    }
+}
+
 /// The client and the pending output, lent to a statement that may be held.
 struct Io<'a, S> {
     client: &'a mut S,
@@ -1027,9 +1051,7 @@ impl Session {
             }
             match message {
                 Frontend::Query(sql) => {
-                    let read = self
-                        .read_statement(sql, json!({"protocol": "simple"}))
-                        .await;
+                    let read = self.read_statement(sql, Via::Simple).await;
                     let admitted = match read {
                         Ok(prepared) => {
                             let io = Io {
@@ -1055,7 +1077,6 @@ impl Session {
                     }
                 }
                 Frontend::Parse { name, query } => {
-                    let detail = json!({"protocol": "extended", "parse": name});
                     let refusal = if !name.is_empty()
                         && self.names.statement_count() >= crate::prepared::MAX_STATEMENTS
                     {
@@ -1065,7 +1086,7 @@ impl Session {
                         );
                         Some(("54000", message))
                     } else {
-                        match self.read_text(query, detail).await {
+                        match self.read_text(query, Via::Parse(name)).await {
                             Ok(prepared) => {
                                 to_server.extend_from_slice(&frame);
                                 self.tracker.push(Expect::Parse(Op::Parse {
@@ -1103,7 +1124,6 @@ impl Session {
                         .push(Expect::Bind(Op::Bind(portal.to_string(), bound)));
                 }
                 Frontend::Execute { portal, .. } => {
-                    let detail = json!({"protocol": "extended", "portal": portal});
                     let bound = match self.names.portal(portal, self.tracker.pending()) {
                         Lookup::Known(Portal {
                             statement,
@@ -1128,15 +1148,21 @@ impl Session {
                     };
                     let bound = match bound {
                         Ok((statement, prepared, formats)) => {
-                            let mut detail = detail.clone();
-                            detail["statement"] = statement.as_str().into();
-                            match self.resolve_executes(&prepared, detail).await {
+                            let via = Via::Execute {
+                                portal,
+                                statement: Some(&statement),
+                            };
+                            match self.resolve_executes(&prepared, via).await {
                                 Ok(prepared) => Ok((statement, prepared, formats)),
                                 Err(refusal) => Err(refusal),
                             }
                         }
                         Err((code, message)) => {
-                            self.record_unreadable(&detail, "", code, &message).await;
+                            let via = Via::Execute {
+                                portal,
+                                statement: None,
+                            };
+                            self.record_unreadable(via, "", code, &message).await;
                             Err((code, message))
                         }
                     };
@@ -1227,7 +1253,7 @@ impl Session {
     async fn read_text(
         &mut self,
         sql: &str,
-        detail: Value,
+        via: Via<'_>,
     ) -> Result<Arc<Prepared>, (&'static str, String)> {
         if !self.tracker.is_idle()
             && let Some(why) = Lexicon::unsettled_reading(sql)
@@ -1235,8 +1261,7 @@ impl Session {
             let message = format!(
                 "gatehouse: this statement cannot be read safely now: {why}; send it after the statements before it have completed"
             );
-            self.record_unreadable(&detail, sql, "55000", &message)
-                .await;
+            self.record_unreadable(via, sql, "55000", &message).await;
             return Err(("55000", message));
         }
         Ok(self.analysed(sql))
@@ -1246,10 +1271,10 @@ impl Session {
     async fn read_statement(
         &mut self,
         sql: &str,
-        detail: Value,
+        via: Via<'_>,
     ) -> Result<Arc<Prepared>, (&'static str, String)> {
-        let prepared = self.read_text(sql, detail.clone()).await?;
-        self.resolve_executes(&prepared, detail).await
+        let prepared = self.read_text(sql, via).await?;
+        self.resolve_executes(&prepared, via).await
     }
 
     /// The statement as the server will run it: each SQL `EXECUTE name` (also inside
@@ -1259,12 +1284,12 @@ impl Session {
     async fn resolve_executes(
         &mut self,
         prepared: &Arc<Prepared>,
-        detail: Value,
+        via: Via<'_>,
     ) -> Result<Arc<Prepared>, (&'static str, String)> {
         match self.substitute_executes(prepared, 0) {
             Ok(resolved) => Ok(resolved),
             Err((code, message)) => {
-                self.record_unreadable(&detail, &prepared.sql, code, &message)
+                self.record_unreadable(via, &prepared.sql, code, &message)
                     .await;
                 Err((code, message))
             }
@@ -1339,8 +1364,8 @@ impl Session {
 
     /// Records a statement the gateway refuses because it cannot tell what the server
     /// would run: a `command` entry decided `deny`, with the reason.
-    async fn record_unreadable(&mut self, detail: &Value, sql: &str, code: &str, message: &str) {
-        let mut detail = detail.clone();
+    async fn record_unreadable(&mut self, via: Via<'_>, sql: &str, code: &str, message: &str) {
+        let mut detail = via.detail();
         detail["decision"] = json!({"outcome": "deny", "unreadable": code, "message": message});
         self.totals.denied += 1;
         if let Err(e) = self.audit(sql, detail).await {
