@@ -1523,6 +1523,11 @@ async fn masking_gateway(policy: Option<&'static str>) -> Gateway {
 
 /// Every file under `dir` (ledger segments and chunks): none may hold a planted value.
 fn assert_nothing_planted_under(dir: &Path) {
+    assert_none_stored_under(dir, &PLANTED);
+}
+
+/// Every file under `dir` (ledger segments and chunks): none may hold any of `values`.
+fn assert_none_stored_under(dir: &Path, values: &[&str]) {
     let mut stack = vec![dir.to_path_buf()];
     let mut files = 0;
     while let Some(d) = stack.pop() {
@@ -1534,10 +1539,10 @@ fn assert_nothing_planted_under(dir: &Path) {
             }
             files += 1;
             let bytes = std::fs::read(&path).unwrap();
-            for secret in PLANTED {
+            for value in values {
                 assert!(
-                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
-                    "{secret} is stored in {}",
+                    !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
+                    "{value} is stored in {}",
                     path.display()
                 );
             }
@@ -1607,24 +1612,7 @@ async fn masked_values_do_not_escape_through_messages_or_user_functions() {
     );
     let entries = gw.entries().await;
     assert!(!of_kind(&entries, "result").is_empty());
-    let mut stack = vec![gw.ledger_dir.clone()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let bytes = std::fs::read(&path).unwrap();
-            for value in reversed {
-                assert!(
-                    !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
-                    "{value} is stored in {}",
-                    path.display()
-                );
-            }
-        }
-    }
+    assert_none_stored_under(&gw.ledger_dir, &reversed);
     let _ = gw.stop.send(true);
 }
 
