@@ -54,14 +54,7 @@ const MAX_NAME: usize = 128;
 
 /// The throttle's keys for a sign-in: the source address, and the name claimed.
 pub fn keys(source: std::net::IpAddr, claimed: &str) -> [String; 2] {
-    let mut name = claimed.to_string();
-    if name.len() > MAX_NAME {
-        let mut cut = MAX_NAME;
-        while !name.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        name.truncate(cut);
-    }
+    let name = &claimed[..claimed.floor_char_boundary(MAX_NAME)];
     [format!("addr:{source}"), format!("user:{name}")]
 }
 

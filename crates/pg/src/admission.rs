@@ -200,11 +200,7 @@ pub fn recorded_name(user: &str) -> String {
     if user.len() <= MAX_RECORDED_NAME {
         return user.to_string();
     }
-    let mut cut = MAX_RECORDED_NAME;
-    while !user.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}…", &user[..cut])
+    format!("{}…", &user[..user.floor_char_boundary(MAX_RECORDED_NAME)])
 }
 
 #[derive(Debug)]

@@ -489,7 +489,11 @@ async fn startup<S: ClientStream>(
     // gateway cannot read like the server does ends the connection here.
     let mut lexicon = Lexicon::default();
     if let Err(unsafe_setting) = lexicon.observe_frames(&target.greeting) {
-        record_unsafe_setting(resource, &actor, None, peer, &unsafe_setting).await;
+        let data = unsafe_setting_decision(&unsafe_setting, peer);
+        let event = resource.event(EventKind::PolicyDecision, Some(&actor), None, data);
+        if let Err(e) = resource.ledger.append(&event, resource.durability).await {
+            tracing::error!(error = %e, "could not record a refused session setting");
+        }
         fatal(client, "0A000", &unsafe_setting_message(&unsafe_setting)).await?;
         return Ok(None);
     }
@@ -592,30 +596,17 @@ fn unsafe_setting_message(setting: &UnsafeSetting) -> String {
     )
 }
 
-/// Records that a session was refused or ended for a setting the server reported.
-async fn record_unsafe_setting(
-    resource: &PgResource,
-    actor: &Actor,
-    session: Option<&str>,
-    peer: SocketAddr,
-    setting: &UnsafeSetting,
-) {
-    let event = resource.event(
-        EventKind::PolicyDecision,
-        Some(actor),
-        session,
-        json!({
-            "action": "session_setting",
-            "setting": setting.name,
-            "value": setting.value,
-            "outcome": "deny",
-            "client": peer.to_string(),
-            "message": "an encoding in which a character can contain a quote or backslash byte",
-        }),
-    );
-    if let Err(e) = resource.ledger.append(&event, resource.durability).await {
-        tracing::error!(error = %e, "could not record a refused session setting");
-    }
+/// The `policy.decision` data of a session refused or ended for a setting the server
+/// reported.
+fn unsafe_setting_decision(setting: &UnsafeSetting, peer: SocketAddr) -> Value {
+    json!({
+        "action": "session_setting",
+        "setting": setting.name,
+        "value": setting.value,
+        "outcome": "deny",
+        "client": peer.to_string(),
+        "message": "an encoding in which a character can contain a quote or backslash byte",
+    })
 }
 
 /// What runs when `wrapper` executes a prepared statement whose statement is `run`: a
@@ -990,14 +981,7 @@ impl Session {
                 if self.stop.is_none() {
                     let event = self.event(
                         EventKind::PolicyDecision,
-                        json!({
-                            "action": "session_setting",
-                            "setting": setting.name,
-                            "value": setting.value,
-                            "outcome": "deny",
-                            "client": self.peer.to_string(),
-                            "message": "an encoding in which a character can contain a quote or backslash byte",
-                        }),
+                        unsafe_setting_decision(&setting, self.peer),
                     );
                     self.stop = Some(Stop {
                         code: "0A000",
@@ -1782,11 +1766,7 @@ impl Session {
                 .await
             {
                 Ok(chunk) => {
-                    let mut cut = INLINE_SQL.min(sql.len());
-                    while !sql.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    detail["sql_prefix"] = sql[..cut].into();
+                    detail["sql_prefix"] = sql[..sql.floor_char_boundary(INLINE_SQL)].into();
                     detail["sql_in_chunk"] = true.into();
                     event.chunks.push(chunk);
                 }
