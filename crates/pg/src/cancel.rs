@@ -1,5 +1,7 @@
-//! Cancel keys: clients get keys minted by the gateway, mapped to the target backend's own,
-//! so a CancelRequest reaches the right backend without exposing target details.
+//! Cancel keys: a client sees the target backend's own pid (so `pg_backend_pid()` and the
+//! sender of its notifications match what it was told) with a secret minted by the gateway,
+//! mapped to the backend's real secret, so a CancelRequest reaches the right backend and
+//! only someone the gateway gave the key to can send one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,20 +23,18 @@ pub struct CancelMap {
 }
 
 impl CancelMap {
-    /// Mints a fresh random key for `target` and returns it.
+    /// Keeps the backend's pid, mints a fresh random secret for `target`, and returns the
+    /// key the client is given.
     pub fn register(&self, target: CancelTarget) -> (i32, i32) {
         let mut map = self.inner.lock().expect("cancel map lock");
         loop {
-            let mut raw = [0u8; 8];
-            // Cancel keys only need to be unguessable by other clients; fall back to the
+            let mut raw = [0u8; 4];
+            // Cancel secrets only need to be unguessable by other clients; fall back to the
             // map size if the OS has no randomness (sessions still work, cancel is weaker).
             if getrandom::fill(&mut raw).is_err() {
-                raw[..8].copy_from_slice(&(map.len() as u64 + 1).to_be_bytes());
+                raw.copy_from_slice(&(map.len() as u32 + 1).to_be_bytes());
             }
-            let key = (
-                i32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]) & 0x7fff_ffff,
-                i32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]),
-            );
+            let key = (target.pid, i32::from_be_bytes(raw));
             if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(key) {
                 slot.insert(target);
                 return key;

@@ -70,6 +70,13 @@ impl Prepared {
         if let Some(why) = &analysis.unparsed {
             summary.insert("unparsed".into(), why.as_str().into());
         }
+        if let Some(error) = &analysis.syntax_error {
+            // What a refused client is told: the parser's error, as the server reports it.
+            summary.insert(
+                "syntax_error".into(),
+                serde_json::to_value(error).unwrap_or_default(),
+            );
+        }
         Prepared {
             sql: sql.to_string(),
             lexical,
@@ -108,6 +115,7 @@ impl Prepared {
             Analysis {
                 statements: vec![body.clone()],
                 unparsed: None,
+                syntax_error: None,
             },
         ))
     }

@@ -412,6 +412,35 @@ async fn startup<S: ClientStream>(
             return Ok(None);
         }
     }
+    // The server answers a database it does not have after sign-in, and takes the user name
+    // when none is asked for; the gateway serves one database and never substitutes it.
+    let requested = param("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
+    if requested != resource.database {
+        let event = resource.event(
+            EventKind::PolicyDecision,
+            Some(&actor),
+            None,
+            json!({
+                "action": "connect",
+                "outcome": "deny",
+                "reason": "database_not_served",
+                "requested_database": requested,
+                "client": peer.to_string(),
+            }),
+        );
+        if let Err(e) = resource.ledger.append(&event, resource.durability).await {
+            tracing::error!(error = %e, "could not record a refused database");
+        }
+        fatal(
+            client,
+            "3D000",
+            &format!("database \"{requested}\" does not exist"),
+        )
+        .await?;
+        return Ok(None);
+    }
     let matched_claims: serde_json::Map<String, Value> = signed_in
         .matched_claims
         .into_iter()
@@ -526,7 +555,6 @@ async fn startup<S: ClientStream>(
             "client": peer.to_string(),
             "application": param("application_name"),
             "database": resource.database,
-            "requested_database": param("database"),
             "key_id": signed_in.key_id,
             "token_claims": (!matched_claims.is_empty()).then_some(matched_claims),
             "tls": link.tls,
@@ -766,6 +794,25 @@ impl Via<'_> {
             Via::Execute { portal, statement } => {
                 json!({"protocol": "extended", "portal": portal, "statement": statement})
             }
+        }
+    }
+}
+
+/// Why a message is refused, as its client is told: in an ErrorResponse where the server's
+/// answer would have been.
+struct Refusal {
+    code: &'static str,
+    message: String,
+    /// The character of the statement the error points at (a syntax error's).
+    position: Option<u32>,
+}
+
+impl From<(&'static str, String)> for Refusal {
+    fn from((code, message): (&'static str, String)) -> Refusal {
+        Refusal {
+            code,
+            message,
+            position: None,
         }
     }
 }
@@ -1057,7 +1104,7 @@ impl Session {
                                 Work::new(index).with_shape(shape).deciding(prepared),
                             ));
                         }
-                        Err((code, message)) => self.refuse(code, &message, true, to_server),
+                        Err(refusal) => self.refuse(refusal, true, to_server),
                     }
                 }
                 Frontend::Parse { name, query } => {
@@ -1068,7 +1115,7 @@ impl Session {
                             "gatehouse: this session holds {} prepared statements, the most it may; close some first",
                             crate::prepared::MAX_STATEMENTS
                         );
-                        Some(("54000", message))
+                        Some(("54000", message).into())
                     } else {
                         match self.read_text(query, Via::Parse(name)).await {
                             Ok(prepared) => {
@@ -1082,8 +1129,8 @@ impl Session {
                             Err(refusal) => Some(refusal),
                         }
                     };
-                    if let Some((code, message)) = refusal {
-                        self.refuse(code, &message, false, to_server);
+                    if let Some(refusal) = refusal {
+                        self.refuse(refusal, false, to_server);
                     }
                 }
                 Frontend::Bind { portal, statement } => {
@@ -1119,16 +1166,16 @@ impl Session {
                             format!(
                                 "gatehouse: portal \"{portal}\" was bound from statement \"{statement}\", which the gateway could not name when it was bound (it was unknown, or being redefined by statements still in flight)"
                             ),
-                        )),
+                        ).into()),
                         Lookup::Unknown => {
-                            Err(("34000", format!("portal \"{portal}\" does not exist")))
+                            Err(("34000", format!("portal \"{portal}\" does not exist")).into())
                         }
                         Lookup::Uncertain => Err((
                             "55000",
                             format!(
                                 "gatehouse: portal \"{portal}\" is being redefined by statements still in flight; send its Execute after they complete"
                             ),
-                        )),
+                        ).into()),
                     };
                     let bound = match bound {
                         Ok((statement, prepared, formats)) => {
@@ -1141,13 +1188,13 @@ impl Session {
                                 Err(refusal) => Err(refusal),
                             }
                         }
-                        Err((code, message)) => {
+                        Err(refusal) => {
                             let via = Via::Execute {
                                 portal,
                                 statement: None,
                             };
-                            self.record_unreadable(via, "", code, &message).await;
-                            Err((code, message))
+                            self.record_unreadable(via, "", &refusal).await;
+                            Err(refusal)
                         }
                     };
                     let admitted = match bound {
@@ -1172,7 +1219,7 @@ impl Session {
                                 Work::new(index).with_shape(shape).deciding(prepared),
                             ));
                         }
-                        Err((code, message)) => self.refuse(code, &message, false, to_server),
+                        Err(refusal) => self.refuse(refusal, false, to_server),
                     }
                 }
                 Frontend::Describe { kind, name } => {
@@ -1202,6 +1249,7 @@ impl Session {
                         Analysis {
                             statements: Vec::new(),
                             unparsed: Some("a fast-path function call carries no SQL".into()),
+                            syntax_error: None,
                         },
                     );
                     let io = Io {
@@ -1217,7 +1265,7 @@ impl Session {
                             to_server.extend_from_slice(&frame);
                             self.tracker.push(Expect::Query(Work::new(index)));
                         }
-                        Err((code, message)) => self.refuse(code, &message, true, to_server),
+                        Err(refusal) => self.refuse(refusal, true, to_server),
                     }
                 }
                 Frontend::Terminate => {
@@ -1234,29 +1282,22 @@ impl Session {
     /// Reads a text sent for parsing (a simple query or a Parse) under the session's
     /// lexical settings. While statements are in flight the server may be changing those
     /// settings; a text that would read differently then is refused (and recorded).
-    async fn read_text(
-        &mut self,
-        sql: &str,
-        via: Via<'_>,
-    ) -> Result<Arc<Prepared>, (&'static str, String)> {
+    async fn read_text(&mut self, sql: &str, via: Via<'_>) -> Result<Arc<Prepared>, Refusal> {
         if !self.tracker.is_idle()
             && let Some(why) = Lexicon::unsettled_reading(sql)
         {
             let message = format!(
                 "gatehouse: this statement cannot be read safely now: {why}; send it after the statements before it have completed"
             );
-            self.record_unreadable(via, sql, "55000", &message).await;
-            return Err(("55000", message));
+            let refusal = Refusal::from(("55000", message));
+            self.record_unreadable(via, sql, &refusal).await;
+            return Err(refusal);
         }
         Ok(self.analysed(sql))
     }
 
     /// [`Session::read_text`], then every `EXECUTE` in it read as the statement it runs.
-    async fn read_statement(
-        &mut self,
-        sql: &str,
-        via: Via<'_>,
-    ) -> Result<Arc<Prepared>, (&'static str, String)> {
+    async fn read_statement(&mut self, sql: &str, via: Via<'_>) -> Result<Arc<Prepared>, Refusal> {
         let prepared = self.read_text(sql, via).await?;
         self.resolve_executes(&prepared, via).await
     }
@@ -1269,13 +1310,12 @@ impl Session {
         &mut self,
         prepared: &Arc<Prepared>,
         via: Via<'_>,
-    ) -> Result<Arc<Prepared>, (&'static str, String)> {
+    ) -> Result<Arc<Prepared>, Refusal> {
         match self.substitute_executes(prepared, 0) {
             Ok(resolved) => Ok(resolved),
-            Err((code, message)) => {
-                self.record_unreadable(via, &prepared.sql, code, &message)
-                    .await;
-                Err((code, message))
+            Err(refusal) => {
+                self.record_unreadable(via, &prepared.sql, &refusal).await;
+                Err(refusal)
             }
         }
     }
@@ -1284,7 +1324,7 @@ impl Session {
         &self,
         prepared: &Arc<Prepared>,
         depth: usize,
-    ) -> Result<Arc<Prepared>, (&'static str, String)> {
+    ) -> Result<Arc<Prepared>, Refusal> {
         let statements = &prepared.analysis.statements;
         let executes =
             |s: &gatehouse_sql::Statement| matches!(s.prepared, Some(PreparedUse::Execute { .. }));
@@ -1295,7 +1335,8 @@ impl Session {
             return Err((
                 "54001",
                 "gatehouse: prepared statements execute each other too deeply".into(),
-            ));
+            )
+                .into());
         }
         let mut out = Vec::with_capacity(statements.len());
         let mut unparsed = prepared.analysis.unparsed.clone();
@@ -1318,7 +1359,8 @@ impl Session {
                     return Err((
                         "26000",
                         format!("prepared statement \"{name}\" does not exist"),
-                    ));
+                    )
+                        .into());
                 }
                 Lookup::Uncertain => {
                     return Err((
@@ -1326,7 +1368,7 @@ impl Session {
                         format!(
                             "gatehouse: prepared statement \"{name}\" is being redefined by statements still in flight; execute it after they complete"
                         ),
-                    ));
+                    ).into());
                 }
             };
             if body.analysis.unparsed.is_some() {
@@ -1342,15 +1384,17 @@ impl Session {
             Analysis {
                 statements: out,
                 unparsed,
+                syntax_error: None,
             },
         )))
     }
 
     /// Records a statement the gateway refuses because it cannot tell what the server
     /// would run: a `command` entry decided `deny`, with the reason.
-    async fn record_unreadable(&mut self, via: Via<'_>, sql: &str, code: &str, message: &str) {
+    async fn record_unreadable(&mut self, via: Via<'_>, sql: &str, refusal: &Refusal) {
         let mut detail = via.detail();
-        detail["decision"] = json!({"outcome": "deny", "unreadable": code, "message": message});
+        detail["decision"] =
+            json!({"outcome": "deny", "unreadable": refusal.code, "message": refusal.message});
         self.totals.denied += 1;
         if let Err(e) = self.audit(sql, detail).await {
             tracing::warn!(session = %self.id, error = %e, "could not record a refused statement");
@@ -1365,9 +1409,14 @@ impl Session {
     /// query that cannot parse; an extended-protocol message by an Execute of a portal that
     /// cannot exist, after which the rest of the pipeline is dropped until Sync, as the
     /// server drops it.
-    fn refuse(&mut self, code: &str, message: &str, query: bool, to_server: &mut Vec<u8>) {
+    fn refuse(&mut self, refusal: Refusal, query: bool, to_server: &mut Vec<u8>) {
         let mut reply = Vec::new();
-        backend::error_response("ERROR", code, message, &mut reply);
+        match refusal.position {
+            Some(at) => {
+                backend::error_response_at("ERROR", refusal.code, &refusal.message, at, &mut reply)
+            }
+            None => backend::error_response("ERROR", refusal.code, &refusal.message, &mut reply),
+        }
         if query {
             frontend::frame(b'Q', STAND_IN_QUERY, to_server);
         } else {
@@ -1408,7 +1457,7 @@ impl Session {
         prepared: &Prepared,
         mut detail: Value,
         io: Io<'_, S>,
-    ) -> Result<u64, (&'static str, String)> {
+    ) -> Result<u64, Refusal> {
         let cedar = self.resource.policy.as_ref().map(|handle| {
             self.policy.statements(
                 handle,
@@ -1469,14 +1518,23 @@ impl Session {
         let receipt = self
             .audit(&prepared.sql, detail)
             .await
-            .map_err(|m| ("58000", m))?;
+            .map_err(|m| Refusal::from(("58000", m)))?;
         match decision.outcome {
             Outcome::Allow => Ok(receipt.index),
             Outcome::Review if grant.is_some() => Ok(receipt.index),
             Outcome::Deny => {
                 self.totals.denied += 1;
+                // Text the parser rejected is answered with the parser's own error, as the
+                // server would answer it; the entry above records it as refused.
+                if let Some(syntax) = &prepared.analysis.syntax_error {
+                    return Err(Refusal {
+                        code: syntax.code,
+                        message: syntax.message.clone(),
+                        position: syntax.position,
+                    });
+                }
                 let reason = decision.message.unwrap_or_default();
-                Err(("42501", format!("gatehouse: denied: {reason}")))
+                Err(("42501", format!("gatehouse: denied: {reason}")).into())
             }
             Outcome::Review => {
                 let reason = decision.message.unwrap_or_default();
@@ -1502,7 +1560,7 @@ impl Session {
         holders: Vec<String>,
         reason: String,
         io: Io<'_, S>,
-    ) -> Result<(), (&'static str, String)> {
+    ) -> Result<(), Refusal> {
         let mut settings = self.resource.review.clone();
         // A holding rule may ask for other approvers or more approvals. With several
         // holders, the review must satisfy each: the most approvals any asks for (a Cedar
@@ -1539,7 +1597,7 @@ impl Session {
                     "gatehouse: this statement needs an approval ({reason}), but resources.{}.reviews.approvers names no group that may give one and no access policy is configured, so it was not executed",
                     self.resource.name
                 ),
-            ));
+            ).into());
         }
         let command_ref = EntryRef {
             index: command.index,
@@ -1588,13 +1646,15 @@ impl Session {
                 return Err((
                     "53400",
                     format!("gatehouse: {e}; the statement was not executed"),
-                ));
+                )
+                    .into());
             }
             Err(e) => {
                 return Err((
                     "58000",
                     format!("gatehouse: the review could not be opened: {e}"),
-                ));
+                )
+                    .into());
             }
         };
         let id = review.id.clone();
@@ -1667,7 +1727,7 @@ impl Session {
                         State::Denied => {
                             let denial = now.denial.unwrap_or(Verdict { by: "?".into(), at: 0, reason: None, grant_ms: None });
                             let why = denial.reason.map(|r| format!(": {r}")).unwrap_or_default();
-                            return Err(("42501", format!("gatehouse: review {id} was denied by {}{why}", denial.by)));
+                            return Err(("42501", format!("gatehouse: review {id} was denied by {}{why}", denial.by)).into());
                         }
                         State::Pending => {
                             // Progress: who approved, and how many are still needed.
@@ -1728,13 +1788,13 @@ impl Session {
                 format!(
                     "gatehouse: review {id} timed out after {wait} without a decision; the statement was not executed"
                 ),
-            )),
+            ).into()),
             (State::Cancelled, Ok(_)) => Err((
                 "57014",
                 format!(
                     "gatehouse: canceling statement due to user request (review {id} cancelled)"
                 ),
-            )),
+            ).into()),
             // A decision came in between (a denial just before the timeout): it stands.
             (
                 _,
@@ -1742,15 +1802,15 @@ impl Session {
                     state: State::Denied,
                     ..
                 }),
-            ) => Err(("42501", format!("gatehouse: review {id} was denied"))),
+            ) => Err(("42501", format!("gatehouse: review {id} was denied")).into()),
             (_, Err(e)) => Err((
                 "42501",
                 format!("gatehouse: review {id}: {e}; the statement was not executed"),
-            )),
+            ).into()),
             (_, Ok(_)) => Err((
                 "42501",
                 format!("gatehouse: review {id} ended; the statement was not executed"),
-            )),
+            ).into()),
         }
     }
 

@@ -1365,7 +1365,10 @@ fn judge<'a>(
                         "a refused statement has result entries {answered:?}: {what}"
                     ));
                 }
-                let expected = unreadable.unwrap_or("42501");
+                // Text the parser rejected is answered with its syntax error.
+                let expected = unreadable
+                    .or(data["syntax_error"]["code"].as_str())
+                    .unwrap_or("42501");
                 // In the extended protocol the server answers the Parse before the
                 // gateway's refusal of the Execute is due: a text it cannot take as one
                 // statement shows the client the server's error, and the refusal is not sent.

@@ -89,6 +89,9 @@ pub struct Analysis {
     pub statements: Vec<Statement>,
     /// The parser's message when the text is not valid SQL.
     pub unparsed: Option<String>,
+    /// The parser's error, as the server would report it, when the parser rejected the text
+    /// (not when the parser itself failed).
+    pub syntax_error: Option<crate::SyntaxError>,
 }
 
 impl Analysis {
@@ -198,6 +201,7 @@ pub fn analyze_with(sql: &str, lexical: Lexical) -> Analysis {
         Err(_) => Analysis {
             statements: Vec::new(),
             unparsed: Some("the SQL parser failed on this text".into()),
+            syntax_error: None,
         },
     }
 }
@@ -206,9 +210,16 @@ fn analyze_inner(sql: &str, lexical: Lexical) -> Analysis {
     let parsed = match parse(sql, lexical) {
         Ok(p) => p,
         Err(e) => {
+            let syntax_error = match &e {
+                pg_query::Error::Parse(message) => {
+                    Some(crate::SyntaxError::new(sql, lexical, message))
+                }
+                _ => None,
+            };
             return Analysis {
                 statements: Vec::new(),
                 unparsed: Some(e.to_string()),
+                syntax_error,
             };
         }
     };
@@ -222,6 +233,7 @@ fn analyze_inner(sql: &str, lexical: Lexical) -> Analysis {
     Analysis {
         statements,
         unparsed: None,
+        syntax_error: None,
     }
 }
 

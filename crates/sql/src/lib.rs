@@ -9,6 +9,7 @@ mod analyze;
 pub mod lineage;
 mod rules;
 mod startup;
+mod syntax;
 
 pub use analyze::{
     Analysis, Lexical, PreparedUse, Statement, StatementClass, analyze, analyze_with, reads_alike,
@@ -16,3 +17,4 @@ pub use analyze::{
 pub use lineage::{Lineage, Output, Sources, lineage, lineage_with};
 pub use rules::{Decision, OnUnparsed, Outcome, Rule, RuleAction, evaluate, validate_rules};
 pub use startup::{startup_parameter_forbidden, startup_parameter_safe};
+pub use syntax::SyntaxError;

@@ -32,6 +32,26 @@ pub fn error_response(severity: &str, code: &str, message: &str, out: &mut Vec<u
     fields_message(b'E', severity, code, message, None, out);
 }
 
+/// Writes an `ErrorResponse` pointing at a character of the statement (`position`, from 1,
+/// in characters), as the server reports a syntax error.
+pub fn error_response_at(
+    severity: &str,
+    code: &str,
+    message: &str,
+    position: u32,
+    out: &mut Vec<u8>,
+) {
+    let position = position.to_string();
+    let fields = [
+        (b'S', severity),
+        (b'V', severity),
+        (b'C', code),
+        (b'M', message),
+        (b'P', position.as_str()),
+    ];
+    write_message_fields(b'E', fields.into_iter(), out);
+}
+
 /// Writes an `ErrorResponse` with a DETAIL line.
 pub fn error_response_detail(
     severity: &str,
