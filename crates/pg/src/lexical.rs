@@ -10,6 +10,8 @@
 
 use gatehouse_sql::{Lexical, reads_alike};
 
+use crate::encoding::ClientEncoding;
+
 /// Client encodings in which the second byte of a character can be an ASCII byte such as
 /// `\`, `'` or `;`: the server converts them to its own encoding before parsing, so the
 /// same bytes split into other tokens than they do here. PostgreSQL allows them only as
@@ -36,6 +38,8 @@ pub fn is_unsafe_encoding(encoding: &str) -> bool {
 pub struct Lexicon {
     pub lexical: Lexical,
     pub client_encoding: String,
+    /// How the server's texts are read and written back (masking).
+    pub encoding: ClientEncoding,
 }
 
 /// A reported setting the gateway cannot read statements under.
@@ -53,6 +57,7 @@ impl Lexicon {
             self.lexical.backslash_escapes = !value.eq_ignore_ascii_case("on");
         } else if name.eq_ignore_ascii_case("client_encoding") {
             self.client_encoding = value.to_string();
+            self.encoding = ClientEncoding::named(value);
             if is_unsafe_encoding(value) {
                 return Err(UnsafeSetting {
                     name: "client_encoding",

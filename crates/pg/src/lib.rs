@@ -8,6 +8,7 @@
 pub mod admission;
 mod cancel;
 pub mod catalog;
+pub mod encoding;
 mod error;
 mod integrity;
 mod lexical;

@@ -182,6 +182,46 @@ pub fn message_fields(body: &[u8]) -> Result<Vec<(u8, &str)>, DecodeError> {
     }
 }
 
+/// [`message_fields`] as bytes: values in whatever encoding the session uses, for a reader
+/// that decodes them itself.
+pub fn message_fields_raw(body: &[u8]) -> Result<Vec<(u8, &[u8])>, DecodeError> {
+    let mut fields = Vec::with_capacity(16);
+    let mut rest = body;
+    loop {
+        match rest.split_first() {
+            None => return Err(DecodeError::Malformed("field list lacks its final NUL")),
+            Some((0, tail)) => {
+                finished(tail)?;
+                return Ok(fields);
+            }
+            Some((&field, tail)) => {
+                let end =
+                    memchr::memchr(0, tail).ok_or(DecodeError::Malformed("unterminated string"))?;
+                fields.push((field, &tail[..end]));
+                rest = &tail[end + 1..];
+            }
+        }
+    }
+}
+
+/// [`write_message_fields`] with values as bytes (a NUL inside one becomes a space).
+pub fn write_message_fields_raw<'a>(
+    tag: u8,
+    fields: impl IntoIterator<Item = (u8, &'a [u8])>,
+    out: &mut Vec<u8>,
+) {
+    let start = begin_frame(tag, out);
+    for (field, value) in fields {
+        if field != 0 {
+            out.push(field);
+            out.extend(value.iter().map(|&b| if b == 0 { b' ' } else { b }));
+            out.push(0);
+        }
+    }
+    out.push(0);
+    end_frame(out, start);
+}
+
 /// Writes an `ErrorResponse` (`tag` `b'E'`) or `NoticeResponse` (`b'N'`) with these fields.
 ///
 /// A field type of 0 is skipped: it would end the list there. A NUL inside a value becomes
@@ -210,6 +250,33 @@ pub fn notification(body: &[u8]) -> Result<(i32, &str, &str), DecodeError> {
     let (payload, rest) = cstr(rest)?;
     finished(rest)?;
     Ok((pid, channel, payload))
+}
+
+/// [`notification`] as bytes: channel and payload in the session's encoding.
+pub fn notification_raw(body: &[u8]) -> Result<(i32, &[u8], &[u8]), DecodeError> {
+    let (pid, rest) = read_i32(body)?;
+    let split = |buf: &'_ [u8]| -> Result<(usize, usize), DecodeError> {
+        let end = memchr::memchr(0, buf).ok_or(DecodeError::Malformed("unterminated string"))?;
+        Ok((end, end + 1))
+    };
+    let (end, next) = split(rest)?;
+    let channel = &rest[..end];
+    let rest = &rest[next..];
+    let (end, next) = split(rest)?;
+    let payload = &rest[..end];
+    finished(&rest[next..])?;
+    Ok((pid, channel, payload))
+}
+
+/// [`write_notification`] with channel and payload as bytes.
+pub fn write_notification_raw(pid: i32, channel: &[u8], payload: &[u8], out: &mut Vec<u8>) {
+    let start = begin_frame(b'A', out);
+    out.extend_from_slice(&pid.to_be_bytes());
+    for text in [channel, payload] {
+        out.extend(text.iter().map(|&b| if b == 0 { b' ' } else { b }));
+        out.push(0);
+    }
+    end_frame(out, start);
 }
 
 /// Writes a `NotificationResponse` (a NUL inside a string becomes a space).
