@@ -88,6 +88,41 @@ impl ClientEncoding {
             }
         }
     }
+
+    /// A Query or Parse message with its texts in UTF-8, for the gateway to read while the
+    /// server gets the client's own bytes. `None` when nothing needs reading differently (a
+    /// UTF-8 session, ASCII texts, another message) or the texts are not this encoding's
+    /// (the message is then read as it is, and refused if it cannot be).
+    pub fn readable_frame(self, frame: &[u8]) -> Option<Vec<u8>> {
+        let ClientEncoding::Other(_) = self else {
+            return None;
+        };
+        let (&tag, body) = (frame.first()?, frame.get(5..)?);
+        // The texts that are decoded; what follows them (a Parse's parameter types) is kept.
+        let texts = match tag {
+            b'Q' => 1,
+            b'P' => 2,
+            _ => return None,
+        };
+        let mut end = 0;
+        let mut decoded = Vec::with_capacity(body.len() + 16);
+        for _ in 0..texts {
+            let len = memchr::memchr(0, &body[end..])?;
+            let text = &body[end..end + len];
+            decoded.extend_from_slice(self.decode(text)?.as_bytes());
+            decoded.push(0);
+            end += len + 1;
+        }
+        if body[..end].is_ascii() {
+            return None;
+        }
+        decoded.extend_from_slice(&body[end..]);
+        let mut out = Vec::with_capacity(decoded.len() + 5);
+        out.push(tag);
+        out.extend_from_slice(&u32::try_from(decoded.len() + 4).ok()?.to_be_bytes());
+        out.extend_from_slice(&decoded);
+        Some(out)
+    }
 }
 
 #[cfg(test)]
@@ -123,6 +158,30 @@ mod tests {
         assert_eq!(euc_jp.decode(&bytes).unwrap(), "日本語のテキスト");
         // A truncated sequence is not text in that encoding.
         assert!(euc_jp.decode(&bytes[..bytes.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn a_latin1_query_is_read_as_its_characters() {
+        let latin1 = ClientEncoding::named("LATIN1");
+        let mut frame = vec![b'Q', 0, 0, 0, 20];
+        frame.extend_from_slice(b"SELECT 'caf\xE9'\0");
+        let readable = latin1.readable_frame(&frame).unwrap();
+        assert_eq!(&readable[5..], "SELECT 'café'\0".as_bytes());
+        assert_eq!(
+            u32::from_be_bytes(readable[1..5].try_into().unwrap()) as usize,
+            readable.len() - 1
+        );
+        // A Parse keeps its parameter types after the texts.
+        let mut parse = vec![b'P', 0, 0, 0, 0];
+        parse.extend_from_slice(b"s\xE9\0SELECT $1\0\x00\x01\x00\x00\x00\x19");
+        let readable = latin1.readable_frame(&parse).unwrap();
+        assert_eq!(
+            &readable[5..],
+            "sé\0SELECT $1\0\x00\x01\x00\x00\x00\x19".as_bytes()
+        );
+        // ASCII, or a UTF-8 session: nothing to change.
+        assert!(latin1.readable_frame(b"Q\0\0\0\x0dSELECT 1\0").is_none());
+        assert!(ClientEncoding::Utf8.readable_frame(&frame).is_none());
     }
 
     #[test]

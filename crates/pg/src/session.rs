@@ -1065,7 +1065,10 @@ impl Session {
         while let Some(len) = split_frame(buf).map_err(PgError::client_protocol)? {
             let frame = buf.split_to(len);
             self.totals.bytes_from_client += len as u64;
-            let message = match frontend::parse(&frame) {
+            // In another client encoding, statements are read as the characters the server
+            // will see; the server gets the client's bytes.
+            let readable = self.lexicon.encoding.readable_frame(&frame);
+            let message = match frontend::parse(readable.as_deref().unwrap_or(&frame)) {
                 Ok(m) => m,
                 Err(e) => {
                     backend::error_response(

@@ -78,7 +78,8 @@ fn whole_token(sql: &str, start: usize, end: usize) -> bool {
     let inner_end = sql[start..end].chars().next_back().is_some_and(word);
     let before = sql[..start].chars().next_back().is_some_and(word);
     let after = sql[end..].chars().next().is_some_and(word);
-    !(inner_start && before) && !(inner_end && after)
+    let joined = (inner_start && before) || (inner_end && after);
+    !joined
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ pub fn error_response_at(
         (b'M', message),
         (b'P', position.as_str()),
     ];
-    write_message_fields(b'E', fields.into_iter(), out);
+    write_message_fields(b'E', fields, out);
 }
 
 /// Writes an `ErrorResponse` with a DETAIL line.
