@@ -389,10 +389,11 @@ impl Default for RecordingConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct MaskingConfig {
     pub enabled: bool,
-    /// Built-in content detectors run over every text value: `"all"` or a list of names
-    /// (`email`, `phone`, `payment_card`, `iban`, `us_ssn`, `ipv4`, `ipv6`, `jwt`,
-    /// `private_key`, `aws_access_key`, `aws_secret_key`, `github_token`, `gitlab_token`,
-    /// `slack_token`, `stripe_key`, `password`); `[]` for none.
+    /// Built-in content detectors run over every text value: `"default"` (every one but
+    /// the IP addresses), `"all"` or a list of names (`email`, `phone`, `payment_card`,
+    /// `iban`, `us_ssn`, `ipv4`, `ipv6`, `jwt`, `private_key`, `aws_access_key`,
+    /// `aws_secret_key`, `github_token`, `gitlab_token`, `slack_token`, `stripe_key`,
+    /// `password`); `[]` for none.
     pub detectors: DetectorSelection,
     /// Strategy per detector kind (`email = "hash"`); the rest are redacted.
     pub strategies: BTreeMap<String, MaskStrategy>,
@@ -413,7 +414,7 @@ impl Default for MaskingConfig {
     fn default() -> Self {
         MaskingConfig {
             enabled: true,
-            detectors: DetectorSelection::All,
+            detectors: DetectorSelection::Default,
             strategies: BTreeMap::new(),
             columns: Vec::new(),
             patterns: Vec::new(),
@@ -423,12 +424,20 @@ impl Default for MaskingConfig {
     }
 }
 
-/// `detectors = "all"` or `detectors = ["email", ...]`.
+/// `detectors = "default"`, `"all"` or `["email", ...]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "DetectorWords", into = "DetectorWords")]
 pub enum DetectorSelection {
+    /// Every built-in detector but `ipv4` and `ipv6`: addresses in a database are mostly
+    /// the operational data of `inet` columns, which masking could only turn into NULL.
+    Default,
     All,
     Only(Vec<String>),
+}
+
+impl DetectorSelection {
+    /// The built-in detectors `Default` leaves out.
+    pub const NOT_BY_DEFAULT: [&'static str; 2] = ["ipv4", "ipv6"];
 }
 
 /// How [`DetectorSelection`] is written.
@@ -444,9 +453,10 @@ impl TryFrom<DetectorWords> for DetectorSelection {
     fn try_from(words: DetectorWords) -> Result<Self, String> {
         match words {
             DetectorWords::Word(w) if w == "all" => Ok(DetectorSelection::All),
-            DetectorWords::Word(w) => {
-                Err(format!("{w:?}: write \"all\" or a list of detector names"))
-            }
+            DetectorWords::Word(w) if w == "default" => Ok(DetectorSelection::Default),
+            DetectorWords::Word(w) => Err(format!(
+                "{w:?}: write \"default\", \"all\" or a list of detector names"
+            )),
             DetectorWords::List(names) => Ok(DetectorSelection::Only(names)),
         }
     }
@@ -455,6 +465,7 @@ impl TryFrom<DetectorWords> for DetectorSelection {
 impl From<DetectorSelection> for DetectorWords {
     fn from(s: DetectorSelection) -> DetectorWords {
         match s {
+            DetectorSelection::Default => DetectorWords::Word("default".into()),
             DetectorSelection::All => DetectorWords::Word("all".into()),
             DetectorSelection::Only(names) => DetectorWords::List(names),
         }

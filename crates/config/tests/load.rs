@@ -305,7 +305,18 @@ fn masking_is_on_by_default_and_its_settings_are_checked() {
     let (_dir, path) = write_config(PG);
     let masking = Config::load(&path).unwrap().resources[0].masking.clone();
     assert!(masking.enabled);
+    assert_eq!(masking.detectors, DetectorSelection::Default);
+    let all = format!("{PG}[resources.masking]\ndetectors = \"all\"\n");
+    let (_dir, path) = write_config(&all);
+    let masking = Config::load(&path).unwrap().resources[0].masking.clone();
     assert_eq!(masking.detectors, DetectorSelection::All);
+    let wrong = format!("{PG}[resources.masking]\ndetectors = \"most\"\n");
+    let (_dir, path) = write_config(&wrong);
+    let error = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        error.contains("write \"default\", \"all\" or a list"),
+        "{error}"
+    );
 
     let text = format!(
         "{PG}[resources.masking]\ndetectors = [\"email\", \"us_ssn\"]\nkey_file = \"mask.key\"\n\
@@ -360,7 +371,7 @@ fn masking_is_on_by_default_and_its_settings_are_checked() {
     );
     let text = format!("{PG}[resources.masking]\ndetectors = \"some\"\n");
     assert!(
-        load_error(&text).contains("write \"all\" or a list"),
+        load_error(&text).contains("write \"default\", \"all\" or a list"),
         "{}",
         load_error(&text)
     );

@@ -2,14 +2,16 @@
 //! ([`detect`]) and replaces them by a chosen strategy ([`Strategy`]). Pure and
 //! deterministic: no I/O, the same input and key always give the same output, so the
 //! protocol drivers can mask results on the data path and what is recorded is exactly
-//! what the client saw.
+//! what the client saw. JSON documents are masked string by string ([`Masker::mask_json`]),
+//! so they stay JSON.
 
 pub mod columns;
 pub mod detect;
+mod json;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::ops::Deref;
+use std::ops::{Deref, Range};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -189,46 +191,126 @@ impl Masker {
         findings: &[Finding<'a>],
         out: &mut Vec<u8>,
     ) -> Counts<'a> {
-        self.write_findings(text, findings, out);
+        let more = self.write_findings(text, findings, out);
         let mut counts = Counts::default();
-        for f in findings {
+        for f in findings.iter().chain(&more) {
             counts.add(f.kind.name());
         }
         counts
     }
 
     /// [`Masker::write_masked`] without the counts, for a caller that counts the findings'
-    /// kinds itself.
-    pub fn write_findings(&self, text: &[u8], findings: &[Finding<'_>], out: &mut Vec<u8>) {
+    /// kinds itself. Returns the findings a replacement brought to light, masked too, for
+    /// the caller to count as well (almost always none).
+    ///
+    /// A replacement can make a finding of what surrounds it: in
+    /// `ada@example.com4222222222222` the digits follow a letter, but in
+    /// `[email]4222222222222` they stand alone, a card number. So the masked text is looked
+    /// at again, outside the replacements (a password token in a URL reads as a password
+    /// again, and is already masked), until nothing new is found.
+    pub fn write_findings<'a>(
+        &'a self,
+        text: &[u8],
+        findings: &[Finding<'a>],
+        out: &mut Vec<u8>,
+    ) -> Findings<'a> {
+        let start = out.len();
+        // Where each replacement is in the masked text (relative to `start`).
+        let mut masked: SmallVec<[Range<usize>; 2]> = SmallVec::new();
+        self.replace(text, findings, start, out, |_, new| masked.push(new));
+        let mut more = Findings::new();
+        // Outside the replacements the text is as it was, so a new finding must start or
+        // end right at one, read differently next to it; with whitespace (or nothing) on
+        // both sides of every finding, nothing reads differently. So it is for most
+        // values: a value that is one finding, findings between spaces, tabs or lines.
+        let spaced = |at: Option<&u8>| at.is_none_or(u8::is_ascii_whitespace);
+        if findings.iter().all(|f| {
+            spaced(f.range.start.checked_sub(1).and_then(|i| text.get(i)))
+                && spaced(text.get(f.range.end))
+        }) {
+            return more;
+        }
+        for _ in 0..MAX_ROUNDS {
+            let Ok(now) = std::str::from_utf8(&out[start..]) else {
+                break;
+            };
+            let new: Findings<'a> = self
+                .find(now)
+                .into_iter()
+                .filter(|f| {
+                    !masked
+                        .iter()
+                        .any(|m| m.start < f.range.end && f.range.start < m.end)
+                })
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            let previous = out.split_off(start);
+            // The earlier replacements move by what the new ones before them add or take.
+            let mut moved: SmallVec<[(Range<usize>, Range<usize>); 2]> = SmallVec::new();
+            self.replace(&previous, &new, start, out, |old, new| {
+                moved.push((old, new))
+            });
+            for m in masked.iter_mut() {
+                let shift: isize = moved
+                    .iter()
+                    .take_while(|(old, _)| old.end <= m.start)
+                    .map(|(old, new)| new.len() as isize - old.len() as isize)
+                    .sum();
+                *m = m.start.saturating_add_signed(shift)..m.end.saturating_add_signed(shift);
+            }
+            masked.extend(moved.into_iter().map(|(_, new)| new));
+            more.extend(new);
+        }
+        more
+    }
+
+    /// Writes `text` with `findings` replaced; `replaced` hears of each replacement's range
+    /// in `text` and in what was written (relative to `start`, where writing began).
+    fn replace(
+        &self,
+        text: &[u8],
+        findings: &[Finding<'_>],
+        start: usize,
+        out: &mut Vec<u8>,
+        mut replaced: impl FnMut(Range<usize>, Range<usize>),
+    ) {
         let mut at = 0;
         for f in findings {
             out.extend_from_slice(&text[at..f.range.start]);
             at = f.range.end;
-            let name = f.kind.name();
-            // Usually no kind has a strategy of its own, and a built-in kind's value is
-            // redacted by its token.
-            let strategy = if self.strategies.is_empty() {
-                self.default
-            } else {
-                self.strategies.get(name).copied().unwrap_or(self.default)
-            };
-            if let (Strategy::Redact | Strategy::Null, Some(token)) = (strategy, f.kind.token()) {
-                out.extend_from_slice(token.as_bytes());
-                continue;
-            }
-            // Findings start and end on character boundaries; a span that is not text is
-            // redacted, and so is one whose strategy is Null: inside text, Null cannot
-            // remove a value from a string.
-            let value = match strategy {
-                Strategy::Redact | Strategy::Null => None,
-                _ => std::str::from_utf8(&text[f.range.clone()]).ok(),
-            };
-            match value {
-                Some(value) if self.write_value(strategy, name, value.as_bytes(), out) => {}
-                _ => write_redacted(name, out),
-            }
+            let from = out.len() - start;
+            self.write_finding(text, f, out);
+            replaced(f.range.clone(), from..out.len() - start);
         }
         out.extend_from_slice(&text[at..]);
+    }
+
+    fn write_finding(&self, text: &[u8], f: &Finding<'_>, out: &mut Vec<u8>) {
+        let name = f.kind.name();
+        // Usually no kind has a strategy of its own, and a built-in kind's value is
+        // redacted by its token.
+        let strategy = if self.strategies.is_empty() {
+            self.default
+        } else {
+            self.strategies.get(name).copied().unwrap_or(self.default)
+        };
+        if let (Strategy::Redact | Strategy::Null, Some(token)) = (strategy, f.kind.token()) {
+            out.extend_from_slice(token.as_bytes());
+            return;
+        }
+        // Findings start and end on character boundaries; a span that is not text is
+        // redacted, and so is one whose strategy is Null: inside text, Null cannot
+        // remove a value from a string.
+        let value = match strategy {
+            Strategy::Redact | Strategy::Null => None,
+            _ => std::str::from_utf8(&text[f.range.clone()]).ok(),
+        };
+        match value {
+            Some(value) if self.write_value(strategy, name, value.as_bytes(), out) => {}
+            _ => write_redacted(name, out),
+        }
     }
 
     /// A whole value masked by `strategy` (column rules); `None` for [`Strategy::Null`].
@@ -271,6 +353,10 @@ impl Masker {
         out.extend_from_slice(&hex);
     }
 }
+
+/// How many times a masked text is looked at again for findings its replacements made
+/// (one is almost always enough).
+const MAX_ROUNDS: usize = 4;
 
 /// Masked text back as a `String`: only whole characters were replaced, by ASCII, so it is
 /// UTF-8 whenever the input was.

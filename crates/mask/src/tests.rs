@@ -411,3 +411,257 @@ proptest! {
         prop_assert_eq!(once, twice);
     }
 }
+
+/// JSON documents: strings decoded, masked and encoded again; the rest kept byte for byte.
+#[test]
+fn json_strings_are_masked_as_text_and_stay_json() {
+    let m = &*SHARED;
+    let doc = r#"{ "mail": "ada\u0040example.com", "note" : "say \"hi\" to bob@example.com\n",
+        "n": [4111111111111111, 42, -4111111111111111.5e0, true], "ada@example.com": null }"#;
+    let masked = m.mask_json(doc).unwrap();
+    assert_eq!(
+        masked.text,
+        r#"{ "mail": "[email]", "note" : "say \"hi\" to [email]\n",
+        "n": [null, 42, null, true], "[email]": null }"#
+    );
+    assert_eq!(masked.counts.get("email"), Some(3));
+    assert_eq!(masked.counts.get("payment_card"), Some(2));
+    // Nothing to mask: the document itself comes back.
+    let plain = r#"{"a": "x\u00e9", "b": [1, 2.5]}"#;
+    assert!(matches!(m.mask_json(plain).unwrap().text, Cow::Borrowed(_)));
+    // Not JSON: cannot be masked as JSON.
+    assert!(m.mask_json("{\"a\": 1,}").is_none());
+    assert!(m.mask_json("ada@example.com").is_none());
+    // Non-ASCII and control characters around a finding are written as JSON writes them.
+    let masked = m
+        .mask_json("[\"é\\u0001 ada@example.com \\ud83d\\ude00\"]")
+        .unwrap();
+    assert_eq!(masked.text, "[\"é\\u0001 [email] 😀\"]");
+}
+
+/// A finding the document's text holds across tokens (a key naming the secret before its
+/// value, a private key split over array elements) masks every token it touches.
+#[test]
+fn json_findings_across_tokens_mask_the_tokens_they_touch() {
+    let m = &*SHARED;
+    let doc = r#"{"aws_secret_access_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}"#;
+    assert_eq!(
+        m.mask_json(doc).unwrap().text,
+        r#"{"aws_secret_access_key": "[aws_secret_key]"}"#
+    );
+    let doc = r#"["-----BEGIN RSA PRIVATE KEY-----", "MIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6", "-----END RSA PRIVATE KEY-----", "ok"]"#;
+    let masked = m.mask_json(doc).unwrap();
+    assert_eq!(
+        masked.text,
+        r#"["[private_key]", "[private_key]", "[private_key]", "ok"]"#
+    );
+    assert_eq!(masked.counts.get("private_key"), Some(1));
+}
+
+/// A small deterministic generator for the escaping choices of [`write_json`].
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // splitmix64
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn one_in(&mut self, n: u64) -> bool {
+        self.next().is_multiple_of(n)
+    }
+}
+
+/// `value` as JSON text written the many ways JSON allows: any character may be a `\u`
+/// escape (a surrogate pair beyond the BMP), `/` may be escaped, and whitespace falls
+/// between tokens.
+fn write_json(value: &serde_json::Value, rng: &mut Rng, out: &mut String) {
+    use serde_json::Value;
+    let ws = |rng: &mut Rng, out: &mut String| {
+        out.push_str(["", "", " ", "\n  ", "\t", "\r\n"][(rng.next() % 6) as usize]);
+    };
+    ws(rng, out);
+    match value {
+        Value::String(s) => write_json_string(s, rng, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json(item, rng, out);
+            }
+            ws(rng, out);
+            out.push(']');
+        }
+        Value::Object(members) => {
+            out.push('{');
+            for (i, (key, item)) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                ws(rng, out);
+                write_json_string(key, rng, out);
+                ws(rng, out);
+                out.push(':');
+                write_json(item, rng, out);
+            }
+            ws(rng, out);
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+    ws(rng, out);
+}
+
+fn write_json_string(s: &str, rng: &mut Rng, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        let short = match c {
+            '"' => Some("\\\""),
+            '\\' => Some("\\\\"),
+            '\n' => Some("\\n"),
+            '\t' => Some("\\t"),
+            '\r' => Some("\\r"),
+            '\u{8}' => Some("\\b"),
+            '\u{c}' => Some("\\f"),
+            '/' if rng.one_in(2) => Some("\\/"),
+            _ => None,
+        };
+        let must = c < ' ' || c == '"' || c == '\\';
+        match short {
+            Some(escaped) if !rng.one_in(3) => out.push_str(escaped),
+            _ if must || rng.one_in(4) => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    if rng.one_in(2) {
+                        out.push_str(&format!("\\u{unit:04x}"));
+                    } else {
+                        out.push_str(&format!("\\u{unit:04X}"));
+                    }
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// What [`Masker::mask_json`] must make of `value`: every string masked as text, keys
+/// included (masked keys that collide keep the last, as a JSON reader does), every number
+/// holding a finding null.
+fn masked_json(m: &Masker, value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Value::String(m.mask_text(s).text.into_owned()),
+        Value::Number(n) if !m.find(&n.to_string()).is_empty() => Value::Null,
+        Value::Array(items) => Value::Array(items.iter().map(|v| masked_json(m, v)).collect()),
+        Value::Object(members) => Value::Object(
+            members
+                .iter()
+                .map(|(k, v)| (m.mask_text(k).text.into_owned(), masked_json(m, v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Strings with what JSON must escape, non-ASCII, and now and then a real finding.
+fn json_text() -> impl Gen<Value = String> {
+    let piece = prop_oneof![
+        4 => proptest::sample::select(vec![
+            "\"", "\\", "\n", "\t", "\r", "\u{0}", "\u{1f}", "\u{7f}", "é", "😀", "\u{2028}", "/",
+            " ", "a", "7", "@", ":", "-", ".", "\\u0040",
+        ])
+        .prop_map(str::to_string),
+        2 => "\\PC{0,6}",
+        1 => any_planted(),
+    ];
+    proptest::collection::vec(piece, 0..6).prop_map(|pieces| pieces.concat())
+}
+
+fn json_value() -> impl Gen<Value = serde_json::Value> {
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        proptest::bool::ANY.prop_map(Value::Bool),
+        proptest::num::i64::ANY.prop_map(Value::from),
+        // Quarters: read back exactly, so documents compare equal.
+        proptest::num::i32::ANY.prop_map(|n| Value::from(f64::from(n) / 4.0)),
+        proptest::sample::select(vec![
+            4_111_111_111_111_111u64,
+            5_555_555_555_554_444,
+            378_282_246_310_005
+        ])
+        .prop_map(Value::from),
+        json_text().prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::vec((json_text(), inner), 0..6)
+                .prop_map(|members| Value::Object(members.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// Whatever strings a document holds and however it is written, its masked form is
+    /// JSON that reads as the document with each string masked as text and each number
+    /// holding a finding null, with nothing left to mask.
+    #[test]
+    fn masked_json_is_json_of_the_same_shape(value in json_value(), seed in proptest::num::u64::ANY) {
+        let m = &*SHARED;
+        let mut text = String::new();
+        write_json(&value, &mut Rng(seed), &mut text);
+        prop_assert_eq!(&serde_json::from_str::<serde_json::Value>(&text).unwrap(), &value);
+        let masked = m.mask_json(&text).expect("the document is JSON");
+        let read: serde_json::Value = serde_json::from_str(&masked.text)
+            .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}: {}", masked.text)))?;
+        prop_assert_eq!(&read, &masked_json(m, &value), "{}", text);
+        // Masking again changes nothing: no finding is left.
+        let again = m.mask_json(&masked.text).unwrap();
+        prop_assert_eq!(again.text.as_ref(), masked.text.as_ref());
+    }
+}
+
+/// A replacement can make a finding of what surrounds it: that is masked too, and counted;
+/// a replacement that reads as a finding again (a token in a URL's password) is left alone.
+#[test]
+fn what_a_replacement_brings_to_light_is_masked_too() {
+    let m = &*SHARED;
+    let masked = m.mask_text("ada@example.com4222222222222 and bob@example.org");
+    assert_eq!(masked.text, "[email][payment_card] and [email]");
+    assert_eq!(masked.counts.get("email"), Some(2));
+    assert_eq!(masked.counts.get("payment_card"), Some(1));
+    assert_eq!(
+        m.mask_text("postgres://app:s3cr3t@db").text,
+        "postgres://app:[password]@db"
+    );
+    // A finding brought to light before an earlier replacement moves it; that one is
+    // still known as a replacement, not found (and counted) again.
+    let masked = m.mask_text("ada@example.com4222222222222 postgres://app:s3cr3t@db");
+    assert_eq!(
+        masked.text,
+        "[email][payment_card] postgres://app:[password]@db"
+    );
+    assert_eq!(masked.counts.total(), 3, "{:?}", masked.counts);
+    let hashing = masker().with_strategy("password", Strategy::Hash);
+    let once = hashing
+        .mask_text("postgres://app:s3cr3t@db")
+        .text
+        .into_owned();
+    // Hashed once: the hash is not looked at again (it reads as a password too).
+    assert_eq!(
+        once.len(),
+        "postgres://app:h:0123456789abcdef@db".len(),
+        "{once}"
+    );
+    assert!(once.starts_with("postgres://app:h:"), "{once}");
+}

@@ -37,6 +37,7 @@ fn bench_row(bencher: divan::Bencher, values: &[&str]) {
     let rewriter = Rewriter {
         policy: &policy,
         catalog: &catalog,
+        encoding: Default::default(),
     };
     let plan = plan(&policy, &catalog);
     let frame = frame(values);
@@ -94,6 +95,7 @@ fn binary_bigint_row(bencher: divan::Bencher) {
     let rewriter = Rewriter {
         policy: &policy,
         catalog: &catalog,
+        encoding: Default::default(),
     };
     let plan = ResultPlan {
         columns: (0..8)

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use gatehouse_config::{DetectorSelection, MaskingConfig};
 use gatehouse_mask::{
-    ColumnRule, ColumnRules, Counts, Detectors, Kind, MaskError, Masker, Strategy,
+    ColumnRule, ColumnRules, Counts, Detectors, Findings, Kind, MaskError, Masker, Strategy,
 };
+use gatehouse_sql::Lexical;
 use gatehouse_sql::lineage::{CopyFormat, CopyKind, Lineage, Output, Sources};
 use gatehouse_wire_pg::copy;
 use gatehouse_wire_pg::rows::{self, FieldDescription};
@@ -20,6 +21,7 @@ use gatehouse_wire_pg::{backend, frontend};
 use smallvec::SmallVec;
 
 use crate::catalog::{Catalog, MAX_VIEW_DEPTH, Relation};
+use crate::encoding::ClientEncoding;
 
 /// A resource's masking: detectors with their strategies, and column rules.
 #[derive(Debug)]
@@ -36,6 +38,10 @@ impl MaskPolicy {
     pub fn from_config(config: &MaskingConfig, key: &[u8]) -> Result<MaskPolicy, MaskError> {
         let builtin: Vec<Kind> = match &config.detectors {
             DetectorSelection::All => Kind::BUILTIN.to_vec(),
+            DetectorSelection::Default => Kind::BUILTIN
+                .into_iter()
+                .filter(|k| !DetectorSelection::NOT_BY_DEFAULT.contains(&k.name()))
+                .collect(),
             DetectorSelection::Only(names) => {
                 names.iter().filter_map(|n| Kind::builtin(n)).collect()
             }
@@ -811,10 +817,29 @@ enum Change {
     Null,
 }
 
+/// A change to an element of an array or record.
+fn leaf_of(change: Change) -> Leaf {
+    match change {
+        Change::Keep => Leaf::Keep,
+        Change::Replace(bytes) => Leaf::Replace(bytes),
+        Change::Null => Leaf::Null,
+    }
+}
+
+/// `jsonpath`: classed with `jsonb` for its binary format (a version byte, then the text),
+/// but its text is a path expression, not JSON.
+const JSONPATH: u32 = 4072;
+
+/// How deep arrays and records inside one another are masked; deeper values are not
+/// passed.
+const MAX_NESTING: usize = 8;
+
 /// Rewrites result and notification messages of one session with one policy.
 pub struct Rewriter<'a> {
     pub policy: &'a MaskPolicy,
     pub catalog: &'a Catalog,
+    /// The session's client encoding: the server's texts are in it.
+    pub encoding: ClientEncoding,
 }
 
 impl Rewriter<'_> {
@@ -870,11 +895,14 @@ impl Rewriter<'_> {
                 row.replace(value, None);
                 continue;
             };
+            // Text in another client encoding is read as its characters, off the fast paths.
+            let foreign = matches!(self.encoding, ClientEncoding::Other(_)) && !v.is_ascii();
             match col.route {
                 Route::Inert => {
                     row.keep(value);
                     continue;
                 }
+                _ if foreign => {}
                 // The common case, text in text format, is masked straight into the row
                 // (text that is not UTF-8 takes the general path).
                 Route::Detect => {
@@ -882,10 +910,11 @@ impl Rewriter<'_> {
                         if findings.is_empty() {
                             row.keep(value);
                         } else {
+                            let mut more = Findings::new();
                             row.replace_with(value, |out| {
-                                self.policy.masker.write_findings(v, &findings, out);
+                                more = self.policy.masker.write_findings(v, &findings, out);
                             });
-                            for f in &findings {
+                            for f in findings.iter().chain(&more) {
                                 counts.detectors.found(f.kind);
                             }
                         }
@@ -919,9 +948,13 @@ impl Rewriter<'_> {
         match &col.mask {
             ColumnMask::Rule { strategy, label } => {
                 counts.rule(label);
-                self.whole(*strategy, label, class, col.format, value)
+                self.in_session_encoding(value, |v| {
+                    self.whole(*strategy, label, class, col.format, v)
+                })
             }
-            ColumnMask::Content if col.format == 0 => self.text_value(class, value, counts),
+            ColumnMask::Content if col.format == 0 => {
+                self.text_value(col.type_oid, class, value, counts, 0)
+            }
             ColumnMask::Content => self.binary_value(col.type_oid, class, value, counts, 0),
         }
     }
@@ -959,32 +992,193 @@ impl Rewriter<'_> {
         }
     }
 
-    /// A value in text format: every type's text goes through the detectors. Where the
-    /// type is not free text (a number holding a card number), a finding makes it NULL.
-    fn text_value(&self, class: TypeClass, value: &[u8], counts: &mut MaskCounts) -> Change {
+    /// A value in text format (or a COPY field with its escapes undone) of type `oid`,
+    /// masked so that it is still a value of its type: text takes the strategies'
+    /// replacements, JSON is masked as JSON, `bytea` as the bytes it stands for, arrays and
+    /// records element by element. The text of any other type (a card number in a
+    /// `bigint`, an address in an `inet`) holding a finding makes the value NULL, as it
+    /// does where the type is not known (`oid` 0).
+    fn text_value(
+        &self,
+        oid: u32,
+        class: TypeClass,
+        value: &[u8],
+        counts: &mut MaskCounts,
+        depth: usize,
+    ) -> Change {
+        self.in_session_encoding(value, |v| self.text_utf8(oid, class, v, counts, depth))
+    }
+
+    /// `mask` over `value` read as the characters of the session's client encoding, its
+    /// replacement written back in that encoding (NULL if a character has no bytes there).
+    /// In a UTF-8 session, and for ASCII, the bytes are the characters already.
+    fn in_session_encoding(&self, value: &[u8], mask: impl FnOnce(&[u8]) -> Change) -> Change {
+        if !matches!(self.encoding, ClientEncoding::Other(_)) || value.is_ascii() {
+            return mask(value);
+        }
+        let Some(text) = self.encoding.decode(value) else {
+            // Not text in that encoding: looked at as it is, never rewritten by halves.
+            return mask(value);
+        };
+        match mask(text.as_bytes()) {
+            Change::Replace(bytes) => match std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|t| self.encoding.encode(t))
+            {
+                Some(encoded) => Change::Replace(encoded.into_owned()),
+                None => Change::Null,
+            },
+            other => other,
+        }
+    }
+
+    /// [`Rewriter::text_value`] of a value already in UTF-8.
+    fn text_utf8(
+        &self,
+        oid: u32,
+        class: TypeClass,
+        value: &[u8],
+        counts: &mut MaskCounts,
+        depth: usize,
+    ) -> Change {
         let Ok(text) = std::str::from_utf8(value) else {
             // Not UTF-8 (another client_encoding): look at it, but never rewrite it by
             // halves.
             let lossy = String::from_utf8_lossy(value);
-            let masked = self.policy.masker.mask_text(&lossy);
-            if masked.counts.is_empty() {
-                return Change::Keep;
+            return self.null_if_found(&lossy, true, counts);
+        };
+        match class {
+            TypeClass::Text => {
+                let masked = self.policy.masker.mask_text(text);
+                if masked.counts.is_empty() {
+                    return Change::Keep;
+                }
+                counts.add(masked.counts);
+                Change::Replace(masked.text.into_owned().into_bytes())
             }
-            counts.add(masked.counts);
+            TypeClass::Json => self.json_text(text, counts),
+            TypeClass::Jsonb if oid != JSONPATH => self.json_text(text, counts),
+            TypeClass::Bytea => self.bytea_text(text, counts),
+            // int2vector and oidvector are arrays in binary format, numbers between spaces
+            // in text.
+            TypeClass::Array if depth < MAX_NESTING && !matches!(oid, 22 | 30) => {
+                self.text_array(oid, text, counts, depth)
+            }
+            TypeClass::Record if depth < MAX_NESTING => {
+                let mut out = Vec::new();
+                // A record's fields are of types the text does not say.
+                let mut leaf = |field: &str| {
+                    leaf_of(self.text_utf8(
+                        0,
+                        TypeClass::Unknown,
+                        field.as_bytes(),
+                        counts,
+                        depth + 1,
+                    ))
+                };
+                let walked = types::rewrite_text_record(text, &mut leaf, &mut out);
+                self.walked(walked, out, counts)
+            }
+            _ => self.null_if_found(text, oid == 0 || class == TypeClass::Unknown, counts),
+        }
+    }
+
+    /// A JSON document in text: masked as JSON ([`gatehouse_mask::Masker::mask_json`]);
+    /// text that is not JSON cannot be masked as JSON, and is not passed.
+    fn json_text(&self, text: &str, counts: &mut MaskCounts) -> Change {
+        let Some(masked) = self.policy.masker.mask_json(text) else {
+            counts.undecodable += 1;
             return Change::Null;
         };
-        if class == TypeClass::Bytea {
-            return self.bytea_text(text, counts);
+        match masked.text {
+            Cow::Borrowed(_) => Change::Keep,
+            Cow::Owned(json) => {
+                counts.add(masked.counts);
+                Change::Replace(json.into_bytes())
+            }
         }
-        let masked = self.policy.masker.mask_text(text);
-        if masked.counts.is_empty() {
+    }
+
+    /// An array in text format, element by element as its element type allows.
+    fn text_array(&self, oid: u32, text: &str, counts: &mut MaskCounts, depth: usize) -> Change {
+        // An array type not built in (of a user type) has elements of a type not known.
+        let element = types::array_element(oid).unwrap_or(0);
+        let class = match element {
+            0 => TypeClass::Unknown,
+            oid => self.catalog.type_class(oid),
+        };
+        // box, alone among the built-in types, separates array elements with `;`.
+        let delimiter = if element == 603 { b';' } else { b',' };
+        let mut out = Vec::new();
+        let mut leaf =
+            |e: &str| leaf_of(self.text_utf8(element, class, e.as_bytes(), counts, depth + 1));
+        let walked = types::rewrite_text_array(text, delimiter, &mut leaf, &mut out);
+        self.walked(walked, out, counts)
+    }
+
+    /// What walking an array or record made of it: a value that cannot be read is not
+    /// passed.
+    fn walked(
+        &self,
+        walked: Result<bool, gatehouse_wire_pg::DecodeError>,
+        out: Vec<u8>,
+        counts: &mut MaskCounts,
+    ) -> Change {
+        match walked {
+            Ok(true) => Change::Replace(out),
+            Ok(false) => Change::Keep,
+            Err(_) => {
+                counts.undecodable += 1;
+                Change::Null
+            }
+        }
+    }
+
+    /// The text of a value that cannot take a replacement (a number, an address, a type
+    /// not known): NULL when it holds a finding. `any_type`: the type is not known, so the
+    /// text may be JSON whose strings hold findings only when decoded (`\u0040`).
+    fn null_if_found(&self, text: &str, any_type: bool, counts: &mut MaskCounts) -> Change {
+        let findings = self.policy.masker.find(text);
+        if !findings.is_empty() {
+            for f in &findings {
+                counts.detectors.found(f.kind);
+            }
+            return Change::Null;
+        }
+        if !any_type {
             return Change::Keep;
         }
-        counts.add(masked.counts);
-        match class {
-            TypeClass::Scalar => Change::Null,
-            _ => Change::Replace(masked.text.into_owned().into_bytes()),
+        let start = text.trim_start();
+        if start.starts_with(['{', '[', '"'])
+            && let Some(masked) = self.policy.masker.mask_json(text)
+            && !masked.counts.is_empty()
+        {
+            counts.add(masked.counts);
+            return Change::Null;
         }
+        // It may be an array or a record, whose elements are quoted and escaped (`\"` and
+        // `\\n` hide what they hold from the reading above): each is read the same way.
+        if start.starts_with(['{', '[', '(']) {
+            let mut found = false;
+            let mut leaf = |element: &str| {
+                found |= matches!(self.null_if_found(element, true, counts), Change::Null);
+                Leaf::Keep
+            };
+            let _ = match start.starts_with('(') {
+                true => types::rewrite_text_record(text, &mut leaf, &mut Vec::new()),
+                false => types::rewrite_text_array(text, b',', &mut leaf, &mut Vec::new()),
+            };
+            if found {
+                return Change::Null;
+            }
+        }
+        // It may be a bytea's hex, standing for text.
+        if let Some(bytes) = text.strip_prefix("\\x").and_then(|h| hex::decode(h).ok())
+            && let Ok(inner) = std::str::from_utf8(&bytes)
+        {
+            return self.null_if_found(inner, false, counts);
+        }
+        Change::Keep
     }
 
     /// `bytea` in text format is `\x` and hex: the bytes are decoded and, when they are
@@ -992,12 +1186,7 @@ impl Rewriter<'_> {
     fn bytea_text(&self, text: &str, counts: &mut MaskCounts) -> Change {
         let Some(decoded) = text.strip_prefix("\\x").and_then(|h| hex::decode(h).ok()) else {
             // The escape format (bytea_output = escape): looked at as it is.
-            let masked = self.policy.masker.mask_text(text);
-            if masked.counts.is_empty() {
-                return Change::Keep;
-            }
-            counts.add(masked.counts);
-            return Change::Null;
+            return self.null_if_found(text, false, counts);
         };
         let Ok(inner) = std::str::from_utf8(&decoded) else {
             return Change::Keep;
@@ -1010,6 +1199,10 @@ impl Rewriter<'_> {
         Change::Replace(format!("\\x{}", hex::encode(masked.text.as_bytes())).into_bytes())
     }
 
+    /// A value in binary format, masked so that it is still a value of its type, as
+    /// [`Rewriter::text_value`] masks its text: the types whose binary format is their text
+    /// like text, arrays and records element by element, and scalars whose text a finding
+    /// can be in (numbers, addresses) read as that text, NULL when it holds one.
     fn binary_value(
         &self,
         oid: u32,
@@ -1019,60 +1212,48 @@ impl Rewriter<'_> {
         depth: usize,
     ) -> Change {
         match class {
-            TypeClass::Text | TypeClass::Json => self.text_value(TypeClass::Text, value, counts),
+            TypeClass::Text | TypeClass::Json => self.text_value(oid, class, value, counts, depth),
+            // A version byte (1, the only one there is), then the text.
             TypeClass::Jsonb => match value.split_first() {
-                Some((version, text)) => match self.text_value(TypeClass::Text, text, counts) {
+                Some((1, text)) => match self.text_value(oid, class, text, counts, depth) {
                     Change::Replace(bytes) => {
-                        let mut out = vec![*version];
+                        let mut out = Vec::with_capacity(bytes.len() + 1);
+                        out.push(1);
                         out.extend_from_slice(&bytes);
                         Change::Replace(out)
                     }
                     other => other,
                 },
-                None => Change::Keep,
+                _ => {
+                    counts.undecodable += 1;
+                    Change::Null
+                }
             },
-            // Raw bytes: looked at as text when they are text.
+            // Raw bytes: looked at as text when they are text, and then masked as text
+            // (any bytes are a bytea); other bytes pass exactly as they are.
             TypeClass::Bytea => match std::str::from_utf8(value) {
-                Ok(_) => self.text_value(TypeClass::Text, value, counts),
+                Ok(_) => self.text_utf8(oid, TypeClass::Text, value, counts, depth),
                 Err(_) => Change::Keep,
             },
-            TypeClass::Array | TypeClass::Record if depth < 8 => {
+            TypeClass::Array | TypeClass::Record if depth < MAX_NESTING => {
                 let mut out = Vec::new();
                 let mut leaf = |oid: u32, bytes: &[u8]| {
                     let class = self.catalog.type_class(oid);
-                    match self.binary_value(oid, class, bytes, counts, depth + 1) {
-                        Change::Keep => Leaf::Keep,
-                        Change::Replace(b) => Leaf::Replace(b),
-                        Change::Null => Leaf::Null,
-                    }
+                    leaf_of(self.binary_value(oid, class, bytes, counts, depth + 1))
                 };
                 let walked = if class == TypeClass::Array {
                     types::rewrite_binary_array(value, &mut leaf, &mut out)
                 } else {
                     types::rewrite_binary_record(value, &mut leaf, &mut out)
                 };
-                match walked {
-                    Ok(true) => Change::Replace(out),
-                    Ok(false) => Change::Keep,
-                    Err(_) => {
-                        counts.undecodable += 1;
-                        Change::Null
-                    }
-                }
+                self.walked(walked, out, counts)
             }
-            // A number's digits are looked at (a card number kept as a bigint); a finding
-            // makes it NULL, as in text format.
-            TypeClass::Scalar => {
-                let Some(digits) = types::binary_integer_text(oid, value) else {
-                    return Change::Keep;
-                };
-                let masked = self.policy.masker.mask_text(&digits);
-                if masked.counts.is_empty() {
-                    return Change::Keep;
-                }
-                counts.add(masked.counts);
-                Change::Null
-            }
+            // A number's digits, an address as text: a finding makes the value NULL, as in
+            // text format.
+            TypeClass::Scalar => match types::binary_text(oid, value) {
+                Some(text) => self.null_if_found(&text, false, counts),
+                None => Change::Keep,
+            },
             // A user type not resolved, or nesting too deep: cannot be read, so not sent.
             _ => {
                 counts.undecodable += 1;
@@ -1091,8 +1272,16 @@ impl Rewriter<'_> {
         counts: &mut MaskCounts,
     ) -> Option<Vec<u8>> {
         let tag = frame[0];
-        let Ok(fields) = backend::message_fields(&frame[5..]) else {
-            // Unreadable (not UTF-8): keep only what cannot leak.
+        // Each text in the session's client encoding, read as its characters.
+        let fields: Option<Vec<(u8, Cow<'_, str>)>> = backend::message_fields_raw(&frame[5..])
+            .ok()
+            .and_then(|raw| {
+                raw.into_iter()
+                    .map(|(f, v)| self.encoding.decode(v).map(|t| (f, t)))
+                    .collect()
+            });
+        let Some(fields) = fields else {
+            // Unreadable (not text in that encoding): keep only what cannot leak.
             let mut out = Vec::new();
             backend::error_response(
                 if tag == b'E' { "ERROR" } else { "NOTICE" },
@@ -1105,8 +1294,14 @@ impl Rewriter<'_> {
             }
             return Some(out);
         };
-        let table = fields.iter().find(|(f, _)| *f == b't').map(|(_, v)| *v);
-        let schema = fields.iter().find(|(f, _)| *f == b's').map(|(_, v)| *v);
+        let table = fields
+            .iter()
+            .find(|(f, _)| *f == b't')
+            .map(|(_, v)| v.as_ref());
+        let schema = fields
+            .iter()
+            .find(|(f, _)| *f == b's')
+            .map(|(_, v)| v.as_ref());
         let rule_table = table.is_some_and(|t| {
             let name = match schema {
                 Some(s) => format!("{s}.{t}"),
@@ -1116,7 +1311,8 @@ impl Rewriter<'_> {
         });
         let mut changed = false;
         let mut out_fields: Vec<(u8, Cow<'_, str>)> = Vec::with_capacity(fields.len());
-        for (field, value) in fields {
+        for (field, value) in &fields {
+            let (field, value): (u8, &str) = (*field, value);
             let masked: Cow<'_, str> = match field {
                 // Severity, code, positions, source locations and object names carry no data.
                 b'S' | b'V' | b'C' | b'P' | b'p' | b'F' | b'L' | b'R' | b's' | b't' | b'c'
@@ -1152,9 +1348,21 @@ impl Rewriter<'_> {
             return None;
         }
         let mut out = Vec::with_capacity(frame.len());
-        backend::write_message_fields(
+        // Written back in the session's encoding; a character it has no bytes for (none
+        // can come from the server's own text) becomes `?`.
+        let encoded: Vec<(u8, Cow<'_, [u8]>)> = out_fields
+            .iter()
+            .map(|(f, v)| {
+                let bytes = self
+                    .encoding
+                    .encode(v)
+                    .unwrap_or(Cow::Borrowed(b"?".as_slice()));
+                (*f, bytes)
+            })
+            .collect();
+        backend::write_message_fields_raw(
             tag,
-            out_fields.iter().map(|(f, v)| (*f, v.as_ref())),
+            encoded.iter().map(|(f, v)| (*f, v.as_ref())),
             &mut out,
         );
         Some(out)
@@ -1162,22 +1370,42 @@ impl Rewriter<'_> {
 
     /// A NotificationResponse with its payload masked; `None` when nothing changed.
     pub fn notification(&self, frame: &[u8], counts: &mut MaskCounts) -> Option<Vec<u8>> {
-        let (pid, channel, payload) = backend::notification(&frame[5..]).ok()?;
-        let masked = self.policy.masker.mask_text(payload);
+        let (pid, channel, payload) = backend::notification_raw(&frame[5..]).ok()?;
+        let Some(text) = self.encoding.decode(payload) else {
+            // Not text in the session's encoding: looked at as it is; sent empty if it
+            // holds something to mask.
+            let lossy = String::from_utf8_lossy(payload);
+            let masked = self.policy.masker.mask_text(&lossy);
+            if masked.counts.is_empty() {
+                return None;
+            }
+            counts.add(masked.counts);
+            let mut out = Vec::new();
+            backend::write_notification_raw(pid, channel, b"", &mut out);
+            return Some(out);
+        };
+        let masked = self.policy.masker.mask_text(&text);
         if masked.counts.is_empty() {
             return None;
         }
         counts.add(masked.counts);
+        // Masked text is the server's characters and ASCII tokens, so it always encodes.
+        let payload = self
+            .encoding
+            .encode(&masked.text)
+            .unwrap_or(Cow::Borrowed(b"".as_slice()));
         let mut out = Vec::new();
-        backend::write_notification(pid, channel, &masked.text, &mut out);
+        backend::write_notification_raw(pid, channel, &payload, &mut out);
         Some(out)
     }
 
     /// One CopyData of COPY TO STDOUT (the server sends one row per message) masked by
-    /// `copy`: text rows split on the delimiter, CSV rows parsed with their quoting, binary
-    /// rows read field by field. `first` says it is the COPY's first message (a header
-    /// line of column names, when the options ask for one). A row that cannot be read is
-    /// not passed on. `None` when nothing changed.
+    /// `copy`: text rows split on the delimiter (escapes undone, and done again for a
+    /// masked value), CSV rows parsed with their quoting, binary rows read field by field;
+    /// each value masked as its column's type allows (as `text_value` says).
+    /// `first` says it is the COPY's first message (a header line of column names, when the
+    /// options ask for one). A row that cannot be read is not passed on. `None` when
+    /// nothing changed.
     pub fn copy_data(
         &self,
         frame: &[u8],
@@ -1194,9 +1422,32 @@ impl Rewriter<'_> {
         if copy.binary {
             return self.copy_binary(body, copy, counts).map(|b| wrap(&b));
         }
-        let Ok(line) = std::str::from_utf8(body) else {
+        // Text rows are in the session's client encoding: read as their characters, and a
+        // rewritten row written back in that encoding.
+        let Some(line) = self.encoding.decode(body) else {
+            // Not text in that encoding (SQL_ASCII holds any bytes): looked at as it is,
+            // passed whole or not at all.
+            let lossy = String::from_utf8_lossy(body);
+            let masked = self.policy.masker.mask_text(&lossy);
+            if masked.counts.is_empty()
+                && !copy
+                    .plan
+                    .columns
+                    .iter()
+                    .any(|c| matches!(c.mask, ColumnMask::Rule { .. }))
+            {
+                return None;
+            }
             counts.undecodable += 1;
-            return Some(wrap(b"\n"));
+            return Some(wrap(b"[masked]\n"));
+        };
+        let line: &str = &line;
+        let wrap = |bytes: &[u8]| match std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|t| self.encoding.encode(t))
+        {
+            Some(encoded) => wrap(&encoded),
+            None => wrap(b"[masked]\n"),
         };
         let (content, newline) = match line
             .strip_suffix("\r\n")
@@ -1246,33 +1497,31 @@ impl Rewriter<'_> {
         }
     }
 
-    /// One value of a COPY row in text form: `None` to keep it, `Some(None)` for NULL,
-    /// `Some(Some(text))` for a replacement.
+    /// One value of a COPY row in text form (escapes undone), masked as a text-format value
+    /// of its column's type; a column not planned, or whose type is not known
+    /// (`COPY (query)`), holding a finding becomes NULL, which every type takes.
     fn copy_value(
         &self,
         col: Option<&ColumnPlan>,
-        value: &str,
+        value: &[u8],
         counts: &mut MaskCounts,
-    ) -> Option<Option<String>> {
-        match col.map(|c| &c.mask) {
-            Some(ColumnMask::Rule { strategy, label }) => {
+    ) -> Change {
+        let Some(col) = col else {
+            return self.text_utf8(0, TypeClass::Unknown, value, counts, 0);
+        };
+        match &col.mask {
+            ColumnMask::Rule { strategy, label } => {
                 counts.rule(label);
-                Some(self.policy.masker.mask_value(*strategy, label, value))
+                self.whole(*strategy, label, col.class, 0, value)
             }
-            _ => {
-                let m = self.policy.masker.mask_text(value);
-                if m.counts.is_empty() {
-                    return None;
-                }
-                counts.add(m.counts);
-                Some(Some(m.text.into_owned()))
-            }
+            ColumnMask::Content if col.route == Route::Inert => Change::Keep,
+            ColumnMask::Content => self.text_utf8(col.type_oid, col.class, value, counts, 0),
         }
     }
 
     /// A text-format row: fields split on the delimiter (inside values it is escaped), NULL
-    /// written as the NULL string. `Err` when a row of a table with rules has the wrong
-    /// number of fields.
+    /// written as the NULL string, a masked value escaped as COPY escapes it. `Err` when the
+    /// row cannot be read, or a row of a planned table has the wrong number of fields.
     fn copy_text(
         &self,
         content: &str,
@@ -1280,8 +1529,7 @@ impl Rewriter<'_> {
         format: &CopyFormat,
         counts: &mut MaskCounts,
     ) -> Result<Option<Vec<u8>>, ()> {
-        let delimiter = format.delimiter as char;
-        let fields: Vec<&str> = content.split(delimiter).collect();
+        let fields = copy::text_fields(content, format.delimiter).map_err(|_| ())?;
         if fields.len() != copy.plan.columns.len() && !copy.plan.columns.is_empty() {
             return Err(());
         }
@@ -1291,23 +1539,19 @@ impl Rewriter<'_> {
             if i > 0 {
                 out.push(format.delimiter);
             }
-            let replaced = if *field == format.null {
-                None
+            let raw = &content.as_bytes()[field.raw.clone()];
+            let change = if raw == format.null.as_bytes() {
+                Change::Keep
             } else {
-                self.copy_value(copy.plan.columns.get(i), field, counts)
+                self.copy_value(copy.plan.columns.get(i), &field.value, counts)
             };
-            changed |= replaced.is_some();
-            match replaced {
-                None => out.extend_from_slice(field.as_bytes()),
-                Some(None) => out.extend_from_slice(format.null.as_bytes()),
-                // A masked value with characters the format escapes loses them.
-                Some(Some(text)) => out.extend(text.bytes().map(|b| {
-                    if b == format.delimiter || matches!(b, b'\t' | b'\n' | b'\r' | b'\\') {
-                        b' '
-                    } else {
-                        b
-                    }
-                })),
+            changed |= !matches!(change, Change::Keep);
+            match change {
+                Change::Keep => out.extend_from_slice(raw),
+                Change::Null => out.extend_from_slice(format.null.as_bytes()),
+                Change::Replace(text) => {
+                    copy::write_text_escaped(&text, format.delimiter, &mut out)
+                }
             }
         }
         Ok(changed.then_some(out))
@@ -1334,19 +1578,21 @@ impl Rewriter<'_> {
             if i > 0 {
                 out.push(format.delimiter);
             }
-            let is_null = !field.quoted && field.value == format.null;
-            let replaced = if is_null {
-                None
+            let change = if !field.quoted && field.value == format.null {
+                Change::Keep
             } else {
-                self.copy_value(copy.plan.columns.get(i), &field.value, counts)
+                self.copy_value(copy.plan.columns.get(i), field.value.as_bytes(), counts)
             };
-            changed |= replaced.is_some();
-            match replaced {
-                None => out.extend_from_slice(&content.as_bytes()[field.raw.clone()]),
-                Some(None) => out.extend_from_slice(format.null.as_bytes()),
-                Some(Some(text)) => {
-                    copy::write_csv_quoted(&text, format.quote, format.escape, &mut out)
-                }
+            changed |= !matches!(change, Change::Keep);
+            match change {
+                Change::Keep => out.extend_from_slice(&content.as_bytes()[field.raw.clone()]),
+                Change::Null => out.extend_from_slice(format.null.as_bytes()),
+                Change::Replace(text) => copy::write_csv_quoted(
+                    &String::from_utf8_lossy(&text),
+                    format.quote,
+                    format.escape,
+                    &mut out,
+                ),
             }
         }
         Ok(changed.then_some(out))
@@ -1354,9 +1600,10 @@ impl Rewriter<'_> {
 
     /// A binary-format CopyData: each field is masked as a binary result value of its
     /// column's type; a rule makes it NULL (a redaction token is not a value of most
-    /// types). Where the type is not known (`COPY (query)`), a value that reads as text or
-    /// as a number holding something to mask is made NULL. Unreadable data becomes an
-    /// empty message, never passed on. `None` when nothing changed.
+    /// types). Where the type is not known (`COPY (query)`), a value that reads as text, a
+    /// number, an address, an array or a record holding something to mask is made NULL.
+    /// Unreadable data becomes an empty message, never passed on. `None` when nothing
+    /// changed.
     fn copy_binary(
         &self,
         body: &[u8],
@@ -1413,20 +1660,36 @@ impl Rewriter<'_> {
         Some(out)
     }
 
-    /// A binary value of a type not known: read as text, as an `int8` and as a `numeric`,
-    /// and made NULL when any reading holds something to mask.
+    /// A binary value of a type not known: read as text (JSON included), as a `jsonb`, an
+    /// `int8`, a `numeric`, an `inet`, and as an array or record (which name their
+    /// elements' types), and made NULL when any reading holds something to mask.
     fn unknown_binary(&self, value: &[u8], counts: &mut MaskCounts) -> Change {
-        let readings = [
-            std::str::from_utf8(value).ok().map(Cow::Borrowed),
-            types::binary_integer_text(20, value).map(Cow::Owned),
-            types::binary_integer_text(1700, value).map(Cow::Owned),
-        ];
-        for text in readings.into_iter().flatten() {
-            let masked = self.policy.masker.mask_text(&text);
-            if !masked.counts.is_empty() {
-                counts.add(masked.counts);
+        let text = std::str::from_utf8(value).ok().map(Cow::Borrowed);
+        let jsonb = match value.split_first() {
+            Some((1, rest)) => std::str::from_utf8(rest).ok().map(Cow::Borrowed),
+            _ => None,
+        };
+        let readings = [20, 1700, 869].map(|oid| types::binary_text(oid, value).map(Cow::Owned));
+        for text in [text, jsonb].into_iter().chain(readings).flatten() {
+            if let Change::Null = self.null_if_found(&text, true, counts) {
                 return Change::Null;
             }
+        }
+        // Read as an array or a record, its elements are masked as their types are; the
+        // value may be something else, so it is not rewritten, only withheld.
+        let mut found = false;
+        let mut leaf = |oid: u32, bytes: &[u8]| {
+            let class = self.catalog.type_class(oid);
+            found |= !matches!(
+                self.binary_value(oid, class, bytes, counts, 1),
+                Change::Keep
+            );
+            Leaf::Keep
+        };
+        let _ = types::rewrite_binary_array(value, &mut leaf, &mut Vec::new());
+        let _ = types::rewrite_binary_record(value, &mut leaf, &mut Vec::new());
+        if found {
+            return Change::Null;
         }
         Change::Keep
     }
@@ -1452,7 +1715,15 @@ pub fn copy_plan(
     formats: (i8, usize),
 ) -> CopyPlan {
     let (overall, count) = formats;
-    let lineage = source.and_then(|s| s.lineage.as_ref());
+    // Without column rules the session reads no lineage, but the row format is needed all
+    // the same: without it a row cannot be split into values, and masking the line whole
+    // would put a token where a number or an address must be.
+    let read_here = source
+        .filter(|s| s.lineage.is_none())
+        .map(|s| copy_lineage(&s.sql));
+    let lineage = source
+        .and_then(|s| s.lineage.as_ref())
+        .or(read_here.as_ref());
     // CopyOutResponse says text for CSV too; the statement's options say which.
     let format = lineage.and_then(|l| l.copy.clone());
     let mut columns = Vec::with_capacity(count);
@@ -1531,6 +1802,27 @@ pub fn copy_plan(
     }
 }
 
+/// The lineage of a COPY statement read here, with no settings known: a string literal
+/// with a backslash in the options (`NULL '\N'`) reads one way with
+/// `standard_conforming_strings` on and another with it off, so the row format is kept only
+/// when both readings agree.
+fn copy_lineage(sql: &str) -> Lineage {
+    let on = gatehouse_sql::lineage_with(sql, Lexical::default());
+    let off = gatehouse_sql::lineage_with(
+        sql,
+        Lexical {
+            backslash_escapes: true,
+        },
+    );
+    Lineage {
+        copy: on
+            .copy
+            .clone()
+            .filter(|format| off.copy.as_ref() == Some(format)),
+        ..on
+    }
+}
+
 /// `Failing row contains (...)` / `Key (col)=(value) ...`: the values replaced.
 fn redact_detail(detail: &str) -> String {
     if detail.starts_with("Failing row contains") {
@@ -1549,8 +1841,13 @@ mod tests {
     use gatehouse_wire_pg::rows::data_row;
     use proptest::prelude::{any, prop, prop_assert, prop_assert_eq, proptest};
 
+    /// Every built-in detector, IP addresses too.
     fn policy() -> MaskPolicy {
-        MaskPolicy::from_config(&MaskingConfig::default(), b"k").unwrap()
+        let config = MaskingConfig {
+            detectors: DetectorSelection::All,
+            ..MaskingConfig::default()
+        };
+        MaskPolicy::from_config(&config, b"k").unwrap()
     }
 
     /// Built once: compiling the detectors per generated case would dominate the run.
@@ -1605,7 +1902,11 @@ mod tests {
                     .collect(),
             };
             let frame = row(&values);
-            let rewriter = Rewriter { policy, catalog: &catalog };
+            let rewriter = Rewriter {
+                policy,
+                catalog: &catalog,
+                encoding: Default::default(),
+            };
             let mut counts = MaskCounts::default();
             let out = rewriter.data_row(&frame, Some(&plan), &mut counts).unwrap_or(frame.clone());
             let got = decoded(&out);
@@ -1650,6 +1951,7 @@ mod tests {
         let rewriter = Rewriter {
             policy: &policy,
             catalog: &catalog,
+            encoding: Default::default(),
         };
         let mut counts = MaskCounts::default();
         let frame = row(&[Some(b"1".to_vec()), None]);
@@ -1686,6 +1988,7 @@ mod tests {
         let rewriter = Rewriter {
             policy: &policy,
             catalog: &catalog,
+            encoding: Default::default(),
         };
         let mut counts = MaskCounts::default();
         let card = 4_111_111_111_111_111i64.to_be_bytes().to_vec();
@@ -1712,6 +2015,7 @@ mod tests {
         let rewriter = Rewriter {
             policy: &policy,
             catalog: &catalog,
+            encoding: Default::default(),
         };
         let mut counts = MaskCounts::default();
         assert!(
@@ -1736,6 +2040,7 @@ mod tests {
         let rewriter = Rewriter {
             policy: &policy,
             catalog: &catalog,
+            encoding: Default::default(),
         };
         let out = rewriter.data_row(&frame, Some(&one_column(&policy, 1184, 0)), &mut counts);
         assert_eq!(decoded(&out.unwrap()), vec![None]);
@@ -1754,6 +2059,7 @@ mod tests {
         let rewriter = Rewriter {
             policy: &policy,
             catalog: &catalog,
+            encoding: Default::default(),
         };
         let mut frame = Vec::new();
         backend::write_message_fields(
@@ -1777,5 +2083,242 @@ mod tests {
         let detail = fields.iter().find(|(f, _)| *f == b'D').unwrap().1;
         assert_eq!(detail, "Key (ssn)=([masked]) (values masked by gatehouse).");
         assert!(fields.contains(&(b'C', "23505")), "the code is kept");
+    }
+
+    /// One value of `type_oid` in `format` through a DataRow: what the client gets.
+    fn one_value(type_oid: u32, format: i16, value: &[u8]) -> (Option<Vec<u8>>, MaskCounts) {
+        let policy = &*POLICY;
+        let catalog = Catalog::new();
+        let rewriter = Rewriter {
+            policy,
+            catalog: &catalog,
+            encoding: Default::default(),
+        };
+        let mut counts = MaskCounts::default();
+        let frame = row(&[Some(value.to_vec())]);
+        let out = rewriter
+            .data_row(
+                &frame,
+                Some(&one_column(policy, type_oid, format)),
+                &mut counts,
+            )
+            .unwrap_or(frame);
+        (decoded(&out).remove(0), counts)
+    }
+
+    /// A COPY of columns of `types` (0: not known) in `kind`, for [`copy_row`].
+    fn copy_of(types: &[u32], kind: CopyKind, delimiter: u8, rule: Option<usize>) -> CopyPlan {
+        let policy = &*POLICY;
+        let catalog = Catalog::new();
+        let columns = types
+            .iter()
+            .enumerate()
+            .map(|(i, oid)| {
+                let mask = match rule {
+                    Some(r) if r == i => ColumnMask::Rule {
+                        strategy: Strategy::Redact,
+                        label: "secret".into(),
+                    },
+                    _ => ColumnMask::Content,
+                };
+                ColumnPlan::new(policy, &catalog, mask, *oid, 0)
+            })
+            .collect();
+        let format = CopyFormat {
+            delimiter,
+            ..CopyFormat::default_for(kind)
+        };
+        CopyPlan {
+            plan: ResultPlan { columns },
+            format: (kind != CopyKind::Binary).then_some(format),
+            binary: kind == CopyKind::Binary,
+        }
+    }
+
+    /// One CopyData through the rewriter: its body as the client gets it.
+    fn copy_row(copy: &CopyPlan, body: &[u8]) -> Vec<u8> {
+        let catalog = Catalog::new();
+        let rewriter = Rewriter {
+            policy: &POLICY,
+            catalog: &catalog,
+            encoding: Default::default(),
+        };
+        let mut frame = Vec::new();
+        frontend::frame(b'd', body, &mut frame);
+        let mut counts = MaskCounts::default();
+        let out = rewriter
+            .copy_data(&frame, copy, false, &mut counts)
+            .unwrap_or(frame);
+        out[5..].to_vec()
+    }
+
+    #[test]
+    fn json_is_masked_as_json_in_both_formats() {
+        let doc = br#"{"m": "ada\u0040example.com", "n": [4111111111111111, 2], "k": "x\"y"}"#;
+        let masked = br#"{"m": "[email]", "n": [null, 2], "k": "x\"y"}"#;
+        let (out, counts) = one_value(114, 0, doc);
+        assert_eq!(out.as_deref(), Some(&masked[..]));
+        assert_eq!(counts.detectors.get("email"), 1);
+        assert_eq!(counts.detectors.get("payment_card"), 1);
+        let mut binary = vec![1];
+        binary.extend_from_slice(doc);
+        let (out, _) = one_value(3802, 1, &binary);
+        assert_eq!(&out.unwrap()[1..], &masked[..]);
+        // Not JSON (a server never sends that): not passed.
+        let (out, counts) = one_value(3802, 0, b"{ada@example.com}");
+        assert_eq!((out, counts.undecodable), (None, 1));
+        // jsonpath is classed with jsonb but is no JSON document: a finding makes it NULL.
+        assert_eq!(
+            one_value(4072, 0, b"$.a ? (@ == \"ada@example.com\")").0,
+            None
+        );
+        assert!(one_value(4072, 0, b"$.a[*]").0.is_some());
+    }
+
+    #[test]
+    fn the_default_detectors_leave_addresses_alone() {
+        let policy = MaskPolicy::from_config(&MaskingConfig::default(), b"k").unwrap();
+        let masked = policy
+            .masker
+            .mask_text("host 192.168.1.5 or fe80::1, mail ada@example.com");
+        assert_eq!(masked.text, "host 192.168.1.5 or fe80::1, mail [email]");
+    }
+
+    #[test]
+    fn addresses_are_null_in_every_format() {
+        assert_eq!(one_value(869, 0, b"192.168.1.5").0, None);
+        // inet_send(inet '192.168.1.5'), cidr_send(cidr '10.1.0.0/16').
+        assert_eq!(one_value(869, 1, &[2, 32, 0, 4, 192, 168, 1, 5]).0, None);
+        assert_eq!(one_value(650, 1, &[2, 16, 1, 4, 10, 1, 0, 0]).0, None);
+        let v6: std::net::Ipv6Addr = "2001:db8::8a2e:370:7334".parse().unwrap();
+        let mut inet = vec![3, 128, 0, 16];
+        inet.extend(v6.octets());
+        assert_eq!(one_value(869, 1, &inet).0, None);
+        // Within arrays too.
+        let (out, _) = one_value(1041, 0, b"{192.168.1.5,NULL}");
+        assert_eq!(out.as_deref(), Some(&b"{NULL,NULL}"[..]));
+        // In COPY: the format's NULL, never a token.
+        let text = copy_of(&[23, 869], CopyKind::Text, b'\t', None);
+        assert_eq!(copy_row(&text, b"1\t192.168.1.5\n"), b"1\t\\N\n");
+        let csv = copy_of(&[23, 869], CopyKind::Csv, b',', None);
+        assert_eq!(copy_row(&csv, b"1,192.168.1.5\n"), b"1,\n");
+        let mut binary = copy::BINARY_SIGNATURE.to_vec();
+        binary.extend([0; 8]);
+        let row_start = binary.len();
+        binary.extend([0, 1, 0, 0, 0, 8, 2, 32, 0, 4, 10, 1, 2, 3]);
+        let binary_plan = copy_of(&[869], CopyKind::Binary, b'\t', None);
+        let out = copy_row(&binary_plan, &binary);
+        assert_eq!(&out[row_start..], [0, 1, 0xff, 0xff, 0xff, 0xff]);
+    }
+
+    /// COPY text reads backslash escapes: a masked value is escaped again (not stripped of
+    /// what the format escapes), so loading the output gives exactly the masked text.
+    #[test]
+    fn copy_text_escapes_masked_values() {
+        for delimiter in [b'\t', b'|', b','] {
+            let d = delimiter as char;
+            let text = copy_of(&[25, 25], CopyKind::Text, delimiter, None);
+            let mut line = Vec::new();
+            copy::write_text_escaped(b"a\\b\t", delimiter, &mut line);
+            line.push(delimiter);
+            let second = format!("ada@example.com\n\\{d}2{d}x\r");
+            copy::write_text_escaped(second.as_bytes(), delimiter, &mut line);
+            line.push(b'\n');
+            let out = String::from_utf8(copy_row(&text, &line)).unwrap();
+            let fields = copy::text_fields(out.strip_suffix('\n').unwrap(), delimiter).unwrap();
+            assert_eq!(fields.len(), 2, "{out:?}");
+            assert_eq!(fields[0].value.as_ref(), b"a\\b\t", "{out:?}");
+            assert_eq!(
+                fields[1].value.as_ref(),
+                second.replace("ada@example.com", "[email]").as_bytes(),
+                "{out:?}"
+            );
+        }
+    }
+
+    /// A column rule on a type that takes no text, and a value of a type not known holding
+    /// a finding, are NULL in COPY text and CSV.
+    #[test]
+    fn copy_rules_and_unknown_types_write_null() {
+        let text = copy_of(&[20, 25], CopyKind::Text, b'\t', Some(0));
+        assert_eq!(copy_row(&text, b"42\tplain\n"), b"\\N\tplain\n");
+        let text = copy_of(&[25, 20], CopyKind::Text, b'\t', Some(0));
+        assert_eq!(copy_row(&text, b"x\t42\n"), b"[secret]\t42\n");
+        let csv = copy_of(&[20, 25], CopyKind::Csv, b',', Some(0));
+        assert_eq!(copy_row(&csv, b"42,plain\n"), b",plain\n");
+        let unknown = copy_of(&[0, 0, 0], CopyKind::Csv, b',', None);
+        assert_eq!(
+            copy_row(
+                &unknown,
+                b"ada@example.com,\"{\"\"a\"\": \"\"x\\u0040y.io\"\"}\",ok\n"
+            ),
+            b",,ok\n"
+        );
+        // Text of a known type keeps the strategies' replacement, quoted.
+        let csv = copy_of(&[25, 3802], CopyKind::Csv, b',', None);
+        assert_eq!(
+            copy_row(
+                &csv,
+                b"\"mail ada@example.com\",\"{\"\"a\"\": 4111111111111111}\"\n"
+            ),
+            b"\"mail [email]\",\"{\"\"a\"\": null}\"\n"
+        );
+    }
+
+    #[test]
+    fn text_arrays_are_masked_element_by_element() {
+        let (out, _) = one_value(1009, 0, br#"{"ada@example.com x",plain,NULL,"a\"b"}"#);
+        assert_eq!(
+            out.as_deref(),
+            Some(&br#"{"[email] x",plain,NULL,"a\"b"}"#[..])
+        );
+        let (out, _) = one_value(1016, 0, b"{4111111111111111,7}");
+        assert_eq!(out.as_deref(), Some(&b"{NULL,7}"[..]));
+        let (out, _) = one_value(3807, 0, br#"{"{\"a\": \"x\\u0040y.io\"}"}"#);
+        assert_eq!(out.as_deref(), Some(&br#"{"{\"a\": \"[email]\"}"}"#[..]));
+        // Records: the fields' types are not said, so a finding makes the field NULL.
+        let (out, _) = one_value(2249, 0, br#"(1,"ada@example.com",ok)"#);
+        assert_eq!(out.as_deref(), Some(&b"(1,,ok)"[..]));
+    }
+
+    proptest! {
+        /// bytea in binary (a result or a binary COPY) passes exactly unless its bytes are
+        /// text holding a finding; then it is that text masked (any bytes are a bytea).
+        #[test]
+        fn bytea_in_binary_passes_exactly_unless_it_holds_a_finding(
+            bytes in proptest::collection::vec(any::<u8>(), 0..40),
+            text in "[a-z @.0-9]{0,20}",
+            plant in any::<bool>(),
+            as_text in any::<bool>(),
+        ) {
+            let value = if as_text {
+                let mid = if plant { " ada@example.com " } else { "" };
+                format!("{text}{mid}").into_bytes()
+            } else {
+                bytes
+            };
+            let found = std::str::from_utf8(&value)
+                .is_ok_and(|t| !POLICY.masker.find(t).is_empty());
+            let (out, _) = one_value(17, 1, &value);
+            let mut copy = copy::BINARY_SIGNATURE.to_vec();
+            copy.extend([0; 8]);
+            let header = copy.len();
+            copy.extend(1i16.to_be_bytes());
+            copy.extend((value.len() as i32).to_be_bytes());
+            copy.extend(&value);
+            let copied = copy_row(&copy_of(&[17], CopyKind::Binary, b'\t', None), &copy);
+            let chunk = copy::binary_chunk(&copied).unwrap();
+            prop_assert_eq!(chunk.header, &copy[..header]);
+            let copied = chunk.rows[0][0].map(<[u8]>::to_vec);
+            prop_assert_eq!(&copied, &out);
+            match out {
+                None => prop_assert!(false, "a bytea is never NULLed"),
+                Some(out) if !found => prop_assert_eq!(out, value),
+                Some(out) => {
+                    let out = String::from_utf8(out).unwrap();
+                    prop_assert!(POLICY.masker.find(&out).is_empty(), "{}", out);
+                }
+            }
+        }
     }
 }

@@ -2006,6 +2006,7 @@ impl Session {
         let rewriter = Rewriter {
             policy: &m.policy,
             catalog: &self.resource.catalog,
+            encoding: self.lexicon.encoding,
         };
         let work = self.tracker.front_work();
         let (plan, copy, first, tainted, counts) = match work {
@@ -2159,10 +2160,10 @@ impl Session {
             return;
         };
         let source = work.shape.source.clone();
-        if policy.has_rules() {
-            self.load_statement_catalog(source.as_deref(), "unresolved columns are masked")
-                .await;
-        }
+        // The columns' types tell how each value is masked (a token where the type is text,
+        // NULL where it is not, bytea as its bytes), rules or not.
+        self.load_statement_catalog(source.as_deref(), "unresolved columns are masked")
+            .await;
         let copy = crate::masking::copy_plan(
             &policy,
             &self.resource.catalog,

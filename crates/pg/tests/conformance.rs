@@ -183,3 +183,43 @@ async fn a_refusal_fails_the_transaction_in_every_protocol() {
     );
     let _ = gw.stop.send(true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_client_encoding_reads_and_masks_its_own_characters() {
+    let gw = gateway_on(Setup {
+        masking: Some(Default::default()),
+        ..Setup::default()
+    })
+    .await;
+    let seen = scenario(&gw, "encoding");
+    assert_eq!(
+        seen["direct"],
+        json!([
+            "LATIN9",
+            ["café €", "ada@example.com"],
+            ["prix 5 €"],
+            ["22P02", "invalid input syntax for type integer: \"é\""],
+            ["déjà vu ada@example.com"],
+        ])
+    );
+    // Through the gateway the same, but for the e-mail addresses masking replaces.
+    assert_eq!(
+        seen["gateway"],
+        json!([
+            "LATIN9",
+            ["café €", "[email]"],
+            ["prix 5 €"],
+            ["22P02", "invalid input syntax for type integer: \"é\""],
+            ["déjà vu [email]"],
+        ])
+    );
+    // The ledger holds the statement as the characters the client wrote.
+    let entries = gw.entries().await;
+    assert!(
+        of_kind(&entries, "command")
+            .iter()
+            .any(|e| e["data"]["sql"] == "SELECT 'café €', 'ada@example.com'"),
+        "the statement is recorded in its characters"
+    );
+    let _ = gw.stop.send(true);
+}

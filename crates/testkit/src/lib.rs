@@ -257,6 +257,27 @@ impl PgCluster {
         ))
     }
 
+    /// Appends settings to `postgresql.conf` and restarts the server, for settings that
+    /// only take effect at start (`max_prepared_transactions`); the port stays the same.
+    pub fn restart_with(&self, settings: &str) -> Result<(), String> {
+        self.append_conf(&format!("\n{settings}\n"))?;
+        let log = self.log_path();
+        self.run_checked(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data_str(),
+                "-l",
+                log.to_str().unwrap_or(""),
+                "-w",
+                "-t",
+                "60",
+                "restart",
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Appends settings to `postgresql.conf`.
     fn append_conf(&self, text: &str) -> Result<(), String> {
         let path = self.data.join("postgresql.conf");

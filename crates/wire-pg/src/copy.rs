@@ -1,6 +1,7 @@
-//! The row formats of `COPY ... TO STDOUT` inside CopyData messages: CSV fields (split and
-//! written again, quotes and escapes as PostgreSQL's `copyto.c` and `copyfromparse.c` treat
-//! them) and the binary format's header, tuples and trailer. The server sends one row per
+//! The row formats of `COPY ... TO STDOUT` inside CopyData messages: text fields (split on
+//! the delimiter, backslash escapes undone and written again) and CSV fields (quotes and
+//! escapes), as PostgreSQL's `copyto.c` and `copyfromparse.c` treat them, and the binary
+//! format's header, tuples and trailer. The server sends one row per
 //! CopyData (the binary header rides with the first row, the trailer alone), so each
 //! message is read on its own.
 
@@ -9,6 +10,114 @@ use std::ops::Range;
 
 use crate::frame::DecodeError;
 use crate::{put_value, read_i16, read_value};
+
+/// One field of a text-format row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextField<'a> {
+    /// The field's bytes as written, escapes included (what the NULL string is compared
+    /// with).
+    pub raw: Range<usize>,
+    /// The value with backslash escapes undone.
+    pub value: Cow<'a, [u8]>,
+}
+
+/// Splits one text-format row (its line end removed) into fields on `delimiter`; a
+/// delimiter after a backslash is part of the value. Escapes are undone as `COPY FROM`
+/// reads them: `\b \f \n \r \t \v`, one to three octal digits, `\x` and one or two hex
+/// digits, and a backslash before any other character stands for that character. `Err`
+/// when the row ends in a lone backslash.
+pub fn text_fields(line: &str, delimiter: u8) -> Result<Vec<TextField<'_>>, DecodeError> {
+    let b = line.as_bytes();
+    let mut fields = Vec::new();
+    let mut start = 0;
+    let mut value: Option<Vec<u8>> = None;
+    let mut at = 0;
+    loop {
+        match b.get(at) {
+            None => {}
+            Some(&c) if c == delimiter => {}
+            Some(b'\\') => {
+                let out = value.get_or_insert_with(|| b[start..at].to_vec());
+                let c = *b
+                    .get(at + 1)
+                    .ok_or(DecodeError::Malformed("COPY row ends in a backslash"))?;
+                at += 2;
+                let digits = |at: usize, radix: u32, max: usize| {
+                    b[at..]
+                        .iter()
+                        .take(max)
+                        .take_while(|d| char::from(**d).is_digit(radix))
+                        .count()
+                };
+                match c {
+                    b'0'..=b'7' => {
+                        let n = 1 + digits(at, 8, 2);
+                        let octal = std::str::from_utf8(&b[at - 1..at - 1 + n]).unwrap_or("0");
+                        out.push(u32::from_str_radix(octal, 8).unwrap_or(0) as u8);
+                        at += n - 1;
+                    }
+                    b'x' if digits(at, 16, 2) > 0 => {
+                        let n = digits(at, 16, 2);
+                        let hex = std::str::from_utf8(&b[at..at + n]).unwrap_or("0");
+                        out.push(u8::from_str_radix(hex, 16).unwrap_or(0));
+                        at += n;
+                    }
+                    b'b' => out.push(8),
+                    b'f' => out.push(12),
+                    b'n' => out.push(b'\n'),
+                    b'r' => out.push(b'\r'),
+                    b't' => out.push(b'\t'),
+                    b'v' => out.push(11),
+                    other => out.push(other),
+                }
+                continue;
+            }
+            Some(&c) => {
+                if let Some(v) = value.as_mut() {
+                    v.push(c);
+                }
+                at += 1;
+                continue;
+            }
+        }
+        // The end of a field.
+        fields.push(TextField {
+            raw: start..at,
+            value: match value.take() {
+                Some(v) => Cow::Owned(v),
+                None => Cow::Borrowed(&b[start..at]),
+            },
+        });
+        if at >= b.len() {
+            return Ok(fields);
+        }
+        at += 1;
+        start = at;
+    }
+}
+
+/// Writes `value` as one text-format field: backslashes, the delimiter and line ends
+/// escaped as `COPY TO` escapes them, so `COPY FROM` reads back exactly `value`.
+pub fn write_text_escaped(value: &[u8], delimiter: u8, out: &mut Vec<u8>) {
+    for &c in value {
+        let escaped = match c {
+            8 => b'b',
+            12 => b'f',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            11 => b'v',
+            b'\\' => b'\\',
+            c if c == delimiter => c,
+            c => {
+                out.push(c);
+                continue;
+            }
+        };
+        out.push(b'\\');
+        out.push(escaped);
+    }
+}
 
 /// One CSV field of a row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,6 +308,45 @@ mod tests {
             .iter()
             .map(|f| (f.value.as_ref(), f.quoted))
             .collect()
+    }
+
+    #[test]
+    fn text_fields_as_postgres_writes_them() {
+        // COPY (SELECT e'a\tb', NULL, 'back\\slash', e'two\nlines', '') TO STDOUT
+        let line = "a\\tb\t\\N\tback\\\\slash\ttwo\\nlines\t";
+        let fields = text_fields(line, b'\t').unwrap();
+        let values: Vec<&[u8]> = fields.iter().map(|f| f.value.as_ref()).collect();
+        assert_eq!(
+            values,
+            [&b"a\tb"[..], b"N", b"back\\slash", b"two\nlines", b""]
+        );
+        assert_eq!(
+            &line[fields[1].raw.clone()],
+            "\\N",
+            "NULL is compared as written"
+        );
+        // An escaped delimiter is part of the value; octal, hex and other escapes.
+        let fields = text_fields("a\\,b,\\101\\x42\\q\\7,", b',').unwrap();
+        let values: Vec<&[u8]> = fields.iter().map(|f| f.value.as_ref()).collect();
+        assert_eq!(values, [&b"a,b"[..], b"ABq\x07", b""]);
+        assert!(text_fields("ends\\", b'\t').is_err());
+        assert_eq!(text_fields("", b'\t').unwrap().len(), 1);
+    }
+
+    #[test]
+    fn text_fields_read_back_as_written() {
+        let tricky = "tab\there, new\nline\r\\ back \u{8}\u{b}\u{c}\u{1} é|;";
+        for delimiter in [b'\t', b',', b'|', b';'] {
+            let mut line = Vec::new();
+            write_text_escaped(tricky.as_bytes(), delimiter, &mut line);
+            line.push(delimiter);
+            write_text_escaped(b"x", delimiter, &mut line);
+            let line = String::from_utf8(line).unwrap();
+            assert!(!line.contains('\n') && !line.contains('\r'), "{line:?}");
+            let fields = text_fields(&line, delimiter).unwrap();
+            assert_eq!(fields.len(), 2, "{line:?}");
+            assert_eq!(fields[0].value.as_ref(), tricky.as_bytes());
+        }
     }
 
     #[test]

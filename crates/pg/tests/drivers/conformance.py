@@ -117,6 +117,26 @@ def refusal_in_transaction(conninfo, direct):
     return seen
 
 
+def encoding(conninfo):
+    """A session in LATIN9: statements with non-ASCII characters run, values and error texts
+    come back in the session's encoding (masked where masking applies)."""
+    seen = []
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SET client_encoding TO 'LATIN9'")
+        seen.append(conn.execute("SHOW client_encoding").fetchone()[0])
+        seen.append(list(conn.execute("SELECT 'café €', 'ada@example.com'").fetchone()))
+        seen.append(list(conn.execute("SELECT %s::text", ["prix 5 €"]).fetchone()))
+        try:
+            conn.execute("SELECT 'é'::int")
+        except psycopg.Error as e:
+            seen.append([e.sqlstate, e.diag.message_primary])
+        notices = []
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+        conn.execute("DO $$ BEGIN RAISE NOTICE 'déjà vu %', 'ada@example.com'; END $$")
+        seen.append(notices)
+    return seen
+
+
 def main():
     scenario, gateway, direct = sys.argv[1:4]
     if scenario == "syntax":
@@ -125,6 +145,8 @@ def main():
         result = {"gateway": pid(gateway), "direct": pid(direct)}
     elif scenario == "terminate":
         result = {"gateway": terminate(gateway, direct), "direct": terminate(direct, direct)}
+    elif scenario == "encoding":
+        result = {"gateway": encoding(gateway), "direct": encoding(direct)}
     elif scenario == "refusal_in_transaction":
         result = {"gateway": refusal_in_transaction(gateway, direct)}
     else:
