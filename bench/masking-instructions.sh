@@ -4,13 +4,15 @@
 # gateway under `valgrind --tool=callgrind`, which counts the instructions it executes,
 # whatever else the machine is doing:
 #   off        [resources.masking] enabled = false
-#   detectors  the default masking: every built-in detector
+#   detectors  every built-in detector (`detectors = "all"`, IP addresses too)
 #   rules      the same plus column rules on ssn (redact) and card (partial:4)
 # One pgbench client runs TXNS transactions of the `bench/masking.sh` script (ROWS customer
 # rows of 8 columns each) after a warm-up of 200; only those are counted.
 #
 #   bench/masking-instructions.sh            defaults: 2,000 transactions, 20 rows
 #   TXNS=1000 ROWS=1 bench/masking-instructions.sh
+#   GATEHOUSE=/path/to/gatehouse bench/masking-instructions.sh   another build (an older one,
+#                                                                 to compare), not rebuilt
 #
 # The summary gives each variant's instructions per transaction and what it adds to `off`,
 # with SHA-256 set apart: under valgrind the sha2 crate takes its portable code path (no
@@ -24,8 +26,13 @@ cd "$(dirname "$0")/.."
 TXNS=${TXNS:-2000}
 ROWS=${ROWS:-20}
 
-cargo build --release -p gatehouse >&2
-gatehouse=$PWD/target/release/gatehouse
+if [ -n "${GATEHOUSE:-}" ]; then
+    gatehouse=$GATEHOUSE
+    [ -x "$gatehouse" ] || { echo "GATEHOUSE=$gatehouse is not an executable gatehouse binary" >&2; exit 2; }
+else
+    cargo build --release -p gatehouse >&2
+    gatehouse=$PWD/target/release/gatehouse
+fi
 # shellcheck source=bench/customers.sh
 EXTRA_PACKAGES=valgrind . bench/customers.sh
 
@@ -40,8 +47,8 @@ for variant in off detectors rules; do
     port=$(free_port); admin=$(free_port)
     case $variant in
         off) masking=$'[resources.masking]\nenabled = false' ;;
-        detectors) masking="" ;;
-        rules) masking=$'[[resources.masking.columns]]\ncolumn = "public.customers.ssn"\n[[resources.masking.columns]]\ncolumn = "customers.card"\nstrategy = "partial:4"' ;;
+        detectors) masking=$'[resources.masking]\ndetectors = "all"' ;;
+        rules) masking=$'[resources.masking]\ndetectors = "all"\n[[resources.masking.columns]]\ncolumn = "public.customers.ssn"\n[[resources.masking.columns]]\ncolumn = "customers.card"\nstrategy = "partial:4"' ;;
     esac
     cat > "$work/$variant.toml" <<TOML
 data_dir = "$work/data-$variant"

@@ -368,5 +368,22 @@ async fn a_refusal_inside_a_transaction_fails_it_as_an_error_would() {
     );
     assert!(stdout.contains("ROLLBACK"), "{stdout}");
     assert_eq!(customers(&gw), "2", "the INSERT was rolled back");
+    // The ledger says so: the DELETE refused, the SELECT after it failed as in any failed
+    // block, and the COMMIT recorded as the ROLLBACK the server made of it.
+    let entries = gw.entries().await;
+    let result_of = |sql: &str| {
+        let index = commands_for(&entries, sql)[0]["i"].clone();
+        of_kind(&entries, "result")
+            .into_iter()
+            .find(|r| r["data"]["command"] == index)
+            .cloned()
+    };
+    assert_eq!(
+        commands_for(&entries, "DELETE FROM customers")[0]["data"]["decision"]["outcome"],
+        "deny"
+    );
+    assert!(result_of("DELETE FROM customers").is_none(), "never ran");
+    assert_eq!(result_of("SELECT 1").unwrap()["data"]["error"], "25P02");
+    assert_eq!(result_of("COMMIT").unwrap()["data"]["tags"][0], "ROLLBACK");
     let _ = gw.stop.send(true);
 }
