@@ -215,9 +215,6 @@ impl Masker {
         out: &mut Vec<u8>,
     ) -> Findings<'a> {
         let start = out.len();
-        // Where each replacement is in the masked text (relative to `start`).
-        let mut masked: SmallVec<[Range<usize>; 2]> = SmallVec::new();
-        self.replace(text, findings, start, out, |_, new| masked.push(new));
         let mut more = Findings::new();
         // Outside the replacements the text is as it was, so a new finding must start or
         // end right at one, read differently next to it; with whitespace (or nothing) on
@@ -228,8 +225,12 @@ impl Masker {
             spaced(f.range.start.checked_sub(1).and_then(|i| text.get(i)))
                 && spaced(text.get(f.range.end))
         }) {
+            self.replace(text, findings, start, out, |_, _| {});
             return more;
         }
+        // Where each replacement is in the masked text (relative to `start`).
+        let mut masked: SmallVec<[Range<usize>; 2]> = SmallVec::new();
+        self.replace(text, findings, start, out, |_, new| masked.push(new));
         for _ in 0..MAX_ROUNDS {
             let Ok(now) = std::str::from_utf8(&out[start..]) else {
                 break;
@@ -287,6 +288,7 @@ impl Masker {
         out.extend_from_slice(&text[at..]);
     }
 
+    #[inline]
     fn write_finding(&self, text: &[u8], f: &Finding<'_>, out: &mut Vec<u8>) {
         let name = f.kind.name();
         // Usually no kind has a strategy of its own, and a built-in kind's value is
