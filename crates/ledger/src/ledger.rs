@@ -479,7 +479,7 @@ impl Ledger {
         shared.sync_all()?;
         shared.sign()?;
         let signed = self.status().checkpoint.map_or(0, |c| c.checkpoint.size);
-        let plan = prune::plan(self.layout(), cutoff_ts, signed)?;
+        let plan = prune::plan(self.layout(), cutoff_ts, signed, now_us())?;
         if plan.is_empty() {
             return Ok(None);
         }

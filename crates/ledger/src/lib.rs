@@ -15,6 +15,7 @@ pub mod merkle;
 mod outputs;
 pub mod proof;
 pub mod prune;
+mod pruned;
 pub mod segment;
 pub mod verify;
 

@@ -10,63 +10,16 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Read;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::{IoContext, LedgerError};
 use crate::fsutil::{sync_dir, write_atomic};
 use crate::layout::Layout;
-use crate::merkle::{Hash, leaf_hash};
+use crate::merkle::leaf_hash;
+pub use crate::pruned::{PrunedHeader, PrunedSegment, read_pruned};
 use crate::segment::{self, SegmentFile};
-
-/// The header line of a `.pruned` file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PrunedHeader {
-    /// Always `1`; a later layout would change it.
-    pub pruned: u32,
-    pub first: u64,
-    pub count: u64,
-    /// Times of the first and last entry it held (unix microseconds).
-    pub first_ts: u64,
-    pub last_ts: u64,
-    /// When it was pruned.
-    pub pruned_at: u64,
-}
-
-/// A pruned segment as read back: its header and its entries' leaf hashes, in order.
-#[derive(Debug, Clone)]
-pub struct PrunedSegment {
-    pub header: PrunedHeader,
-    pub leaves: Vec<Hash>,
-}
-
-/// Reads a `.pruned` file, checking that it holds as many hashes as it says.
-pub fn read_pruned(path: &Path) -> Result<PrunedSegment, LedgerError> {
-    let mut bytes = Vec::new();
-    fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .at(path)?;
-    let corrupt = |why: String| LedgerError::Corrupt(format!("{}: {why}", path.display()));
-    let newline = memchr::memchr(b'\n', &bytes).ok_or_else(|| corrupt("no header line".into()))?;
-    let header: PrunedHeader = serde_json::from_slice(&bytes[..newline])
-        .map_err(|e| corrupt(format!("not a pruned-segment header: {e}")))?;
-    let body = &bytes[newline + 1..];
-    if header.pruned != 1 || body.len() as u64 != header.count * 32 {
-        return Err(corrupt(format!(
-            "holds {} bytes of hashes where {} entries need {}",
-            body.len(),
-            header.count,
-            header.count * 32
-        )));
-    }
-    let leaves = body
-        .chunks_exact(32)
-        .map(|c| Hash::try_from(c).expect("32-byte chunks"))
-        .collect();
-    Ok(PrunedSegment { header, leaves })
-}
 
 /// What one pruning will do, worked out before anything is changed (and recorded in the
 /// ledger before it is done).
@@ -97,7 +50,13 @@ impl PrunePlan {
 
 /// Works out which segments to prune: whole segments whose entries are all older than
 /// `cutoff_ts`, below `signed_size` (covered by a checkpoint), never the last segment.
-pub fn plan(layout: &Layout, cutoff_ts: u64, signed_size: u64) -> Result<PrunePlan, LedgerError> {
+/// `now` (unix microseconds) is recorded as when the segments were pruned.
+pub fn plan(
+    layout: &Layout,
+    cutoff_ts: u64,
+    signed_size: u64,
+    now: u64,
+) -> Result<PrunePlan, LedgerError> {
     let segments = segment::list_segments(layout)?;
     let mut planner = Planner {
         plan: PrunePlan {
@@ -106,7 +65,7 @@ pub fn plan(layout: &Layout, cutoff_ts: u64, signed_size: u64) -> Result<PrunePl
         },
         signed_size,
         last: segments.last().map(|s| s.first_index),
-        now: crate::ledger::now_us(),
+        now,
         open: None,
         pruning: true,
         doomed_chunks: BTreeSet::new(),

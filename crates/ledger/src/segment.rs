@@ -25,7 +25,7 @@ use crate::layout::{Layout, pruned_first_index, segment_first_index};
 pub struct SegmentFile {
     pub path: PathBuf,
     pub first_index: u64,
-    /// Retention pruned it: only its entries' leaf hashes are left ([`crate::prune`]).
+    /// Retention pruned it: only its entries' leaf hashes are left ([`crate::pruned`]).
     pub pruned: bool,
 }
 
@@ -212,7 +212,7 @@ pub fn scan_with(
             )));
         }
         if seg.pruned {
-            let p = crate::prune::read_pruned(&seg.path)?;
+            let p = crate::pruned::read_pruned(&seg.path)?;
             if p.header.first != seg.first_index {
                 return Err(LedgerError::Corrupt(format!(
                     "{}: says it holds entries from {} but is named for {}",
