@@ -7,6 +7,7 @@
 //! The ssh, http and kubernetes `command` entries of the ledger fixture are for protocols
 //! not built yet: they follow the PostgreSQL `command` entry (its `decision` object) with
 //! protocol fields (`command`, `method`/`path`, `verb`/`resource`) assumed here.
+#![allow(clippy::unwrap_used)] // a test (or bench) that cannot go on fails by panicking
 
 use std::collections::BTreeSet;
 

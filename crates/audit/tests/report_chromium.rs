@@ -6,6 +6,7 @@
 //! Chromium is `/usr/bin/chromium` (Debian's `chromium`; `scripts/test` installs it) or
 //! `$CHROMIUM`. Without it the test fails under CI (`CI=true`) and is skipped otherwise.
 //! The page, the DOMs and the screenshot stay in `<target>/tmp/report_chromium/`.
+#![allow(clippy::unwrap_used)] // a test (or bench) that cannot go on fails by panicking
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -4,6 +4,7 @@
 //! Environment: tests run in parallel and `std::env::set_var` is `unsafe` (forbidden here), so
 //! nothing sets variables. The "is set" case uses `PATH`, which every environment has; the
 //! "missing" case uses a name nobody sets; exact values go through `validate_with_env`.
+#![allow(clippy::unwrap_used)] // a test (or bench) that cannot go on fails by panicking
 
 use std::env::VarError;
 use std::path::{Path, PathBuf};

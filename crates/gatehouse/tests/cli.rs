@@ -1,5 +1,6 @@
 //! The binary as a user meets it: help, config check, serve with its admin API (driven
 //! with curl) and graceful shutdown, the demo, proofs.
+#![allow(clippy::unwrap_used)] // a test (or bench) that cannot go on fails by panicking
 
 mod common;
 

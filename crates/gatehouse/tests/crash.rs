@@ -2,6 +2,7 @@
 //! `verify` passes, and every acknowledged entry is on disk with the acknowledged hash,
 //! except, in `batched` durability, entries acknowledged within the loss window just
 //! before the kill.
+#![allow(clippy::unwrap_used)] // a test (or bench) that cannot go on fails by panicking
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! and other people decide them from other processes — `gatehouse reviews` and the admin
 //! API with curl — while the ledger records each step in order. The auditor's evidence
 //! (bundles, OCSF, the report) is then drawn from that ledger (`evidence`).
+#![allow(clippy::unwrap_used)] // a test (or bench) that cannot go on fails by panicking
 
 mod common;
 mod evidence;

@@ -1,5 +1,6 @@
 //! The tamper suite: each way of altering a real ledger directory is caught by
 //! `gatehouse ledger verify`, which names what is wrong and where.
+#![allow(clippy::unwrap_used)] // a test (or bench) that cannot go on fails by panicking
 
 mod common;
 

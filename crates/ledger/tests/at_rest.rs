@@ -1,6 +1,7 @@
 //! The ledger at rest, on real files: every file is 0600 and every directory 0700 (and an
 //! older, looser ledger is tightened on open), and the signer state that rollback
 //! detection relies on cannot be deleted, rolled back, forged or edited unnoticed.
+#![allow(clippy::unwrap_used)] // a test (or bench) that cannot go on fails by panicking
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

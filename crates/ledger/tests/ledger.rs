@@ -1,5 +1,6 @@
 //! The ledger end to end on real files: appends, group commit, rollover, checkpoints,
 //! recovery of crash tails, and refusal to open damaged data.
+#![allow(clippy::unwrap_used)] // a test (or bench) that cannot go on fails by panicking
 
 use std::fs;
 use std::io::Write;

@@ -1,6 +1,7 @@
 //! Properties of the Merkle tree for every size up to a few hundred: every proof that is
 //! generated verifies, and any single-bit change to a proof, a root or a leaf makes
 //! verification fail.
+#![allow(clippy::unwrap_used)] // a test (or bench) that cannot go on fails by panicking
 
 use gatehouse_ledger::merkle::{
     CompactRange, Hash, consistency_proof, inclusion_proof, leaf_hash, root_from_leaves,

@@ -1,6 +1,7 @@
 //! Known answers: the RFC 6962 test vectors published with transparency-dev/merkle
 //! (`proof/verify_test.go`, the same data as certificate-transparency-go), used as data,
 //! and a differential check against the independent `ct-merkle` crate.
+#![allow(clippy::unwrap_used)] // a test (or bench) that cannot go on fails by panicking
 
 use ct_merkle::mem_backed_tree::MemoryBackedTree;
 use gatehouse_ledger::merkle::{

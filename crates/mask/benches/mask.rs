@@ -2,6 +2,7 @@
 //! and without sensitive values), 1 MiB of ordinary result text as one value (nothing to
 //! mask, the common case), 1 MiB with a sensitive value about every 200 bytes, and rows
 //! as one JSON document masked as JSON and as text. `cargo bench -p gatehouse-mask`.
+#![allow(clippy::unwrap_used)] // a test (or bench) that cannot go on fails by panicking
 
 use divan::counter::BytesCount;
 use gatehouse_mask::{Detectors, Masker};

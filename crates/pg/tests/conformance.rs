@@ -4,6 +4,7 @@
 //! cluster in the same run, and holds the two equal: syntax errors with their positions,
 //! the requested database, the backend pid, a server-side termination, and what a refusal
 //! does to a transaction.
+#![allow(clippy::unwrap_used)] // a test (or bench) that cannot go on fails by panicking
 
 mod harness;
 

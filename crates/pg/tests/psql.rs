@@ -1,5 +1,6 @@
 //! The PostgreSQL gateway end to end: a real cluster (SCRAM), real `psql` and `pgbench`
 //! through the gateway, and the ledger read back afterwards.
+#![allow(clippy::unwrap_used)] // a test (or bench) that cannot go on fails by panicking
 
 mod harness;
 

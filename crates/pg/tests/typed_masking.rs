@@ -7,6 +7,7 @@
 //! server, read with psycopg in text and binary and copied out in every format: the server
 //! must load all of it back (its type checks are the oracle), and nothing loaded may hold a
 //! finding.
+#![allow(clippy::unwrap_used)] // a test (or bench) that cannot go on fails by panicking
 
 mod harness;
 

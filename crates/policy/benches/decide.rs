@@ -1,6 +1,7 @@
 //! What a Cedar decision costs on the statement path: with the session's entities built
 //! once (what the gateway does) and built for every statement.
 //! `cargo bench -p gatehouse-policy`.
+#![allow(clippy::unwrap_used)] // a test (or bench) that cannot go on fails by panicking
 
 use gatehouse_core::{Actor, ActorKind};
 use gatehouse_policy::{DEFAULT_SCHEMA, PolicyEngine, Target};

@@ -1,4 +1,5 @@
 //! `lineage`: where each output column of a statement's result comes from.
+#![allow(clippy::unwrap_used)] // a test (or bench) that cannot go on fails by panicking
 
 use gatehouse_sql::{Lineage, Output, Sources, lineage};
 use proptest::prelude::*;

@@ -1,6 +1,7 @@
 //! Real servers for tests: a throwaway PostgreSQL cluster on a free loopback port with
 //! SCRAM authentication, started with `initdb` and `pg_ctl` and removed on drop; and a
 //! real OpenID Provider under node (`oidc`); headless Chromium for pages (`browser`).
+#![allow(clippy::unwrap_used)] // test support: what cannot be set up fails the test
 
 pub mod browser;
 mod oidc;
