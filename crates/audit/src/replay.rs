@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use gatehouse_core::Evidence;
+use gatehouse_core::evidence::{Command, CommandResult, SessionMasking};
 use gatehouse_wire_pg::rows;
 use serde_json::Value;
 
@@ -61,47 +63,45 @@ pub fn replay(session: &str, entries: &[Value], results: &BTreeMap<u64, Vec<u8>>
     let mut steps = Vec::new();
     for entry in entries {
         let offset_us = entry["ts"].as_u64().unwrap_or(start).saturating_sub(start);
-        let data = &entry["data"];
         let who = entry["actor"]["id"].as_str().unwrap_or("?");
-        let lines = match entry["kind"].as_str().unwrap_or("") {
-            "session.start" => vec![format!(
+        let lines = match Evidence::of_entry(entry) {
+            Evidence::SessionStart(start) => vec![format!(
                 "{who} connected to {} from {} (tls: {}, masking: {})",
                 entry["resource"]["name"].as_str().unwrap_or("?"),
-                data["client"].as_str().unwrap_or("?"),
-                data["tls"].as_bool().unwrap_or(false),
-                masking(&data["masking"]),
+                start.client.as_deref().unwrap_or("?"),
+                start.tls.unwrap_or(false),
+                masking(start.masking.as_ref()),
             )],
-            "command" => command(who, data),
-            "result" => result(
-                data,
-                results.get(&data["command"].as_u64().unwrap_or(u64::MAX)),
-            ),
-            "approval.request" => vec![format!(
+            Evidence::Command(command) => command_lines(who, &command),
+            Evidence::Result(result) => {
+                result_lines(&result, results.get(&result.command.unwrap_or(u64::MAX)))
+            }
+            Evidence::ApprovalRequest(request) => vec![format!(
                 "held for review {}: {} (needs {} approval(s))",
-                data["review"].as_str().unwrap_or("?"),
-                data["reason"].as_str().unwrap_or(""),
-                data["required"]
+                request.review.as_deref().unwrap_or("?"),
+                request.reason.as_deref().unwrap_or(""),
+                count(request.required),
             )],
-            "approval.decision" => vec![format!(
+            Evidence::ApprovalDecision(decision) => vec![format!(
                 "review {} {}{}{}",
-                data["review"].as_str().unwrap_or("?"),
-                data["state"].as_str().unwrap_or("?"),
+                decision.review.as_deref().unwrap_or("?"),
+                decision.state.as_deref().unwrap_or("?"),
                 if who == "?" {
                     String::new()
                 } else {
                     format!(" by {who}")
                 },
-                data["reason"]
-                    .as_str()
+                decision
+                    .reason
                     .map(|r| format!(": {r}"))
                     .unwrap_or_default()
             )],
-            "session.end" => vec![format!(
+            Evidence::SessionEnd(end) => vec![format!(
                 "session ended after {:.3}s ({}): {} statements, {} denied",
-                data["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
-                data["reason"].as_str().unwrap_or("?"),
-                data["commands"],
-                data["denied"]
+                end.duration_ms.unwrap_or(0) as f64 / 1000.0,
+                end.reason.as_deref().unwrap_or("?"),
+                count(end.commands),
+                count(end.denied),
             )],
             // Recording entries carry the bytes shown with each result.
             _ => continue,
@@ -114,29 +114,31 @@ pub fn replay(session: &str, entries: &[Value], results: &BTreeMap<u64, Vec<u8>>
     }
 }
 
-fn masking(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Object(m) => format!(
+/// A count the entry may not have.
+fn count(n: Option<u64>) -> String {
+    n.map_or_else(|| "?".into(), |n| n.to_string())
+}
+
+fn masking(masking: Option<&SessionMasking>) -> String {
+    match masking {
+        Some(SessionMasking::Named(name)) => name.clone(),
+        Some(SessionMasking::Split { client, recording }) => format!(
             "client {}, recording {}",
-            m.get("client").and_then(Value::as_str).unwrap_or("?"),
-            m.get("recording").and_then(Value::as_str).unwrap_or("?")
+            client.as_deref().unwrap_or("?"),
+            recording.as_deref().unwrap_or("?")
         ),
-        _ => "?".into(),
+        None => "?".into(),
     }
 }
 
-fn command(who: &str, data: &Value) -> Vec<String> {
-    let sql = data["sql"]
-        .as_str()
-        .or_else(|| data["sql_prefix"].as_str())
-        .unwrap_or("");
-    let decision = &data["decision"];
-    let mut verdict = decision["outcome"].as_str().unwrap_or("?").to_string();
-    if let Some(rule) = decision["rule"].as_str() {
+fn command_lines(who: &str, command: &Command) -> Vec<String> {
+    let sql = command.postgres.text().unwrap_or("");
+    let decision = command.decision.clone().unwrap_or_default();
+    let mut verdict = decision.outcome.unwrap_or_else(|| "?".into());
+    if let Some(rule) = decision.rule {
         verdict.push_str(&format!(" by rule {rule}"));
     }
-    if let Some(review) = decision["grant"]["review"].as_str() {
+    if let Some(review) = decision.grant.and_then(|g| g.review) {
         verdict.push_str(&format!(", granted by review {review}"));
     }
     let mut lines: Vec<String> = sql
@@ -151,42 +153,35 @@ fn command(who: &str, data: &Value) -> Vec<String> {
             }
         })
         .collect();
-    if data["sql_in_chunk"].as_bool() == Some(true) {
+    if command.postgres.sql_in_chunk {
         lines.push("   ... (the full text is in a chunk)".into());
     }
     lines.push(format!("   decision: {verdict}"));
     lines
 }
 
-fn result(data: &Value, bytes: Option<&Vec<u8>>) -> Vec<String> {
+fn result_lines(result: &CommandResult, bytes: Option<&Vec<u8>>) -> Vec<String> {
     let mut lines = Vec::new();
     if let Some(bytes) = bytes {
         lines.extend(table(bytes));
     }
-    let tags: Vec<&str> = data["tags"]
-        .as_array()
-        .map(|t| t.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    let outcome = match (data["error"].as_str(), data["skipped"].as_bool()) {
+    let outcome = match (&result.error, result.skipped) {
         (Some(code), _) => format!("ERROR {code}"),
-        (None, Some(true)) => "skipped (an earlier statement failed)".to_string(),
-        _ if tags.is_empty() => "done".to_string(),
-        _ => tags.join(", "),
+        (None, true) => "skipped (an earlier statement failed)".to_string(),
+        _ if result.tags.is_empty() => "done".to_string(),
+        _ => result.tags.join(", "),
     };
     let mut summary = format!(
         "{outcome} ({} rows, {} ms)",
-        data["rows"].as_u64().unwrap_or(0),
-        data["duration_us"]
-            .as_u64()
+        result.rows.unwrap_or(0),
+        result
+            .duration_us
             .map_or_else(|| "?".into(), |us| format!("{:.1}", us as f64 / 1000.0))
     );
-    if let Some(masked) = data["masked"].as_object() {
-        summary.push_str(&format!(
-            ", masked {} value(s)",
-            masked.get("values").and_then(Value::as_u64).unwrap_or(0)
-        ));
+    if let Some(masked) = &result.masked {
+        summary.push_str(&format!(", masked {} value(s)", masked.values.unwrap_or(0)));
     }
-    if data["truncated_bytes"].as_u64().unwrap_or(0) > 0 {
+    if result.truncated_bytes.unwrap_or(0) > 0 {
         summary.push_str(", recording truncated");
     }
     lines.push(summary);

@@ -5,8 +5,10 @@
 //! [`SCHEMA_VERSION`] and keep readers of older versions working.
 
 pub mod event;
+pub mod evidence;
 
 pub use event::{
     Actor, ActorKind, ChunkRef, Durability, EntryHeader, Event, EventKind, ResourceRef,
     SCHEMA_VERSION, write_entry_line,
 };
+pub use evidence::Evidence;
