@@ -6,9 +6,11 @@
 
 pub mod event;
 pub mod evidence;
+pub mod glob;
 
 pub use event::{
     Actor, ActorKind, ChunkRef, Durability, EntryHeader, Event, EventKind, ResourceRef,
     SCHEMA_VERSION, write_entry_line,
 };
 pub use evidence::Evidence;
+pub use glob::glob_match;

@@ -298,25 +298,8 @@ fn rule_matches(
         .collect()
 }
 
-/// `*` matches any run of characters (also none); everything else matches itself.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let mut pieces = pattern.split('*');
-    let first = pieces.next().unwrap_or("");
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let pieces: Vec<&str> = pieces.collect();
-    let Some((last, middle)) = pieces.split_last() else {
-        return rest.is_empty();
-    };
-    for piece in middle {
-        match rest.find(piece) {
-            Some(at) => rest = &rest[at + piece.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
-}
+/// Claim values are matched by the shared wildcard match (`*` any run, `?` one character).
+pub use gatehouse_core::glob_match;
 
 fn decode_json(part: &str) -> Result<Value, TokenFailure> {
     let bytes = URL_SAFE_NO_PAD

@@ -115,29 +115,9 @@ fn parse_pattern(pattern: &str) -> Result<Compiled, MaskError> {
     }
 }
 
-/// `*` matches any run of characters, `?` one; case-insensitive (the pattern is lower-case).
+/// `pattern` (lower-case) against `text` in any case: the shared wildcard match.
 fn glob(pattern: &str, text: &str) -> bool {
-    let text: Vec<char> = text.chars().flat_map(char::to_lowercase).collect();
-    let pattern: Vec<char> = pattern.chars().collect();
-    let (mut p, mut t) = (0, 0);
-    // Classic greedy matching with one backtrack point: linear for patterns like these.
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
-            p += 1;
-            t += 1;
-        } else if p < pattern.len() && pattern[p] == '*' {
-            star = Some((p, t));
-            p += 1;
-        } else if let Some((sp, st)) = star {
-            p = sp + 1;
-            t = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|c| *c == '*')
+    gatehouse_core::glob_match(pattern, &text.to_lowercase())
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use gatehouse_core::glob_match;
+
 use crate::analyze::{Analysis, Statement, StatementClass};
 
 /// One `[[resources.rules]]` entry. All given criteria must match (AND); each list matches
@@ -201,9 +203,9 @@ fn matches(rule: &Rule, s: &Statement) -> bool {
     let tables_ok = rule.tables.is_empty()
         || s.tables.iter().any(|t| {
             rule.tables.iter().any(|p| {
-                glob(&p.to_ascii_lowercase(), &t.to_ascii_lowercase())
+                glob_match(&p.to_ascii_lowercase(), &t.to_ascii_lowercase())
                     || (!t.contains('.')
-                        && glob(
+                        && glob_match(
                             &p.to_ascii_lowercase(),
                             &format!("public.{}", t.to_ascii_lowercase()),
                         ))
@@ -211,29 +213,6 @@ fn matches(rule: &Rule, s: &Statement) -> bool {
         });
     let where_ok = !rule.missing_where || s.missing_where;
     command_ok && class_ok && tables_ok && where_ok
-}
-
-/// `*` matches any run of characters; everything else literally.
-fn glob(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first)
-        || !text[first.len()..].ends_with(last)
-        || text.len() < first.len() + last.len()
-    {
-        return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    for middle in &parts[1..parts.len() - 1] {
-        match rest.find(middle) {
-            Some(at) => rest = &rest[at + middle.len()..],
-            None => return false,
-        }
-    }
-    true
 }
 
 /// Problems in a rule list, as (rule index, key, problem).
@@ -415,12 +394,12 @@ mod tests {
 
     #[test]
     fn globs() {
-        assert!(glob("public.secret*", "public.secrets"));
-        assert!(glob("*.ssn_vault", "hr.ssn_vault"));
-        assert!(glob("*", "anything"));
-        assert!(glob("a*b*c", "axxbyyc"));
-        assert!(!glob("a*b*c", "axxc"));
-        assert!(!glob("ab*ba", "aba"));
+        assert!(glob_match("public.secret*", "public.secrets"));
+        assert!(glob_match("*.ssn_vault", "hr.ssn_vault"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxc"));
+        assert!(!glob_match("ab*ba", "aba"));
     }
 
     #[test]
