@@ -4,6 +4,7 @@
 //! them as canonical JSON lines, so a change here is a change to the on-disk format: bump
 //! [`SCHEMA_VERSION`] and keep readers of older versions working.
 
+pub mod clock;
 pub mod event;
 pub mod evidence;
 pub mod glob;

@@ -44,7 +44,7 @@ pub(crate) fn filter(args: &WindowArgs) -> anyhow::Result<Filter> {
                 ),
             },
         };
-        Ok(Some(crate::unix_us(time)))
+        Ok(Some(gatehouse_core::clock::micros_of(time)))
     };
     let filter = Filter {
         since: at("since", &args.since)?,
@@ -284,7 +284,7 @@ pub(crate) fn plan_bundle<W: Write>(
     if let Some(err) = failed {
         return Err(err);
     }
-    let created = crate::unix_us(SystemTime::now());
+    let created = gatehouse_core::clock::micros_of(SystemTime::now());
     let generator = format!("gatehouse {}", env!("CARGO_PKG_VERSION"));
     let (plan, items) = builder.finish(created, &generator)?;
     Ok((plan, note, unsigned, items))
@@ -431,7 +431,7 @@ async fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
             until: filter.until,
             user: filter.user.clone(),
             resource: filter.resource.clone(),
-            generated_at: crate::unix_us(SystemTime::now()),
+            generated_at: gatehouse_core::clock::micros_of(SystemTime::now()),
             verification,
             entries: &entries,
         };

@@ -194,7 +194,12 @@ pub(crate) async fn run_gateway(
     let oidc = gatehouse_identity::oidc::Oidc::new(&config.issuers).map_err(anyhow::Error::msg)?;
     let auth =
         Authenticator::new(ApiKeys::new(&config.identities), Some(store.clone())).with_oidc(oidc);
-    let reviews = Reviews::default();
+    // Reviews and grants live in the store too, so a restart keeps pending reviews
+    // decidable and grants in force.
+    let reviews = Reviews::load(store.clone())
+        .await
+        .context("loading reviews and grants from the state store")?;
+    expire_reloaded(&reviews, &ledger).await;
     let key_events = tokio::spawn(record_key_events(
         store.clone(),
         ledger.clone(),
@@ -373,7 +378,7 @@ async fn retention(ledger: Ledger, days: u32, mut stop: watch::Receiver<bool>) {
         let ledger = ledger.clone();
         let pruned = tokio::task::spawn_blocking(move || {
             let cutoff = std::time::SystemTime::now() - keep;
-            let cutoff_us = crate::unix_us(cutoff);
+            let cutoff_us = gatehouse_core::clock::micros_of(cutoff);
             ledger.prune(cutoff_us, &format!("retention_days = {days}"))
         })
         .await;
@@ -479,6 +484,41 @@ fn masking_key(
         // Another resource (or process) made it first: use that one.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(std::fs::read(&path)?),
         Err(e) => Err(anyhow::anyhow!("cannot create {}: {e}", path.display())),
+    }
+}
+
+/// Ends, at its expiry, each review that was pending when the gateway last stopped: no
+/// session waits on it any more to do so (and an access request's timer ended with the
+/// process). Like every end, it is in the ledger before it applies.
+async fn expire_reloaded(reviews: &Reviews, ledger: &Ledger) {
+    let pending = reviews
+        .list()
+        .await
+        .into_iter()
+        .filter(|r| r.state == gatehouse_approvals::State::Pending);
+    for review in pending {
+        tracing::info!(review = %review.id, requester = %review.requester, "a review pending before the restart is still open");
+        let (reviews, ledger) = (reviews.clone(), ledger.clone());
+        tokio::spawn(async move {
+            let left = review
+                .expires_at
+                .saturating_sub(gatehouse_approvals::now_ms());
+            tokio::time::sleep(Duration::from_millis(left)).await;
+            let _ = reviews
+                .finish(
+                    &review.id,
+                    gatehouse_approvals::State::Expired,
+                    |next: &gatehouse_approvals::Review| {
+                        let event = gatehouse_approvals::decision_event(next, None, json!({}));
+                        async move {
+                            gatehouse_approvals::append(&ledger, &event)
+                                .await
+                                .map(|_| ())
+                        }
+                    },
+                )
+                .await;
+        });
     }
 }
 

@@ -39,7 +39,7 @@ pub async fn run(command: LedgerCommand) -> anyhow::Result<ExitCode> {
         LedgerCommand::Prune(args) => {
             crate::replay_cmd::ledger_in(&args.data_dir)?;
             let cutoff = std::time::SystemTime::now() - args.older_than;
-            let cutoff_us = crate::unix_us(cutoff);
+            let cutoff_us = gatehouse_core::clock::micros_of(cutoff);
             let why = format!(
                 "gatehouse ledger prune --older-than {}",
                 humantime::format_duration(args.older_than)

@@ -52,12 +52,6 @@ fn main() -> ExitCode {
 
 /// Writes `text` to standard output in one go. A closed pipe is not an error of ours: the
 /// reader took what it wanted. Other write errors are reported, never a panic.
-/// A time as unix microseconds, the ledger's unit (0 before 1970).
-pub(crate) fn unix_us(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 pub(crate) fn write_stdout(text: &str) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();

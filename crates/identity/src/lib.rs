@@ -213,12 +213,8 @@ impl Authenticator {
     }
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+/// Seconds since the Unix epoch (the shared clock).
+pub use gatehouse_core::clock::unix_secs as unix_now;
 
 /// The configured identities, ready for lookups.
 #[derive(Debug, Clone, Default)]

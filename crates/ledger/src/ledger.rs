@@ -16,7 +16,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use gatehouse_core::{ChunkRef, Durability, Event, EventKind, write_entry_line};
 use serde::{Deserialize, Serialize};
@@ -339,7 +339,7 @@ impl Ledger {
         let run = RunState {
             clean: false,
             pid: std::process::id(),
-            at_us: now_us(),
+            at_us: gatehouse_core::clock::unix_us(),
         };
         write_atomic(
             &layout.run_state(),
@@ -479,7 +479,12 @@ impl Ledger {
         shared.sync_all()?;
         shared.sign()?;
         let signed = self.status().checkpoint.map_or(0, |c| c.checkpoint.size);
-        let plan = prune::plan(self.layout(), cutoff_ts, signed, now_us())?;
+        let plan = prune::plan(
+            self.layout(),
+            cutoff_ts,
+            signed,
+            gatehouse_core::clock::unix_us(),
+        )?;
         if plan.is_empty() {
             return Ok(None);
         }
@@ -585,7 +590,7 @@ impl Shared {
             return Err(LedgerError::Unavailable(why.clone()));
         }
         let index = core.tree.size();
-        let ts = now_us().max(core.last_ts);
+        let ts = gatehouse_core::clock::unix_us().max(core.last_ts);
         let start = core.pending.len();
         write_entry_line(index, ts, body, &mut core.pending);
         let leaf = leaf_hash(&core.pending[start..]);
@@ -936,7 +941,7 @@ impl Shared {
         let run = RunState {
             clean: true,
             pid: std::process::id(),
-            at_us: now_us(),
+            at_us: gatehouse_core::clock::unix_us(),
         };
         write_atomic(
             &self.layout.run_state(),
@@ -953,7 +958,7 @@ fn recovery_event(report: &OpenReport, last_ts: Option<u64>, opts: &LedgerOption
         "batched_window_us": opts.batched_window.as_micros() as u64,
         "gap": {
             "from_ts": last_ts,
-            "to_ts": now_us(),
+            "to_ts": gatehouse_core::clock::unix_us(),
             "note": "events acknowledged in batched durability within the window before the crash may be missing; sync events are all present",
         },
     });
@@ -961,11 +966,4 @@ fn recovery_event(report: &OpenReport, last_ts: Option<u64>, opts: &LedgerOption
         data["truncated"] = json!({"segment": segment, "offset": offset, "bytes": bytes});
     }
     Event::system(EventKind::LedgerRecovery, data)
-}
-
-pub(crate) fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
