@@ -3,6 +3,7 @@
 //! index and leaf hash, so it can be traced back to the entry and proven against a
 //! checkpoint (`gatehouse ledger proof --index`).
 
+use gatehouse_core::{EventKind, Evidence};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -25,16 +26,32 @@ impl Filter {
     /// Whether `entry` (an entry as JSON) is taken.
     pub fn matches(&self, entry: &Value) -> bool {
         self.in_window(entry["ts"].as_u64().unwrap_or(0))
-            && self.user.as_deref().is_none_or(|u| {
-                let named = |v: &Value| v.as_str() == Some(u);
-                named(&entry["actor"]["id"])
-                    || (entry["kind"] == "auth.failure" && named(&entry["data"]["user"]))
-                    || (entry["kind"] == "approval.decision" && named(&entry["data"]["requester"]))
-            })
+            && self
+                .user
+                .as_deref()
+                .is_none_or(|u| entry["actor"]["id"].as_str() == Some(u) || named_in_data(entry, u))
             && self
                 .resource
                 .as_deref()
                 .is_none_or(|r| entry["resource"]["name"].as_str() == Some(r))
+    }
+}
+
+/// Whether `entry`'s `data` names `user` as the one a failed sign-in claimed to be, or as
+/// the requester an approval decides for.
+fn named_in_data(entry: &Value, user: &str) -> bool {
+    // Only these two kinds name a user in `data`: the kind is read first, so the other
+    // entries' payloads (statements above all) are not deserialised just to be skipped.
+    if !matches!(
+        EventKind::deserialize(&entry["kind"]),
+        Ok(EventKind::AuthFailure | EventKind::ApprovalDecision)
+    ) {
+        return false;
+    }
+    match Evidence::of_entry(entry) {
+        Evidence::AuthFailure(failure) => failure.user.as_deref() == Some(user),
+        Evidence::ApprovalDecision(decision) => decision.requester.as_deref() == Some(user),
+        _ => false,
     }
 }
 
@@ -88,36 +105,48 @@ fn time(us: u64) -> String {
 }
 
 fn summary(entry: &Value) -> String {
-    let d = &entry["data"];
-    match entry["kind"].as_str().unwrap_or("") {
-        "command" => format!(
+    match Evidence::of_entry(entry) {
+        Evidence::Command(command) => format!(
             "{} [{}]",
-            d["sql"].as_str().or(d["sql_prefix"].as_str()).unwrap_or(""),
-            d["decision"]["outcome"].as_str().unwrap_or("?")
+            command.postgres.text().unwrap_or(""),
+            command
+                .decision
+                .and_then(|d| d.outcome)
+                .as_deref()
+                .unwrap_or("?")
         ),
-        "result" => format!(
+        Evidence::Result(result) => format!(
             "command {}: {} rows{}",
-            d["command"],
-            d["rows"],
-            d["error"]
-                .as_str()
+            number(result.command),
+            number(result.rows),
+            result
+                .error
                 .map(|e| format!(", error {e}"))
                 .unwrap_or_default()
         ),
-        "approval.request" | "approval.decision" => format!(
-            "review {} {}",
-            d["review"].as_str().unwrap_or("?"),
-            d["state"].as_str().unwrap_or("requested")
+        Evidence::ApprovalRequest(request) => format!(
+            "review {} requested",
+            request.review.as_deref().unwrap_or("?")
         ),
-        "auth.failure" => d["reason"].as_str().unwrap_or("?").to_string(),
-        "session.end" => d["reason"].as_str().unwrap_or("").to_string(),
-        "policy.decision" => format!(
+        Evidence::ApprovalDecision(decision) => format!(
+            "review {} {}",
+            decision.review.as_deref().unwrap_or("?"),
+            decision.state.as_deref().unwrap_or("requested")
+        ),
+        Evidence::AuthFailure(failure) => failure.reason.unwrap_or_else(|| "?".into()),
+        Evidence::SessionEnd(end) => end.reason.unwrap_or_default(),
+        Evidence::PolicyDecision(decision) => format!(
             "{} {}",
-            d["action"].as_str().unwrap_or("?"),
-            d["outcome"].as_str().unwrap_or("?")
+            decision.action.as_deref().unwrap_or("?"),
+            decision.outcome.as_deref().unwrap_or("?")
         ),
         _ => String::new(),
     }
+}
+
+/// A number as its JSON text, `null` when the entry does not have it.
+fn number(n: Option<u64>) -> String {
+    n.map_or_else(|| "null".into(), |n| n.to_string())
 }
 
 /// A CSV field quoted when it must be (RFC 4180), and never starting with a character a

@@ -29,6 +29,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
+use gatehouse_core::Evidence;
+use gatehouse_core::evidence::{
+    ApprovalDecision, ApprovalRequest, AuthFailure, Command, CommandResult, Decision, KeyChange,
+    PolicyDecision, SessionEnd, SessionStart, TargetFailure,
+};
 use serde_json::{Map, Value, json};
 
 /// The OCSF schema version the events follow (`metadata.version`).
@@ -191,39 +196,54 @@ impl Mapper {
         entry["i"].as_u64()?;
         let resource_kind = entry["resource"]["kind"].as_str().unwrap_or("");
         let datastore = matches!(resource_kind, "postgres" | "mysql");
-        match kind {
-            "session.start" => {
-                let out = self.authentication(entry, leaf, Logon::Start);
+        match Evidence::read(kind, &entry["data"]) {
+            Evidence::SessionStart(start) => {
+                let out = self.authentication(entry, leaf, &Logon::Start(&start));
                 if let Some(session) = entry["session"].as_str() {
                     let facts = self.sessions.entry(session.to_string()).or_default();
-                    facts.client = text(&entry["data"]["client"]).map(str::to_string);
-                    facts.database = text(&entry["data"]["database"]).map(str::to_string);
+                    facts.client = filled(start.client.as_deref()).map(str::to_string);
+                    facts.database = filled(start.database.as_deref()).map(str::to_string);
                 }
                 Some(out)
             }
-            "session.end" => {
-                let out = self.authentication(entry, leaf, Logon::End);
+            Evidence::SessionEnd(end) => {
+                let out = self.authentication(entry, leaf, &Logon::End(&end));
                 if let Some(session) = entry["session"].as_str() {
                     self.sessions.remove(session);
                 }
                 Some(out)
             }
-            "auth.failure" => Some(self.authentication(entry, leaf, Logon::Failure)),
-            "command" if datastore => Some(self.datastore_command(entry, leaf)),
-            "command" if resource_kind == "ssh" => Some(self.ssh_command(entry, leaf)),
-            "command" if matches!(resource_kind, "http" | "kubernetes") => {
-                Some(self.api_command(entry, leaf))
+            Evidence::AuthFailure(failure) => {
+                Some(self.authentication(entry, leaf, &Logon::Failure(&failure)))
             }
-            "result" if datastore => Some(self.datastore_result(entry, leaf)),
-            "target.failure" if datastore => Some(self.datastore_connect(entry, leaf)),
-            "policy.decision"
-                if datastore && entry["data"]["action"].as_str() == Some("connect") =>
+            Evidence::Command(command) if datastore => {
+                Some(self.datastore_command(entry, leaf, &command))
+            }
+            Evidence::Command(command) if resource_kind == "ssh" => {
+                Some(self.ssh_command(entry, leaf, &command))
+            }
+            Evidence::Command(command) if matches!(resource_kind, "http" | "kubernetes") => {
+                Some(self.api_command(entry, leaf, &command))
+            }
+            Evidence::Result(result) if datastore => {
+                Some(self.datastore_result(entry, leaf, &result))
+            }
+            Evidence::TargetFailure(failure) if datastore => {
+                Some(self.datastore_connect(entry, leaf, &Connect::Target(&failure)))
+            }
+            Evidence::PolicyDecision(decision)
+                if datastore && decision.action.as_deref() == Some("connect") =>
             {
-                Some(self.datastore_connect(entry, leaf))
+                Some(self.datastore_connect(entry, leaf, &Connect::Refused(&decision)))
             }
-            "approval.request" => Some(self.approval_request(entry, leaf)),
-            "approval.decision" => Some(self.approval_decision(entry, leaf)),
-            "key.created" | "key.revoked" => Some(account_change(entry, leaf)),
+            Evidence::ApprovalRequest(request) => {
+                Some(self.approval_request(entry, leaf, &request))
+            }
+            Evidence::ApprovalDecision(decision) => {
+                Some(self.approval_decision(entry, leaf, &decision))
+            }
+            Evidence::KeyCreated(key) => Some(account_change(entry, leaf, &key, true)),
+            Evidence::KeyRevoked(key) => Some(account_change(entry, leaf, &key, false)),
             _ => None,
         }
     }
@@ -232,9 +252,10 @@ impl Mapper {
         self.sessions.get(entry["session"].as_str()?)
     }
 
-    /// Where the client connected from: the entry's own `client`, else its session's.
-    fn client(&self, entry: &Value) -> Option<Value> {
-        text(&entry["data"]["client"])
+    /// Where the client connected from: the entry's own `client` (from its `data`), else
+    /// its session's.
+    fn client(&self, entry: &Value, own: Option<&str>) -> Option<Value> {
+        filled(own)
             .or_else(|| self.session(entry)?.client.as_deref())
             .map(endpoint)
     }
@@ -242,45 +263,44 @@ impl Mapper {
     /// `src_endpoint` where the class requires one. When the address is unknown (the
     /// session started before the entries mapped), the session id names the client's
     /// end, so the event can still be joined with the session's `session.start`.
-    fn required_client(&self, entry: &Value) -> Value {
-        self.client(entry)
+    fn required_client(&self, entry: &Value, own: Option<&str>) -> Value {
+        self.client(entry, own)
             .unwrap_or_else(|| match text(&entry["session"]) {
                 Some(session) => json!({"uid": session}),
                 None => json!({"name": "unknown"}),
             })
     }
 
-    fn authentication(&self, entry: &Value, leaf: &str, logon: Logon) -> Value {
-        let data = &entry["data"];
+    fn authentication(&self, entry: &Value, leaf: &str, logon: &Logon) -> Value {
         let (activity_id, activity, status) = match logon {
-            Logon::Start => (1, "Logon", Status::Success),
-            Logon::Failure => (1, "Logon", Status::Failure),
-            Logon::End => (2, "Logoff", Status::Success),
+            Logon::Start(_) => (1, "Logon", Status::Success),
+            Logon::Failure(_) => (1, "Logon", Status::Failure),
+            Logon::End(_) => (2, "Logoff", Status::Success),
         };
         let mut out = base(&AUTHENTICATION, activity_id, activity, entry, leaf, &status);
         // The subject: the identity that signed in, or (failures) the name it claimed.
         let mut user = match logon {
-            Logon::Failure => claimed_user(data),
+            Logon::Failure(failure) => claimed_user(failure.user.as_deref()),
             _ => user(&entry["actor"]).unwrap_or_else(unknown_user),
         };
-        if let (Some(key), Value::Object(u)) = (text(&data["key_id"]), &mut user) {
+        if let (Some(key), Value::Object(u)) = (logon.key_id(), &mut user) {
             u.insert("credential_uid".into(), key.into());
         }
         out.insert("user".into(), user);
         // What was signed in to: the resource, or the admin API (`via`).
         let service = text(&entry["resource"]["name"])
             .map(str::to_string)
-            .or_else(|| text(&data["via"]).map(|via| format!("gatehouse {via}")))
+            .or_else(|| logon.via().map(|via| format!("gatehouse {via}")))
             .unwrap_or_else(|| "gatehouse".to_string());
         out.insert("service".into(), json!({"name": service}));
-        if let Some(src) = self.client(entry) {
+        if let Some(src) = self.client(entry, logon.client()) {
             out.insert("src_endpoint".into(), src);
         }
         if let Some(session) = text(&entry["session"]) {
             out.insert("session".into(), json!({"uid": session}));
         }
         out.insert("is_remote".into(), true.into());
-        let (protocol_id, protocol) = auth_protocol(entry);
+        let (protocol_id, protocol) = auth_protocol(entry, logon);
         out.insert("auth_protocol_id".into(), protocol_id.into());
         out.insert("auth_protocol".into(), protocol.into());
         // The identity provider that vouched for the user rides on the actor.
@@ -288,27 +308,27 @@ impl Mapper {
             out.insert("actor".into(), actor(entry));
         }
         let who = text(&entry["actor"]["id"])
-            .or_else(|| text(&data["user"]))
+            .or_else(|| logon.user())
             .unwrap_or("?");
         let message = match logon {
-            Logon::Start => format!("{who} signed in to {service}"),
-            Logon::Failure => {
-                let reason = text(&data["reason"]).unwrap_or("unknown reason");
+            Logon::Start(_) => format!("{who} signed in to {service}"),
+            Logon::Failure(failure) => {
+                let reason = filled(failure.reason.as_deref()).unwrap_or("unknown reason");
                 out.insert("status_detail".into(), reason.into());
                 // An aggregated entry stands for this many failures (OCSF's `count`).
-                if let Some(count) = data["count"].as_u64() {
+                if let Some(count) = failure.count {
                     out.insert("count".into(), count.into());
-                    let from = text(&data["client"]).unwrap_or("?");
+                    let from = filled(failure.client.as_deref()).unwrap_or("?");
                     format!("{count} sign-ins from {from} to {service} failed: {reason}")
                 } else {
                     format!("sign-in of {who:?} to {service} failed: {reason}")
                 }
             }
-            Logon::End => {
-                if let Some(reason) = text(&data["reason"]) {
+            Logon::End(end) => {
+                if let Some(reason) = filled(end.reason.as_deref()) {
                     out.insert("status_detail".into(), reason.into());
                 }
-                if let Some(ms) = data["duration_ms"].as_u64() {
+                if let Some(ms) = end.duration_ms {
                     let end = time_ms(entry);
                     out.insert("duration".into(), ms.into());
                     out.insert("start_time".into(), end.saturating_sub(ms).into());
@@ -321,18 +341,18 @@ impl Mapper {
         Value::Object(out)
     }
 
-    fn datastore_command(&mut self, entry: &Value, leaf: &str) -> Value {
-        let data = &entry["data"];
-        let (verdict, status, detail) = decision(&data["decision"]);
+    fn datastore_command(&mut self, entry: &Value, leaf: &str, command: &Command) -> Value {
+        let (verdict, status, detail) = decision(command.decision.as_ref());
         let mut out = base(&DATASTORE_ACTIVITY, 4, "Query", entry, leaf, &status);
-        self.datastore_common(&mut out, entry, verdict);
+        self.datastore_common(&mut out, entry, verdict, None);
         if let Some(detail) = detail {
             out.insert("status_detail".into(), detail.into());
         }
-        if let Some(policy) = policy(&data["decision"]) {
+        if let Some(policy) = decision_policy(command.decision.as_ref()) {
             out.insert("policy".into(), policy);
         }
-        let sql = text(&data["sql"]).or_else(|| text(&data["sql_prefix"]));
+        let pg = &command.postgres;
+        let sql = filled(pg.sql.as_deref()).or_else(|| filled(pg.sql_prefix.as_deref()));
         if let Some(sql) = sql {
             // A long statement is stored as a chunk; the entry (and so the event) holds
             // its first part, and `unmapped.gatehouse.data.sql_in_chunk` says so.
@@ -346,8 +366,8 @@ impl Mapper {
                     .insert(i, sql.to_string());
             }
         }
-        if let Some([table]) = data["tables"].as_array().map(Vec::as_slice)
-            && let Some(name) = text(table)
+        if let [table] = pg.tables.as_slice()
+            && let Some(name) = filled(Some(table))
         {
             // One `table` object: only a statement on a single table has one.
             out.insert("table".into(), json!({"name": name}));
@@ -355,10 +375,9 @@ impl Mapper {
         Value::Object(out)
     }
 
-    fn datastore_result(&mut self, entry: &Value, leaf: &str) -> Value {
-        let data = &entry["data"];
-        let error = text(&data["error"]);
-        let skipped = data["skipped"].as_bool().unwrap_or(false);
+    fn datastore_result(&mut self, entry: &Value, leaf: &str, result: &CommandResult) -> Value {
+        let error = filled(result.error.as_deref());
+        let skipped = result.skipped;
         let status = if error.is_some() || skipped {
             Status::Failure
         } else {
@@ -366,7 +385,7 @@ impl Mapper {
         };
         let mut out = base(&DATASTORE_ACTIVITY, 4, "Query", entry, leaf, &status);
         // Only admitted statements run and have a result.
-        self.datastore_common(&mut out, entry, ALLOWED);
+        self.datastore_common(&mut out, entry, ALLOWED, None);
         if let Some(error) = error {
             out.insert("status_detail".into(), error.into());
         } else if skipped {
@@ -375,10 +394,10 @@ impl Mapper {
                 "skipped: the server discarded it after an earlier error".into(),
             );
         }
-        if let Some(us) = data["duration_us"].as_u64() {
+        if let Some(us) = result.duration_us {
             out.insert("duration".into(), (us / 1000).into());
         }
-        let command = data["command"].as_u64();
+        let command = result.command;
         let statement = match (text(&entry["session"]), command) {
             (Some(session), Some(command)) => self
                 .sessions
@@ -389,7 +408,7 @@ impl Mapper {
         if let Some(sql) = statement {
             out.insert("query_info".into(), json!({"query_string": sql}));
         }
-        let rows = data["rows"].as_u64().unwrap_or(0);
+        let rows = result.rows.unwrap_or(0);
         let message = match command {
             Some(command) => format!("result of command {command}: {rows} rows"),
             None => format!("result: {rows} rows"),
@@ -400,9 +419,8 @@ impl Mapper {
 
     /// A session that never started: the gateway refused the connection (`policy.decision`)
     /// or the target could not be reached (`target.failure`).
-    fn datastore_connect(&mut self, entry: &Value, leaf: &str) -> Value {
-        let data = &entry["data"];
-        let refused = entry["kind"].as_str() == Some("policy.decision");
+    fn datastore_connect(&mut self, entry: &Value, leaf: &str, connect: &Connect) -> Value {
+        let refused = matches!(connect, Connect::Refused(_));
         let verdict = if refused { DENIED } else { TARGET_ERROR };
         let mut out = base(
             &DATASTORE_ACTIVITY,
@@ -412,20 +430,33 @@ impl Mapper {
             leaf,
             &Status::Failure,
         );
-        self.datastore_common(&mut out, entry, verdict);
-        let detail = text(&data["reason"])
-            .or_else(|| text(&data["message"]))
-            .or_else(|| text(&data["error"]))
-            .unwrap_or(if refused {
-                "refused by access policy"
-            } else {
-                "target unavailable"
-            });
+        let (client, detail, policies, target) = match connect {
+            Connect::Refused(d) => (
+                d.client.as_deref(),
+                filled(d.reason.as_deref())
+                    .or_else(|| filled(d.message.as_deref()))
+                    .or_else(|| filled(d.error.as_deref())),
+                d.policies.as_slice(),
+                None,
+            ),
+            Connect::Target(f) => (
+                f.client.as_deref(),
+                filled(f.reason.as_deref()),
+                &[][..],
+                f.target.as_deref(),
+            ),
+        };
+        self.datastore_common(&mut out, entry, verdict, client);
+        let detail = detail.unwrap_or(if refused {
+            "refused by access policy"
+        } else {
+            "target unavailable"
+        });
         out.insert("status_detail".into(), detail.into());
-        if let Some(policy) = policy(data) {
+        if let Some(policy) = policy(None, policies) {
             out.insert("policy".into(), policy);
         }
-        if let Some(target) = text(&data["target"]) {
+        if let Some(target) = filled(target) {
             out.insert("dst_endpoint".into(), endpoint(target));
         }
         let resource = text(&entry["resource"]["name"]).unwrap_or("?");
@@ -438,14 +469,21 @@ impl Mapper {
 
     /// What every Datastore Activity event carries: who, from where, which database, and
     /// the gateway's verdict (security_control profile, declared in `metadata.profiles`).
-    fn datastore_common(&self, out: &mut Map<String, Value>, entry: &Value, verdict: Verdict) {
+    /// `client` is the entry's own client address, when its kind has one.
+    fn datastore_common(
+        &self,
+        out: &mut Map<String, Value>,
+        entry: &Value,
+        verdict: Verdict,
+        client: Option<&str>,
+    ) {
         out.insert("actor".into(), actor(entry));
-        out.insert("src_endpoint".into(), self.required_client(entry));
+        out.insert("src_endpoint".into(), self.required_client(entry, client));
         let resource = text(&entry["resource"]["name"]).unwrap_or("unknown");
+        // The session's database; no entry mapped here names one in its own `data`.
         let database = self
             .session(entry)
             .and_then(|s| s.database.as_deref())
-            .or_else(|| text(&entry["data"]["database"]))
             .unwrap_or(resource);
         // type_id 1: Relational (both kinds mapped here are relational databases).
         out.insert(
@@ -459,9 +497,12 @@ impl Mapper {
         verdict_into(out, verdict);
     }
 
-    fn ssh_command(&self, entry: &Value, leaf: &str) -> Value {
+    /// The `decision` is typed (shared by every protocol's `command`); the SSH fields
+    /// (`client`, `target`, the command's text) are read by name: no gateway writes SSH
+    /// entries yet, so they have no type in `gatehouse_core::evidence` to read them by.
+    fn ssh_command(&self, entry: &Value, leaf: &str, command: &Command) -> Value {
         let data = &entry["data"];
-        let (verdict, status, detail) = decision(&data["decision"]);
+        let (verdict, status, detail) = decision(command.decision.as_ref());
         // A refused command is a refused request; anything else is traffic on the session.
         let (activity_id, activity) = if verdict.action_id == 2 {
             (5, "Refuse")
@@ -474,11 +515,14 @@ impl Mapper {
         if let Some(detail) = detail {
             out.insert("status_detail".into(), detail.into());
         }
-        if let Some(policy) = policy(&data["decision"]) {
+        if let Some(policy) = decision_policy(command.decision.as_ref()) {
             out.insert("policy".into(), policy);
         }
         out.insert("actor".into(), actor(entry));
-        out.insert("src_endpoint".into(), self.required_client(entry));
+        out.insert(
+            "src_endpoint".into(),
+            self.required_client(entry, text(&data["client"])),
+        );
         let resource = text(&entry["resource"]["name"]).unwrap_or("unknown");
         let dst = text(&data["target"]).map_or_else(|| json!({"name": resource}), endpoint);
         out.insert("dst_endpoint".into(), dst);
@@ -488,9 +532,13 @@ impl Mapper {
         Value::Object(out)
     }
 
-    fn api_command(&self, entry: &Value, leaf: &str) -> Value {
+    /// The `decision` is typed (shared by every protocol's `command`); the HTTP and
+    /// Kubernetes fields (`verb`/`method`, `path`/`url`/`resource`, `client`, the text) are
+    /// read by name: no gateway writes these entries yet, so they have no type in
+    /// `gatehouse_core::evidence` to read them by.
+    fn api_command(&self, entry: &Value, leaf: &str, command: &Command) -> Value {
         let data = &entry["data"];
-        let (_, status, detail) = decision(&data["decision"]);
+        let (_, status, detail) = decision(command.decision.as_ref());
         let verb = text(&data["verb"]).or_else(|| text(&data["method"]));
         let (activity_id, activity) = api_activity(verb.unwrap_or(""));
         let mut out = base(&API_ACTIVITY, activity_id, activity, entry, leaf, &status);
@@ -518,19 +566,21 @@ impl Mapper {
             json!([{"name": resource, "type": kind}]),
         );
         out.insert("actor".into(), actor(entry));
-        out.insert("src_endpoint".into(), self.required_client(entry));
+        out.insert(
+            "src_endpoint".into(),
+            self.required_client(entry, text(&data["client"])),
+        );
         out.insert("message".into(), operation.into());
         Value::Object(out)
     }
 
-    fn approval_request(&mut self, entry: &Value, leaf: &str) -> Value {
-        let data = &entry["data"];
+    fn approval_request(&mut self, entry: &Value, leaf: &str, request: &ApprovalRequest) -> Value {
         let resource = text(&entry["resource"]["name"]).unwrap_or("unknown");
-        let access = data["access"].is_object();
+        let access = request.access.is_some();
         let privilege = if access {
             format!("connect:{resource}")
         } else {
-            match data["command"]["index"].as_u64() {
+            match request.command.as_ref().map(|c| c.index) {
                 Some(index) => format!("execute:{resource}:command#{index}"),
                 None => format!("execute:{resource}"),
             }
@@ -549,22 +599,22 @@ impl Mapper {
         out.insert("privileges".into(), json!([privilege]));
         out.insert("actor".into(), actor(entry));
         out.insert("resource".into(), resource_details(entry));
-        if let Some(reason) = text(&data["reason"]) {
+        if let Some(reason) = filled(request.reason.as_deref()) {
             out.insert("status_detail".into(), reason.into());
         }
-        let review = text(&data["review"]).unwrap_or("?");
+        let review = filled(request.review.as_deref()).unwrap_or("?");
         out["metadata"]["correlation_uid"] = review.into();
         out.insert(
             "message".into(),
             format!("review {review} asks for {privilege}").into(),
         );
-        if let Some(id) = text(&data["review"]) {
+        if let Some(id) = filled(request.review.as_deref()) {
             self.reviews.insert(
                 id.to_string(),
                 ReviewFacts {
                     requester,
                     privilege,
-                    rule: text(&data["rule"]).map(str::to_string),
+                    rule: filled(request.rule.as_deref()).map(str::to_string),
                     access,
                 },
             );
@@ -572,11 +622,15 @@ impl Mapper {
         Value::Object(out)
     }
 
-    fn approval_decision(&mut self, entry: &Value, leaf: &str) -> Value {
-        let data = &entry["data"];
+    fn approval_decision(
+        &mut self,
+        entry: &Value,
+        leaf: &str,
+        decision: &ApprovalDecision,
+    ) -> Value {
         let resource = text(&entry["resource"]["name"]).unwrap_or("unknown");
-        let review = text(&data["review"]).unwrap_or("?");
-        let state = text(&data["state"]).unwrap_or("unknown");
+        let review = filled(decision.review.as_deref()).unwrap_or("?");
+        let state = filled(decision.state.as_deref()).unwrap_or("unknown");
         let facts = self.reviews.get(review).cloned();
         // The requester: remembered from the request; else, when no approver decided
         // (no `verdict`: the session's own ends), the entry's actor is the requester.
@@ -584,8 +638,9 @@ impl Mapper {
             .as_ref()
             .map(|f| f.requester.clone())
             .or_else(|| {
-                data["verdict"]
-                    .is_null()
+                decision
+                    .verdict
+                    .is_none()
                     .then(|| user(&entry["actor"]))
                     .flatten()
             })
@@ -597,7 +652,7 @@ impl Mapper {
         let mut privileges = vec![Value::String(privilege)];
         // An approval given for a duration (`for`) is also a grant of like statements (or
         // of access) until then.
-        if let Some(until) = data["grant_until"].as_u64() {
+        if let Some(until) = decision.grant_until {
             let until = rfc3339_ms(until);
             let granted = match &facts {
                 Some(f) if f.access => format!("connect:{resource}:until={until}"),
@@ -620,7 +675,7 @@ impl Mapper {
         out.insert("user".into(), requester);
         out.insert("privileges".into(), Value::Array(privileges));
         let mut who = actor(entry);
-        if !data["verdict"].is_null()
+        if decision.verdict.is_some()
             && let Some(who) = who.as_object_mut()
         {
             // An approver decides through the admin API, not from the requester's session
@@ -630,10 +685,10 @@ impl Mapper {
         out.insert("actor".into(), who);
         out.insert("resource".into(), resource_details(entry));
         let mut detail = state.to_string();
-        if let (Some(n), Some(of)) = (data["approvals"].as_u64(), data["required"].as_u64()) {
+        if let (Some(n), Some(of)) = (decision.approvals, decision.required) {
             detail.push_str(&format!(" ({n} of {of} approvals)"));
         }
-        if let Some(reason) = text(&data["reason"]) {
+        if let Some(reason) = filled(decision.reason.as_deref()) {
             detail.push_str(&format!(": {reason}"));
         }
         out.insert("status_detail".into(), detail.clone().into());
@@ -649,20 +704,67 @@ impl Mapper {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Logon {
-    Start,
-    Failure,
-    End,
+/// A sign-in entry's kind, with its payload.
+enum Logon<'a> {
+    Start(&'a SessionStart),
+    Failure(&'a AuthFailure),
+    End(&'a SessionEnd),
+}
+
+impl Logon<'_> {
+    /// The managed API key (or `oidc:<issuer>`) signed in with.
+    fn key_id(&self) -> Option<&str> {
+        match self {
+            Logon::Start(start) => filled(start.key_id.as_deref()),
+            Logon::Failure(failure) => filled(failure.key_id.as_deref()),
+            Logon::End(_) => None,
+        }
+    }
+
+    /// The client's address the entry itself says.
+    fn client(&self) -> Option<&str> {
+        match self {
+            Logon::Start(start) => start.client.as_deref(),
+            Logon::Failure(failure) => failure.client.as_deref(),
+            Logon::End(_) => None,
+        }
+    }
+
+    /// Where a failed sign-in was tried when not at a resource.
+    fn via(&self) -> Option<&str> {
+        match self {
+            Logon::Failure(failure) => filled(failure.via.as_deref()),
+            _ => None,
+        }
+    }
+
+    /// The name a failed sign-in claimed.
+    fn user(&self) -> Option<&str> {
+        match self {
+            Logon::Failure(failure) => filled(failure.user.as_deref()),
+            _ => None,
+        }
+    }
+
+    fn method(&self) -> Option<&str> {
+        match self {
+            Logon::Failure(failure) => filled(failure.method.as_deref()),
+            _ => None,
+        }
+    }
+}
+
+/// A connection that failed: refused by access policy, or its target unreachable.
+enum Connect<'a> {
+    Refused(&'a PolicyDecision),
+    Target(&'a TargetFailure),
 }
 
 /// Account Change rather than User Access Management: a managed key is the credential an
 /// identity signs in with (its `name` is the identity), so creating one creates a way in
 /// for that account and revoking it disables it; no privilege changes (the key's groups
 /// are fixed when it is made), and User Access Management requires `privileges`.
-fn account_change(entry: &Value, leaf: &str) -> Value {
-    let data = &entry["data"];
-    let created = entry["kind"].as_str() == Some("key.created");
+fn account_change(entry: &Value, leaf: &str, key: &KeyChange, created: bool) -> Value {
     let (activity_id, activity) = if created {
         (1, "Create")
     } else {
@@ -676,26 +778,26 @@ fn account_change(entry: &Value, leaf: &str) -> Value {
         leaf,
         &Status::Success,
     );
-    let name = text(&data["name"]).unwrap_or("unknown");
-    let (type_id, type_name) = user_type(text(&data["kind"]));
+    let name = filled(key.name.as_deref()).unwrap_or("unknown");
+    let (type_id, type_name) = user_type(filled(key.kind.as_deref()));
     let mut user = json!({"name": name, "type_id": type_id, "type": type_name});
-    if let Some(key) = text(&data["key_id"]) {
+    if let Some(key) = filled(key.key_id.as_deref()) {
         user["credential_uid"] = key.into();
     }
-    if let Some(groups) = groups(&data["groups"]) {
+    if let Some(groups) = group_names(key.groups.iter().map(String::as_str)) {
         user["groups"] = groups;
     }
     out.insert("user".into(), user);
     // Who made the change (the CLI's operator), on whose behalf the gateway recorded it.
-    let actor = match text(&data["by"]) {
+    let actor = match filled(key.by.as_deref()) {
         Some(by) => json!({"user": {"name": by}, "app_name": "gatehouse"}),
         None => actor(entry),
     };
     out.insert("actor".into(), actor);
-    if let Some(reason) = text(&data["reason"]) {
+    if let Some(reason) = filled(key.reason.as_deref()) {
         out.insert("status_detail".into(), reason.into());
     }
-    let key = text(&data["key_id"]).unwrap_or("?");
+    let key = filled(key.key_id.as_deref()).unwrap_or("?");
     let verb = if created { "created" } else { "revoked" };
     out.insert(
         "message".into(),
@@ -789,6 +891,11 @@ fn text(v: &Value) -> Option<&str> {
     v.as_str().filter(|s| !s.is_empty())
 }
 
+/// A non-empty string of a typed payload (read as [`text`] reads a JSON value).
+fn filled(s: Option<&str>) -> Option<&str> {
+    s.filter(|s| !s.is_empty())
+}
+
 /// The OCSF user for an entry's `actor`, if it names one.
 fn user(actor: &Value) -> Option<Value> {
     let id = text(&actor["id"])?;
@@ -813,18 +920,22 @@ fn user_type(kind: Option<&str>) -> (u64, &'static str) {
 }
 
 fn groups(v: &Value) -> Option<Value> {
-    let names: Vec<Value> = v
-        .as_array()?
-        .iter()
-        .filter_map(text)
+    group_names(v.as_array()?.iter().filter_map(Value::as_str))
+}
+
+/// OCSF groups for group names, the empty ones left out; `None` when none is left.
+fn group_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<Value> {
+    let names: Vec<Value> = names
+        .into_iter()
+        .filter_map(|g| filled(Some(g)))
         .map(|g| json!({"name": g}))
         .collect();
     (!names.is_empty()).then_some(Value::Array(names))
 }
 
 /// The user a failed sign-in claimed to be; the name may be empty or absent.
-fn claimed_user(data: &Value) -> Value {
-    match text(&data["user"]) {
+fn claimed_user(name: Option<&str>) -> Value {
+    match filled(name) {
         Some(name) => json!({"name": name, "type_id": 0, "type": "Unknown"}),
         None => unknown_user(),
     }
@@ -875,14 +986,22 @@ fn endpoint(addr: &str) -> Value {
 }
 
 /// The gateway's decision on a statement (`data.decision`): verdict, status and detail.
-fn decision(decision: &Value) -> (Verdict, Status, Option<String>) {
-    let rule = text(&decision["rule"])
+fn decision(decision: Option<&Decision>) -> (Verdict, Status, Option<String>) {
+    let Some(decision) = decision else {
+        return (UNDECIDED, Status::Unknown, None);
+    };
+    let rule = filled(decision.rule.as_deref())
         .map(|r| format!(" by rule {r}"))
         .unwrap_or_default();
-    match decision["outcome"].as_str() {
+    match decision.outcome.as_deref() {
         Some("allow") => (ALLOWED, Status::Success, None),
         Some("deny") => (DENIED, Status::Failure, Some(format!("denied{rule}"))),
-        Some("review") => match text(&decision["grant"]["review"]) {
+        Some("review") => match filled(
+            decision
+                .grant
+                .as_ref()
+                .and_then(|grant| grant.review.as_deref()),
+        ) {
             Some(review) => (
                 ALLOWED,
                 Status::Success,
@@ -898,16 +1017,18 @@ fn decision(decision: &Value) -> (Verdict, Status, Option<String>) {
     }
 }
 
-/// The rule or access policies behind a decision, as the OCSF policy.
-fn policy(decision: &Value) -> Option<Value> {
-    if let Some(rule) = text(&decision["rule"]) {
+/// The rule or access policies behind a statement's decision, as the OCSF policy.
+fn decision_policy(decision: Option<&Decision>) -> Option<Value> {
+    let decision = decision?;
+    policy(decision.rule.as_deref(), &decision.policies)
+}
+
+/// The rule, else the access policies, as the OCSF policy.
+fn policy(rule: Option<&str>, policies: &[String]) -> Option<Value> {
+    if let Some(rule) = filled(rule) {
         return Some(json!({"name": rule, "uid": rule}));
     }
-    let policies: Vec<&str> = decision["policies"]
-        .as_array()?
-        .iter()
-        .filter_map(text)
-        .collect();
+    let policies: Vec<&str> = policies.iter().filter_map(|p| filled(Some(p))).collect();
     (!policies.is_empty()).then(|| json!({"name": policies.join(", ")}))
 }
 
@@ -935,6 +1056,8 @@ fn add_profile(out: &mut Map<String, Value>, profile: &str) {
 }
 
 /// The text of a command on a non-SQL protocol, under the names a later gateway may use.
+/// Read by name, not typed: no gateway writes these protocols' `command` entries yet, so
+/// `gatehouse_core::evidence` has no type for them (as in `ssh_command` and `api_command`).
 fn command_text(data: &Value) -> Option<&str> {
     ["command", "cmd_line", "request", "sql", "sql_prefix"]
         .into_iter()
@@ -953,10 +1076,10 @@ fn api_activity(verb: &str) -> (u64, &'static str) {
 }
 
 /// How the identity signed in: OpenID Connect tokens, or Gatehouse API keys (Other).
-fn auth_protocol(entry: &Value) -> (u64, &'static str) {
-    let key = text(&entry["data"]["key_id"]).unwrap_or("");
+fn auth_protocol(entry: &Value, logon: &Logon) -> (u64, &'static str) {
+    let key = logon.key_id().unwrap_or("");
     let idp = text(&entry["actor"]["idp"]).unwrap_or("");
-    let method = text(&entry["data"]["method"]).unwrap_or("");
+    let method = logon.method().unwrap_or("");
     if key.starts_with("oidc:") || method == "oidc" {
         (4, "OpenID")
     } else if idp == "apikey" || method == "apikey" || !key.is_empty() {
