@@ -8,16 +8,24 @@
 //! ledger's order is the order things happened in and an approval that could not be
 //! recorded never lets a statement run. The rules of deciding ([`judge`]) are pure;
 //! [`notify`] tells approvers over webhooks.
+//!
+//! With a state store ([`Reviews::load`]), every change is also written through to it
+//! once recorded, and a restarted gateway starts from what it holds: pending reviews stay
+//! decidable and grants stay in force. Only the waiting (the channel a held session
+//! listens on) lives in memory; a review pending across a restart has no session any more
+//! (`restarted`), so its approval lets the requester run the statement again rather than
+//! running it.
 
 pub mod notify;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use gatehouse_core::{Actor, Event, EventKind, ResourceRef};
-use serde::Serialize;
+use gatehouse_store::{Store, StoreError, StoredGrant, StoredReview};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
 
 /// Where a review stands.
@@ -45,6 +53,22 @@ impl State {
     }
 }
 
+impl std::str::FromStr for State {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<State, String> {
+        Ok(match s {
+            "pending" => State::Pending,
+            "approved" => State::Approved,
+            "denied" => State::Denied,
+            "expired" => State::Expired,
+            "cancelled" => State::Cancelled,
+            "executed" => State::Executed,
+            other => return Err(format!("unknown review state {other:?}")),
+        })
+    }
+}
+
 impl std::fmt::Display for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -53,14 +77,10 @@ impl std::fmt::Display for State {
 
 /// A ledger entry a review refers to: its index and leaf hash (hex), so the reference is
 /// checkable against the tree.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct EntryRef {
-    pub index: u64,
-    pub leaf: String,
-}
+pub use gatehouse_core::evidence::EntryRef;
 
 /// One approver's act.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
     pub by: String,
     /// Unix milliseconds.
@@ -68,7 +88,7 @@ pub struct Verdict {
     pub reason: Option<String>,
     /// An approval that is also a grant: for this many milliseconds, later statements the
     /// same rule holds, from the same identity on the same resource, run without a review.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_ms: Option<u64>,
 }
 
@@ -124,6 +144,12 @@ pub struct Review {
     pub expires_at: u64,
     /// The `approval.request` entry every later entry of this review refers to.
     pub request: EntryRef,
+    /// The gateway restarted while this statement waited (pending, or approved and not yet
+    /// run): the session that held it is gone, so it never runs by itself. Decided, it
+    /// tells the requester the outcome; approved for a duration, its grant lets the
+    /// statement through when the requester sends it again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub restarted: bool,
 }
 
 /// What a session (or an access request) knows when it opens a review.
@@ -271,6 +297,9 @@ pub const MAX_OPEN_PER_REQUESTER: usize = 20;
 pub struct Reviews {
     slots: Arc<Mutex<HashMap<String, Slot>>>,
     grants: Arc<std::sync::Mutex<Vec<Grant>>>,
+    /// Where every change is written through to, when the gateway has a state store;
+    /// `Reviews::default()` keeps everything in memory (tests, tools).
+    store: Option<Store>,
 }
 
 impl std::fmt::Debug for Reviews {
@@ -280,6 +309,79 @@ impl std::fmt::Debug for Reviews {
 }
 
 impl Reviews {
+    /// The reviews and grants `store` holds, and a registry that writes every later change
+    /// through to it. Pending reviews are loaded whatever their age (a restarted gateway
+    /// must let approvers decide them, and expire them: see [`Reviews::list`]), decided ones
+    /// for as long as they stay listed; grants while in force. What no longer counts is
+    /// pruned from the store.
+    pub async fn load(store: Store) -> Result<Reviews, StoreError> {
+        let now = now_ms();
+        let since = now.saturating_sub(keep_ms());
+        store.prune_reviews(to_i64(since), to_i64(now)).await?;
+        let mut slots = HashMap::new();
+        for stored in store.reviews(to_i64(since)).await? {
+            let mut review = from_stored(stored).map_err(StoreError::Corrupt)?;
+            // Its session ended with the gateway that held it.
+            review.restarted = !review.session.is_empty()
+                && matches!(review.state, State::Pending | State::Approved);
+            let (tx, _) = watch::channel(review.clone());
+            slots.insert(review.id.clone(), Slot { review, tx });
+        }
+        let grants = store
+            .grants(to_i64(now))
+            .await?
+            .into_iter()
+            .map(|g| Grant {
+                resource: g.resource,
+                requester: g.requester,
+                rule: g.rule,
+                until: to_u64(g.until),
+                review: g.review,
+                request: EntryRef {
+                    index: to_u64(g.request_index),
+                    leaf: g.request_leaf,
+                },
+                access: g.access,
+            })
+            .collect();
+        Ok(Reviews {
+            slots: Arc::new(Mutex::new(slots)),
+            grants: Arc::new(std::sync::Mutex::new(grants)),
+            store: Some(store),
+        })
+    }
+
+    /// Writes `review` (and the grants it just gave) through to the store. Called once the
+    /// change is in the ledger, so it is applied whether or not this succeeds: the ledger
+    /// is the record, and a change it holds must take effect. A failure is logged; the
+    /// review's next change writes the whole row again.
+    async fn persist(&self, review: &Review, grants: &[Grant]) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let grants: Vec<StoredGrant> = grants
+            .iter()
+            .map(|g| StoredGrant {
+                resource: g.resource.clone(),
+                requester: g.requester.clone(),
+                rule: g.rule.clone(),
+                access: g.access,
+                until: to_i64(g.until),
+                review: g.review.clone(),
+                request_index: to_i64(g.request.index),
+                request_leaf: g.request.leaf.clone(),
+            })
+            .collect();
+        if let Err(e) = store.save_review(&to_stored(review), &grants).await {
+            tracing::error!(
+                review = %review.id,
+                state = %review.state,
+                error = %e,
+                "a review change is in the ledger but could not be stored; a restart before its next change forgets it"
+            );
+        }
+    }
+
     /// Opens a review once `record` (given the review to be) has recorded the request and
     /// returned its entry. The receiver sees every later change. A requester who already
     /// has [`MAX_OPEN_PER_REQUESTER`] reviews waiting gets [`ReviewError::TooManyOpen`],
@@ -318,6 +420,7 @@ impl Reviews {
                 index: 0,
                 leaf: String::new(),
             },
+            restarted: false,
         };
         let mut slots = self.slots.lock().await;
         slots.retain(|_, s| {
@@ -342,6 +445,7 @@ impl Reviews {
             });
         }
         review.request = record(&review).await.map_err(ReviewError::Record)?;
+        self.persist(&review, &[]).await;
         let (tx, rx) = watch::channel(review.clone());
         slots.insert(
             review.id.clone(),
@@ -390,10 +494,8 @@ impl Reviews {
             .ok_or_else(|| ReviewError::NotFound(id.to_string()))?;
         let next = judge(&slot.review, who, decision, reason, now_ms())?;
         record(&next).await.map_err(ReviewError::Record)?;
+        let mut given = Vec::new();
         if let Some(until) = next.grant_until {
-            let mut grants = self.grants.lock().expect("grants lock");
-            let now = now_ms();
-            grants.retain(|g| g.until > now);
             // A grant covers exactly what held the statement: each holder gets its own.
             let rules: Vec<Option<String>> = if next.holders.is_empty() {
                 vec![next.rule.clone()]
@@ -401,7 +503,7 @@ impl Reviews {
                 next.holders.iter().cloned().map(Some).collect()
             };
             for rule in rules {
-                grants.push(Grant {
+                given.push(Grant {
                     resource: next.resource.clone(),
                     requester: next.requester.clone(),
                     rule,
@@ -411,6 +513,13 @@ impl Reviews {
                     access: next.access_ms.is_some(),
                 });
             }
+        }
+        self.persist(&next, &given).await;
+        if !given.is_empty() {
+            let mut grants = self.grants.lock().expect("grants lock");
+            let now = now_ms();
+            grants.retain(|g| g.until > now);
+            grants.extend(given);
         }
         slot.review = next.clone();
         slot.tx.send_replace(next.clone());
@@ -473,10 +582,89 @@ impl Reviews {
         let mut next = slot.review.clone();
         next.state = state;
         record(&next).await.map_err(ReviewError::Record)?;
+        self.persist(&next, &[]).await;
         slot.review = next.clone();
         slot.tx.send_replace(next.clone());
         Ok(next)
     }
+}
+
+/// Unix milliseconds as SQLite's integers hold them (a far expiry saturates).
+fn to_i64(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+fn to_u64(ms: i64) -> u64 {
+    u64::try_from(ms).unwrap_or(0)
+}
+
+fn to_stored(review: &Review) -> StoredReview {
+    StoredReview {
+        id: review.id.clone(),
+        resource: review.resource.clone(),
+        requester: review.requester.clone(),
+        session: review.session.clone(),
+        access_ms: review.access_ms.map(to_i64),
+        statement: review.statement.clone(),
+        rule: review.rule.clone(),
+        holders: review.holders.clone(),
+        reason: review.reason.clone(),
+        approvers: review.approvers.clone(),
+        required: i64::from(review.required),
+        approvals: serde_json::to_value(&review.approvals).unwrap_or_default(),
+        denial: review
+            .denial
+            .as_ref()
+            .map(|d| serde_json::to_value(d).unwrap_or_default()),
+        state: review.state.as_str().to_string(),
+        grant_until: review.grant_until.map(to_i64),
+        requested_at: to_i64(review.requested_at),
+        expires_at: to_i64(review.expires_at),
+        request_index: to_i64(review.request.index),
+        request_leaf: review.request.leaf.clone(),
+        updated_at: to_i64(now_ms()),
+    }
+}
+
+fn from_stored(s: StoredReview) -> Result<Review, String> {
+    let id = s.id;
+    let verdicts = |v: serde_json::Value| -> Result<Vec<Verdict>, String> {
+        serde_json::from_value(v).map_err(|e| format!("review {id} approvals: {e}"))
+    };
+    let approvals = verdicts(s.approvals)?;
+    let denial = match s.denial {
+        Some(v) => Some(
+            serde_json::from_value::<Verdict>(v).map_err(|e| format!("review {id} denial: {e}"))?,
+        ),
+        None => None,
+    };
+    Ok(Review {
+        access_ms: s.access_ms.map(to_u64),
+        resource: s.resource,
+        requester: s.requester,
+        session: s.session,
+        statement: s.statement,
+        rule: s.rule,
+        holders: s.holders,
+        reason: s.reason,
+        approvers: s.approvers,
+        required: u32::try_from(s.required).map_err(|e| format!("review {id} required: {e}"))?,
+        approvals,
+        denial,
+        state: s
+            .state
+            .parse()
+            .map_err(|e: String| format!("review {id}: {e}"))?,
+        grant_until: s.grant_until.map(to_u64),
+        requested_at: to_u64(s.requested_at),
+        expires_at: to_u64(s.expires_at),
+        request: EntryRef {
+            index: to_u64(s.request_index),
+            leaf: s.request_leaf,
+        },
+        restarted: false,
+        id,
+    })
 }
 
 fn keep_ms() -> u64 {
@@ -484,11 +672,7 @@ fn keep_ms() -> u64 {
 }
 
 /// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use gatehouse_core::clock::unix_ms as now_ms;
 
 /// `r-` and ten hex digits: short enough to type, random so ids say nothing.
 fn new_id() -> String {
@@ -497,19 +681,6 @@ fn new_id() -> String {
         raw.copy_from_slice(&now_ms().to_be_bytes()[3..]);
     }
     format!("r-{}", hex::encode(raw))
-}
-
-/// Appends `event` durably and returns the reference to it: the recording step the
-/// [`Reviews`] methods take, in the form they take it.
-pub async fn append(ledger: &gatehouse_ledger::Ledger, event: &Event) -> Result<EntryRef, String> {
-    ledger
-        .append(event, gatehouse_core::Durability::Sync)
-        .await
-        .map(|r| EntryRef {
-            index: r.index,
-            leaf: hex::encode(r.leaf_hash),
-        })
-        .map_err(|e| e.to_string())
 }
 
 /// An `approval.decision` entry: the review's new state, referring to its request entry

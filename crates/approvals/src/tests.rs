@@ -502,3 +502,170 @@ async fn a_grant_covers_exactly_the_rules_that_held_the_statement() {
         "a rule that did not hold the statement is not granted"
     );
 }
+
+/// A registry on a fresh state store in `dir`.
+async fn stored(dir: &std::path::Path) -> Reviews {
+    Reviews::load(gatehouse_store::Store::open_in(dir).await.unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_restarted_registry_keeps_pending_reviews_decidable_and_grants_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = stored(dir.path()).await;
+    let (review, _rx) = opened(&first, 1).await;
+    let mut access = new_review(1);
+    access.access = Some(Duration::from_secs(3600));
+    access.session = String::new();
+    let (asked, _) = first
+        .open(access, |_| async {
+            Ok(EntryRef {
+                index: 8,
+                leaf: "cd".into(),
+            })
+        })
+        .await
+        .unwrap();
+    drop(first);
+
+    // The "restart": a new registry on the same file.
+    let second = stored(dir.path()).await;
+    let held = second.get(&review.id).await.unwrap();
+    assert_eq!(held.state, State::Pending);
+    assert!(held.restarted, "its session is gone");
+    assert_eq!(
+        (held.request.index, held.statement.as_str()),
+        (7, "DROP TABLE t")
+    );
+    let reloaded = second.get(&asked.id).await.unwrap();
+    // An access request has no session to lose.
+    assert!(!reloaded.restarted);
+    assert_eq!(reloaded.access_ms, Some(3_600_000));
+    assert_eq!(
+        second.list().await.len(),
+        2,
+        "both listed for approvers again"
+    );
+
+    // Approvers decide it as before; the decision is recorded first.
+    let groups = dba();
+    let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = recorded.clone();
+    let decided = second
+        .decide(
+            &review.id,
+            approver("bob", &groups, false),
+            &Decision::Approve {
+                grant: Some(Duration::from_secs(3600)),
+            },
+            Some("planned".into()),
+            move |next| {
+                seen.lock().unwrap().push(next.state);
+                async { Ok(()) }
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(decided.state, State::Approved);
+    assert_eq!(*recorded.lock().unwrap(), [State::Approved]);
+    assert!(
+        second
+            .grant("pg-prod", "alice", Some("drops-need-review"))
+            .is_some()
+    );
+    // A decision that could not be recorded is not taken, nor stored.
+    let refused = second
+        .decide(
+            &asked.id,
+            approver("bob", &groups, false),
+            &APPROVE,
+            None,
+            |_| async { Err("ledger failed".to_string()) },
+        )
+        .await;
+    assert!(matches!(refused, Err(ReviewError::Record(_))));
+    drop(second);
+
+    // After another restart, the decision and the grant stand.
+    let third = stored(dir.path()).await;
+    let after = third.get(&review.id).await.unwrap();
+    assert_eq!(after.state, State::Approved);
+    assert_eq!(after.approvals[0].by, "bob");
+    assert_eq!(after.approvals[0].reason.as_deref(), Some("planned"));
+    assert_eq!(after.approvals[0].grant_ms, Some(3_600_000));
+    assert!(after.restarted, "approved, but nothing waits to run it");
+    let grant = third
+        .grant("pg-prod", "alice", Some("drops-need-review"))
+        .unwrap();
+    assert_eq!(
+        (grant.review.as_str(), grant.request.index),
+        (review.id.as_str(), 7)
+    );
+    assert_eq!(Some(grant.until), after.grant_until);
+    assert_eq!(
+        third.get(&asked.id).await.unwrap().state,
+        State::Pending,
+        "the refused decision left no trace"
+    );
+    let err = third
+        .decide(
+            &review.id,
+            approver("carol", &groups, false),
+            &APPROVE,
+            None,
+            |_| async { Ok(()) },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ReviewError::NotPending { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_reloaded_review_expires_and_access_grants_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = stored(dir.path()).await;
+    let (review, _rx) = opened(&first, 1).await;
+    let mut access = new_review(1);
+    access.access = Some(Duration::from_secs(600));
+    access.session = String::new();
+    let (asked, _) = first
+        .open(access, |_| async {
+            Ok(EntryRef {
+                index: 9,
+                leaf: "ef".into(),
+            })
+        })
+        .await
+        .unwrap();
+    let groups = dba();
+    first
+        .decide(
+            &asked.id,
+            approver("bob", &groups, false),
+            &APPROVE,
+            None,
+            |_| async { Ok(()) },
+        )
+        .await
+        .unwrap();
+    drop(first);
+
+    let second = stored(dir.path()).await;
+    // Nothing waits on a reloaded review, but it still ends: the gateway expires it.
+    let ended = second
+        .finish(&review.id, State::Expired, |_| async { Ok(()) })
+        .await
+        .unwrap();
+    assert_eq!(ended.state, State::Expired);
+    let access = second.access_grant("pg-prod", "alice").unwrap();
+    assert_eq!(access.review, asked.id);
+    assert!(second.grant("pg-prod", "alice", None).is_none());
+    drop(second);
+
+    let third = stored(dir.path()).await;
+    let expired = third.get(&review.id).await.unwrap();
+    assert_eq!(expired.state, State::Expired);
+    assert!(!expired.restarted, "it no longer waits for anything");
+    assert!(third.access_grant("pg-prod", "alice").is_some());
+}

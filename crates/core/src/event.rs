@@ -66,6 +66,29 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, in the order docs/ARCHITECTURE.md lists them.
+    pub const ALL: [EventKind; 19] = [
+        EventKind::SessionStart,
+        EventKind::SessionEnd,
+        EventKind::Command,
+        EventKind::Result,
+        EventKind::Recording,
+        EventKind::AuthFailure,
+        EventKind::KeyCreated,
+        EventKind::KeyRevoked,
+        EventKind::TargetFailure,
+        EventKind::PolicyDecision,
+        EventKind::IntegrityMismatch,
+        EventKind::ApprovalRequest,
+        EventKind::ApprovalDecision,
+        EventKind::ConfigChange,
+        EventKind::Heartbeat,
+        EventKind::LedgerOpen,
+        EventKind::LedgerRecovery,
+        EventKind::LedgerPrune,
+        EventKind::Bench,
+    ];
+
     /// The name written into entries, e.g. `session.start`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -281,6 +304,47 @@ pub struct EntryHeader {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The architecture's list of kinds is the code's: every kind, in order, and a new
+    /// variant cannot be left out of [`EventKind::ALL`] (the match below stops compiling).
+    #[test]
+    fn the_documented_kinds_are_the_kinds() {
+        let doc = include_str!("../../../docs/ARCHITECTURE.md");
+        let listed = doc
+            .split_once("Kinds: ")
+            .and_then(|(_, rest)| rest.split_once(".\n\n"))
+            .map(|(list, _)| list)
+            .expect("docs/ARCHITECTURE.md lists the kinds after `Kinds: `");
+        let names: Vec<&str> = listed
+            .split(',')
+            .map(|n| n.trim().trim_matches('`'))
+            .collect();
+        let kinds: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names, kinds);
+        for kind in EventKind::ALL {
+            match kind {
+                EventKind::SessionStart
+                | EventKind::SessionEnd
+                | EventKind::Command
+                | EventKind::Result
+                | EventKind::Recording
+                | EventKind::AuthFailure
+                | EventKind::KeyCreated
+                | EventKind::KeyRevoked
+                | EventKind::TargetFailure
+                | EventKind::PolicyDecision
+                | EventKind::IntegrityMismatch
+                | EventKind::ApprovalRequest
+                | EventKind::ApprovalDecision
+                | EventKind::ConfigChange
+                | EventKind::Heartbeat
+                | EventKind::LedgerOpen
+                | EventKind::LedgerRecovery
+                | EventKind::LedgerPrune
+                | EventKind::Bench => {}
+            }
+        }
+    }
 
     #[test]
     fn entry_line_has_fixed_field_order_and_round_trips() {

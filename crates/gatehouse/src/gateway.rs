@@ -511,9 +511,11 @@ async fn expire_reloaded(reviews: &Reviews, ledger: &Ledger) {
                     |next: &gatehouse_approvals::Review| {
                         let event = gatehouse_approvals::decision_event(next, None, json!({}));
                         async move {
-                            gatehouse_approvals::append(&ledger, &event)
+                            ledger
+                                .append_ref(&event)
                                 .await
                                 .map(|_| ())
+                                .map_err(|e| e.to_string())
                         }
                     },
                 )

@@ -665,6 +665,110 @@ fn held_statements_run_only_once_approved_and_every_step_is_recorded() {
     evidence::check_evidence(&dir.path().join("data"));
 }
 
+/// `gatehouse serve` with the setup's configuration, up once its admin API answers.
+fn serve(s: &Setup) -> Child {
+    let file = s.dir.path().join("gatehouse.toml");
+    let child = gatehouse()
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .current_dir(s.dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while curl(&[&format!("http://127.0.0.1:{}/healthz", s.admin)]).0 != 200 {
+        assert!(Instant::now() < deadline, "serve did not come up");
+        sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+/// Stops `serve` as an operator would (SIGTERM) and waits for it.
+fn stop(serve: &mut Child) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    assert!(serve.wait().unwrap().success());
+}
+
+/// Issue 21: a review pending when the gateway stops is still there when it starts again.
+/// Approvers decide it as any other (recorded in the ledger); the statement does not run
+/// by itself — its session ended with the gateway — but an approval for a duration is a
+/// grant the requester's next try runs under.
+#[test]
+fn a_pending_review_and_its_grant_survive_a_restart() {
+    let mut s = start();
+    let pg = s.ports[0];
+    let psql = s.psql(pg, "DROP TABLE t9");
+    let id = s.pending();
+    stop(&mut s.serve);
+    let (ok, err) = finished(psql);
+    assert!(!ok, "the held session ends with the gateway: {err}");
+    assert!(s.table_exists("t9"));
+
+    s.serve = serve(&s);
+    let shown = s.reviews("bob", &["show", &id]);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    let review: Value = serde_json::from_str(&stdout(&shown)).unwrap();
+    assert_eq!(review["state"], "pending");
+    assert_eq!(review["restarted"], true);
+    assert_eq!(review["statement"], "DROP TABLE t9");
+
+    let (code, body) = s.post(
+        "bob",
+        &format!("/api/reviews/{id}/approve"),
+        r#"{"reason":"after the restart","for":"1h"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let decided: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(decided["state"], "approved");
+    // Nothing waited to run it.
+    sleep(Duration::from_millis(300));
+    assert!(s.table_exists("t9"));
+
+    // The requester, back, finds it decided and runs the statement under its grant.
+    let shown = s.reviews("alice", &["show", &id]);
+    let review: Value = serde_json::from_str(&stdout(&shown)).unwrap();
+    assert_eq!(review["state"], "approved");
+    let (ok, err) = finished(s.psql(pg, "DROP TABLE t9"));
+    assert!(ok, "{err}");
+    assert!(!s.table_exists("t9"));
+
+    // And the grant outlives a second restart.
+    stop(&mut s.serve);
+    s.serve = serve(&s);
+    let (ok, err) = finished(s.psql(pg, "DROP TABLE t10"));
+    assert!(ok, "{err}");
+
+    stop(&mut s.serve);
+    let _ = s.receiver.kill();
+    let _ = s.receiver.wait();
+    let data = s.dir.path().join("data");
+    let decision = find(&data, |v| {
+        v["kind"] == "approval.decision" && v["data"]["review"] == id.as_str()
+    })
+    .expect("the decision after the restart is recorded");
+    assert_eq!(decision["data"]["state"], "approved");
+    assert_eq!(decision["actor"]["id"], "bob");
+    let request = find(&data, |v| {
+        v["kind"] == "approval.request" && v["data"]["review"] == id.as_str()
+    })
+    .unwrap();
+    assert_eq!(
+        decision["data"]["request"]["index"], request["i"],
+        "the decision names the request made before the restart"
+    );
+    for table in ["DROP TABLE t9", "DROP TABLE t10"] {
+        let granted = entries(&data)
+            .into_iter()
+            .map(|(_, _, v)| v)
+            .rfind(|v| v["kind"] == "command" && v["data"]["sql"] == table)
+            .unwrap();
+        assert_eq!(granted["data"]["decision"]["grant"]["review"], id.as_str());
+    }
+}
+
 /// `gatehouse audit export`: filters by identity, resource and window; rows carry the
 /// entries' leaf hashes.
 fn check_export(data: &Path) {

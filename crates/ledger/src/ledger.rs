@@ -18,6 +18,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use gatehouse_core::evidence::EntryRef;
 use gatehouse_core::{ChunkRef, Durability, Event, EventKind, write_entry_line};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -417,6 +418,16 @@ impl Ledger {
         );
         ledger.append_blocking(&open, Durability::Sync)?;
         Ok((ledger, report))
+    }
+
+    /// Appends `event` durably and returns the reference other entries make to it (its
+    /// index and leaf hash): how reviews record each step before it takes effect.
+    pub async fn append_ref(&self, event: &Event) -> Result<EntryRef, LedgerError> {
+        let receipt = self.append(event, Durability::Sync).await?;
+        Ok(EntryRef {
+            index: receipt.index,
+            leaf: hex::encode(receipt.leaf_hash),
+        })
     }
 
     /// Appends an event; returns once it is durable (`Sync`) or sequenced (`Batched`: it

@@ -1639,7 +1639,7 @@ impl Session {
                     "required": review.required,
                     "expires_at": review.expires_at,
                 });
-                async move { gatehouse_approvals::append(&ledger, &event).await }
+                async move { ledger.append_ref(&event).await.map_err(|e| e.to_string()) }
             })
             .await;
         let (review, mut changes) = match opened {
@@ -1778,9 +1778,11 @@ impl Session {
                 let event =
                     gatehouse_approvals::decision_event(next, Some(self.actor.clone()), json!({}));
                 async move {
-                    gatehouse_approvals::append(&ledger, &event)
+                    ledger
+                        .append_ref(&event)
                         .await
                         .map(|_| ())
+                        .map_err(|e| e.to_string())
                 }
             })
             .await;

@@ -233,9 +233,11 @@ async fn decide(
                 json!({"verdict": verdict, "reason": reason, "grant_until": next.grant_until}),
             );
             async move {
-                gatehouse_approvals::append(&ledger, &event)
+                ledger
+                    .append_ref(&event)
                     .await
                     .map(|_| ())
+                    .map_err(|e| e.to_string())
             }
         })
         .await;
@@ -385,7 +387,7 @@ pub async fn request_access(
                 }),
                 chunks: Vec::new(),
             };
-            async move { gatehouse_approvals::append(&ledger, &event).await }
+            async move { ledger.append_ref(&event).await.map_err(|e| e.to_string()) }
         })
         .await;
     let review = match opened {
@@ -406,9 +408,11 @@ pub async fn request_access(
             .finish(&id, ReviewState::Expired, |next: &Review| {
                 let event = decision_event(next, None, json!({}));
                 async move {
-                    gatehouse_approvals::append(&ledger, &event)
+                    ledger
+                        .append_ref(&event)
                         .await
                         .map(|_| ())
+                        .map_err(|e| e.to_string())
                 }
             })
             .await;

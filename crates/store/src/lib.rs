@@ -1,5 +1,6 @@
 //! Gatehouse's mutable state, kept in SQLite (`state.db` in the data directory): managed API
-//! keys today; approvals, grants and the sessions index later.
+//! keys, reviews of held statements and access requests, and the grants approvals gave
+//! (the sessions index later).
 //!
 //! The ledger is the record of what happened; the store is what the gateway consults to
 //! decide (is this key valid now?). The gateway and the CLI open the same file at once, so
@@ -19,7 +20,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub const STATE_FILE: &str = "state.db";
 
 /// The schema this build writes; older files are upgraded on open, newer ones refused.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -175,6 +176,53 @@ impl Store {
                 .map_err(open_err)?;
             tx.commit().await.map_err(open_err)?;
         }
+        if found < 3 {
+            // Version 3: reviews and grants, so a restart neither forgets a pending review
+            // nor ends a grant early. The ledger stays the record of each step; these rows
+            // are what a restarted gateway decides from.
+            let mut tx = pool.begin().await.map_err(open_err)?;
+            for ddl in [
+                "CREATE TABLE IF NOT EXISTS reviews (
+                    id TEXT PRIMARY KEY,
+                    resource TEXT NOT NULL,
+                    requester TEXT NOT NULL,
+                    session TEXT NOT NULL,
+                    access_ms INTEGER,
+                    statement TEXT NOT NULL,
+                    rule TEXT,
+                    holders TEXT NOT NULL,
+                    reason TEXT NOT NULL,
+                    approvers TEXT NOT NULL,
+                    required INTEGER NOT NULL,
+                    approvals TEXT NOT NULL,
+                    denial TEXT,
+                    state TEXT NOT NULL,
+                    grant_until INTEGER,
+                    requested_at INTEGER NOT NULL,
+                    expires_at INTEGER NOT NULL,
+                    request_index INTEGER NOT NULL,
+                    request_leaf TEXT NOT NULL,
+                    updated_at INTEGER NOT NULL
+                )",
+                "CREATE INDEX IF NOT EXISTS reviews_state ON reviews (state, requested_at)",
+                "CREATE TABLE IF NOT EXISTS grants (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    resource TEXT NOT NULL,
+                    requester TEXT NOT NULL,
+                    rule TEXT,
+                    access INTEGER NOT NULL,
+                    until INTEGER NOT NULL,
+                    review TEXT NOT NULL,
+                    request_index INTEGER NOT NULL,
+                    request_leaf TEXT NOT NULL
+                )",
+                "CREATE INDEX IF NOT EXISTS grants_until ON grants (until)",
+                "PRAGMA user_version = 3",
+            ] {
+                sqlx::query(ddl).execute(&mut *tx).await.map_err(open_err)?;
+            }
+            tx.commit().await.map_err(open_err)?;
+        }
         Ok(Store { pool })
     }
 
@@ -292,10 +340,212 @@ impl Store {
         Ok(())
     }
 
+    /// Writes `review` as it now stands (replacing what was stored under its id) and adds
+    /// `grants`, in one transaction: an approval and the grants it gives are stored
+    /// together or not at all.
+    pub async fn save_review(
+        &self,
+        review: &StoredReview,
+        grants: &[StoredGrant],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT OR REPLACE INTO reviews (id, resource, requester, session, access_ms, statement,
+                rule, holders, reason, approvers, required, approvals, denial, state, grant_until,
+                requested_at, expires_at, request_index, request_leaf, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&review.id)
+        .bind(&review.resource)
+        .bind(&review.requester)
+        .bind(&review.session)
+        .bind(review.access_ms)
+        .bind(&review.statement)
+        .bind(&review.rule)
+        .bind(list_text(&review.holders)?)
+        .bind(&review.reason)
+        .bind(list_text(&review.approvers)?)
+        .bind(review.required)
+        .bind(review.approvals.to_string())
+        .bind(review.denial.as_ref().map(|d| d.to_string()))
+        .bind(&review.state)
+        .bind(review.grant_until)
+        .bind(review.requested_at)
+        .bind(review.expires_at)
+        .bind(review.request_index)
+        .bind(&review.request_leaf)
+        .bind(review.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        for grant in grants {
+            sqlx::query(
+                "INSERT INTO grants (resource, requester, rule, access, until, review, request_index, request_leaf)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&grant.resource)
+            .bind(&grant.requester)
+            .bind(&grant.rule)
+            .bind(grant.access)
+            .bind(grant.until)
+            .bind(&grant.review)
+            .bind(grant.request_index)
+            .bind(&grant.request_leaf)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The reviews a gateway starts with: every pending one, and those requested at or
+    /// after `since` (unix ms) whatever their state; oldest first.
+    pub async fn reviews(&self, since: i64) -> Result<Vec<StoredReview>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM reviews WHERE state = 'pending' OR requested_at >= ?
+             ORDER BY requested_at, id",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(review_from_row).collect()
+    }
+
+    /// Grants still in force at `now` (unix ms), oldest first.
+    pub async fn grants(&self, now: i64) -> Result<Vec<StoredGrant>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM grants WHERE until > ? ORDER BY seq")
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredGrant {
+                    resource: r.try_get("resource")?,
+                    requester: r.try_get("requester")?,
+                    rule: r.try_get("rule")?,
+                    access: r.try_get("access")?,
+                    until: r.try_get("until")?,
+                    review: r.try_get("review")?,
+                    request_index: r.try_get("request_index")?,
+                    request_leaf: r.try_get("request_leaf")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets decided reviews requested before `before` and grants that ran out by `now`
+    /// (unix ms); returns how many rows went. The ledger keeps their history; the store
+    /// only needs what can still change or still counts.
+    pub async fn prune_reviews(&self, before: i64, now: i64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let reviews =
+            sqlx::query("DELETE FROM reviews WHERE state != 'pending' AND requested_at < ?")
+                .bind(before)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        let grants = sqlx::query("DELETE FROM grants WHERE until <= ?")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(reviews + grants)
+    }
+
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// A review as stored. The store keeps it in the approvals crate's terms without knowing
+/// its rules: states are their names, verdicts the JSON the approvals crate gives, times
+/// unix milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredReview {
+    pub id: String,
+    pub resource: String,
+    pub requester: String,
+    /// The session that held the statement; empty for an access request.
+    pub session: String,
+    /// An access request: for how long.
+    pub access_ms: Option<i64>,
+    /// The statement as the client sent it (or what access was asked for).
+    pub statement: String,
+    pub rule: Option<String>,
+    pub holders: Vec<String>,
+    pub reason: String,
+    pub approvers: Vec<String>,
+    pub required: i64,
+    /// Each approval (who, when, reason, grant), a JSON array.
+    pub approvals: serde_json::Value,
+    /// The denial, if any: who, when, why.
+    pub denial: Option<serde_json::Value>,
+    /// `pending`, `approved`, `denied`, `expired`, `cancelled` or `executed`.
+    pub state: String,
+    pub grant_until: Option<i64>,
+    pub requested_at: i64,
+    pub expires_at: i64,
+    /// The `approval.request` entry: index and leaf hash (hex).
+    pub request_index: i64,
+    pub request_leaf: String,
+    /// When this row was last written.
+    pub updated_at: i64,
+}
+
+/// A grant as stored: statements `rule` holds (or, with `access`, connecting) from
+/// `requester` on `resource` need no review until `until` (unix ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredGrant {
+    pub resource: String,
+    pub requester: String,
+    pub rule: Option<String>,
+    pub access: bool,
+    pub until: i64,
+    /// The review that granted it, and its request entry.
+    pub review: String,
+    pub request_index: i64,
+    pub request_leaf: String,
+}
+
+/// A list of names as the TEXT column holds it: a JSON array.
+fn list_text(names: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(names).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn review_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredReview, StoreError> {
+    let list = |column: &str| -> Result<Vec<String>, StoreError> {
+        let text: String = row.try_get(column)?;
+        serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("review {column} {text:?}: {e}")))
+    };
+    let value = |text: String| -> Result<serde_json::Value, StoreError> {
+        serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("review verdicts {text:?}: {e}")))
+    };
+    let denial: Option<String> = row.try_get("denial")?;
+    Ok(StoredReview {
+        id: row.try_get("id")?,
+        resource: row.try_get("resource")?,
+        requester: row.try_get("requester")?,
+        session: row.try_get("session")?,
+        access_ms: row.try_get("access_ms")?,
+        statement: row.try_get("statement")?,
+        rule: row.try_get("rule")?,
+        holders: list("holders")?,
+        reason: row.try_get("reason")?,
+        approvers: list("approvers")?,
+        required: row.try_get("required")?,
+        approvals: value(row.try_get("approvals")?)?,
+        denial: denial.map(value).transpose()?,
+        state: row.try_get("state")?,
+        grant_until: row.try_get("grant_until")?,
+        requested_at: row.try_get("requested_at")?,
+        expires_at: row.try_get("expires_at")?,
+        request_index: row.try_get("request_index")?,
+        request_leaf: row.try_get("request_leaf")?,
+        updated_at: row.try_get("updated_at")?,
+    })
 }
 
 fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ManagedKey, StoreError> {
@@ -381,6 +631,115 @@ mod tests {
             reopened.key("a").await.unwrap().unwrap().revoked_at,
             Some(99)
         );
+    }
+
+    fn review(id: &str, state: &str, requested_at: i64) -> StoredReview {
+        StoredReview {
+            id: id.into(),
+            resource: "pg".into(),
+            requester: "alice".into(),
+            session: "s-1".into(),
+            access_ms: None,
+            statement: "DROP TABLE t".into(),
+            rule: Some("drops".into()),
+            holders: vec!["drops".into(), "payroll".into()],
+            reason: "dropping needs an approval".into(),
+            approvers: vec!["dba".into()],
+            required: 1,
+            approvals: serde_json::json!([]),
+            denial: None,
+            state: state.into(),
+            grant_until: None,
+            requested_at,
+            expires_at: requested_at + 600_000,
+            request_index: 7,
+            request_leaf: "ab".into(),
+            updated_at: requested_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn reviews_and_grants_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in(dir.path()).await.unwrap();
+        let pending = review("r-1", "pending", 1_000);
+        store.save_review(&pending, &[]).await.unwrap();
+        store
+            .save_review(&review("r-old", "denied", 10), &[])
+            .await
+            .unwrap();
+        // An approval for a duration: the review and its grant are written together.
+        let mut approved = pending.clone();
+        approved.state = "approved".into();
+        approved.approvals = serde_json::json!([{"by": "bob", "at": 2_000, "reason": null}]);
+        approved.grant_until = Some(9_000);
+        approved.updated_at = 2_000;
+        let grant = StoredGrant {
+            resource: "pg".into(),
+            requester: "alice".into(),
+            rule: Some("drops".into()),
+            access: false,
+            until: 9_000,
+            review: "r-1".into(),
+            request_index: 7,
+            request_leaf: "ab".into(),
+        };
+        store
+            .save_review(&approved, std::slice::from_ref(&grant))
+            .await
+            .unwrap();
+        store
+            .save_review(&review("r-2", "pending", 3), &[])
+            .await
+            .unwrap();
+        store.close().await;
+
+        let store = Store::open_in(dir.path()).await.unwrap();
+        // Pending ones whatever their age; decided ones only from `since`.
+        let ids = |all: Vec<StoredReview>| all.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.reviews(500).await.unwrap()), ["r-2", "r-1"]);
+        assert_eq!(
+            ids(store.reviews(0).await.unwrap()),
+            ["r-2", "r-old", "r-1"]
+        );
+        let stored = store.reviews(500).await.unwrap().pop().unwrap();
+        assert_eq!(stored, approved);
+        assert_eq!(store.grants(8_999).await.unwrap(), vec![grant]);
+        assert!(store.grants(9_000).await.unwrap().is_empty());
+
+        // Pruning keeps pending reviews and grants in force.
+        assert_eq!(store.prune_reviews(500, 5_000).await.unwrap(), 1);
+        assert_eq!(ids(store.reviews(0).await.unwrap()), ["r-2", "r-1"]);
+        assert_eq!(store.prune_reviews(500, 9_000).await.unwrap(), 1);
+        assert!(store.grants(0).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_version_2_store_is_upgraded_with_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in(dir.path()).await.unwrap();
+        store.insert_key(&key("a", 10), "ops").await.unwrap();
+        // As a version 2 gateway left it.
+        for ddl in [
+            "DROP TABLE reviews",
+            "DROP TABLE grants",
+            "PRAGMA user_version = 2",
+        ] {
+            sqlx::query(ddl).execute(&store.pool).await.unwrap();
+        }
+        store.close().await;
+        let store = Store::open_in(dir.path()).await.unwrap();
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(version, 3);
+        assert_eq!(store.keys().await.unwrap(), vec![key("a", 10)]);
+        store
+            .save_review(&review("r-1", "pending", 1), &[])
+            .await
+            .unwrap();
+        assert_eq!(store.reviews(0).await.unwrap().len(), 1);
     }
 
     #[tokio::test]
