@@ -705,6 +705,12 @@ fn a_pending_review_and_its_grant_survive_a_restart() {
     stop(&mut s.serve);
     let (ok, err) = finished(psql);
     assert!(!ok, "the held session ends with the gateway: {err}");
+    // ... saying why, and that the review stays open.
+    assert!(
+        err.contains("FATAL:  gatehouse is shutting down; review r-")
+            && err.contains("stays open for approvers"),
+        "{err}"
+    );
     assert!(s.table_exists("t9"));
 
     s.serve = serve(&s);

@@ -262,8 +262,9 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let resource = resource.clone();
+                    let stopping = shutdown.clone();
                     tokio::spawn(async move {
-                        session::run(stream, peer, resource).await;
+                        session::run(stream, peer, resource, stopping).await;
                     });
                 }
                 Err(e) => {

@@ -16,7 +16,7 @@ use gatehouse_wire_pg::{StartupPacket, split_frame, split_startup};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::admission::Ticket;
 use crate::cancel::CancelTarget;
@@ -67,7 +67,12 @@ const MAX_STARTUP_PACKET: usize = 10_000;
 const MAX_PASSWORD_FRAME: usize = 16 * 1024;
 
 /// Runs one client connection to its end; every failure is answered and logged here.
-pub async fn run(mut tcp: TcpStream, peer: SocketAddr, resource: Arc<PgResource>) {
+pub async fn run(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    resource: Arc<PgResource>,
+    stopping: watch::Receiver<bool>,
+) {
     let _ = tcp.set_nodelay(true);
     let mut ticket = match resource.admission.admit(peer.ip()) {
         Ok(ticket) => ticket,
@@ -112,26 +117,32 @@ pub async fn run(mut tcp: TcpStream, peer: SocketAddr, resource: Arc<PgResource>
             }
             let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
             match tokio::time::timeout(STARTUP_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => serve(tls, peer, resource, true, buf, None, &mut ticket).await,
+                Ok(Ok(tls)) => {
+                    let link = Link { peer, tls: true };
+                    serve(tls, link, resource, buf, None, &mut ticket, stopping).await
+                }
                 Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
             }
         }
-        _ => serve(tcp, peer, resource, false, buf, Some(first), &mut ticket).await,
+        _ => {
+            let link = Link { peer, tls: false };
+            serve(tcp, link, resource, buf, Some(first), &mut ticket, stopping).await
+        }
     }
 }
 
 /// Startup (with a first packet possibly already read), then the relay.
 async fn serve<S: ClientStream>(
     mut client: S,
-    peer: SocketAddr,
+    link: Link,
     resource: Arc<PgResource>,
-    tls: bool,
     buf: BytesMut,
     first: Option<StartupPacket>,
     ticket: &mut Ticket,
+    stopping: watch::Receiver<bool>,
 ) {
-    let link = Link { peer, tls };
+    let peer = link.peer;
     let started = tokio::time::timeout(
         STARTUP_TIMEOUT,
         startup(&mut client, link, &resource, buf, first),
@@ -139,7 +150,7 @@ async fn serve<S: ClientStream>(
     .await;
     // Signed in (or gone): no longer one of the listener's connections in startup.
     ticket.signed_in();
-    let session = match started {
+    let mut session = match started {
         Ok(Ok(Some(session))) => session,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
@@ -152,6 +163,7 @@ async fn serve<S: ClientStream>(
             return;
         }
     };
+    session.stopping = Some(stopping);
     session.relay(client).await;
 }
 
@@ -612,6 +624,7 @@ async fn startup<S: ClientStream>(
         cancelled,
         held_input: BytesMut::new(),
         client_gone: false,
+        stopping: None,
     }))
 }
 
@@ -765,13 +778,18 @@ struct Session {
     held_input: BytesMut,
     /// The client left while a statement was held.
     client_gone: bool,
+    /// Turns true when the gateway stops: a held statement's session then ends with a
+    /// clear error, its review left open for approvers.
+    stopping: Option<watch::Receiver<bool>>,
 }
 
 /// Why a session must end: what the client is told, and the entry that explains it.
 struct Stop {
     code: &'static str,
     message: String,
-    event: Event,
+    /// Why, as an entry written before the client is told (none where `session.end` says
+    /// all there is).
+    event: Option<Event>,
 }
 
 /// The client message a statement came in, for the `command` entry of a refusal: made
@@ -996,11 +1014,12 @@ impl Session {
         client: &mut S,
         stop: Stop,
     ) -> Result<String, PgError> {
-        if let Err(e) = self
-            .resource
-            .ledger
-            .append(&stop.event, gatehouse_core::Durability::Sync)
-            .await
+        if let Some(event) = &stop.event
+            && let Err(e) = self
+                .resource
+                .ledger
+                .append(event, gatehouse_core::Durability::Sync)
+                .await
         {
             tracing::error!(session = %self.id, error = %e, "could not record why a session ended");
         }
@@ -1033,7 +1052,7 @@ impl Session {
                     self.stop = Some(Stop {
                         code: "0A000",
                         message: unsafe_setting_message(&setting),
-                        event,
+                        event: Some(event),
                     });
                 }
             }
@@ -1718,8 +1737,28 @@ impl Session {
         let _ = drain_into(io.client, io.to_client).await;
         let deadline = tokio::time::Instant::now() + settings.timeout;
         let cancelled = self.cancelled.clone();
+        let mut stopping = self.stopping.clone();
         let ended = loop {
             tokio::select! {
+                // The gateway is stopping: the review stays open (it is in the state store,
+                // decidable after the restart); this session ends, saying so.
+                _ = async {
+                    match stopping.as_mut() {
+                        // The guard `wait_for` returns is not Send; dropped in here.
+                        Some(stop) => { let _ = stop.wait_for(|stop| *stop).await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {
+                    let message = format!(
+                        "gatehouse is shutting down; review {id} stays open for approvers: run the statement again once it is approved"
+                    );
+                    self.stop = Some(Stop {
+                        code: "57P01",
+                        message: message.clone(),
+                        event: None,
+                    });
+                    return Err(("57P01", message).into());
+                }
                 changed = changes.changed() => {
                     if changed.is_err() {
                         break State::Cancelled;
@@ -2212,7 +2251,7 @@ impl Session {
                     message: format!(
                         "gatehouse: the server ran a command that was not decided ({why}); the session is ended"
                     ),
-                    event,
+                    event: Some(event),
                 });
             }
         }
