@@ -4,10 +4,10 @@
 //! with their approval chains, denials, masking and configuration changes.
 //!
 //! Pure: the caller reads and verifies the ledger, filters the entries and hands them over
-//! with their leaf hashes; [`render`] only reads them. Entries are read as JSON the way
-//! the gateway writes them (`crates/pg/src/session.rs`, `crates/approvals`,
-//! `crates/server/src/reviews.rs`), and any field may be missing or odd: a report of a
-//! damaged or future ledger still renders, it never panics. Every value taken from an
+//! with their leaf hashes; [`render`] only reads them. Each entry's `data` is read once
+//! through its typed payload ([`gatehouse_core::Evidence`]; only the envelope — index,
+//! time, kind, actor, resource, session — is read as JSON), and any field may be missing
+//! or odd: a report of a damaged or future ledger still renders, it never panics. Every value taken from an
 //! entry is HTML-escaped, and the page carries a Content-Security-Policy that forbids
 //! scripts and remote loads, so a hostile statement text can neither run nor phone home.
 //!
@@ -21,6 +21,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
+use gatehouse_core::Evidence;
+use gatehouse_core::evidence::{
+    AuthFailure, ConfigChange, IntegrityMismatch, KeyChange, LedgerPrune, PolicyDecision,
+    TargetFailure,
+};
 use serde_json::Value;
 
 /// The outcome of verifying the ledger the report is drawn from, as the caller found it.
@@ -203,14 +208,14 @@ struct Command<'a> {
     actor: &'a str,
     resource: &'a str,
     session: Option<&'a str>,
-    sql: &'a str,
+    sql: String,
     /// The text is a prefix; the whole statement is in a chunk.
     in_chunk: bool,
-    outcome: &'a str,
-    rule: Option<&'a str>,
-    classes: Vec<&'a str>,
+    outcome: String,
+    rule: Option<String>,
+    classes: Vec<String>,
     /// The review whose grant let this statement through.
-    grant_review: Option<&'a str>,
+    grant_review: Option<String>,
     change: bool,
 }
 
@@ -221,16 +226,16 @@ impl Command<'_> {
 }
 
 #[derive(Default)]
-struct Outcome<'a> {
+struct Outcome {
     rows: Option<u64>,
-    error: Option<&'a str>,
+    error: Option<String>,
     masked: u64,
 }
 
 struct SessionEnd<'a> {
     at: At<'a>,
     duration_ms: Option<u64>,
-    reason: &'a str,
+    reason: String,
 }
 
 struct Session<'a> {
@@ -239,7 +244,7 @@ struct Session<'a> {
     actor_kind: &'a str,
     idp: &'a str,
     resource: &'a str,
-    client: &'a str,
+    client: String,
     /// The `session.start` entry, when it is in the report.
     start: Option<At<'a>>,
     /// The session's first entry in the report.
@@ -248,7 +253,7 @@ struct Session<'a> {
     /// Positions in [`Model::commands`].
     commands: Vec<usize>,
     denied: u64,
-    access_grant: Option<&'a str>,
+    access_grant: Option<String>,
 }
 
 struct Request<'a> {
@@ -257,18 +262,18 @@ struct Request<'a> {
     resource: &'a str,
     command: Option<u64>,
     access_ms: Option<u64>,
-    rule: Option<&'a str>,
-    reason: &'a str,
-    approvers: Vec<&'a str>,
+    rule: Option<String>,
+    reason: String,
+    approvers: Vec<String>,
     required: Option<u64>,
 }
 
 struct Decision<'a> {
     at: At<'a>,
     by: Option<&'a str>,
-    state: &'a str,
-    verdict: Option<&'a str>,
-    reason: Option<&'a str>,
+    state: String,
+    verdict: Option<String>,
+    reason: Option<String>,
     /// Unix milliseconds.
     grant_until: Option<u64>,
     approvals: Option<u64>,
@@ -276,7 +281,7 @@ struct Decision<'a> {
 }
 
 struct Review<'a> {
-    id: &'a str,
+    id: String,
     request: Option<Request<'a>>,
     decisions: Vec<Decision<'a>>,
 }
@@ -284,7 +289,7 @@ struct Review<'a> {
 impl Review<'_> {
     /// The review's standing as the report's entries tell it.
     fn outcome(&self) -> &str {
-        let states: Vec<&str> = self.decisions.iter().map(|d| d.state).collect();
+        let states: Vec<&str> = self.decisions.iter().map(|d| d.state.as_str()).collect();
         if states.contains(&"denied") {
             "denied"
         } else if states.contains(&"executed") {
@@ -306,13 +311,30 @@ impl Review<'_> {
 }
 
 /// A listed event that is not a statement: a failed sign-in, a refused connection, an
-/// unreachable target, a configuration or key change.
-struct Event<'a> {
+/// unreachable target, a configuration or key change, with its typed payload.
+struct Event<'a, T> {
     at: At<'a>,
+    /// The entry's kind as written.
     kind: &'a str,
-    who: &'a str,
+    who: String,
     resource: &'a str,
-    data: &'a Value,
+    data: T,
+    /// The entry's `data` as written, for the events shown as raw JSON.
+    raw: &'a Value,
+}
+
+/// A key created or revoked.
+enum KeyEvent {
+    Created(KeyChange),
+    Revoked(KeyChange),
+}
+
+/// A ledger event shown in the integrity section.
+enum LedgerEvent {
+    Open,
+    /// Shown as its raw `data`.
+    Recovery,
+    Prune(LedgerPrune),
 }
 
 #[derive(Default)]
@@ -321,20 +343,20 @@ struct Model<'a> {
     sessions: Vec<Session<'a>>,
     commands: Vec<Command<'a>>,
     /// Result of each command, by the command's ledger index.
-    results: HashMap<u64, Outcome<'a>>,
+    results: HashMap<u64, Outcome>,
     reviews: Vec<Review<'a>>,
-    auth_failures: Vec<Event<'a>>,
-    connection_denials: Vec<Event<'a>>,
-    target_failures: Vec<Event<'a>>,
-    integrity_mismatches: Vec<Event<'a>>,
-    config_changes: Vec<Event<'a>>,
-    key_changes: Vec<Event<'a>>,
+    auth_failures: Vec<Event<'a, AuthFailure>>,
+    connection_denials: Vec<Event<'a, PolicyDecision>>,
+    target_failures: Vec<Event<'a, TargetFailure>>,
+    integrity_mismatches: Vec<Event<'a, IntegrityMismatch>>,
+    config_changes: Vec<Event<'a, ConfigChange>>,
+    key_changes: Vec<Event<'a, KeyEvent>>,
     /// Ledger opens and recoveries, for the integrity section.
-    ledger_events: Vec<Event<'a>>,
+    ledger_events: Vec<Event<'a, LedgerEvent>>,
     masked_values: u64,
     masked_statements: u64,
-    masked_rules: BTreeMap<&'a str, u64>,
-    masked_detectors: BTreeMap<&'a str, u64>,
+    masked_rules: BTreeMap<String, u64>,
+    masked_detectors: BTreeMap<String, u64>,
     masked_undecodable: u64,
     /// Time span of the entries, unix microseconds.
     first_ts: Option<u64>,
@@ -353,7 +375,7 @@ impl<'a> Model<'a> {
     fn build(entries: &'a [(Value, String)]) -> Model<'a> {
         let mut m = Model::default();
         let mut session_at: HashMap<&'a str, usize> = HashMap::new();
-        let mut review_at: HashMap<&'a str, usize> = HashMap::new();
+        let mut review_at: HashMap<String, usize> = HashMap::new();
         // Requests by their own ledger index, for decisions naming no review id.
         let mut request_index: HashMap<u64, usize> = HashMap::new();
         for (entry, leaf) in entries {
@@ -368,13 +390,14 @@ impl<'a> Model<'a> {
             let kind = text(&entry["kind"]).unwrap_or("");
             let actor = text(&entry["actor"]["id"]).unwrap_or("");
             let resource = text(&entry["resource"]["name"]).unwrap_or("");
-            let data = &entry["data"];
+            let raw = &entry["data"];
+            let evidence = Evidence::of_entry(entry);
             let session = text(&entry["session"]).filter(|s| !s.is_empty());
             // Any entry of a session makes the session known, even when its start lies
             // before the window; but not an approver's decision, which would name the
             // approver as the session's identity.
             let slot = session.and_then(|id| {
-                if kind == "approval.decision" {
+                if matches!(evidence, Evidence::ApprovalDecision(_)) {
                     return session_at.get(id).copied();
                 }
                 Some(*session_at.entry(id).or_insert_with(|| {
@@ -384,7 +407,7 @@ impl<'a> Model<'a> {
                         actor_kind: text(&entry["actor"]["kind"]).unwrap_or(""),
                         idp: text(&entry["actor"]["idp"]).unwrap_or(""),
                         resource,
-                        client: "",
+                        client: String::new(),
                         start: None,
                         first: at,
                         end: None,
@@ -395,57 +418,48 @@ impl<'a> Model<'a> {
                     m.sessions.len() - 1
                 }))
             });
-            let event = |kind| Event {
-                at,
-                kind,
-                who: actor,
-                resource,
-                data,
-            };
-            match kind {
-                "session.start" => {
+            // A listed event of this entry, with its typed payload.
+            macro_rules! event {
+                ($data:expr) => {
+                    Event {
+                        at,
+                        kind,
+                        who: actor.to_string(),
+                        resource,
+                        data: $data,
+                        raw,
+                    }
+                };
+            }
+            match evidence {
+                Evidence::SessionStart(start) => {
                     if let Some(s) = slot.and_then(|n| m.sessions.get_mut(n)) {
                         s.start = Some(at);
-                        s.client = text(&data["client"]).unwrap_or("");
-                        s.access_grant = text(&data["access_grant"]["review"]);
+                        s.client = start.client.unwrap_or_default();
+                        s.access_grant = start.access_grant.and_then(|g| g.review);
                     }
                 }
-                "session.end" => {
+                Evidence::SessionEnd(end) => {
                     if let Some(s) = slot.and_then(|n| m.sessions.get_mut(n)) {
                         s.end = Some(SessionEnd {
                             at,
-                            duration_ms: num(&data["duration_ms"]),
-                            reason: text(&data["reason"]).unwrap_or(""),
+                            duration_ms: end.duration_ms,
+                            reason: end.reason.unwrap_or_default(),
                         });
                     }
                 }
-                "command" => {
-                    let (sql, in_chunk) = match text(&data["sql"]) {
+                Evidence::Command(command) => {
+                    let pg = command.postgres;
+                    let (sql, in_chunk) = match pg.sql {
                         Some(sql) => (sql, false),
-                        None => (text(&data["sql_prefix"]).unwrap_or(""), true),
+                        None => (pg.sql_prefix.unwrap_or_default(), true),
                     };
-                    let classes: Vec<&str> = data["classes"]
-                        .as_array()
-                        .map(|a| a.iter().filter_map(Value::as_str).collect())
-                        .unwrap_or_default();
-                    let commands: Vec<&str> = data["commands"]
-                        .as_array()
-                        .map(|a| a.iter().filter_map(Value::as_str).collect())
-                        .unwrap_or_default();
-                    let decision = &data["decision"];
-                    let outcome = text(&decision["outcome"]).unwrap_or("?");
-                    let command = Command {
-                        at,
-                        actor,
-                        resource,
-                        session,
-                        sql,
-                        in_chunk,
-                        outcome,
-                        rule: text(&decision["rule"]).or_else(|| decision["policies"][0].as_str()),
-                        change: is_change(&classes, &commands, sql),
-                        classes,
-                        grant_review: text(&decision["grant"]["review"]),
+                    let decision = command.decision.unwrap_or_default();
+                    let outcome = decision.outcome.unwrap_or_else(|| "?".to_string());
+                    let change = {
+                        let classes: Vec<&str> = pg.classes.iter().map(String::as_str).collect();
+                        let commands: Vec<&str> = pg.commands.iter().map(String::as_str).collect();
+                        is_change(&classes, &commands, &sql)
                     };
                     if let Some(s) = slot.and_then(|n| m.sessions.get_mut(n)) {
                         s.commands.push(m.commands.len());
@@ -453,66 +467,76 @@ impl<'a> Model<'a> {
                             s.denied += 1;
                         }
                     }
-                    m.commands.push(command);
+                    m.commands.push(Command {
+                        at,
+                        actor,
+                        resource,
+                        session,
+                        sql,
+                        in_chunk,
+                        outcome,
+                        rule: decision
+                            .rule
+                            .or_else(|| decision.policies.into_iter().next()),
+                        change,
+                        classes: pg.classes,
+                        grant_review: decision.grant.and_then(|g| g.review),
+                    });
                 }
-                "result" => {
-                    let masked = &data["masked"];
-                    let values = num(&masked["values"]).unwrap_or(0);
+                Evidence::Result(result) => {
+                    let masked = result.masked.unwrap_or_default();
+                    let values = masked.values.unwrap_or(0);
                     m.masked_values = m.masked_values.saturating_add(values);
                     if values > 0 {
                         m.masked_statements += 1;
                     }
-                    for (map, field) in [
-                        (&mut m.masked_rules, "rules"),
-                        (&mut m.masked_detectors, "detectors"),
+                    for (map, counts) in [
+                        (&mut m.masked_rules, masked.rules),
+                        (&mut m.masked_detectors, masked.detectors),
                     ] {
-                        if let Some(counts) = masked[field].as_object() {
-                            for (label, n) in counts {
-                                let n = n.as_u64().unwrap_or(0);
-                                let slot = map.entry(label.as_str()).or_insert(0);
-                                *slot = slot.saturating_add(n);
-                            }
+                        for (label, n) in counts {
+                            let slot = map.entry(label).or_insert(0);
+                            *slot = slot.saturating_add(n);
                         }
                     }
                     m.masked_undecodable = m
                         .masked_undecodable
-                        .saturating_add(num(&masked["undecodable"]).unwrap_or(0));
-                    if let Some(command) = num(&data["command"]) {
+                        .saturating_add(masked.undecodable.unwrap_or(0));
+                    if let Some(command) = result.command {
                         m.results.insert(
                             command,
                             Outcome {
-                                rows: num(&data["rows"]),
-                                error: text(&data["error"]),
+                                rows: result.rows,
+                                error: result.error,
                                 masked: values,
                             },
                         );
                     }
                 }
-                "approval.request" => {
-                    let id = text(&data["review"]).unwrap_or("");
-                    let request = Request {
+                Evidence::ApprovalRequest(request) => {
+                    let id = request.review.unwrap_or_default();
+                    let n = m.review_slot(&mut review_at, id);
+                    request_index.insert(at.index, n);
+                    m.reviews[n].request = Some(Request {
                         at,
                         requester: actor,
                         resource,
-                        command: num(&data["command"]["index"]),
-                        access_ms: num(&data["access"]["for_ms"]),
-                        rule: text(&data["rule"]),
-                        reason: text(&data["reason"]).unwrap_or(""),
-                        approvers: data["approvers"]
-                            .as_array()
-                            .map(|a| a.iter().filter_map(Value::as_str).collect())
-                            .unwrap_or_default(),
-                        required: num(&data["required"]),
-                    };
-                    let n = m.review_slot(&mut review_at, id);
-                    request_index.insert(at.index, n);
-                    m.reviews[n].request = Some(request);
+                        command: request.command.map(|c| c.index),
+                        access_ms: request.access.and_then(|a| a.for_ms),
+                        rule: request.rule,
+                        reason: request.reason.unwrap_or_default(),
+                        approvers: request.approvers,
+                        required: request.required,
+                    });
                 }
-                "approval.decision" => {
-                    let id = text(&data["review"]).unwrap_or("");
+                Evidence::ApprovalDecision(decision) => {
+                    let id = decision.review.unwrap_or_default();
                     // Linked by review id; by the request's index when the id is missing.
-                    let n = match (review_at.get(id), num(&data["request"]["index"])) {
-                        (Some(&n), _) => n,
+                    let n = match (
+                        review_at.get(id.as_str()).copied(),
+                        decision.request.map(|r| r.index),
+                    ) {
+                        (Some(n), _) => n,
                         (None, Some(i)) if id.is_empty() && request_index.contains_key(&i) => {
                             request_index[&i]
                         }
@@ -521,28 +545,35 @@ impl<'a> Model<'a> {
                     m.reviews[n].decisions.push(Decision {
                         at,
                         by: (!actor.is_empty()).then_some(actor),
-                        state: text(&data["state"]).unwrap_or("?"),
-                        verdict: text(&data["verdict"]),
-                        reason: text(&data["reason"]),
-                        grant_until: num(&data["grant_until"]),
-                        approvals: num(&data["approvals"]),
-                        required: num(&data["required"]),
+                        state: decision.state.unwrap_or_else(|| "?".to_string()),
+                        verdict: decision.verdict,
+                        reason: decision.reason,
+                        grant_until: decision.grant_until,
+                        approvals: decision.approvals,
+                        required: decision.required,
                     });
                 }
-                "auth.failure" => m.auth_failures.push(Event {
+                Evidence::AuthFailure(failure) => m.auth_failures.push(Event {
                     // The sign-in failed, so no actor is known; the name tried is the identity.
-                    who: text(&data["user"]).unwrap_or(""),
-                    ..event(kind)
+                    who: failure.user.clone().unwrap_or_default(),
+                    ..event!(failure)
                 }),
-                "policy.decision" if text(&data["outcome"]) != Some("allow") => {
-                    m.connection_denials.push(event(kind))
+                Evidence::PolicyDecision(decision)
+                    if decision.outcome.as_deref() != Some("allow") =>
+                {
+                    m.connection_denials.push(event!(decision))
                 }
-                "target.failure" => m.target_failures.push(event(kind)),
-                "integrity.mismatch" => m.integrity_mismatches.push(event(kind)),
-                "config.change" => m.config_changes.push(event(kind)),
-                "key.created" | "key.revoked" => m.key_changes.push(event(kind)),
-                "ledger.open" | "ledger.recovery" | "ledger.prune" => {
-                    m.ledger_events.push(event(kind))
+                Evidence::TargetFailure(failure) => m.target_failures.push(event!(failure)),
+                Evidence::IntegrityMismatch(mismatch) => {
+                    m.integrity_mismatches.push(event!(mismatch))
+                }
+                Evidence::ConfigChange(change) => m.config_changes.push(event!(change)),
+                Evidence::KeyCreated(key) => m.key_changes.push(event!(KeyEvent::Created(key))),
+                Evidence::KeyRevoked(key) => m.key_changes.push(event!(KeyEvent::Revoked(key))),
+                Evidence::LedgerOpen(_) => m.ledger_events.push(event!(LedgerEvent::Open)),
+                Evidence::LedgerRecovery(_) => m.ledger_events.push(event!(LedgerEvent::Recovery)),
+                Evidence::LedgerPrune(prune) => {
+                    m.ledger_events.push(event!(LedgerEvent::Prune(prune)))
                 }
                 _ => {}
             }
@@ -550,23 +581,22 @@ impl<'a> Model<'a> {
         m
     }
 
-    fn review_slot(&mut self, at: &mut HashMap<&'a str, usize>, id: &'a str) -> usize {
+    fn review_slot(&mut self, at: &mut HashMap<String, usize>, id: String) -> usize {
         // Reviews without an id are kept apart rather than merged.
         if !id.is_empty()
-            && let Some(&n) = at.get(id)
+            && let Some(&n) = at.get(id.as_str())
         {
             return n;
+        }
+        if !id.is_empty() {
+            at.insert(id.clone(), self.reviews.len());
         }
         self.reviews.push(Review {
             id,
             request: None,
             decisions: Vec::new(),
         });
-        let n = self.reviews.len() - 1;
-        if !id.is_empty() {
-            at.insert(id, n);
-        }
-        n
+        self.reviews.len() - 1
     }
 
     /// The review that held the command at ledger index `index`.
@@ -606,7 +636,7 @@ impl<'a> Model<'a> {
             auth_failures: self
                 .auth_failures
                 .iter()
-                .map(|e| num(&e.data["count"]).unwrap_or(1))
+                .map(|e| e.data.count.unwrap_or(1))
                 .sum(),
             connection_denials: self.connection_denials.len() as u64,
             statement_denials: statement_denials as u64,
@@ -696,13 +726,9 @@ fn esc(s: &str) -> String {
     out
 }
 
-/// Any JSON value as escaped text (strings without quotes).
-fn esc_value(v: &Value) -> String {
-    match v {
-        Value::Null => String::new(),
-        Value::String(s) => esc(s),
-        other => esc(&other.to_string()),
-    }
+/// An optional text from an entry, escaped; absent as empty.
+fn esc_opt(v: Option<&str>) -> String {
+    v.map(esc).unwrap_or_default()
 }
 
 /// `1,234,567`.
@@ -786,7 +812,7 @@ fn row_attrs(at: &At, kind: &str) -> String {
 
 /// The SQL of a statement, marked when only its prefix is in the entry.
 fn sql_html(c: &Command) -> String {
-    let mut out = format!("<code class=\"sql\">{}</code>", esc(c.sql));
+    let mut out = format!("<code class=\"sql\">{}</code>", esc(&c.sql));
     if c.in_chunk {
         out.push_str(
             " <span class=\"note\">(prefix; the whole statement is in the entry's chunk)</span>",
@@ -1080,7 +1106,7 @@ fn activity(out: &mut String, input: &ReportInput, m: &Model) {
     let mut denied = vec![0; n];
     for c in &m.commands {
         let b = bucket(c.at.ts);
-        match c.outcome {
+        match c.outcome.as_str() {
             "deny" => denied[b] += 1,
             "review" => held[b] += 1,
             _ => allowed[b] += 1,
@@ -1093,8 +1119,9 @@ fn activity(out: &mut String, input: &ReportInput, m: &Model) {
         }
     }
     let mut refused = vec![0; n];
-    for e in m.auth_failures.iter().chain(&m.connection_denials) {
-        refused[bucket(e.at.ts)] += 1;
+    let refusals = m.auth_failures.iter().map(|e| e.at.ts);
+    for ts in refusals.chain(m.connection_denials.iter().map(|e| e.at.ts)) {
+        refused[bucket(ts)] += 1;
     }
     let _ = writeln!(
         out,
@@ -1287,7 +1314,7 @@ fn sessions(out: &mut String, m: &Model) {
                     "{} <span class=\"note\">(#{}: {})</span>",
                     esc(&duration_ms(ms)),
                     end.at.index,
-                    esc(end.reason)
+                    esc(&end.reason)
                 )
             }
             None => "<span class=\"muted\">open, or ended after the window</span>".into(),
@@ -1310,7 +1337,7 @@ fn sessions(out: &mut String, m: &Model) {
                 esc(s.idp)
             );
         }
-        if let Some(review) = s.access_grant {
+        if let Some(review) = &s.access_grant {
             let _ = write!(
                 who,
                 "<br><span class=\"note\">admitted by access grant {}</span>",
@@ -1329,7 +1356,7 @@ fn sessions(out: &mut String, m: &Model) {
             if s.client.is_empty() {
                 String::new()
             } else {
-                format!("<br><span class=\"note\">from {}</span>", esc(s.client))
+                format!("<br><span class=\"note\">from {}</span>", esc(&s.client))
             },
             who,
             esc(s.resource),
@@ -1379,8 +1406,9 @@ fn sessions(out: &mut String, m: &Model) {
                 index_cell(&c.at),
                 esc(&time(c.at.ts)),
                 sql_html(c),
-                outcome_badge(c.outcome),
+                outcome_badge(&c.outcome),
                 c.rule
+                    .as_deref()
                     .map(|r| format!(" <span class=\"note\">{}</span>", esc(r)))
                     .unwrap_or_default(),
                 rows,
@@ -1413,12 +1441,13 @@ fn chain(out: &mut String, r: &Review) {
                 esc(&time(q.at.ts)),
                 identity(q.requester),
                 q.rule
+                    .as_deref()
                     .map(|rule| format!(", rule <code>{}</code>", esc(rule)))
                     .unwrap_or_default(),
                 if q.reason.is_empty() {
                     String::new()
                 } else {
-                    format!(": “{}”", esc(q.reason))
+                    format!(": “{}”", esc(&q.reason))
                 },
                 match (q.required, q.approvers.is_empty()) {
                     (Some(n), false) => format!(
@@ -1439,7 +1468,7 @@ fn chain(out: &mut String, r: &Review) {
         None => out.push_str("<li class=\"muted\">request before the window</li>"),
     }
     for d in &r.decisions {
-        let mut what = outcome_badge(d.state);
+        let mut what = outcome_badge(&d.state);
         if let (Some(a), Some(n)) = (d.approvals, d.required)
             && d.state == "pending"
         {
@@ -1447,7 +1476,7 @@ fn chain(out: &mut String, r: &Review) {
         }
         // An approver's verdict names the approver; the states a session or the gateway
         // records afterwards say what became of the held statement.
-        let by = match (d.by, d.verdict, d.state) {
+        let by = match (d.by, d.verdict.as_deref(), d.state.as_str()) {
             (Some(by), Some(verdict), _) => format!(" — {} by {}", esc(verdict), esc(by)),
             (_, None, "executed") => " — the held statement ran".to_string(),
             (_, None, "expired") => " — no decision in time; not run".to_string(),
@@ -1462,6 +1491,7 @@ fn chain(out: &mut String, r: &Review) {
             d.at.index,
             esc(&time(d.at.ts)),
             d.reason
+                .as_deref()
                 .map(|r| format!(": “{}”", esc(r)))
                 .unwrap_or_default(),
             d.grant_until
@@ -1514,8 +1544,9 @@ fn privileged(out: &mut String, m: &Model) {
                     esc(&c.classes.join(", "))
                 )
             },
-            outcome_badge(c.outcome),
+            outcome_badge(&c.outcome),
             c.rule
+                .as_deref()
                 .map(|r| format!("<br><span class=\"note\">{}</span>", esc(r)))
                 .unwrap_or_default(),
         );
@@ -1523,11 +1554,11 @@ fn privileged(out: &mut String, m: &Model) {
             let _ = write!(
                 out,
                 "<div>review <code>{}</code> {}</div>",
-                esc(r.id),
+                esc(&r.id),
                 outcome_badge(r.outcome())
             );
             chain(out, r);
-        } else if let Some(id) = c.grant_review {
+        } else if let Some(id) = &c.grant_review {
             let _ = write!(
                 out,
                 "<div>ran under the grant of review <code>{}</code></div>",
@@ -1569,9 +1600,9 @@ fn approvals(out: &mut String, m: &Model) {
             let _ = write!(
                 out,
                 "<tr data-review=\"{}\" data-outcome=\"{}\"><td class=\"mono\">{}</td><td>{}</td><td>{held}</td><td>{}</td><td>",
-                esc(r.id),
+                esc(&r.id),
                 esc(r.outcome()),
-                esc(r.id),
+                esc(&r.id),
                 esc(r.request.as_ref().map_or("", |q| q.resource)),
                 outcome_badge(r.outcome())
             );
@@ -1600,7 +1631,7 @@ fn approvals(out: &mut String, m: &Model) {
                 }
                 Some(q) => format!(
                     "statements of rule <code>{}</code> on {} by {}",
-                    esc(q.rule.unwrap_or("?")),
+                    esc(q.rule.as_deref().unwrap_or("?")),
                     esc(q.resource),
                     identity(q.requester)
                 ),
@@ -1611,7 +1642,7 @@ fn approvals(out: &mut String, m: &Model) {
                 "<tr {}>{}<td class=\"mono\">{}</td><td>{what}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"nowrap\">{}</td></tr>",
                 row_attrs(&d.at, "approval.decision"),
                 index_cell(&d.at),
-                esc(r.id),
+                esc(&r.id),
                 identity(d.by.unwrap_or("")),
                 esc(&time(d.at.ts)),
                 esc(&time_ms(until)),
@@ -1643,44 +1674,44 @@ fn denials(out: &mut String, m: &Model) {
                 identity(c.actor),
                 esc(c.resource),
                 sql_html(c),
-                esc(c.rule.unwrap_or(""))
+                esc(c.rule.as_deref().unwrap_or(""))
             );
         }
         out.push_str("</table>\n");
     }
     out.push_str("<h3>Refused connections</h3>\n");
     events(out, "connection-denials", &m.connection_denials, |e| {
-        let d = e.data;
+        let d = &e.data;
         format!(
             "{} {} from {}{}",
-            esc_value(&d["action"]),
-            outcome_badge(text(&d["outcome"]).unwrap_or("deny")),
-            esc_value(&d["client"]),
-            [&d["message"], &d["error"]]
-                .iter()
-                .find_map(|v| v.as_str())
+            esc_opt(d.action.as_deref()),
+            outcome_badge(d.outcome.as_deref().unwrap_or("deny")),
+            esc_opt(d.client.as_deref()),
+            d.message
+                .as_deref()
+                .or(d.error.as_deref())
                 .map(|why| format!(": {}", esc(why)))
                 .unwrap_or_default()
         )
     });
     out.push_str("<h3>Failed authentications</h3>\n");
     events(out, "auth-failures", &m.auth_failures, |e| {
-        let d = e.data;
-        let via = d["via"].as_str().or(d["method"].as_str()).unwrap_or("");
+        let d = &e.data;
+        let via = d.via.as_deref().or(d.method.as_deref()).unwrap_or("");
         format!(
             "<strong>{}</strong>{}{}{}",
-            esc_value(&d["reason"]),
+            esc_opt(d.reason.as_deref()),
             if via.is_empty() {
                 String::new()
             } else {
                 format!(" via {}", esc(via))
             },
-            d["client"]
-                .as_str()
+            d.client
+                .as_deref()
                 .map(|c| format!(" from {}", esc(c)))
                 .unwrap_or_default(),
-            d["key_id"]
-                .as_str()
+            d.key_id
+                .as_deref()
                 .map(|k| format!(" (key {})", esc(k)))
                 .unwrap_or_default(),
         )
@@ -1689,25 +1720,25 @@ fn denials(out: &mut String, m: &Model) {
     events(out, "target-failures", &m.target_failures, |e| {
         format!(
             "{} from {}: {}",
-            esc_value(&e.data["target"]),
-            esc_value(&e.data["client"]),
-            esc_value(&e.data["reason"])
+            esc_opt(e.data.target.as_deref()),
+            esc_opt(e.data.client.as_deref()),
+            esc_opt(e.data.reason.as_deref())
         )
     });
     out.push_str("<h3>Integrity mismatches (the target ran what was not decided; the session was ended)</h3>\n");
     events(out, "integrity-mismatches", &m.integrity_mismatches, |e| {
         format!(
             "command entry {}: server answered {} — {}",
-            esc_value(&e.data["command"]),
-            esc_value(&e.data["tag"]),
-            esc_value(&e.data["reason"])
+            e.data.command.map(|n| n.to_string()).unwrap_or_default(),
+            esc_opt(e.data.tag.as_deref()),
+            esc_opt(e.data.reason.as_deref())
         )
     });
     out.push_str("</section>\n");
 }
 
 /// A table of non-statement events: entry, time, identity, resource, and `what`.
-fn events(out: &mut String, id: &str, list: &[Event], what: impl Fn(&Event) -> String) {
+fn events<T>(out: &mut String, id: &str, list: &[Event<T>], what: impl Fn(&Event<T>) -> String) {
     if list.is_empty() {
         out.push_str("<p class=\"muted\">None.</p>\n");
         return;
@@ -1723,7 +1754,7 @@ fn events(out: &mut String, id: &str, list: &[Event], what: impl Fn(&Event) -> S
             row_attrs(&e.at, e.kind),
             index_cell(&e.at),
             esc(&time(e.at.ts)),
-            identity(e.who),
+            identity(&e.who),
             esc(e.resource),
             what(e)
         );
@@ -1782,50 +1813,48 @@ fn changes(out: &mut String, m: &Model) {
     out.push_str("<section id=\"changes\">\n<h2>Configuration, policy and key changes</h2>\n");
     out.push_str("<h3>Configuration and access policy</h3>\n");
     events(out, "config-changes", &m.config_changes, |e| {
-        let d = e.data;
-        let p = &d["policy"];
-        if p.is_object() {
-            let loaded = p["loaded"].as_bool().unwrap_or(false);
+        let d = &e.data;
+        if let Some(p) = &d.policy {
+            let loaded = p.loaded.unwrap_or(false);
             format!(
                 "access policy <code>{}</code> {} ({}){}",
-                esc_value(&p["file"]),
+                esc_opt(p.file.as_deref()),
                 if loaded {
                     "<span class=\"badge ok\">loaded</span>".to_string()
                 } else {
                     "<span class=\"badge bad\">NOT loaded</span>".to_string()
                 },
-                esc_value(&p["trigger"]),
+                esc_opt(p.trigger.as_deref()),
                 if loaded {
-                    format!(", {} policies", esc_value(&p["policies"]))
+                    format!(
+                        ", {} policies",
+                        p.policies.map(|n| n.to_string()).unwrap_or_default()
+                    )
                 } else {
-                    format!(": {}", esc_value(&p["error"]))
+                    format!(": {}", esc_opt(p.error.as_deref()))
                 }
             )
-        } else if d["file"].is_string() || d["sha256"].is_string() {
+        } else if d.file.is_some() || d.sha256.is_some() {
             format!(
                 "configuration <code>{}</code> sha256 <code>{}</code>{}",
-                esc_value(&d["file"]),
-                esc_value(&d["sha256"]),
-                d["resources"]
-                    .as_array()
-                    .map(|r| format!(
-                        ", resources {}",
-                        esc(&r
-                            .iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(", "))
-                    ))
+                esc_opt(d.file.as_deref()),
+                esc_opt(d.sha256.as_deref()),
+                d.resources
+                    .as_ref()
+                    .map(|r| format!(", resources {}", esc(&r.join(", "))))
                     .unwrap_or_default()
             )
         } else {
-            format!("<code>{}</code>", esc(&d.to_string()))
+            // Neither a policy load nor a configuration: shown as written.
+            format!("<code>{}</code>", esc(&e.raw.to_string()))
         }
     });
     out.push_str("<h3>API keys</h3>\n");
     events(out, "key-changes", &m.key_changes, |e| {
-        let d = e.data;
-        let created = e.kind == "key.created";
+        let (created, d) = match &e.data {
+            KeyEvent::Created(d) => (true, d),
+            KeyEvent::Revoked(d) => (false, d),
+        };
         format!(
             "{} <code>{}</code> ({}){}{}",
             if created {
@@ -1833,61 +1862,50 @@ fn changes(out: &mut String, m: &Model) {
             } else {
                 "<span class=\"badge muted\">revoked</span>"
             },
-            esc_value(&d["key_id"]),
-            esc_value(&d["name"]),
-            d["by"]
-                .as_str()
+            esc_opt(d.key_id.as_deref()),
+            esc_opt(d.name.as_deref()),
+            d.by.as_deref()
                 .map(|b| format!(" by {}", esc(b)))
                 .unwrap_or_default(),
             if created {
                 format!(
                     "{}{}",
-                    d["groups"]
-                        .as_array()
+                    Some(&d.groups)
                         .filter(|g| !g.is_empty())
-                        .map(|g| format!(
-                            ", groups {}",
-                            esc(&g
-                                .iter()
-                                .filter_map(Value::as_str)
-                                .collect::<Vec<_>>()
-                                .join(", "))
-                        ))
+                        .map(|g| format!(", groups {}", esc(&g.join(", "))))
                         .unwrap_or_default(),
-                    d["expires_at"]
-                        .as_u64()
+                    d.expires_at
+                        .and_then(|t| u64::try_from(t).ok())
                         .map(|t| format!(", expires {}", esc(&time_ms(t))))
                         .unwrap_or_default()
                 )
             } else {
-                d["reason"]
-                    .as_str()
+                d.reason
+                    .as_deref()
                     .map(|r| format!(": {}", esc(r)))
                     .unwrap_or_default()
             }
         )
     });
     out.push_str("<h3>Ledger</h3>\n");
-    events(out, "ledger-events", &m.ledger_events, |e| {
-        if e.kind == "ledger.recovery" {
-            format!(
-                "<span class=\"badge warn\">recovery</span> <code>{}</code>",
-                esc(&e.data.to_string())
-            )
-        } else if e.kind == "ledger.prune" {
-            let n = |k: &str| e.data[k].as_u64().unwrap_or(0);
+    events(out, "ledger-events", &m.ledger_events, |e| match &e.data {
+        LedgerEvent::Recovery => format!(
+            "<span class=\"badge warn\">recovery</span> <code>{}</code>",
+            esc(&e.raw.to_string())
+        ),
+        LedgerEvent::Prune(p) => {
+            let n = |v: Option<u64>| v.unwrap_or(0);
             format!(
                 "<span class=\"badge warn\">retention</span> entries {}..{} (from {} to {}) pruned to their hashes, {} recorded data chunks removed ({})",
-                n("first"),
-                n("end"),
-                esc(&time(n("first_ts"))),
-                esc(&time(n("last_ts"))),
-                e.data["chunks"].as_array().map_or(0, Vec::len),
-                esc(e.data["reason"].as_str().unwrap_or("retention"))
+                n(p.first),
+                n(p.end),
+                esc(&time(n(p.first_ts))),
+                esc(&time(n(p.last_ts))),
+                p.chunks.len(),
+                esc(p.reason.as_deref().unwrap_or("retention"))
             )
-        } else {
-            "opened (a gateway run began)".to_string()
         }
+        LedgerEvent::Open => "opened (a gateway run began)".to_string(),
     });
     out.push_str("</section>\n");
 }

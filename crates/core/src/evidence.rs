@@ -442,7 +442,8 @@ pub struct ApprovalDecision {
 pub struct ConfigChange {
     pub file: Option<String>,
     pub sha256: Option<String>,
-    pub resources: Vec<String>,
+    /// The resources the configuration serves; absent in a policy load.
+    pub resources: Option<Vec<String>>,
     pub policy: Option<PolicyLoad>,
 }
 
@@ -762,6 +763,20 @@ mod tests {
         assert_eq!(
             Evidence::read("session.end", &Value::Null),
             Evidence::SessionEnd(SessionEnd::default())
+        );
+    }
+
+    #[test]
+    fn config_resources_absent_and_empty_differ() {
+        let read = |data: Value| match Evidence::read("config.change", &data) {
+            Evidence::ConfigChange(c) => c.resources,
+            _ => None,
+        };
+        assert_eq!(read(json!({"file": "f"})), None);
+        assert_eq!(read(json!({"file": "f", "resources": []})), Some(vec![]));
+        assert_eq!(
+            read(json!({"resources": ["pg"]})),
+            Some(vec!["pg".to_string()])
         );
     }
 
