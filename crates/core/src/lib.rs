@@ -8,6 +8,7 @@ pub mod clock;
 pub mod event;
 pub mod evidence;
 pub mod glob;
+pub mod refusal;
 
 pub use event::{
     Actor, ActorKind, ChunkRef, Durability, EntryHeader, Event, EventKind, ResourceRef,
@@ -15,3 +16,4 @@ pub use event::{
 };
 pub use evidence::Evidence;
 pub use glob::glob_match;
+pub use refusal::Refusal;

@@ -55,23 +55,27 @@ impl Via<'_> {
     }
 }
 
-/// Why a message is refused, as its client is told: in an ErrorResponse where the server's
-/// answer would have been.
-pub(super) struct Refusal {
-    pub(super) code: &'static str,
-    pub(super) message: String,
-    /// The character of the statement the error points at (a syntax error's).
-    pub(super) position: Option<u32>,
-}
+pub(super) use gatehouse_core::Refusal;
 
-impl From<(&'static str, String)> for Refusal {
-    fn from((code, message): (&'static str, String)) -> Refusal {
-        Refusal {
-            code,
-            message,
-            position: None,
-        }
-    }
+/// The one place a refusal becomes PostgreSQL's error: its SQLSTATE, and the character of
+/// the statement it points at (a syntax error's).
+pub(super) fn sqlstate(refusal: &Refusal) -> (&'static str, Option<u32>) {
+    let code = match refusal {
+        Refusal::Denied { .. }
+        | Refusal::NoApprovers { .. }
+        | Refusal::ReviewDenied { .. }
+        | Refusal::ReviewEnded { .. } => "42501",
+        Refusal::TooManyOpenReviews { .. } => "53400",
+        Refusal::ReviewNotOpened { .. } | Refusal::LedgerUnavailable { .. } => "58000",
+        Refusal::ReviewTimedOut { .. } | Refusal::ReviewCancelled { .. } => "57014",
+        Refusal::GatewayStopping { .. } => "57P01",
+        Refusal::Unreadable { .. } => "55000",
+        Refusal::SessionLimit { .. } => "54000",
+        Refusal::TooComplex { .. } => "54001",
+        Refusal::TargetFailed { .. } => "08006",
+        Refusal::AsTheTargetWould { code, position, .. } => return (code, *position),
+    };
+    (code, None)
 }
 
 impl Session {
@@ -139,7 +143,7 @@ impl Session {
                             "gatehouse: this session holds {} prepared statements, the most it may; close some first",
                             crate::prepared::MAX_STATEMENTS
                         );
-                        Some(("54000", message).into())
+                        Some(Refusal::SessionLimit { message })
                     } else {
                         match self.read_text(query, Via::Parse(name)).await {
                             Ok(prepared) => {
@@ -185,21 +189,21 @@ impl Session {
                             prepared: Some(prepared),
                             formats,
                         }) => Ok((statement, prepared, formats)),
-                        Lookup::Known(Portal { statement, .. }) => Err((
-                            "55000",
-                            format!(
+                        Lookup::Known(Portal { statement, .. }) => Err(Refusal::Unreadable {
+                            message: format!(
                                 "gatehouse: portal \"{portal}\" was bound from statement \"{statement}\", which the gateway could not name when it was bound (it was unknown, or being redefined by statements still in flight)"
                             ),
-                        ).into()),
-                        Lookup::Unknown => {
-                            Err(("34000", format!("portal \"{portal}\" does not exist")).into())
-                        }
-                        Lookup::Uncertain => Err((
-                            "55000",
-                            format!(
+                        }),
+                        Lookup::Unknown => Err(Refusal::AsTheTargetWould {
+                            code: "34000",
+                            message: format!("portal \"{portal}\" does not exist"),
+                            position: None,
+                        }),
+                        Lookup::Uncertain => Err(Refusal::Unreadable {
+                            message: format!(
                                 "gatehouse: portal \"{portal}\" is being redefined by statements still in flight; send its Execute after they complete"
                             ),
-                        ).into()),
+                        }),
                     };
                     let bound = match bound {
                         Ok((statement, prepared, formats)) => {
@@ -313,7 +317,7 @@ impl Session {
             let message = format!(
                 "gatehouse: this statement cannot be read safely now: {why}; send it after the statements before it have completed"
             );
-            let refusal = Refusal::from(("55000", message));
+            let refusal = Refusal::Unreadable { message };
             self.record_unreadable(via, sql, &refusal).await;
             return Err(refusal);
         }
@@ -356,11 +360,9 @@ impl Session {
             return Ok(prepared.clone());
         }
         if depth >= 4 {
-            return Err((
-                "54001",
-                "gatehouse: prepared statements execute each other too deeply".into(),
-            )
-                .into());
+            return Err(Refusal::TooComplex {
+                message: "gatehouse: prepared statements execute each other too deeply".into(),
+            });
         }
         let mut out = Vec::with_capacity(statements.len());
         let mut unparsed = prepared.analysis.unparsed.clone();
@@ -380,19 +382,18 @@ impl Session {
             {
                 Lookup::Known(body) => self.substitute_executes(&body, depth + 1)?,
                 Lookup::Unknown => {
-                    return Err((
-                        "26000",
-                        format!("prepared statement \"{name}\" does not exist"),
-                    )
-                        .into());
+                    return Err(Refusal::AsTheTargetWould {
+                        code: "26000",
+                        message: format!("prepared statement \"{name}\" does not exist"),
+                        position: None,
+                    });
                 }
                 Lookup::Uncertain => {
-                    return Err((
-                        "55000",
-                        format!(
+                    return Err(Refusal::Unreadable {
+                        message: format!(
                             "gatehouse: prepared statement \"{name}\" is being redefined by statements still in flight; execute it after they complete"
                         ),
-                    ).into());
+                    });
                 }
             };
             if body.analysis.unparsed.is_some() {
@@ -417,8 +418,9 @@ impl Session {
     /// would run: a `command` entry decided `deny`, with the reason.
     async fn record_unreadable(&mut self, via: Via<'_>, sql: &str, refusal: &Refusal) {
         let mut detail = via.detail();
+        let (code, _) = sqlstate(refusal);
         detail["decision"] =
-            json!({"outcome": "deny", "unreadable": refusal.code, "message": refusal.message});
+            json!({"outcome": "deny", "unreadable": code, "message": refusal.to_string()});
         self.totals.denied += 1;
         if let Err(e) = self.audit(sql, detail).await {
             tracing::warn!(session = %self.id, error = %e, "could not record a refused statement");
@@ -435,11 +437,11 @@ impl Session {
     /// server drops it.
     fn refuse(&mut self, refusal: Refusal, query: bool, to_server: &mut Vec<u8>) {
         let mut reply = Vec::new();
-        match refusal.position {
-            Some(at) => {
-                backend::error_response_at("ERROR", refusal.code, &refusal.message, at, &mut reply)
-            }
-            None => backend::error_response("ERROR", refusal.code, &refusal.message, &mut reply),
+        let (code, position) = sqlstate(&refusal);
+        let message = refusal.to_string();
+        match position {
+            Some(at) => backend::error_response_at("ERROR", code, &message, at, &mut reply),
+            None => backend::error_response("ERROR", code, &message, &mut reply),
         }
         if query {
             frontend::frame(b'Q', STAND_IN_QUERY, to_server);

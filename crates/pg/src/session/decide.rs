@@ -99,7 +99,7 @@ impl Session {
         let receipt = self
             .audit(&prepared.sql, detail)
             .await
-            .map_err(|m| Refusal::from(("58000", m)))?;
+            .map_err(|message| Refusal::LedgerUnavailable { message })?;
         match decision.outcome {
             Outcome::Allow => Ok(receipt.index),
             Outcome::Review if grant.is_some() => Ok(receipt.index),
@@ -108,14 +108,14 @@ impl Session {
                 // Text the parser rejected is answered with the parser's own error, as the
                 // server would answer it; the entry above records it as refused.
                 if let Some(syntax) = &prepared.analysis.syntax_error {
-                    return Err(Refusal {
+                    return Err(Refusal::AsTheTargetWould {
                         code: syntax.code,
                         message: syntax.message.clone(),
                         position: syntax.position,
                     });
                 }
                 let reason = decision.message.unwrap_or_default();
-                Err(("42501", format!("gatehouse: denied: {reason}")).into())
+                Err(Refusal::Denied { reason })
             }
             Outcome::Review => {
                 let reason = decision.message.unwrap_or_default();
@@ -172,13 +172,10 @@ impl Session {
         let rule = holders.first().cloned();
         // Without approver groups only access policy can name approvers.
         if settings.approvers.is_empty() && self.resource.policy.is_none() {
-            return Err((
-                "42501",
-                format!(
-                    "gatehouse: this statement needs an approval ({reason}), but resources.{}.reviews.approvers names no group that may give one and no access policy is configured, so it was not executed",
-                    self.resource.name
-                ),
-            ).into());
+            return Err(Refusal::NoApprovers {
+                reason,
+                resource: self.resource.name.clone(),
+            });
         }
         let command_ref = EntryRef {
             index: command.index,
@@ -224,18 +221,12 @@ impl Session {
             Ok(opened) => opened,
             // Too many of this identity's reviews wait already: a limit, not a failure.
             Err(e @ ReviewError::TooManyOpen { .. }) => {
-                return Err((
-                    "53400",
-                    format!("gatehouse: {e}; the statement was not executed"),
-                )
-                    .into());
+                return Err(Refusal::TooManyOpenReviews {
+                    limit: e.to_string(),
+                });
             }
             Err(e) => {
-                return Err((
-                    "58000",
-                    format!("gatehouse: the review could not be opened: {e}"),
-                )
-                    .into());
+                return Err(Refusal::ReviewNotOpened { why: e.to_string() });
             }
         };
         let id = review.id.clone();
@@ -287,12 +278,7 @@ impl Session {
         // What came before this statement goes out now; its results wait with the rest.
         drain_into(&mut self.target, io.to_server)
             .await
-            .map_err(|e| {
-                (
-                    "08006",
-                    format!("gatehouse: the target connection failed: {e}"),
-                )
-            })?;
+            .map_err(|e| Refusal::TargetFailed { why: e.to_string() })?;
         let _ = drain_into(io.client, io.to_client).await;
         let deadline = tokio::time::Instant::now() + settings.timeout;
         let cancelled = self.cancelled.clone();
@@ -308,15 +294,13 @@ impl Session {
                         None => std::future::pending::<()>().await,
                     }
                 } => {
-                    let message = format!(
-                        "gatehouse is shutting down; review {id} stays open for approvers: run the statement again once it is approved"
-                    );
+                    let refusal = Refusal::GatewayStopping { review: id.clone() };
                     self.stop = Some(Stop {
                         code: "57P01",
-                        message: message.clone(),
+                        message: refusal.to_string(),
                         event: None,
                     });
-                    return Err(("57P01", message).into());
+                    return Err(refusal);
                 }
                 changed = changes.changed() => {
                     if changed.is_err() {
@@ -327,8 +311,7 @@ impl Session {
                         State::Approved => break State::Approved,
                         State::Denied => {
                             let denial = now.denial.unwrap_or(Verdict { by: "?".into(), at: 0, reason: None, grant_ms: None });
-                            let why = denial.reason.map(|r| format!(": {r}")).unwrap_or_default();
-                            return Err(("42501", format!("gatehouse: review {id} was denied by {}{why}", denial.by)).into());
+                            return Err(Refusal::ReviewDenied { review: id.clone(), by: Some(denial.by), why: denial.reason });
                         }
                         State::Pending => {
                             // Progress: who approved, and how many are still needed.
@@ -386,18 +369,11 @@ impl Session {
             .await;
         match (target, finished) {
             (State::Executed, Ok(_)) => Ok(()),
-            (State::Expired, Ok(_)) => Err((
-                "57014",
-                format!(
-                    "gatehouse: review {id} timed out after {wait} without a decision; the statement was not executed"
-                ),
-            ).into()),
-            (State::Cancelled, Ok(_)) => Err((
-                "57014",
-                format!(
-                    "gatehouse: canceling statement due to user request (review {id} cancelled)"
-                ),
-            ).into()),
+            (State::Expired, Ok(_)) => Err(Refusal::ReviewTimedOut {
+                review: id,
+                waited: wait.to_string(),
+            }),
+            (State::Cancelled, Ok(_)) => Err(Refusal::ReviewCancelled { review: id }),
             // A decision came in between (a denial just before the timeout): it stands.
             (
                 _,
@@ -405,15 +381,19 @@ impl Session {
                     state: State::Denied,
                     ..
                 }),
-            ) => Err(("42501", format!("gatehouse: review {id} was denied")).into()),
-            (_, Err(e)) => Err((
-                "42501",
-                format!("gatehouse: review {id}: {e}; the statement was not executed"),
-            ).into()),
-            (_, Ok(_)) => Err((
-                "42501",
-                format!("gatehouse: review {id} ended; the statement was not executed"),
-            ).into()),
+            ) => Err(Refusal::ReviewDenied {
+                review: id,
+                by: None,
+                why: None,
+            }),
+            (_, Err(e)) => Err(Refusal::ReviewEnded {
+                review: id,
+                why: Some(e.to_string()),
+            }),
+            (_, Ok(_)) => Err(Refusal::ReviewEnded {
+                review: id,
+                why: None,
+            }),
         }
     }
 
