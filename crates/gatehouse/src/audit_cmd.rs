@@ -20,7 +20,7 @@ use crate::cli::{
 };
 use crate::replay_cmd::ledger_in;
 
-pub async fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
     match command {
         AuditCommand::Export(args) => export(args).await,
         AuditCommand::VerifyExport(args) => verify_export(&args),

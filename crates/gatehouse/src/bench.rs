@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::cli::{BenchArgs, DurabilityArg};
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.events > 0, "--events must be at least 1");
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(args.rate != Some(0), "--rate must be at least 1");

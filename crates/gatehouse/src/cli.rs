@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// tamper-evident, offline-verifiable ledger.
 #[derive(Debug, Parser)]
 #[command(name = "gatehouse", version, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Log format on stderr [default: `log.format` from the config, else text].
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -20,7 +20,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     Text,
     /// One JSON object per line, for log shippers.
@@ -28,7 +28,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the gateway from a configuration file until SIGINT or SIGTERM.
     Serve(ServeArgs),
     /// Run the gateway on a built-in configuration with a local data directory.
@@ -79,7 +79,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum AuditCommand {
+pub(crate) enum AuditCommand {
     /// Export the entries of a time window, filtered by identity or resource. The default
     /// format, `bundle`, can be checked offline for completeness with `verify-export`;
     /// JSON lines, OCSF and CSV rows carry each entry's ledger index and leaf hash.
@@ -95,7 +95,7 @@ pub enum AuditCommand {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ExportFormat {
+pub(crate) enum ExportFormat {
     /// Evidence bundle: the window's entries with the proof of their completeness, the
     /// signed checkpoint and the matching entries' recorded data.
     Bundle,
@@ -110,7 +110,7 @@ pub enum ExportFormat {
 
 /// The entries an export or report takes.
 #[derive(Debug, Args)]
-pub struct WindowArgs {
+pub(crate) struct WindowArgs {
     /// The gateway's data directory (the one holding `ledger/`).
     #[arg(long, default_value = "gatehouse-data")]
     pub data_dir: PathBuf,
@@ -129,7 +129,7 @@ pub struct WindowArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ExportArgs {
+pub(crate) struct ExportArgs {
     #[command(flatten)]
     pub window: WindowArgs,
     #[arg(long, value_enum, default_value = "bundle")]
@@ -145,7 +145,7 @@ pub struct ExportArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ReportArgs {
+pub(crate) struct ReportArgs {
     #[command(flatten)]
     pub window: WindowArgs,
     /// The ledger's verifier key (`name+id+key`) or `@FILE`, for an independent check.
@@ -161,7 +161,7 @@ pub struct ReportArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct VerifyExportArgs {
+pub(crate) struct VerifyExportArgs {
     /// The bundle written by `gatehouse audit export`.
     pub file: PathBuf,
     /// The ledger's verifier key (`name+id+key`, as printed by `gatehouse ledger pubkey`),
@@ -174,7 +174,7 @@ pub struct VerifyExportArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ReplayArgs {
+pub(crate) struct ReplayArgs {
     /// The session (`s-...`, as in the ledger's entries and the gateway's log).
     pub session: Option<String>,
     /// The gateway's data directory (the one holding `ledger/`).
@@ -188,7 +188,7 @@ pub struct ReplayArgs {
 
 /// Where the admin API is and who signs in to it.
 #[derive(Debug, Args)]
-pub struct ApiArgs {
+pub(crate) struct ApiArgs {
     /// The admin API, e.g. https://gatehouse.internal:8443 or http://127.0.0.1:8080
     /// [default: `[admin] listen` of --config, https when it has `tls`]. Your key is sent
     /// over http:// only to this host (loopback).
@@ -213,7 +213,7 @@ pub struct ApiArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct AccessArgs {
+pub(crate) struct AccessArgs {
     #[command(flatten)]
     pub api: ApiArgs,
     #[command(subcommand)]
@@ -221,7 +221,7 @@ pub struct AccessArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum AccessCommand {
+pub(crate) enum AccessCommand {
     /// Ask for access: `gatehouse access request pg-prod --for 2h --reason "incident 4711"`.
     Request {
         /// The resource's name, as in the gateway's config.
@@ -239,7 +239,7 @@ pub enum AccessCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct ReviewsArgs {
+pub(crate) struct ReviewsArgs {
     #[command(flatten)]
     pub api: ApiArgs,
     #[command(subcommand)]
@@ -247,7 +247,7 @@ pub struct ReviewsArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ReviewsCommand {
+pub(crate) enum ReviewsCommand {
     /// Reviews waiting for a decision (`--all`: decided ones of the last hour too).
     List {
         #[arg(long)]
@@ -277,7 +277,7 @@ pub enum ReviewsCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct LoginArgs {
+pub(crate) struct LoginArgs {
     /// The provider: its issuer URL, or the name of an `[[issuers]]` entry in the config.
     #[arg(long)]
     pub issuer: String,
@@ -297,7 +297,7 @@ pub struct LoginArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum PolicyCommand {
+pub(crate) enum PolicyCommand {
     /// Parse and validate a policy file against its schema; exit 1 naming the file, the
     /// policy and the problem.
     Check(PolicyFiles),
@@ -307,7 +307,7 @@ pub enum PolicyCommand {
 
 /// Which policy and schema files: given directly, or the `[policy]` of a config.
 #[derive(Debug, Args)]
-pub struct PolicyFiles {
+pub(crate) struct PolicyFiles {
     /// A Cedar policy file [default: `policy.policies` of the config].
     pub policies: Option<PathBuf>,
     /// A Cedar schema file [default: `policy.schema` of the config, else the built-in one].
@@ -319,7 +319,7 @@ pub struct PolicyFiles {
 }
 
 #[derive(Debug, Args)]
-pub struct PolicyEvalArgs {
+pub(crate) struct PolicyEvalArgs {
     /// Who asks: an identity name.
     #[arg(long)]
     pub principal: String,
@@ -346,7 +346,7 @@ pub struct PolicyEvalArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum KeysCommand {
+pub(crate) enum KeysCommand {
     /// Create a managed API key (for an agent, a service or a person) in the state store.
     /// Prints the key once on standard output; only its hash is kept. The gateway accepts
     /// it from the next sign-in, without a restart.
@@ -369,7 +369,7 @@ pub enum KeysCommand {
 /// Where the state store is: the `data_dir` of a config file, or a data directory given
 /// directly.
 #[derive(Debug, Args)]
-pub struct StoreArgs {
+pub(crate) struct StoreArgs {
     /// The gateway's configuration file; its `data_dir` holds the state store.
     #[arg(long, short, default_value = "gatehouse.toml")]
     pub config: PathBuf,
@@ -379,7 +379,7 @@ pub struct StoreArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct KeysCreateArgs {
+pub(crate) struct KeysCreateArgs {
     /// The identity the key signs in as: the user name its clients give
     /// (e.g. `agent:reporting`, `ci:deploy`).
     #[arg(long)]
@@ -399,14 +399,14 @@ pub struct KeysCreateArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum KeyKind {
+pub(crate) enum KeyKind {
     Human,
     Agent,
     Service,
 }
 
 #[derive(Debug, Args)]
-pub struct KeysListArgs {
+pub(crate) struct KeysListArgs {
     /// One JSON object per key instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -415,7 +415,7 @@ pub struct KeysListArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct KeysRevokeArgs {
+pub(crate) struct KeysRevokeArgs {
     /// The key's id (as `keys list` shows it, or the part after `ghk_` in the key).
     pub id: String,
     /// Why, kept with the key.
@@ -426,14 +426,14 @@ pub struct KeysRevokeArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// The configuration file.
     #[arg(long, short, default_value = "gatehouse.toml")]
     pub config: PathBuf,
 }
 
 #[derive(Debug, Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Data directory for the demo's ledger and keys (created if missing).
     #[arg(long, default_value = "gatehouse-demo")]
     pub data_dir: PathBuf,
@@ -449,7 +449,7 @@ pub struct DemoArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ConfigCommand {
+pub(crate) enum ConfigCommand {
     /// Validate a configuration file; exits non-zero and lists every problem if invalid.
     Check {
         /// The file to check.
@@ -458,7 +458,7 @@ pub enum ConfigCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum LedgerCommand {
+pub(crate) enum LedgerCommand {
     /// Print the public verifier key of a ledger (give it to auditors).
     Pubkey(DataDirArg),
     /// Check a ledger offline: every entry, the Merkle tree, every checkpoint signature,
@@ -482,7 +482,7 @@ pub enum LedgerCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct PruneArgs {
+pub(crate) struct PruneArgs {
     /// The gateway's data directory (the one holding `ledger/`).
     #[arg(long)]
     pub data_dir: PathBuf,
@@ -492,14 +492,14 @@ pub struct PruneArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct DataDirArg {
+pub(crate) struct DataDirArg {
     /// The gateway's data directory (the one holding `ledger/`).
     #[arg(long)]
     pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
-pub struct VerifyArgs {
+pub(crate) struct VerifyArgs {
     /// The gateway's data directory (the one holding `ledger/`).
     #[arg(long)]
     pub data_dir: PathBuf,
@@ -515,7 +515,7 @@ pub struct VerifyArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Data directory to write into (created if missing).
     #[arg(long)]
     pub data_dir: PathBuf,
@@ -544,13 +544,13 @@ pub struct BenchArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DurabilityArg {
+pub(crate) enum DurabilityArg {
     Sync,
     Batched,
 }
 
 #[derive(Debug, Args)]
-pub struct ProofArgs {
+pub(crate) struct ProofArgs {
     /// The gateway's data directory (the one holding `ledger/`).
     #[arg(long)]
     pub data_dir: PathBuf,
@@ -560,7 +560,7 @@ pub struct ProofArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct VerifyProofArgs {
+pub(crate) struct VerifyProofArgs {
     /// The proof file made by `ledger proof`; `-` reads standard input.
     #[arg(default_value = "-")]
     pub proof: PathBuf,

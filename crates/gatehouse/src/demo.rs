@@ -31,7 +31,10 @@ INSERT INTO customers VALUES
  (2, 'Grace Hopper', 'grace@example.org', '+1 212 555 0199', '5500 0000 0000 0004'),
  (3, 'Alan Turing', 'alan@example.net', '+44 161 496 0754', '3400 0000 0000 009');";
 
-pub async fn demo(args: DemoArgs, log_format: Option<LogFormat>) -> anyhow::Result<ExitCode> {
+pub(crate) async fn demo(
+    args: DemoArgs,
+    log_format: Option<LogFormat>,
+) -> anyhow::Result<ExitCode> {
     logging::init(log_format.unwrap_or(LogFormat::Text), "info", false)?;
     let mut config = Config::demo(args.data_dir.clone());
     std::fs::create_dir_all(&config.data_dir)

@@ -28,7 +28,7 @@ use crate::cli::{LogFormat, ServeArgs};
 use crate::logging;
 
 /// `gatehouse config check FILE`: prints every problem, exit 0 only when valid.
-pub fn config_check(file: &Path) -> ExitCode {
+pub(crate) fn config_check(file: &Path) -> ExitCode {
     match Config::load(file) {
         Ok(config) => {
             if let Some(p) = &config.policy
@@ -61,7 +61,10 @@ pub fn config_check(file: &Path) -> ExitCode {
 }
 
 /// `gatehouse serve --config FILE`.
-pub async fn serve(args: ServeArgs, log_format: Option<LogFormat>) -> anyhow::Result<ExitCode> {
+pub(crate) async fn serve(
+    args: ServeArgs,
+    log_format: Option<LogFormat>,
+) -> anyhow::Result<ExitCode> {
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {

@@ -12,7 +12,7 @@ use gatehouse_store::{ManagedKey, Store};
 
 use crate::cli::{KeyKind, KeysCommand, KeysCreateArgs, StoreArgs};
 
-pub async fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
     match command {
         KeysCommand::Create(args) => create(args).await,
         KeysCommand::List(args) => {

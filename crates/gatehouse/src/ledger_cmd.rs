@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::bench;
 use crate::cli::{DataDirArg, LedgerCommand, VerifyArgs, VerifyProofArgs};
 
-pub async fn run(command: LedgerCommand) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(command: LedgerCommand) -> anyhow::Result<ExitCode> {
     match command {
         LedgerCommand::Pubkey(DataDirArg { data_dir }) => {
             let path = Layout::new(&data_dir).verifier_key();

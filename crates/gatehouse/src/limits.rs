@@ -6,7 +6,7 @@ use rustix::process::{Resource, getrlimit, setrlimit};
 /// (client and target), so the common default soft limit of 1024 would stop a gateway at
 /// about 500 sessions with `accept` failing; the hard limit is what the administrator
 /// allows. Returns the (old, new) soft limits when it changed anything.
-pub fn raise_open_files() -> Result<Option<(u64, u64)>, String> {
+pub(crate) fn raise_open_files() -> Result<Option<(u64, u64)>, String> {
     let mut limit = getrlimit(Resource::Nofile);
     let Some(soft) = limit.current else {
         return Ok(None); // already unlimited

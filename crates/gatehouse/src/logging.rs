@@ -6,7 +6,11 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::LogFormat;
 
 /// Installs the global subscriber. `RUST_LOG` wins over `default_filter`.
-pub fn init(format: LogFormat, default_filter: &str, with_target: bool) -> anyhow::Result<()> {
+pub(crate) fn init(
+    format: LogFormat,
+    default_filter: &str,
+    with_target: bool,
+) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(value) if !value.is_empty() => EnvFilter::try_new(&value).context("RUST_LOG")?,
         _ => EnvFilter::try_new(default_filter)

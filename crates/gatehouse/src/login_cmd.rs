@@ -9,7 +9,7 @@ use gatehouse_identity::unix_now;
 
 use crate::cli::LoginArgs;
 
-pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     let path = login::token_path().map_err(anyhow::Error::msg)?;
     let issuer = issuer_url(&args)?;
     let client = LoginClient::discover(&issuer, &args.client_id)
@@ -99,13 +99,13 @@ async fn device(client: &LoginClient, scope: &str) -> anyhow::Result<login::Toke
         .map_err(anyhow::Error::msg)
 }
 
-pub async fn token() -> anyhow::Result<ExitCode> {
+pub(crate) async fn token() -> anyhow::Result<ExitCode> {
     outln!("{}", current_token().await?);
     Ok(ExitCode::SUCCESS)
 }
 
 /// The kept token, refreshed first when it nears expiry.
-pub async fn current_token() -> anyhow::Result<String> {
+pub(crate) async fn current_token() -> anyhow::Result<String> {
     let path = login::token_path().map_err(anyhow::Error::msg)?;
     let mut tokens = login::load(&path).map_err(anyhow::Error::msg)?;
     let now = unix_now();

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::cli::{KeyKind, PolicyCommand, PolicyFiles};
 
-pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     match command {
         PolicyCommand::Check(files) => {
             let (policies, schema, _) = resolve(&files)?;

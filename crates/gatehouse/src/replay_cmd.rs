@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::cli::ReplayArgs;
 
-pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if let Some(speed) = args.speed
         && !(speed.is_finite() && speed > 0.0)
     {

@@ -90,7 +90,7 @@ impl Api {
 }
 
 /// `gatehouse access request`.
-pub async fn access(args: AccessArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn access(args: AccessArgs) -> anyhow::Result<ExitCode> {
     let api = Api::new(&args.api).await?;
     let AccessCommand::Request {
         resource,
@@ -136,7 +136,7 @@ pub async fn access(args: AccessArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `gatehouse reviews`.
-pub async fn run(args: ReviewsArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: ReviewsArgs) -> anyhow::Result<ExitCode> {
     let api = Api::new(&args.api).await?;
     let (request, what) = match &args.command {
         ReviewsCommand::List { .. } => (api.call(Method::GET, "/api/reviews"), "list reviews"),

@@ -13,22 +13,22 @@ use std::path::{Path, PathBuf};
 use crate::error::{IoContext, LedgerError};
 
 /// Mode of every file the ledger creates.
-pub const FILE_MODE: u32 = 0o600;
+pub(crate) const FILE_MODE: u32 = 0o600;
 
 /// Mode of every directory the ledger creates.
-pub const DIR_MODE: u32 = 0o700;
+pub(crate) const DIR_MODE: u32 = 0o700;
 
 /// Permission bits that let anyone but the owner in.
 const OTHERS: u32 = 0o077;
 
 /// Fsyncs a directory so that a rename or create inside it survives a crash.
-pub fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
 /// Replaces `path` with `bytes` (mode 0600) so that a crash leaves either the old or the
 /// new content.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
     {
@@ -51,7 +51,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
 }
 
 /// Creates `path` with `bytes`, readable only by the owner, failing if it exists.
-pub fn create_private(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
+pub(crate) fn create_private(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -66,7 +66,7 @@ pub fn create_private(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
 /// Creates `dir` and any missing parents inside the ledger directory `ledger_root` with
 /// mode 0700. Parents above the ledger directory (the gateway's data directory) are
 /// created with the default mode: they are not the ledger's to restrict.
-pub fn create_private_dirs(ledger_root: &Path, dir: &Path) -> Result<(), LedgerError> {
+pub(crate) fn create_private_dirs(ledger_root: &Path, dir: &Path) -> Result<(), LedgerError> {
     if let Some(outside) = ledger_root.parent()
         && !outside.as_os_str().is_empty()
     {
@@ -81,7 +81,7 @@ pub fn create_private_dirs(ledger_root: &Path, dir: &Path) -> Result<(), LedgerE
 
 /// What [`tighten_modes`] changed.
 #[derive(Debug, Default)]
-pub struct Tightened {
+pub(crate) struct Tightened {
     pub files: u64,
     pub dirs: u64,
     /// The first few paths changed, for the log.
@@ -93,7 +93,7 @@ pub struct Tightened {
 /// has 0644 files and 0755 directories.
 ///
 /// Symbolic links are left alone: changing the mode would change what they point to.
-pub fn tighten_modes(root: &Path, skip: &[PathBuf]) -> Result<Tightened, LedgerError> {
+pub(crate) fn tighten_modes(root: &Path, skip: &[PathBuf]) -> Result<Tightened, LedgerError> {
     let mut done = Tightened::default();
     tighten(root, true, &mut done)?;
     let mut dirs = vec![root.to_path_buf()];

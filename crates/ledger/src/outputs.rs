@@ -57,7 +57,7 @@ struct Collected {
 
 /// The check, fed entry by entry in ledger order.
 #[derive(Default)]
-pub struct OutputCheck {
+pub(crate) struct OutputCheck {
     collected: HashMap<u64, Collected>,
     /// Result entry index, hash and length, by command index, until their slices are in.
     claimed: HashMap<u64, (u64, String, u64)>,
@@ -71,7 +71,7 @@ pub struct OutputCheck {
 /// the last chunk of a session) and of slices that no result claimed (the gateway stopped
 /// before writing the result entry).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Unsettled {
+pub(crate) struct Unsettled {
     pub incomplete: u64,
     pub unclaimed: u64,
 }
@@ -82,7 +82,7 @@ fn corrupt(index: u64, why: impl std::fmt::Display) -> LedgerError {
 
 impl OutputCheck {
     /// Takes note of a `result` entry.
-    pub fn result(&mut self, index: u64, line: &[u8]) -> Result<(), LedgerError> {
+    pub(crate) fn result(&mut self, index: u64, line: &[u8]) -> Result<(), LedgerError> {
         let parsed: ResultLine = serde_json::from_slice(line)
             .map_err(|e| corrupt(index, format!("unreadable result entry: {e}")))?;
         if let Some(recorded) = parsed.data.recorded {
@@ -105,7 +105,7 @@ impl OutputCheck {
 
     /// Takes note of a `recording` entry whose chunk (already checked against its hash) is
     /// `chunk`; `None` when the entry references no chunk.
-    pub fn recording(
+    pub(crate) fn recording(
         &mut self,
         index: u64,
         line: &[u8],
@@ -189,7 +189,7 @@ impl OutputCheck {
     }
 
     /// What is left once every entry was seen.
-    pub fn finish(&self) -> Unsettled {
+    pub(crate) fn finish(&self) -> Unsettled {
         Unsettled {
             incomplete: self.claimed.len() as u64,
             unclaimed: self

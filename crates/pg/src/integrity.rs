@@ -56,7 +56,10 @@ fn accounts_for(statement: &Statement, command: &str) -> bool {
 
 /// The first tag the decided statements cannot account for, with why. Statements answer
 /// one tag each, in order; a tag beyond the last statement is never accounted for.
-pub fn unaccounted_tag<'a>(decided: &Analysis, tags: &'a [String]) -> Option<(&'a str, String)> {
+pub(crate) fn unaccounted_tag<'a>(
+    decided: &Analysis,
+    tags: &'a [String],
+) -> Option<(&'a str, String)> {
     for (i, tag) in tags.iter().enumerate() {
         let Some(statement) = decided.statements.get(i) else {
             return Some((

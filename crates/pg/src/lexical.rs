@@ -27,7 +27,7 @@ const UNSAFE_ENCODINGS: [&str; 7] = [
 ];
 
 /// Whether text in `encoding` can be split differently by the server than by the gateway.
-pub fn is_unsafe_encoding(encoding: &str) -> bool {
+pub(crate) fn is_unsafe_encoding(encoding: &str) -> bool {
     UNSAFE_ENCODINGS
         .iter()
         .any(|e| e.eq_ignore_ascii_case(encoding))
@@ -35,7 +35,7 @@ pub fn is_unsafe_encoding(encoding: &str) -> bool {
 
 /// The session's lexical settings, as the server last reported them.
 #[derive(Debug, Clone, Default)]
-pub struct Lexicon {
+pub(crate) struct Lexicon {
     pub lexical: Lexical,
     pub client_encoding: String,
     /// How the server's texts are read and written back (masking).
@@ -44,7 +44,7 @@ pub struct Lexicon {
 
 /// A reported setting the gateway cannot read statements under.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnsafeSetting {
+pub(crate) struct UnsafeSetting {
     pub name: &'static str,
     pub value: String,
 }
@@ -52,7 +52,7 @@ pub struct UnsafeSetting {
 impl Lexicon {
     /// Takes one ParameterStatus report. Returns an error for a client encoding the gateway
     /// will not read; the session must then end.
-    pub fn observe(&mut self, name: &str, value: &str) -> Result<(), UnsafeSetting> {
+    pub(crate) fn observe(&mut self, name: &str, value: &str) -> Result<(), UnsafeSetting> {
         if name.eq_ignore_ascii_case("standard_conforming_strings") {
             self.lexical.backslash_escapes = !value.eq_ignore_ascii_case("on");
         } else if name.eq_ignore_ascii_case("client_encoding") {
@@ -69,7 +69,7 @@ impl Lexicon {
     }
 
     /// Reads every ParameterStatus in a run of server frames (the greeting).
-    pub fn observe_frames(&mut self, mut frames: &[u8]) -> Result<(), UnsafeSetting> {
+    pub(crate) fn observe_frames(&mut self, mut frames: &[u8]) -> Result<(), UnsafeSetting> {
         while let Ok(Some(len)) = gatehouse_wire_pg::split_frame(frames) {
             let frame = &frames[..len];
             if frame[0] == b'S'
@@ -84,7 +84,7 @@ impl Lexicon {
 
     /// Why `sql` cannot be decided now, when statements still in flight may change the
     /// settings it is read under; `None` when it reads the same whatever they do.
-    pub fn unsettled_reading(sql: &str) -> Option<&'static str> {
+    pub(crate) fn unsettled_reading(sql: &str) -> Option<&'static str> {
         if !reads_alike(sql) {
             return Some(
                 "it reads differently with standard_conforming_strings on and off, and statements still in flight may change that setting",

@@ -31,7 +31,7 @@ use crate::masking::Source;
 /// under, its analysis and the part of the `command` entry that follows from the analysis
 /// alone, all computed once.
 #[derive(Debug)]
-pub struct Prepared {
+pub(crate) struct Prepared {
     pub sql: String,
     pub lexical: Lexical,
     pub analysis: Analysis,
@@ -43,11 +43,11 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    pub fn new(sql: &str, lexical: Lexical) -> Prepared {
+    pub(crate) fn new(sql: &str, lexical: Lexical) -> Prepared {
         Prepared::from_analysis(sql, lexical, analyze_with(sql, lexical))
     }
 
-    pub fn from_analysis(sql: &str, lexical: Lexical, analysis: Analysis) -> Prepared {
+    pub(crate) fn from_analysis(sql: &str, lexical: Lexical, analysis: Analysis) -> Prepared {
         let mut summary = serde_json::Map::new();
         summary.insert(
             "classes".into(),
@@ -88,7 +88,7 @@ impl Prepared {
 
     /// The statement as masking reads it; the lineage is read only where column rules
     /// need it.
-    pub fn source(&self, with_lineage: bool) -> Arc<Source> {
+    pub(crate) fn source(&self, with_lineage: bool) -> Arc<Source> {
         self.source
             .get_or_init(|| {
                 Arc::new(Source::new(
@@ -100,7 +100,7 @@ impl Prepared {
             .clone()
     }
 
-    pub fn is_ddl(&self) -> bool {
+    pub(crate) fn is_ddl(&self) -> bool {
         self.analysis
             .classes()
             .any(|c| c == gatehouse_sql::StatementClass::Ddl)
@@ -122,7 +122,7 @@ impl Prepared {
 }
 
 /// Every relation the statements name, once, in order of appearance.
-pub fn distinct_tables(analysis: &Analysis) -> Vec<String> {
+pub(crate) fn distinct_tables(analysis: &Analysis) -> Vec<String> {
     let mut tables: Vec<String> = Vec::new();
     for t in analysis.statements.iter().flat_map(|s| s.tables.iter()) {
         if !tables.contains(t) {
@@ -136,7 +136,7 @@ pub fn distinct_tables(analysis: &Analysis) -> Vec<String> {
 /// that statement was when bound (`None` when the gateway could not say), and the Bind's
 /// result formats.
 #[derive(Debug, Clone)]
-pub struct Portal {
+pub(crate) struct Portal {
     pub statement: String,
     pub prepared: Option<Arc<Prepared>>,
     pub formats: Vec<i16>,
@@ -144,7 +144,7 @@ pub struct Portal {
 
 /// A change to the session's names sent to the server and not yet confirmed by it.
 #[derive(Debug, Clone)]
-pub enum Op {
+pub(crate) enum Op {
     Parse {
         name: String,
         prepared: Arc<Prepared>,
@@ -159,7 +159,7 @@ pub enum Op {
 
 /// Something sent ahead of the message being decided, in the order the server meets it.
 #[derive(Debug, Clone, Copy)]
-pub enum Pending<'a> {
+pub(crate) enum Pending<'a> {
     Op(&'a Op),
     /// A statement of a text (a simple query, or a prepared statement executed) that may
     /// prepare or deallocate by SQL, with the text it belongs to.
@@ -170,7 +170,7 @@ pub enum Pending<'a> {
 
 /// What the server reported back about a change, in the order it did.
 #[derive(Debug)]
-pub enum Settled {
+pub(crate) enum Settled {
     /// ParseComplete, BindComplete or CloseComplete.
     Applied(Op),
     /// The server answered the change with an error.
@@ -186,7 +186,7 @@ pub enum Settled {
 
 /// What a name will mean when the message using it reaches the server.
 #[derive(Debug, Clone)]
-pub enum Lookup<T> {
+pub(crate) enum Lookup<T> {
     Known(T),
     Unknown,
     /// Changes still in flight may leave it meaning one of several things.
@@ -195,23 +195,23 @@ pub enum Lookup<T> {
 
 /// The names the server has confirmed.
 #[derive(Debug, Default)]
-pub struct Names {
+pub(crate) struct Names {
     statements: HashMap<String, Arc<Prepared>>,
     portals: HashMap<String, Portal>,
 }
 
 /// Prepared statements a session may hold: PostgreSQL itself has no limit, but the
 /// gateway keeps each one's analysis in memory, so one session cannot grow without bound.
-pub const MAX_STATEMENTS: usize = 10_000;
+pub(crate) const MAX_STATEMENTS: usize = 10_000;
 
 impl Names {
-    pub fn statement_count(&self) -> usize {
+    pub(crate) fn statement_count(&self) -> usize {
         self.statements.len()
     }
 
     /// Applies what the server confirmed. Returns the statement names whose meaning
     /// changed (for masking's kept descriptions).
-    pub fn settle(&mut self, settled: Settled, changed: &mut Vec<String>) {
+    pub(crate) fn settle(&mut self, settled: Settled, changed: &mut Vec<String>) {
         match settled {
             Settled::Applied(Op::Parse { name, prepared }) => {
                 changed.push(name.clone());
@@ -269,7 +269,7 @@ impl Names {
     /// What statement `name` will be when a message sent now reaches the server, after
     /// the changes `pending` (oldest first; a text's statements that come before the one
     /// being decided go last, as certain).
-    pub fn statement<'a>(
+    pub(crate) fn statement<'a>(
         &self,
         name: &str,
         pending: impl Iterator<Item = Pending<'a>>,
@@ -323,7 +323,7 @@ impl Names {
     }
 
     /// What portal `name` will be when a message sent now reaches the server.
-    pub fn portal<'a>(
+    pub(crate) fn portal<'a>(
         &self,
         name: &str,
         pending: impl Iterator<Item = Pending<'a>>,

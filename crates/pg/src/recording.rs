@@ -14,11 +14,11 @@ use sha2::{Digest, Sha256};
 
 /// A chunk is cut once this much is buffered: large enough that the file per chunk costs
 /// little per byte, small enough that a session never holds much in memory.
-pub const CHUNK_BYTES: usize = 256 * 1024;
+pub(crate) const CHUNK_BYTES: usize = 256 * 1024;
 
 /// What of one result was recorded, carried by its [`crate::tracker::Work`].
 #[derive(Debug, Clone, Default)]
-pub struct Output {
+pub(crate) struct Output {
     hasher: Sha256,
     /// Bytes recorded.
     pub len: u64,
@@ -28,7 +28,7 @@ pub struct Output {
 
 impl Output {
     /// Hex SHA-256 of the recorded bytes, or `None` when nothing was recorded.
-    pub fn sha256(&self) -> Option<String> {
+    pub(crate) fn sha256(&self) -> Option<String> {
         (self.len > 0).then(|| hex::encode(self.hasher.clone().finalize()))
     }
 }
@@ -36,7 +36,7 @@ impl Output {
 /// One slice of a chunk: `len` bytes at `offset`, of the result of the command entry at
 /// index `command`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Part {
+pub(crate) struct Part {
     pub command: u64,
     pub offset: u64,
     pub len: u64,
@@ -44,14 +44,14 @@ pub struct Part {
 
 /// Bytes ready to become one chunk, and what they are.
 #[derive(Debug)]
-pub struct Batch {
+pub(crate) struct Batch {
     pub bytes: Vec<u8>,
     pub parts: Vec<Part>,
 }
 
 /// A session's recorder.
 #[derive(Debug)]
-pub struct Recorder {
+pub(crate) struct Recorder {
     /// `None` when result data is not recorded for this resource.
     cap: Option<u64>,
     /// Bytes recorded so far in this session (in chunks or still buffered).
@@ -64,7 +64,7 @@ pub struct Recorder {
 
 impl Recorder {
     /// A recorder keeping at most `cap` bytes per session; `None` keeps nothing.
-    pub fn new(cap: Option<u64>) -> Recorder {
+    pub(crate) fn new(cap: Option<u64>) -> Recorder {
         Recorder {
             cap,
             recorded: 0,
@@ -74,13 +74,13 @@ impl Recorder {
         }
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.cap.is_some()
     }
 
     /// Records one frame of the result of `command`. Frames are kept whole: the first one
     /// that does not fit under the cap, and everything after it, is counted as truncated.
-    pub fn record(&mut self, command: u64, output: &mut Output, frame: &[u8]) {
+    pub(crate) fn record(&mut self, command: u64, output: &mut Output, frame: &[u8]) {
         let Some(cap) = self.cap else {
             return;
         };
@@ -108,12 +108,12 @@ impl Recorder {
     }
 
     /// Whether enough is buffered to cut a chunk.
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.buf.len() >= CHUNK_BYTES
     }
 
     /// Everything buffered, to be written as a chunk; `None` when nothing is.
-    pub fn take(&mut self) -> Option<Batch> {
+    pub(crate) fn take(&mut self) -> Option<Batch> {
         if self.buf.is_empty() {
             return None;
         }
@@ -125,7 +125,7 @@ impl Recorder {
     }
 
     /// Bytes recorded and bytes truncated in this session.
-    pub fn totals(&self) -> (u64, u64) {
+    pub(crate) fn totals(&self) -> (u64, u64) {
         (self.recorded, self.truncated)
     }
 }

@@ -56,7 +56,7 @@ async fn drain_into<S: AsyncWrite + Unpin>(
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs one client connection to its end; every failure is answered and logged here.
-pub async fn run(
+pub(crate) async fn run(
     mut tcp: TcpStream,
     peer: SocketAddr,
     resource: Arc<PgResource>,
@@ -157,7 +157,10 @@ async fn serve<S: ClientStream>(
 }
 
 /// What the gateway's side of a client connection is: plain TCP or TLS over it.
-pub trait ClientStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+pub(crate) trait ClientStream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
+{
+}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ClientStream for T {}
 
 /// Where a client connection comes from and whether it is encrypted.

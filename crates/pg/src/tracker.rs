@@ -14,7 +14,7 @@ use crate::recording::{Output, Recorder};
 
 /// One statement execution in flight.
 #[derive(Debug, Clone)]
-pub struct Work {
+pub(crate) struct Work {
     /// Ledger index of the `command` entry.
     pub command: u64,
     pub started: Instant,
@@ -34,7 +34,7 @@ pub struct Work {
 }
 
 impl Work {
-    pub fn new(command: u64) -> Self {
+    pub(crate) fn new(command: u64) -> Self {
         Work {
             command,
             started: Instant::now(),
@@ -49,12 +49,12 @@ impl Work {
         }
     }
 
-    pub fn with_shape(mut self, shape: Shape) -> Self {
+    pub(crate) fn with_shape(mut self, shape: Shape) -> Self {
         self.shape = shape;
         self
     }
 
-    pub fn deciding(mut self, decided: Arc<Prepared>) -> Self {
+    pub(crate) fn deciding(mut self, decided: Arc<Prepared>) -> Self {
         self.decided = Some(decided);
         self
     }
@@ -62,7 +62,7 @@ impl Work {
 
 /// Whose description a RowDescription is.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Describes {
+pub(crate) enum Describes {
     /// The statement at this place in the queue (a simple query, or the Execute right
     /// after a Describe); true when it describes a prepared statement, whose formats are
     /// only known from the Bind.
@@ -74,7 +74,7 @@ pub enum Describes {
 
 /// What the server owes the client for a message sent to it.
 #[derive(Debug)]
-pub enum Expect {
+pub(crate) enum Expect {
     /// Parse, Bind and Close: the change each makes to the session's names.
     Parse(Op),
     Bind(Op),
@@ -98,7 +98,7 @@ pub enum Expect {
 
 /// The queue of owed responses for one session.
 #[derive(Debug)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     queue: VecDeque<Expect>,
     /// Transaction status from the last ReadyForQuery (`I`, `T` or `E`).
     pub status: u8,
@@ -116,7 +116,7 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(status: u8) -> Self {
+    pub(crate) fn new(status: u8) -> Self {
         Tracker {
             queue: VecDeque::new(),
             status,
@@ -129,17 +129,17 @@ impl Tracker {
 
     /// Nothing is owed: every message sent has been answered, and every setting the server
     /// changed has been reported.
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.queue.is_empty()
     }
 
     /// What the server has confirmed or refused of the session's names since last asked.
-    pub fn take_settled(&mut self) -> std::vec::Drain<'_, Settled> {
+    pub(crate) fn take_settled(&mut self) -> std::vec::Drain<'_, Settled> {
         self.settled.drain(..)
     }
 
     /// Changes to the session's names sent and not yet answered, oldest first.
-    pub fn pending(&self) -> impl Iterator<Item = Pending<'_>> {
+    pub(crate) fn pending(&self) -> impl Iterator<Item = Pending<'_>> {
         self.queue
             .iter()
             .flat_map(|expect| {
@@ -170,7 +170,7 @@ impl Tracker {
 
     /// Records what the server owes for a message just sent to it. While the server is
     /// discarding after an error, messages before the next Sync get no answer at all.
-    pub fn push(&mut self, expect: Expect) {
+    pub(crate) fn push(&mut self, expect: Expect) {
         if self.discarding {
             match expect {
                 Expect::Sync => {
@@ -195,20 +195,20 @@ impl Tracker {
     }
 
     /// Moves statements the server discarded on arrival into `done`.
-    pub fn take_orphans(&mut self, done: &mut Vec<Work>) {
+    pub(crate) fn take_orphans(&mut self, done: &mut Vec<Work>) {
         done.append(&mut self.orphans);
     }
 
     /// Whether the next ErrorResponse answers the stand-in of a refused message (and is to
     /// be replaced by the refusal rather than passed on).
-    pub fn refusal_due(&self) -> bool {
+    pub(crate) fn refusal_due(&self) -> bool {
         matches!(self.queue.front(), Some(Expect::Refused { reply, .. }) if !reply.is_empty())
     }
 
     /// Accounts for one server frame. Result data goes to `recorder`, finished statements
     /// to `done`; gateway responses that became due go to `emit` (to be sent right after
     /// this frame).
-    pub fn on_server(
+    pub(crate) fn on_server(
         &mut self,
         frame: &[u8],
         done: &mut Vec<Work>,
@@ -378,7 +378,7 @@ impl Tracker {
     }
 
     /// Who a RowDescription arriving now describes.
-    pub fn describes(&self) -> Describes {
+    pub(crate) fn describes(&self) -> Describes {
         match self.queue.front() {
             Some(Expect::Query(_)) | Some(Expect::Execute(_)) => Describes::Work(0, false),
             Some(Expect::Describe(of)) if matches!(self.queue.get(1), Some(Expect::Execute(_))) => {
@@ -390,14 +390,14 @@ impl Tracker {
     }
 
     /// The statement at place `at` in the queue.
-    pub fn work_at(&mut self, at: usize) -> Option<&mut Work> {
+    pub(crate) fn work_at(&mut self, at: usize) -> Option<&mut Work> {
         match self.queue.get_mut(at) {
             Some(Expect::Query(work)) | Some(Expect::Execute(work)) => Some(work),
             _ => None,
         }
     }
 
-    pub fn front_work(&mut self) -> Option<&mut Work> {
+    pub(crate) fn front_work(&mut self) -> Option<&mut Work> {
         match self.queue.front_mut() {
             Some(Expect::Query(work)) | Some(Expect::Execute(work)) => Some(work),
             _ => None,

@@ -18,13 +18,13 @@ use crate::PgResource;
 use crate::error::PgError;
 
 /// The byte stream to the target: plain TCP, or TLS on top of it.
-pub enum TargetStream {
+pub(crate) enum TargetStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl TargetStream {
-    pub fn is_tls(&self) -> bool {
+    pub(crate) fn is_tls(&self) -> bool {
         matches!(self, TargetStream::Tls(_))
     }
 }
@@ -70,7 +70,7 @@ impl AsyncWrite for TargetStream {
 }
 
 /// A target connection that is authenticated and ready for queries.
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub stream: TargetStream,
     pub pid: i32,
     pub secret: i32,
@@ -81,7 +81,7 @@ pub struct Upstream {
 }
 
 /// Connects and authenticates; `params` are client startup parameters worth passing on.
-pub async fn connect(
+pub(crate) async fn connect(
     resource: &PgResource,
     params: &[(String, String)],
 ) -> Result<Upstream, PgError> {
@@ -139,7 +139,7 @@ pub async fn connect(
 }
 
 /// Sends a CancelRequest for a target backend.
-pub async fn cancel(target: &str, pid: i32, secret: i32) -> Result<(), PgError> {
+pub(crate) async fn cancel(target: &str, pid: i32, secret: i32) -> Result<(), PgError> {
     let mut stream = TcpStream::connect(target)
         .await
         .map_err(|e| PgError::Target(format!("cannot connect to {target}: {e}")))?;

@@ -4,26 +4,26 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-pub fn gatehouse() -> Command {
+pub(crate) fn gatehouse() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
     cmd.env_remove("RUST_LOG");
     cmd
 }
 
-pub fn run(args: &[&str]) -> Output {
+pub(crate) fn run(args: &[&str]) -> Output {
     gatehouse().args(args).output().expect("running gatehouse")
 }
 
-pub fn stdout(out: &Output) -> String {
+pub(crate) fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-pub fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The last line of stdout parsed as JSON.
-pub fn last_json(out: &Output) -> serde_json::Value {
+pub(crate) fn last_json(out: &Output) -> serde_json::Value {
     let text = stdout(out);
     let line = text
         .lines()
@@ -33,7 +33,7 @@ pub fn last_json(out: &Output) -> serde_json::Value {
 }
 
 /// Writes `events` synthetic entries into the ledger at `dir` with the bench command.
-pub fn fill(dir: &Path, events: u64) {
+pub(crate) fn fill(dir: &Path, events: u64) {
     let out = run(&[
         "ledger",
         "bench",
@@ -51,13 +51,13 @@ pub fn fill(dir: &Path, events: u64) {
     assert!(out.status.success(), "bench failed: {}", stderr(&out));
 }
 
-pub fn pubkey(dir: &Path) -> String {
+pub(crate) fn pubkey(dir: &Path) -> String {
     let out = run(&["ledger", "pubkey", "--data-dir", dir.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     stdout(&out).trim().to_string()
 }
 
-pub fn verify(dir: &Path, key: &str) -> Output {
+pub(crate) fn verify(dir: &Path, key: &str) -> Output {
     run(&[
         "ledger",
         "verify",
@@ -69,7 +69,7 @@ pub fn verify(dir: &Path, key: &str) -> Output {
 }
 
 /// `gatehouse audit export` of `data` into `file` (a bundle unless `extra` says otherwise).
-pub fn audit_export(data: &Path, file: &Path, extra: &[&str]) -> Output {
+pub(crate) fn audit_export(data: &Path, file: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "audit",
         "export",
@@ -83,7 +83,7 @@ pub fn audit_export(data: &Path, file: &Path, extra: &[&str]) -> Output {
 }
 
 /// `gatehouse audit verify-export FILE --pubkey KEY --json`.
-pub fn verify_export(file: &Path, key: &str) -> Output {
+pub(crate) fn verify_export(file: &Path, key: &str) -> Output {
     run(&[
         "audit",
         "verify-export",

@@ -31,7 +31,7 @@ fn rfc3339(us: u64) -> String {
     humantime::format_rfc3339_micros(t).to_string()
 }
 
-pub fn check_evidence(data: &Path) {
+pub(crate) fn check_evidence(data: &Path) {
     let work = data.parent().unwrap().join("evidence");
     std::fs::create_dir_all(&work).unwrap();
     let key = pubkey(data);

@@ -19,9 +19,9 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub const KEY: &str = "gh_test_key_for_alice";
+pub(crate) const KEY: &str = "gh_test_key_for_alice";
 
-pub fn guardrails() -> Vec<Rule> {
+pub(crate) fn guardrails() -> Vec<Rule> {
     let rule = |id: &str| Rule::new(id, RuleAction::Deny);
     vec![
         Rule {
@@ -48,7 +48,7 @@ pub fn guardrails() -> Vec<Rule> {
     ]
 }
 
-pub struct Gateway {
+pub(crate) struct Gateway {
     pub pg: PgCluster,
     pub port: u16,
     pub ledger: Ledger,
@@ -62,11 +62,11 @@ pub struct Gateway {
     pub reviews: gatehouse_approvals::Reviews,
 }
 
-pub async fn gateway(durability: Durability) -> Gateway {
+pub(crate) async fn gateway(durability: Durability) -> Gateway {
     gateway_with(durability, false).await
 }
 
-pub async fn gateway_with(durability: Durability, with_tls: bool) -> Gateway {
+pub(crate) async fn gateway_with(durability: Durability, with_tls: bool) -> Gateway {
     gateway_on(Setup {
         durability,
         with_tls,
@@ -76,7 +76,7 @@ pub async fn gateway_with(durability: Durability, with_tls: bool) -> Gateway {
 }
 
 /// How a test's gateway is set up.
-pub struct Setup {
+pub(crate) struct Setup {
     pub durability: Durability,
     /// TLS towards clients (self-signed, required).
     pub with_tls: bool,
@@ -124,7 +124,7 @@ impl Default for Setup {
 
 /// How the gateway reaches the test's cluster.
 #[derive(Clone, Copy)]
-pub enum Target {
+pub(crate) enum Target {
     Plain,
     /// The cluster serves TLS only, with a certificate for `localhost` and 127.0.0.1 signed
     /// by a fresh CA; the gateway trusts that CA (or, with `trusted: false`, another one)
@@ -137,7 +137,7 @@ pub enum Target {
 
 /// A CA and a server certificate it signed, as PEM: (CA certificate, server certificate,
 /// server key).
-pub fn make_ca_and_server_cert() -> (String, String, String) {
+pub(crate) fn make_ca_and_server_cert() -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -150,7 +150,7 @@ pub fn make_ca_and_server_cert() -> (String, String, String) {
     (ca.pem(), server.pem(), server_key.serialize_pem())
 }
 
-pub async fn gateway_on(setup: Setup) -> Gateway {
+pub(crate) async fn gateway_on(setup: Setup) -> Gateway {
     let Setup {
         durability,
         with_tls,
@@ -276,7 +276,7 @@ pub async fn gateway_on(setup: Setup) -> Gateway {
 }
 
 impl Gateway {
-    pub fn psql(&self, user: &str, key: &str, args: &[&str]) -> Output {
+    pub(crate) fn psql(&self, user: &str, key: &str, args: &[&str]) -> Output {
         Command::new(self.pg.bindir().join("psql"))
             .args([
                 "-h",
@@ -299,7 +299,7 @@ impl Gateway {
 
     /// Signs in as `user` with `key` and expects the refusal every bad credential gets, the
     /// same whatever was wrong; returns psql's error output.
-    pub fn refused(&self, user: &str, key: &str) -> String {
+    pub(crate) fn refused(&self, user: &str, key: &str) -> String {
         let out = self.psql(user, key, &["-c", "SELECT 'must not run'"]);
         let (_, stderr) = text(&out);
         assert!(!out.status.success(), "{user} got in");
@@ -314,7 +314,7 @@ impl Gateway {
 
     /// Stores a new managed agent key for `name` in the gateway's state store; returns its
     /// id and the key.
-    pub async fn add_agent_key(
+    pub(crate) async fn add_agent_key(
         &self,
         name: &str,
         groups: &[&str],
@@ -337,7 +337,7 @@ impl Gateway {
     }
 
     /// Waits for sessions to record their end, closes the ledger and returns every entry.
-    pub async fn entries(&self) -> Vec<Value> {
+    pub(crate) async fn entries(&self) -> Vec<Value> {
         // A client may exit before its session task has appended `session.end`: wait until
         // the ledger has been quiet for a moment.
         let mut last = self.ledger.status().size;
@@ -357,7 +357,7 @@ impl Gateway {
     }
 }
 
-pub fn read_entries(dir: &Path) -> Vec<Value> {
+pub(crate) fn read_entries(dir: &Path) -> Vec<Value> {
     let mut out = Vec::new();
     scan(&Layout::new(dir), |e| {
         out.push(serde_json::from_slice(e.line).unwrap());
@@ -368,23 +368,23 @@ pub fn read_entries(dir: &Path) -> Vec<Value> {
 }
 
 /// The offline verifier's summary of the ledger in `dir`, which must be intact.
-pub fn verify_ledger(dir: &Path) -> gatehouse_ledger::VerifySummary {
+pub(crate) fn verify_ledger(dir: &Path) -> gatehouse_ledger::VerifySummary {
     gatehouse_ledger::verify(dir, &gatehouse_ledger::TrustedKey::FromDataDir, &[], |_| {}).unwrap()
 }
 
-pub fn text(out: &Output) -> (String, String) {
+pub(crate) fn text(out: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&out.stdout).trim().to_string(),
         String::from_utf8_lossy(&out.stderr).trim().to_string(),
     )
 }
 
-pub fn of_kind<'a>(entries: &'a [Value], kind: &str) -> Vec<&'a Value> {
+pub(crate) fn of_kind<'a>(entries: &'a [Value], kind: &str) -> Vec<&'a Value> {
     entries.iter().filter(|e| e["kind"] == kind).collect()
 }
 
 /// Runs the driver script `tests/drivers/NAME` against the gateway as alice.
-pub fn psycopg(gw: &Gateway, name: &str) -> Output {
+pub(crate) fn psycopg(gw: &Gateway, name: &str) -> Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/drivers")
         .join(name);
@@ -400,7 +400,7 @@ pub fn psycopg(gw: &Gateway, name: &str) -> Output {
 }
 
 /// What alice's psql prints for `sql` through the gateway, trimmed.
-pub fn alice_sql(gw: &Gateway, sql: &str) -> String {
+pub(crate) fn alice_sql(gw: &Gateway, sql: &str) -> String {
     text(&gw.psql("alice", KEY, &["-c", sql]))
         .0
         .trim()

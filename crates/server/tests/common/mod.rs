@@ -20,7 +20,7 @@ use gatehouse_policy::PolicyHandle;
 use gatehouse_server::{AdminState, Peer, ResourceFacts};
 
 /// Who signs in, and their groups.
-pub const PEOPLE: [(&str, &str); 8] = [
+pub(crate) const PEOPLE: [(&str, &str); 8] = [
     ("alice", "devs"),
     ("bob", "dba"),
     ("dora", "devleads"),
@@ -32,7 +32,7 @@ pub const PEOPLE: [(&str, &str); 8] = [
 ];
 
 /// Auditors may see `pg-prod`'s reviews; pat may decide them.
-pub const POLICIES: &str = r#"
+pub(crate) const POLICIES: &str = r#"
 permit (principal in Gatehouse::Group::"auditors",
         action == Gatehouse::Action::"audit",
         resource == Gatehouse::Resource::"pg-prod");
@@ -41,16 +41,16 @@ permit (principal == Gatehouse::Identity::"pat",
         resource == Gatehouse::Resource::"pg-prod");
 "#;
 
-pub fn key(name: &str) -> String {
+pub(crate) fn key(name: &str) -> String {
     format!("{name}-key-0123456789")
 }
 
 /// `Authorization: Basic` for `who` with their key.
-pub fn basic(who: &str) -> String {
+pub(crate) fn basic(who: &str) -> String {
     basic_with(who, &key(who))
 }
 
-pub fn basic_with(who: &str, key: &str) -> String {
+pub(crate) fn basic_with(who: &str, key: &str) -> String {
     let raw = format!("{who}:{key}");
     format!(
         "Basic {}",
@@ -58,7 +58,7 @@ pub fn basic_with(who: &str, key: &str) -> String {
     )
 }
 
-pub struct Gateway {
+pub(crate) struct Gateway {
     pub dir: tempfile::TempDir,
     pub state: AdminState,
 }
@@ -66,7 +66,7 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway with `pg-prod` (approvers `dba`) and `pg-dev` (approvers `devleads`), and
     /// no reviews yet.
-    pub fn start() -> Gateway {
+    pub(crate) fn start() -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let options = LedgerOptions {
             // Nothing but the tests' own entries, so counts are exact.
@@ -110,7 +110,7 @@ impl Gateway {
     }
 
     /// Opens a review as a session would (without a ledger entry of its own).
-    pub async fn open(&self, requester: &str, resource: &str, approvers: &[&str]) -> Review {
+    pub(crate) async fn open(&self, requester: &str, resource: &str, approvers: &[&str]) -> Review {
         let new = NewReview {
             access: None,
             resource: resource.into(),
@@ -139,11 +139,11 @@ impl Gateway {
     }
 
     /// Entries in the ledger now.
-    pub fn entries(&self) -> u64 {
+    pub(crate) fn entries(&self) -> u64 {
         self.state.ledger.status().size
     }
 
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         let ledger = self.state.ledger.clone();
         drop(self.state);
         tokio::task::spawn_blocking(move || ledger.close())
@@ -154,7 +154,7 @@ impl Gateway {
 }
 
 /// A loopback plaintext connection, as the accept loop describes it.
-pub fn local() -> Peer {
+pub(crate) fn local() -> Peer {
     Peer {
         addr: SocketAddr::from(([127, 0, 0, 1], 40000)),
         tls: false,
@@ -162,7 +162,7 @@ pub fn local() -> Peer {
 }
 
 /// A connection from another host.
-pub fn remote(tls: bool) -> Peer {
+pub(crate) fn remote(tls: bool) -> Peer {
     Peer {
         addr: SocketAddr::from(([192, 0, 2, 7], 40000)),
         tls,
@@ -170,7 +170,7 @@ pub fn remote(tls: bool) -> Peer {
 }
 
 /// A request to `path` with `method`, signed in with `auth` (if any) on `peer` (if any).
-pub fn request(
+pub(crate) fn request(
     method: &str,
     path: &str,
     auth: Option<&str>,
@@ -194,7 +194,7 @@ pub fn request(
 }
 
 /// The status and JSON body (`null` if not JSON) of `response`.
-pub async fn read(response: Response) -> (StatusCode, serde_json::Value) {
+pub(crate) async fn read(response: Response) -> (StatusCode, serde_json::Value) {
     let status = response.status();
     let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
     (
