@@ -386,14 +386,15 @@ impl Reviews {
     /// returned its entry. The receiver sees every later change. A requester who already
     /// has [`MAX_OPEN_PER_REQUESTER`] reviews waiting gets [`ReviewError::TooManyOpen`],
     /// and nothing is recorded.
-    pub async fn open<F, Fut>(
+    pub async fn open<F, Fut, E>(
         &self,
         new: NewReview,
         record: F,
     ) -> Result<(Review, watch::Receiver<Review>), ReviewError>
     where
         F: FnOnce(&Review) -> Fut,
-        Fut: Future<Output = Result<EntryRef, String>>,
+        Fut: Future<Output = Result<EntryRef, E>>,
+        E: std::fmt::Display,
     {
         let now = now_ms();
         let mut review = Review {
@@ -444,7 +445,9 @@ impl Reviews {
                 limit: MAX_OPEN_PER_REQUESTER,
             });
         }
-        review.request = record(&review).await.map_err(ReviewError::Record)?;
+        review.request = record(&review)
+            .await
+            .map_err(|e| ReviewError::Record(e.to_string()))?;
         self.persist(&review, &[]).await;
         let (tx, rx) = watch::channel(review.clone());
         slots.insert(
@@ -476,7 +479,7 @@ impl Reviews {
 
     /// An approver's decision ([`judge`]), taken once `record` has recorded it. An
     /// approval given for a duration also makes a [`Grant`].
-    pub async fn decide<F, Fut>(
+    pub async fn decide<F, Fut, R, E>(
         &self,
         id: &str,
         who: Approver<'_>,
@@ -486,14 +489,18 @@ impl Reviews {
     ) -> Result<Review, ReviewError>
     where
         F: FnOnce(&Review) -> Fut,
-        Fut: Future<Output = Result<(), String>>,
+        // What the recording returns (the entry's reference) is not needed here.
+        Fut: Future<Output = Result<R, E>>,
+        E: std::fmt::Display,
     {
         let mut slots = self.slots.lock().await;
         let slot = slots
             .get_mut(id)
             .ok_or_else(|| ReviewError::NotFound(id.to_string()))?;
         let next = judge(&slot.review, who, decision, reason, now_ms())?;
-        record(&next).await.map_err(ReviewError::Record)?;
+        record(&next)
+            .await
+            .map_err(|e| ReviewError::Record(e.to_string()))?;
         let mut given = Vec::new();
         if let Some(until) = next.grant_until {
             // A grant covers exactly what held the statement: each holder gets its own.
@@ -554,7 +561,7 @@ impl Reviews {
 
     /// The session's own ends of a review: `Expired` or `Cancelled` while it is pending,
     /// `Executed` once approved. Taken once `record` has recorded it.
-    pub async fn finish<F, Fut>(
+    pub async fn finish<F, Fut, R, E>(
         &self,
         id: &str,
         state: State,
@@ -562,7 +569,9 @@ impl Reviews {
     ) -> Result<Review, ReviewError>
     where
         F: FnOnce(&Review) -> Fut,
-        Fut: Future<Output = Result<(), String>>,
+        // What the recording returns (the entry's reference) is not needed here.
+        Fut: Future<Output = Result<R, E>>,
+        E: std::fmt::Display,
     {
         let mut slots = self.slots.lock().await;
         let slot = slots
@@ -581,7 +590,9 @@ impl Reviews {
         }
         let mut next = slot.review.clone();
         next.state = state;
-        record(&next).await.map_err(ReviewError::Record)?;
+        record(&next)
+            .await
+            .map_err(|e| ReviewError::Record(e.to_string()))?;
         self.persist(&next, &[]).await;
         slot.review = next.clone();
         slot.tx.send_replace(next.clone());

@@ -35,7 +35,7 @@ fn dba() -> Vec<String> {
 async fn opened(reviews: &Reviews, required: u32) -> (Review, watch::Receiver<Review>) {
     reviews
         .open(new_review(required), |_| async {
-            Ok(EntryRef {
+            Ok::<_, String>(EntryRef {
                 index: 7,
                 leaf: "ab".into(),
             })
@@ -55,7 +55,9 @@ async fn approvals_count_and_the_waiting_side_sees_each() {
     let groups = dba();
     let bob = approver("bob", &groups, false);
     let after = reviews
-        .decide(&review.id, bob, &APPROVE, None, |_| async { Ok(()) })
+        .decide(&review.id, bob, &APPROVE, None, |_| async {
+            Ok::<(), String>(())
+        })
         .await
         .unwrap();
     assert_eq!((after.state, after.approvals.len()), (State::Pending, 1));
@@ -63,14 +65,16 @@ async fn approvals_count_and_the_waiting_side_sees_each() {
     assert_eq!(rx.borrow().approvals.len(), 1);
     // One approval per person.
     let again = reviews
-        .decide(&review.id, bob, &APPROVE, None, |_| async { Ok(()) })
+        .decide(&review.id, bob, &APPROVE, None, |_| async {
+            Ok::<(), String>(())
+        })
         .await;
     assert_eq!(again, Err(ReviewError::AlreadyApproved("bob".into())));
 
     let carol = approver("carol", &groups, false);
     let done = reviews
         .decide(&review.id, carol, &APPROVE, Some("ok".into()), |_| async {
-            Ok(())
+            Ok::<(), String>(())
         })
         .await
         .unwrap();
@@ -78,7 +82,9 @@ async fn approvals_count_and_the_waiting_side_sees_each() {
     rx.changed().await.unwrap();
     assert_eq!(rx.borrow().state, State::Approved);
     let executed = reviews
-        .finish(&review.id, State::Executed, |_| async { Ok(()) })
+        .finish(&review.id, State::Executed, |_| async {
+            Ok::<(), String>(())
+        })
         .await
         .unwrap();
     assert_eq!(executed.state, State::Executed);
@@ -91,14 +97,18 @@ async fn requesters_outsiders_and_late_deciders_are_refused() {
     let groups = dba();
     let alice = approver("alice", &groups, false);
     let refused = reviews
-        .decide(&review.id, alice, &APPROVE, None, |_| async { Ok(()) })
+        .decide(&review.id, alice, &APPROVE, None, |_| async {
+            Ok::<(), String>(())
+        })
         .await;
     assert_eq!(refused, Err(ReviewError::OwnRequest("alice".into())));
 
     let others = vec!["analysts".to_string()];
     let eve = approver("eve", &others, false);
     let refused = reviews
-        .decide(&review.id, eve, &APPROVE, None, |_| async { Ok(()) })
+        .decide(&review.id, eve, &APPROVE, None, |_| async {
+            Ok::<(), String>(())
+        })
         .await
         .unwrap_err();
     assert!(
@@ -115,14 +125,16 @@ async fn requesters_outsiders_and_late_deciders_are_refused() {
             bob,
             &Decision::Deny,
             Some("not now".into()),
-            |_| async { Ok(()) },
+            |_| async { Ok::<(), String>(()) },
         )
         .await
         .unwrap();
     assert_eq!(denied.state, State::Denied);
     assert_eq!(denied.denial.unwrap().reason.as_deref(), Some("not now"));
     let late = reviews
-        .decide(&review.id, bob, &APPROVE, None, |_| async { Ok(()) })
+        .decide(&review.id, bob, &APPROVE, None, |_| async {
+            Ok::<(), String>(())
+        })
         .await;
     assert!(matches!(
         late,
@@ -133,11 +145,15 @@ async fn requesters_outsiders_and_late_deciders_are_refused() {
     ));
     // A denied review is never executed, and an unknown one cannot be decided.
     let run = reviews
-        .finish(&review.id, State::Executed, |_| async { Ok(()) })
+        .finish(&review.id, State::Executed, |_| async {
+            Ok::<(), String>(())
+        })
         .await;
     assert!(run.is_err());
     let unknown = reviews
-        .decide("r-0000000000", bob, &APPROVE, None, |_| async { Ok(()) })
+        .decide("r-0000000000", bob, &APPROVE, None, |_| async {
+            Ok::<(), String>(())
+        })
         .await;
     assert_eq!(unknown, Err(ReviewError::NotFound("r-0000000000".into())));
 }
@@ -146,7 +162,9 @@ async fn requesters_outsiders_and_late_deciders_are_refused() {
 async fn nothing_changes_unless_it_was_recorded() {
     let reviews = Reviews::default();
     let failed = reviews
-        .open(new_review(1), |_| async { Err("ledger down".to_string()) })
+        .open(new_review(1), |_| async {
+            Err::<EntryRef, _>("ledger down".to_string())
+        })
         .await;
     assert_eq!(
         failed.unwrap_err(),
@@ -161,7 +179,7 @@ async fn nothing_changes_unless_it_was_recorded() {
         .decide(&review.id, bob, &APPROVE, None, |next| {
             // The recording step sees the review as it will be.
             assert_eq!(next.state, State::Approved);
-            async { Err("ledger down".to_string()) }
+            async { Err::<(), _>("ledger down".to_string()) }
         })
         .await;
     assert!(matches!(failed, Err(ReviewError::Record(_))));
@@ -169,12 +187,16 @@ async fn nothing_changes_unless_it_was_recorded() {
     assert!(!rx.has_changed().unwrap(), "the waiting side saw nothing");
 
     let expired = reviews
-        .finish(&review.id, State::Expired, |_| async { Ok(()) })
+        .finish(&review.id, State::Expired, |_| async {
+            Ok::<(), String>(())
+        })
         .await
         .unwrap();
     assert_eq!(expired.state, State::Expired);
     let late = reviews
-        .decide(&review.id, bob, &APPROVE, None, |_| async { Ok(()) })
+        .decide(&review.id, bob, &APPROVE, None, |_| async {
+            Ok::<(), String>(())
+        })
         .await;
     assert!(matches!(
         late,
@@ -199,7 +221,9 @@ async fn an_approval_for_a_duration_grants_the_same_rule_to_the_same_person() {
         grant: Some(Duration::from_secs(60)),
     };
     reviews
-        .decide(&review.id, bob, &hour, None, |_| async { Ok(()) })
+        .decide(&review.id, bob, &hour, None, |_| async {
+            Ok::<(), String>(())
+        })
         .await
         .unwrap();
     assert!(
@@ -208,7 +232,9 @@ async fn an_approval_for_a_duration_grants_the_same_rule_to_the_same_person() {
             .is_none()
     );
     let done = reviews
-        .decide(&review.id, carol, &minute, None, |_| async { Ok(()) })
+        .decide(&review.id, carol, &minute, None, |_| async {
+            Ok::<(), String>(())
+        })
         .await
         .unwrap();
     // The shortest duration given.
@@ -245,11 +271,15 @@ async fn an_approval_for_a_duration_grants_the_same_rule_to_the_same_person() {
     // An approval without a duration grants nothing.
     let (plain, _rx) = opened(&reviews, 2).await;
     reviews
-        .decide(&plain.id, bob, &hour, None, |_| async { Ok(()) })
+        .decide(&plain.id, bob, &hour, None, |_| async {
+            Ok::<(), String>(())
+        })
         .await
         .unwrap();
     let done = reviews
-        .decide(&plain.id, carol, &APPROVE, None, |_| async { Ok(()) })
+        .decide(&plain.id, carol, &APPROVE, None, |_| async {
+            Ok::<(), String>(())
+        })
         .await
         .unwrap();
     assert_eq!((done.state, done.grant_until), (State::Approved, None));
@@ -265,7 +295,9 @@ async fn grants_end_by_themselves() {
         grant: Some(Duration::from_millis(200)),
     };
     reviews
-        .decide(&review.id, bob, &brief, None, |_| async { Ok(()) })
+        .decide(&review.id, bob, &brief, None, |_| async {
+            Ok::<(), String>(())
+        })
         .await
         .unwrap();
     assert!(
@@ -288,7 +320,9 @@ async fn policy_may_let_someone_outside_the_groups_decide() {
     let none: Vec<String> = Vec::new();
     let permitted = approver("pat", &none, true);
     let done = reviews
-        .decide(&review.id, permitted, &APPROVE, None, |_| async { Ok(()) })
+        .decide(&review.id, permitted, &APPROVE, None, |_| async {
+            Ok::<(), String>(())
+        })
         .await
         .unwrap();
     assert_eq!(done.state, State::Approved);
@@ -296,7 +330,9 @@ async fn policy_may_let_someone_outside_the_groups_decide() {
     let (review, _rx) = opened(&reviews, 1).await;
     let alice = approver("alice", &none, true);
     let own = reviews
-        .decide(&review.id, alice, &APPROVE, None, |_| async { Ok(()) })
+        .decide(&review.id, alice, &APPROVE, None, |_| async {
+            Ok::<(), String>(())
+        })
         .await;
     assert_eq!(own, Err(ReviewError::OwnRequest("alice".into())));
 }
@@ -313,7 +349,7 @@ async fn an_approved_access_request_grants_connect_for_what_it_asked() {
     };
     let (review, _rx) = reviews
         .open(ask, |_| async {
-            Ok(EntryRef {
+            Ok::<_, String>(EntryRef {
                 index: 3,
                 leaf: "cd".into(),
             })
@@ -324,7 +360,9 @@ async fn an_approved_access_request_grants_connect_for_what_it_asked() {
     let groups = dba();
     let bob = approver("bob", &groups, false);
     let done = reviews
-        .decide(&review.id, bob, &APPROVE, None, |_| async { Ok(()) })
+        .decide(&review.id, bob, &APPROVE, None, |_| async {
+            Ok::<(), String>(())
+        })
         .await
         .unwrap();
     let until = done.grant_until.unwrap();
@@ -349,7 +387,7 @@ async fn a_requester_has_at_most_the_cap_of_reviews_waiting() {
         .open(new_review(1), |_| {
             recorded = true;
             async {
-                Ok(EntryRef {
+                Ok::<_, String>(EntryRef {
                     index: 8,
                     leaf: "ef".into(),
                 })
@@ -381,7 +419,7 @@ async fn a_requester_has_at_most_the_cap_of_reviews_waiting() {
     assert!(
         reviews
             .open(bob, |_| async {
-                Ok(EntryRef {
+                Ok::<_, String>(EntryRef {
                     index: 9,
                     leaf: "01".into(),
                 })
@@ -399,14 +437,14 @@ async fn a_requester_has_at_most_the_cap_of_reviews_waiting() {
             carol,
             &Decision::Deny,
             None,
-            |_| async { Ok(()) },
+            |_| async { Ok::<(), String>(()) },
         )
         .await
         .unwrap();
     assert!(
         reviews
             .open(new_review(1), |_| async {
-                Ok(EntryRef {
+                Ok::<_, String>(EntryRef {
                     index: 10,
                     leaf: "02".into(),
                 })
@@ -426,7 +464,7 @@ async fn a_review_past_its_expiry_does_not_count_against_the_cap() {
     for _ in 0..MAX_OPEN_PER_REQUESTER {
         reviews
             .open(brief.clone(), |_| async {
-                Ok(EntryRef {
+                Ok::<_, String>(EntryRef {
                     index: 1,
                     leaf: "aa".into(),
                 })
@@ -450,7 +488,7 @@ async fn a_review_past_its_expiry_does_not_count_against_the_cap() {
 async fn opened_ok(reviews: &Reviews) -> bool {
     reviews
         .open(new_review(1), |_| async {
-            Ok(EntryRef {
+            Ok::<_, String>(EntryRef {
                 index: 2,
                 leaf: "bb".into(),
             })
@@ -469,7 +507,7 @@ async fn a_grant_covers_exactly_the_rules_that_held_the_statement() {
     };
     let (review, _rx) = reviews
         .open(held_by_two, |_| async {
-            Ok(EntryRef {
+            Ok::<_, String>(EntryRef {
                 index: 3,
                 leaf: "cd".into(),
             })
@@ -487,7 +525,7 @@ async fn a_grant_covers_exactly_the_rules_that_held_the_statement() {
             approver("bob", &groups, false),
             &hour,
             None,
-            |_| async { Ok(()) },
+            |_| async { Ok::<(), String>(()) },
         )
         .await
         .unwrap();
@@ -520,7 +558,7 @@ async fn a_restarted_registry_keeps_pending_reviews_decidable_and_grants_in_forc
     access.session = String::new();
     let (asked, _) = first
         .open(access, |_| async {
-            Ok(EntryRef {
+            Ok::<_, String>(EntryRef {
                 index: 8,
                 leaf: "cd".into(),
             })
@@ -562,7 +600,7 @@ async fn a_restarted_registry_keeps_pending_reviews_decidable_and_grants_in_forc
             Some("planned".into()),
             move |next| {
                 seen.lock().unwrap().push(next.state);
-                async { Ok(()) }
+                async { Ok::<(), String>(()) }
             },
         )
         .await
@@ -581,7 +619,7 @@ async fn a_restarted_registry_keeps_pending_reviews_decidable_and_grants_in_forc
             approver("bob", &groups, false),
             &APPROVE,
             None,
-            |_| async { Err("ledger failed".to_string()) },
+            |_| async { Err::<(), _>("ledger failed".to_string()) },
         )
         .await;
     assert!(matches!(refused, Err(ReviewError::Record(_))));
@@ -614,7 +652,7 @@ async fn a_restarted_registry_keeps_pending_reviews_decidable_and_grants_in_forc
             approver("carol", &groups, false),
             &APPROVE,
             None,
-            |_| async { Ok(()) },
+            |_| async { Ok::<(), String>(()) },
         )
         .await
         .unwrap_err();
@@ -631,7 +669,7 @@ async fn a_reloaded_review_expires_and_access_grants_reload() {
     access.session = String::new();
     let (asked, _) = first
         .open(access, |_| async {
-            Ok(EntryRef {
+            Ok::<_, String>(EntryRef {
                 index: 9,
                 leaf: "ef".into(),
             })
@@ -645,7 +683,7 @@ async fn a_reloaded_review_expires_and_access_grants_reload() {
             approver("bob", &groups, false),
             &APPROVE,
             None,
-            |_| async { Ok(()) },
+            |_| async { Ok::<(), String>(()) },
         )
         .await
         .unwrap();
@@ -654,7 +692,9 @@ async fn a_reloaded_review_expires_and_access_grants_reload() {
     let second = stored(dir.path()).await;
     // Nothing waits on a reloaded review, but it still ends: the gateway expires it.
     let ended = second
-        .finish(&review.id, State::Expired, |_| async { Ok(()) })
+        .finish(&review.id, State::Expired, |_| async {
+            Ok::<(), String>(())
+        })
         .await
         .unwrap();
     assert_eq!(ended.state, State::Expired);

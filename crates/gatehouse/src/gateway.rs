@@ -513,13 +513,7 @@ async fn expire_reloaded(reviews: &Reviews, ledger: &Ledger) {
                     gatehouse_approvals::State::Expired,
                     |next: &gatehouse_approvals::Review| {
                         let event = gatehouse_approvals::decision_event(next, None, json!({}));
-                        async move {
-                            ledger
-                                .append_ref(&event)
-                                .await
-                                .map(|_| ())
-                                .map_err(|e| e.to_string())
-                        }
+                        async move { ledger.append_ref(&event).await }
                     },
                 )
                 .await;

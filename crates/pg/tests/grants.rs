@@ -44,7 +44,7 @@ async fn decide(gw: &Gateway, id: &str, decision: Decision) {
     };
     gw.reviews
         .decide(id, bob, &decision, Some("test".into()), |_| async {
-            Ok(())
+            Ok::<(), String>(())
         })
         .await
         .unwrap();

@@ -232,13 +232,7 @@ async fn decide(
                 Some(recorder),
                 json!({"verdict": verdict, "reason": reason, "grant_until": next.grant_until}),
             );
-            async move {
-                ledger
-                    .append_ref(&event)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
+            async move { ledger.append_ref(&event).await }
         })
         .await;
     match decided {
@@ -387,7 +381,7 @@ pub async fn request_access(
                 }),
                 chunks: Vec::new(),
             };
-            async move { ledger.append_ref(&event).await.map_err(|e| e.to_string()) }
+            async move { ledger.append_ref(&event).await }
         })
         .await;
     let review = match opened {
@@ -407,13 +401,7 @@ pub async fn request_access(
         let _ = reviews
             .finish(&id, ReviewState::Expired, |next: &Review| {
                 let event = decision_event(next, None, json!({}));
-                async move {
-                    ledger
-                        .append_ref(&event)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                }
+                async move { ledger.append_ref(&event).await }
             })
             .await;
     });

@@ -163,23 +163,14 @@ pub fn error_fields(mut body: &[u8]) -> Result<(&str, &str), DecodeError> {
 /// A value that is not UTF-8 (a server whose `client_encoding` is something else) is an
 /// error rather than a lossy conversion: rewriting it would change bytes the client sees.
 pub fn message_fields(body: &[u8]) -> Result<Vec<(u8, &str)>, DecodeError> {
-    // PostgreSQL sends about ten fields; this covers them without growing.
-    let mut fields = Vec::with_capacity(16);
-    let mut rest = body;
-    loop {
-        match rest.split_first() {
-            None => return Err(DecodeError::Malformed("field list lacks its final NUL")),
-            Some((0, tail)) => {
-                finished(tail)?;
-                return Ok(fields);
-            }
-            Some((&field, tail)) => {
-                let (value, tail) = cstr(tail)?;
-                fields.push((field, value));
-                rest = tail;
-            }
-        }
-    }
+    message_fields_raw(body)?
+        .into_iter()
+        .map(|(field, value)| {
+            std::str::from_utf8(value)
+                .map(|text| (field, text))
+                .map_err(|_| DecodeError::Malformed("string is not UTF-8"))
+        })
+        .collect()
 }
 
 /// [`message_fields`] as bytes: values in whatever encoding the session uses, for a reader
@@ -231,15 +222,7 @@ pub fn write_message_fields<'a>(
     fields: impl IntoIterator<Item = (u8, &'a str)>,
     out: &mut Vec<u8>,
 ) {
-    let start = begin_frame(tag, out);
-    for (field, value) in fields {
-        if field != 0 {
-            out.push(field);
-            put_cstr(out, value);
-        }
-    }
-    out.push(0);
-    end_frame(out, start);
+    write_message_fields_raw(tag, fields.into_iter().map(|(f, v)| (f, v.as_bytes())), out);
 }
 
 /// A `NotificationResponse` ('A') body: the notifying backend's process id, the channel and

@@ -214,7 +214,7 @@ impl Session {
                     "required": review.required,
                     "expires_at": review.expires_at,
                 });
-                async move { ledger.append_ref(&event).await.map_err(|e| e.to_string()) }
+                async move { ledger.append_ref(&event).await }
             })
             .await;
         let (review, mut changes) = match opened {
@@ -358,13 +358,7 @@ impl Session {
             .finish(&id, target, |next: &Review| {
                 let event =
                     gatehouse_approvals::decision_event(next, Some(self.actor.clone()), json!({}));
-                async move {
-                    ledger
-                        .append_ref(&event)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                }
+                async move { ledger.append_ref(&event).await }
             })
             .await;
         match (target, finished) {

@@ -128,7 +128,7 @@ impl Gateway {
             .state
             .reviews
             .open(new, |_| async {
-                Ok(EntryRef {
+                Ok::<_, String>(EntryRef {
                     index: 1,
                     leaf: "00".into(),
                 })
